@@ -1,0 +1,704 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""XAPI sessions for the xapi.delta_backup modules.
+
+Shared connection options, a session that always logs out, XAPI error
+translation, task waiting and streaming HTTP transfers of raw VDIs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import io
+import os
+import socket
+import ssl
+import time
+import traceback
+import xmlrpc.client
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from ansible.module_utils.basic import env_fallback
+
+try:
+    import XenAPI
+except ImportError:
+    XenAPI = None
+    HAS_XENAPI = False
+    XENAPI_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_XENAPI = True
+    XENAPI_IMPORT_ERROR = None
+
+
+ORIGINATOR = 'xapi.delta_backup'
+XAPI_API_VERSION = '1.0'
+DEFAULT_TIMEOUT = 60.0
+# 2 MiB matches the VHD block size, so one chunk is one block on the wire.
+TRANSFER_CHUNK_SIZE = 2 * 1024 * 1024
+# event.from must return before the socket timeout fires, so its wait is capped.
+EVENT_WAIT_CAP = 30.0
+TASK_POLL_INTERVAL = 0.5
+TASK_CANCEL_GRACE = 5.0
+UNFINISHED_TASK_STATES = ('pending', 'cancelling')
+TRANSFER_FORMATS = ('vhd', 'raw')
+NULL_REF = 'OpaqueRef:NULL'
+
+
+def connection_argument_spec() -> dict:
+    """Options shared by every module that talks to a pool (see the connection doc fragment)."""
+    return dict(
+        hostname=dict(type='str', aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
+        username=dict(type='str', aliases=['user', 'admin'], default='root', fallback=(env_fallback, ['XENSERVER_USER'])),
+        password=dict(type='str', aliases=['pass', 'pwd'], no_log=True, fallback=(env_fallback, ['XENSERVER_PASSWORD'])),
+        validate_certs=dict(type='bool', default=True, fallback=(env_fallback, ['XENSERVER_VALIDATE_CERTS'])),
+        ca_path=dict(type='path', fallback=(env_fallback, ['XENSERVER_CA_PATH'])),
+        timeout=dict(type='float', default=DEFAULT_TIMEOUT),
+    )
+
+
+class XapiError(Exception):
+    """A failed XAPI interaction, with a message a pool operator can act on.
+
+    ``code`` and ``params`` keep the raw XAPI error (None for transport errors)
+    so that modules can return them as ``xapi_error``.
+    """
+
+    def __init__(self, message: str, code: str | None = None, params: list | tuple | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.params = list(params or [])
+
+    def as_result(self) -> dict:
+        return {'code': self.code, 'params': self.params}
+
+
+def fail_json_with_xapi_error(module, error: XapiError, **result) -> None:
+    """Leave a module through fail_json with the mapped message, the raw XAPI error and the traceback."""
+    module.fail_json(msg=error.message, xapi_error=error.as_result(), exception=traceback.format_exc(), **result)
+
+
+def _param(params: list, index: int, default: str = '?') -> str:
+    return str(params[index]) if len(params) > index else default
+
+
+def _explain_failure(code: str, params: list, method: str | None) -> str:
+    """Operator-facing explanation of one XAPI error code (ansible-conventions.md, section 5)."""
+    if code == 'SESSION_AUTHENTICATION_FAILED':
+        return 'login failed for user %s: check username and password' % _param(params, 0)
+    if code == 'HANDLE_INVALID':
+        return '%s %s does not exist (any more): it was deleted or the reference is stale; look it up again' % (_param(params, 0), _param(params, 1))
+    if code == 'UUID_INVALID':
+        return 'no %s with uuid %s exists: check the uuid' % (_param(params, 0), _param(params, 1))
+    if code == 'VM_BAD_POWER_STATE':
+        return 'VM %s is %s but must be %s for this operation: change its power state first' % (_param(params, 0), _param(params, 2), _param(params, 1))
+    if code in ('SR_FULL', 'SR_BACKEND_FAILURE_44'):
+        return 'the SR is out of space: free space on it (delete old snapshots, wait for coalesce) or use another SR'
+    if code == 'SR_BACKEND_FAILURE_109':
+        return 'the VDI snapshot chain is too long: wait for the SR garbage collector to coalesce it (or rescan the SR), then retry'
+    if code == 'VDI_IN_USE':
+        return 'VDI %s is in use (%s): retry later' % (_param(params, 0), _param(params, 1))
+    if code == 'OTHER_OPERATION_IN_PROGRESS':
+        return '%s %s is busy with another operation (%s): retry later' % (_param(params, 0), _param(params, 1), _param(params, 2, 'unknown'))
+    if code == 'VDI_IO_ERROR':
+        return 'the disk transfer failed on the host (%s): check the SR and the host logs, then retry' % _param(params, 0, 'no detail')
+    if code == 'MESSAGE_PARAMETER_COUNT_MISMATCH':
+        called = _param(params, 0, method or '?')
+        if called in ('VM.snapshot', 'Async.VM.snapshot'):
+            return 'this XAPI is too old for VM.snapshot with ignore_vdis (added in XAPI 21.4.0): update the pool or exclude no disks'
+        return 'XAPI expected %s parameters for %s but got %s: client and pool versions do not match' % (_param(params, 1), called, _param(params, 2))
+    if code == 'TASK_CANCELLED':
+        return 'the task was cancelled'
+    if code == 'HOST_IS_SLAVE':
+        return 'host is a pool member, not the coordinator (%s): connect to the pool coordinator' % _param(params, 0)
+    if code == 'SESSION_INVALID':
+        return 'the XAPI session expired or was logged out (too many sessions on the pool?): retry'
+    detail = ', '.join(str(p) for p in params)
+    return 'XAPI error %s%s' % (code, ' (%s)' % detail if detail else '')
+
+
+def xapi_error_from_failure(details, what: str | None = None, method: str | None = None) -> XapiError:
+    """Build a XapiError from a XAPI ErrorDescription list (or XenAPI.Failure.details).
+
+    ``what`` names the action or object ("VM.snapshot on OpaqueRef:..") and prefixes the message.
+    """
+    details = [str(d) for d in (details or [])] or ['INTERNAL_ERROR', 'empty error description']
+    code, params = details[0], details[1:]
+    explanation = _explain_failure(code, params, method)
+    message = '%s failed: %s' % (what, explanation) if what else explanation
+    return XapiError(message, code=code, params=params)
+
+
+@dataclass(frozen=True)
+class HostEndpoint:
+    """Where XAPI listens: scheme, host name or address, port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        host = '[%s]' % self.host if ':' in self.host else self.host
+        return '%s:%d' % (host, self.port)
+
+    @property
+    def url(self) -> str:
+        return '%s://%s/' % (self.scheme, self.netloc)
+
+
+DEFAULT_PORTS = {'https': 443, 'http': 80}
+
+
+def parse_hostname(value: str | None, default_scheme: str = 'https', default_port: int | None = None) -> HostEndpoint:
+    """Turn the hostname option into an endpoint. https unless the value says ``http://``."""
+    text = (value or '').strip()
+    if not text:
+        raise XapiError('no pool to connect to: set hostname or the XENSERVER_HOST environment variable')
+    if '://' not in text:
+        # A bare IPv6 address has several colons and needs brackets in a URL.
+        if text.count(':') > 1 and not text.startswith('['):
+            text = '[%s]' % text
+        text = '%s://%s' % (default_scheme, text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise XapiError('hostname %s: unsupported scheme %s, use https:// (default) or http://' % (value, scheme))
+    if parts.path not in ('', '/') or parts.query or parts.fragment or parts.username or parts.password:
+        raise XapiError('hostname %s: give only a host name or address, optionally with scheme and port' % value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise XapiError('hostname %s: invalid port' % value) from None
+    if not parts.hostname:
+        raise XapiError('hostname %s: no host name found' % value)
+    return HostEndpoint(scheme, parts.hostname, port or default_port or DEFAULT_PORTS[scheme])
+
+
+def build_ssl_context(validate_certs: bool = True, ca_path: str | None = None) -> ssl.SSLContext:
+    """TLS context shared by XML-RPC and HTTP transfers: verify by default, honour ca_path."""
+    if not validate_certs:
+        # Explicit user choice (validate_certs: false): honour it, never drop it silently.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if not ca_path:
+        return ssl.create_default_context()
+    if not os.path.exists(ca_path):
+        raise XapiError('ca_path %s does not exist: give the path of the pool CA certificate (PEM)' % ca_path)
+    try:
+        if os.path.isdir(ca_path):
+            return ssl.create_default_context(capath=ca_path)
+        return ssl.create_default_context(cafile=ca_path)
+    except (ssl.SSLError, OSError) as exc:
+        raise XapiError('ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
+
+
+def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None) -> XapiError:
+    """Translate socket, TLS and HTTP errors into messages saying what to check."""
+    where = endpoint.netloc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false'
+                         % (endpoint.host, exc.verify_message or exc.reason or exc))
+    if isinstance(exc, ssl.SSLError):
+        return XapiError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
+    if isinstance(exc, socket.gaierror):
+        return XapiError('cannot resolve host %s: %s; check hostname' % (endpoint.host, exc.strerror or exc))
+    if isinstance(exc, ConnectionRefusedError):
+        return XapiError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return XapiError('no answer from %s within %s seconds: check the network or raise timeout' % (where, timeout))
+    if isinstance(exc, xmlrpc.client.ProtocolError):
+        return XapiError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
+    if isinstance(exc, xmlrpc.client.Fault):
+        return XapiError('XML-RPC fault from %s: %s' % (where, exc.faultString), code='FAULT', params=[str(exc.faultCode), exc.faultString])
+    if isinstance(exc, (http.client.HTTPException, xmlrpc.client.ResponseError)):
+        return XapiError('bad HTTP answer from %s: %s' % (where, exc or type(exc).__name__))
+    return XapiError('cannot talk to %s: %s' % (where, exc))
+
+
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException, xmlrpc.client.Error, ssl.SSLError)
+
+
+class _TimeoutTransport(xmlrpc.client.Transport):
+    """Plain-http XML-RPC transport with a socket timeout (only on explicit http://)."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = self._timeout
+        return connection
+
+
+class _TimeoutSafeTransport(xmlrpc.client.SafeTransport):
+    """https XML-RPC transport with our SSL context and a socket timeout (XenAPI has neither option)."""
+
+    def __init__(self, timeout: float, context: ssl.SSLContext):
+        super().__init__(context=context)
+        self._timeout = timeout
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = self._timeout
+        return connection
+
+
+def decode_task_result(text) -> object:
+    """Decode task.result, which XAPI returns as XML-RPC ``<value>`` text ('' for void)."""
+    if not isinstance(text, str) or not text.strip():
+        return text if text is not None else ''
+    if '<value' not in text:
+        return text
+    document = '<?xml version="1.0"?><methodResponse><params><param>%s</param></params></methodResponse>' % text
+    try:
+        values, dummy = xmlrpc.client.loads(document)
+    except Exception as exc:  # expat and xmlrpc raise several unrelated types for bad input
+        raise XapiError('cannot decode the task result %r: %s' % (text[:200], exc)) from exc
+    return values[0] if values else ''
+
+
+class XapiConnection:
+    """One XAPI session, used as a context manager so it is always logged out.
+
+    >>> with XapiConnection.from_params(module.params) as xapi:
+    ...     vm = xapi.call('VM.get_by_uuid', uuid)
+    """
+
+    def __init__(self, hostname: str, username: str | None = 'root', password: str | None = '', validate_certs: bool = True,
+                 ca_path: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, originator: str = ORIGINATOR):
+        if not HAS_XENAPI:
+            raise XapiError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
+        self.endpoint = parse_hostname(hostname)
+        # AWX surveys send '' for unset fields: treat blank as unset.
+        self.username = (username or '').strip() or 'root'
+        self.password = password or ''
+        self.validate_certs = bool(validate_certs)
+        self.ca_path = ca_path or None
+        self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
+        if self.timeout <= 0:
+            raise XapiError('timeout must be a positive number of seconds, got %s' % timeout)
+        self.originator = originator
+        self.ssl_context = build_ssl_context(self.validate_certs, self.ca_path) if self.endpoint.scheme == 'https' else None
+        self._session = None
+        self._atexit_registered = False
+
+    @classmethod
+    def from_params(cls, params: dict) -> 'XapiConnection':
+        """Build from module params shaped like connection_argument_spec()."""
+        return cls(hostname=params.get('hostname'), username=params.get('username'), password=params.get('password'),
+                   validate_certs=params.get('validate_certs', True), ca_path=params.get('ca_path'), timeout=params.get('timeout'))
+
+    # -- session lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> 'XapiConnection':
+        self.login()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.logout()
+
+    @property
+    def logged_in(self) -> bool:
+        return self._session is not None
+
+    @property
+    def session_ref(self) -> str:
+        self._require_session()
+        return self._session.handle
+
+    def _new_transport(self):
+        if self.endpoint.scheme == 'https':
+            return _TimeoutSafeTransport(self.timeout, self.ssl_context)
+        return _TimeoutTransport(self.timeout)
+
+    def login(self) -> None:
+        """Log in, following HOST_IS_SLAVE once to the coordinator."""
+        if self._session is not None:
+            return
+        try:
+            self._login_to(self.endpoint)
+        except XapiError as error:
+            if error.code != 'HOST_IS_SLAVE':
+                raise
+            self.endpoint = parse_hostname(_param(error.params, 0, ''), default_scheme=self.endpoint.scheme, default_port=self.endpoint.port)
+            self._login_to(self.endpoint)
+        if not self._atexit_registered:
+            # Last resort if a caller forgets the context manager: sessions are a scarce pool-wide resource.
+            atexit.register(self.logout)
+            self._atexit_registered = True
+
+    def _login_to(self, endpoint: HostEndpoint) -> None:
+        session = XenAPI.Session(endpoint.url, transport=self._new_transport())
+        try:
+            session.xenapi.login_with_password(self.username, self.password, XAPI_API_VERSION, self.originator)
+        except XenAPI.Failure as failure:
+            error = xapi_error_from_failure(failure.details, what='login to %s' % endpoint.netloc)
+            if error.code == 'SESSION_AUTHENTICATION_FAILED':
+                error = XapiError('login failed for user %s on host %s: check username and password' % (self.username, endpoint.host),
+                                  code=error.code, params=error.params)
+            raise error from failure
+        except TRANSPORT_ERRORS as exc:
+            raise describe_transport_error(exc, endpoint, self.timeout) from exc
+        self._session = session
+
+    def logout(self) -> None:
+        """Log out; never raises (a failed logout must not hide the real result)."""
+        session, self._session = self._session, None
+        if self._atexit_registered:
+            atexit.unregister(self.logout)
+            self._atexit_registered = False
+        if session is None:
+            return
+        try:
+            session.xenapi.session.logout()
+        except Exception:  # pylint: disable=broad-except
+            # The session may already be gone (host restart); XAPI reaps it eventually.
+            pass
+
+    def _require_session(self) -> None:
+        if self._session is None:
+            raise XapiError('not logged in to %s: use the connection as a context manager or call login()' % self.endpoint.netloc)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def call(self, method: str, *args, what: str | None = None):
+        """Call ``Class.message`` (or ``Async.Class.message``) with the session; map errors to XapiError."""
+        self._require_session()
+        target = self._session.xenapi
+        for part in method.split('.'):
+            target = getattr(target, part)
+        try:
+            return target(*args)
+        except XenAPI.Failure as failure:
+            label = what or ('%s on %s' % (method, args[0]) if args and isinstance(args[0], str) else method)
+            raise xapi_error_from_failure(failure.details, what=label, method=method) from failure
+        except TRANSPORT_ERRORS as exc:
+            raise describe_transport_error(exc, self.endpoint, self.timeout) from exc
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def call_async(self, method: str, *args, timeout: float | None = None, what: str | None = None):
+        """Run ``Async.<method>``, wait for its task and return the decoded result."""
+        label = what or method
+        task_ref = self.call('Async.' + method, *args, what=label)
+        return self.wait_for_task(task_ref, timeout=timeout, what=label)
+
+    def create_task(self, label: str, description: str = '') -> str:
+        return self.call('task.create', label, description or 'created by %s' % ORIGINATOR)
+
+    def wait_for_task(self, task_ref: str, timeout: float | None = None, what: str | None = None, destroy: bool = True):
+        """Wait until the task finishes; return its decoded result or raise XapiError.
+
+        On timeout the task is cancelled; with ``destroy`` it is destroyed in every case.
+        """
+        label = what or 'task %s' % task_ref
+        limit = self.timeout if timeout is None else float(timeout)
+        try:
+            status = self._wait_until_finished(task_ref, time.monotonic() + limit)
+            if status in UNFINISHED_TASK_STATES:
+                self.cancel_task(task_ref)
+                raise XapiError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks)' % (label, limit),
+                                code='TIMEOUT', params=[task_ref])
+            return self._task_outcome(task_ref, status, label)
+        finally:
+            if destroy:
+                self.destroy_task(task_ref)
+
+    def task_status(self, task_ref: str) -> str:
+        return self.call('task.get_status', task_ref)
+
+    def _task_outcome(self, task_ref: str, status: str, label: str):
+        if status == 'success':
+            return decode_task_result(self.call('task.get_result', task_ref))
+        error_info = self.call('task.get_error_info', task_ref)
+        if not error_info:
+            error_info = ['TASK_CANCELLED' if status == 'cancelled' else 'INTERNAL_ERROR', 'task ended with status %s' % status]
+        raise xapi_error_from_failure(error_info, what=label)
+
+    def _wait_until_finished(self, task_ref: str, deadline: float) -> str:
+        """Block on event.from for the task (falling back to polling); return the last status seen."""
+        token = ''
+        events_work = True
+        while True:
+            status = self.task_status(task_ref)
+            remaining = deadline - time.monotonic()
+            if status not in UNFINISHED_TASK_STATES or remaining <= 0:
+                return status
+            wait = min(remaining, EVENT_WAIT_CAP, self.timeout / 2)
+            if events_work:
+                try:
+                    token = self._next_event_token(task_ref, token, wait)
+                    continue
+                except XapiError:
+                    # Some servers or roles refuse event.from: fall back to plain polling.
+                    events_work = False
+            time.sleep(min(remaining, TASK_POLL_INTERVAL))
+
+    def _next_event_token(self, task_ref: str, token: str, wait: float) -> str:
+        answer = self.call('event.from', ['task/%s' % task_ref], token, float(wait))
+        return answer.get('token', token) if isinstance(answer, dict) else token
+
+    def cancel_task(self, task_ref: str) -> None:
+        """Ask XAPI to cancel the task and give it a moment to stop; errors are ignored (it may have finished)."""
+        try:
+            self.call('task.cancel', task_ref)
+        except XapiError:
+            return
+        deadline = time.monotonic() + TASK_CANCEL_GRACE
+        while time.monotonic() < deadline:
+            try:
+                if self.task_status(task_ref) not in UNFINISHED_TASK_STATES:
+                    return
+            except XapiError:
+                return
+            time.sleep(0.1)
+
+    def destroy_task(self, task_ref: str) -> None:
+        try:
+            self.call('task.destroy', task_ref)
+        except XapiError:
+            pass
+
+    # -- HTTP transfers ------------------------------------------------------------------------
+
+    def _http_connection(self, endpoint: HostEndpoint) -> http.client.HTTPConnection:
+        if endpoint.scheme == 'https':
+            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=self.ssl_context)
+        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+
+    def _transfer_path(self, handler: str, query: dict) -> str:
+        return '/%s?%s' % (handler, urlencode(query))
+
+    def _redirect_target(self, response: http.client.HTTPResponse, path: str) -> tuple[HostEndpoint, str]:
+        """XAPI answers 302 when another host serves the disk; keep our scheme and query."""
+        location = response.getheader('Location') or ''
+        parts = urlsplit(location)
+        if not parts.hostname:
+            raise XapiError('redirect from %s without a usable Location header (%r)' % (self.endpoint.netloc, location))
+        endpoint = parse_hostname(parts.hostname if ':' not in parts.hostname else '[%s]' % parts.hostname,
+                                  default_scheme=parts.scheme or self.endpoint.scheme, default_port=parts.port or self.endpoint.port)
+        new_path = (parts.path or path.split('?', 1)[0]) + '?' + (parts.query or path.split('?', 1)[1])
+        return endpoint, new_path
+
+    def _failed_transfer(self, label: str, task_ref: str, response_status, reason: str) -> XapiError:
+        """Prefer the task's error (it says why) over the bare HTTP status."""
+        try:
+            status = self.task_status(task_ref)
+            if status == 'failure':
+                return xapi_error_from_failure(self.call('task.get_error_info', task_ref), what=label)
+        except XapiError:
+            pass
+        return XapiError('%s failed: HTTP %s %s' % (label, response_status, reason), code='HTTP_%s' % response_status)
+
+    def open_export(self, vdi_ref: str, fmt: str = 'vhd', base_ref: str | None = None, timeout: float | None = None) -> 'ExportStream':
+        """Start ``GET /export_raw_vdi`` and return a readable stream; read it to EOF.
+
+        Reaching EOF checks the XAPI task: a failed or cut export raises XapiError instead of a clean EOF.
+        """
+        self._require_session()
+        if fmt not in TRANSFER_FORMATS:
+            raise XapiError('unsupported export format %s (use one of %s)' % (fmt, ', '.join(TRANSFER_FORMATS)))
+        label = 'export of VDI %s%s' % (vdi_ref, ' (delta from %s)' % base_ref if base_ref else '')
+        task_ref = self.create_task('xapi.delta_backup export_raw_vdi', label)
+        query = {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt}
+        if base_ref and base_ref != NULL_REF:
+            query['base'] = base_ref
+        path = self._transfer_path('export_raw_vdi', query)
+        try:
+            connection, response = self._start_export(path, label, task_ref)
+        except BaseException:
+            self.cancel_task(task_ref)
+            self.destroy_task(task_ref)
+            raise
+        return ExportStream(self, connection, response, task_ref, label, timeout)
+
+    def _start_export(self, path: str, label: str, task_ref: str):
+        endpoint = self.endpoint
+        for attempt in range(2):
+            connection = self._http_connection(endpoint)
+            try:
+                connection.request('GET', path, headers={'Accept': '*/*'})
+                response = connection.getresponse()
+            except TRANSPORT_ERRORS as exc:
+                connection.close()
+                raise describe_transport_error(exc, endpoint, self.timeout) from exc
+            if response.status == 200:
+                return connection, response
+            reason = response.reason
+            if response.status in (301, 302, 303, 307) and attempt == 0:
+                endpoint, path = self._redirect_target(response, path)
+                connection.close()
+                continue
+            connection.close()
+            raise self._failed_transfer(label, task_ref, response.status, reason)
+        raise XapiError('%s failed: redirected more than once' % label)
+
+    def import_stream(self, vdi_ref: str, source, length: int, fmt: str = 'vhd', timeout: float | None = None):
+        """``PUT /import_raw_vdi`` streaming exactly ``length`` bytes from ``source``; return the task result (VDI ref).
+
+        ``source`` is bytes, a binary file object or an iterable of bytes chunks. XAPI needs an exact
+        Content-Length and rejects Transfer-Encoding; a source that is shorter or longer raises XapiError.
+        """
+        self._require_session()
+        if fmt not in TRANSFER_FORMATS:
+            raise XapiError('unsupported import format %s (use one of %s)' % (fmt, ', '.join(TRANSFER_FORMATS)))
+        if not isinstance(length, int) or length < 0:
+            raise XapiError('import length must be a non-negative integer, got %r' % (length,))
+        label = 'import into VDI %s' % vdi_ref
+        task_ref = self.create_task('xapi.delta_backup import_raw_vdi', label)
+        path = self._transfer_path('import_raw_vdi', {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt})
+        finished = False
+        try:
+            self._send_import(path, _chunks_of(source), length, label, task_ref)
+            result = self.wait_for_task(task_ref, timeout=timeout, what=label, destroy=False)
+            finished = True
+            return result
+        finally:
+            if not finished and self.logged_in:
+                self.cancel_task(task_ref)
+            if self.logged_in:
+                self.destroy_task(task_ref)
+
+    def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str) -> None:
+        connection = self._http_connection(self.endpoint)
+        try:
+            connection.putrequest('PUT', path, skip_accept_encoding=True)
+            connection.putheader('Content-Type', 'application/octet-stream')
+            connection.putheader('Content-Length', str(length))
+            connection.endheaders()
+            sent = self._send_body(connection, chunks, length, label, task_ref)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise self._failed_transfer(label, task_ref, response.status, response.reason)
+            if sent != length:
+                raise XapiError('%s failed: sent %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
+        except TRANSPORT_ERRORS as exc:
+            raise self._import_broken(exc, connection, label, task_ref) from exc
+        finally:
+            connection.close()
+
+    def _send_body(self, connection, chunks, length: int, label: str, task_ref: str) -> int:
+        sent = 0
+        for chunk in chunks:
+            if sent + len(chunk) > length:
+                raise XapiError('%s failed: the source holds more than the announced %d bytes' % (label, length), code='LONG_STREAM')
+            connection.send(chunk)
+            sent += len(chunk)
+        if sent < length:
+            raise XapiError('%s failed: the source ended after %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
+        return sent
+
+    def _import_broken(self, exc: BaseException, connection, label: str, task_ref: str) -> XapiError:
+        """The server closed the connection during the upload: its answer or task says why."""
+        try:
+            response = connection.getresponse()
+            if response.status != 200:
+                return self._failed_transfer(label, task_ref, response.status, response.reason)
+        except TRANSPORT_ERRORS:
+            pass
+        error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
+        if error.code and not error.code.startswith('HTTP_'):
+            return error
+        return describe_transport_error(exc, self.endpoint, self.timeout)
+
+
+def _chunks_of(source):
+    """Yield bytes chunks of at most TRANSFER_CHUNK_SIZE from bytes, a file object or an iterable."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source)
+        for start in range(0, len(view), TRANSFER_CHUNK_SIZE):
+            yield bytes(view[start:start + TRANSFER_CHUNK_SIZE])
+        return
+    if hasattr(source, 'read'):
+        while True:
+            chunk = source.read(TRANSFER_CHUNK_SIZE)
+            if not chunk:
+                return
+            yield chunk
+        return
+    for chunk in source:
+        if chunk:
+            yield bytes(chunk)
+
+
+class ExportStream(io.RawIOBase):
+    """Body of ``GET /export_raw_vdi``, read without buffering the disk in memory.
+
+    XAPI sends no Content-Length and only cuts the body short when the copy fails, so EOF alone
+    proves nothing: at EOF the task is checked and a failure raises XapiError. Closing before EOF
+    cancels the task. The task is destroyed in every case.
+    """
+
+    def __init__(self, xapi: XapiConnection, connection, response, task_ref: str, label: str, timeout: float | None = None):
+        super().__init__()
+        self._xapi = xapi
+        self._connection = connection
+        self._response = response
+        self.task_ref = task_ref
+        self.label = label
+        self.timeout = timeout
+        self.bytes_read = 0
+        self.verified = False
+        self.result = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.verified:
+            return 0
+        try:
+            count = self._response.readinto(buffer)
+        except TRANSPORT_ERRORS as exc:
+            self._abandon()
+            raise XapiError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc), code='SHORT_STREAM') from exc
+        if count:
+            self.bytes_read += count
+            return count
+        self._verify_at_eof()
+        return 0
+
+    def iter_chunks(self, chunk_size: int = TRANSFER_CHUNK_SIZE):
+        """Yield chunks up to EOF (after which the task has been verified)."""
+        while True:
+            chunk = self.read(chunk_size)
+            if not chunk:
+                return
+            yield chunk
+
+    def _verify_at_eof(self) -> None:
+        self._connection.close()
+        task_ref, self.task_ref = self.task_ref, None
+        if task_ref is None:
+            raise XapiError('%s: the stream was already abandoned' % self.label, code='SHORT_STREAM')
+        try:
+            # wait_for_task destroys the task whatever the outcome.
+            self.result = self._xapi.wait_for_task(task_ref, timeout=self.timeout, what=self.label)
+        except XapiError as error:
+            error.message = '%s (after %d bytes)' % (error.message, self.bytes_read)
+            error.args = (error.message,)
+            raise
+        self.verified = True
+
+    def _abandon(self) -> None:
+        self._connection.close()
+        if self._xapi.logged_in and self.task_ref:
+            self._xapi.cancel_task(self.task_ref)
+            self._xapi.destroy_task(self.task_ref)
+        self.task_ref = None
+
+    def close(self) -> None:
+        if not self.closed and not self.verified and self.task_ref:
+            self._abandon()
+        self._connection.close()
+        super().close()
