@@ -1,0 +1,436 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Crash-safe, resumable, in-place merge of a run of deltas into their parent (XO direction).
+
+``merge_chain(parent, [d1, ..., dk])`` folds the differencing files d1..dk (oldest first, each the
+child of the previous, d1 the child of ``parent``) into ``parent``.  The result is dk's point in
+time, carries dk's identity (unique id, sizes, geometry, timestamp) and takes dk's file name; the
+points of ``parent`` and d1..dk-1 are retired.  Only blocks the deltas hold are touched.
+
+Why every kept point stays readable at any instant
+--------------------------------------------------
+A kept point is dk or any newer file stacked on it; it reads the parent only for sectors that no
+delta d1..dk provides.  The merge writes into the parent only sectors some delta provides (the
+union mask U of a block), so what kept points read from the parent never changes, provided the
+parent file stays structurally valid at every instant.  That is what the write ordering ensures:
+
+prepare (step ``prepare``, done once, each sub-step idempotent):
+  1. grow the BAT if dk needs more entries: move blocks in the way to the end (as in 3a-3c below),
+     write the new entries as ``0xFFFFFFFF``, fsync, then rewrite the header's first sector with
+     the larger ``max_table_entries``, fsync;
+  2. mark BAT entries past the parent's old end unused and zero the old last block past the old
+     end (bitmap bits cleared, data zeroed), fsync.  Those bytes are invisible to every point.
+blocks (step ``blocks``; ``next_block`` checkpoints progress):
+  3. for a block the parent lacks, in batches: (a) write the current end footer at the end of the
+     extended file first, fsync - the file is valid and the gap reads as a hole; (b) write bitmap
+     and data into the gap, fsync; (c) write the BAT entries, fsync.  A crash leaves either an
+     unused gap or a fully written block.
+  4. for a block the parent has: write the U sectors' data, then OR U into its bitmap.  Kept points
+     never read those sectors from the parent, so no ordering is needed; a checkpoint fsyncs before
+     ``next_block`` is saved.
+footer (step ``footer``):
+  5. write the footer with dk's identity at the final data end (truncating any tail after it),
+     fsync, then the copy at offset 0, fsync.  The end footer is authoritative; readers tolerate a
+     parent whose id is a newer chain member's (it has absorbed that member).
+rename (step ``rename``):
+  6. ``rename(parent, dk)`` atomically replaces dk, fsync the directory, unlink d1..dk-1, fsync,
+     remove the state file, fsync.
+
+The state file ``.<parent name>.merge.json`` (next to the files) is written atomically (temporary
+file, fsync, rename, directory fsync) at the start and at every step; :func:`resume_merge` redoes
+the current step, which is idempotent, and so reaches the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+from .disk import VhdChain, VhdFile, pread_exact
+from .structures import (
+    BAT_UNUSED, FOOTER_SIZE, HEADER_SIZE, MAX_BAT_ENTRIES, SECTOR, Footer, ParentLocator, VhdError,
+    bat_pack, bat_parse, bitmap_size, bitmap_to_mask, mask_runs, mask_to_bitmap,
+)
+
+#: Test hook: SIGKILL the merging process after this many write/fsync/rename operations.
+KILL_ENV = "XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER"
+BATCH_BLOCKS = 32
+CHECKPOINT_SECONDS = 5.0
+
+
+@dataclasses.dataclass
+class MergeState:
+    """Persistent merge progress, saved as ``.<parent name>.merge.json`` in the files' directory."""
+
+    parent: str
+    children: list
+    target_id: str
+    old_size: int
+    step: str = "prepare"
+    next_block: int = 0
+    merged_bytes: int = 0
+    version: int = 1
+
+    @staticmethod
+    def path_for(directory, parent_name):
+        """State file path for a merge into ``parent_name``."""
+        return os.path.join(directory, f".{parent_name}.merge.json")
+
+    @classmethod
+    def load(cls, path):
+        """Read a state file; raise :class:`VhdError` when it is not a merge state."""
+        try:
+            with open(path, "rb") as handle:
+                data = json.loads(handle.read(1 << 20))
+            fields = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except (ValueError, TypeError) as error:
+            raise VhdError(path, "merge state", "json", None, str(error)) from None
+
+
+class _Io:
+    """Mutating file operations, counted so tests can kill the process at a chosen one."""
+
+    def __init__(self, hook=None):
+        self.hook = hook
+        limit = os.environ.get(KILL_ENV)
+        self.kill_after = int(limit) if limit else None
+        self.count = 0
+
+    def tick(self, what):
+        self.count += 1
+        if self.hook is not None:
+            self.hook(what, self.count)
+        if self.kill_after is not None and self.count >= self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def pwrite(self, fd, data, offset):
+        if isinstance(data, (list, tuple)):
+            total = sum(len(part) for part in data)
+            done = os.pwritev(fd, data, offset)
+            if done != total:
+                os.pwrite(fd, b"".join(bytes(part) for part in data)[done:], offset + done)
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(fd, view, offset + (len(data) - len(view))):]
+        self.tick("write")
+
+    def fsync(self, fd):
+        os.fsync(fd)
+        self.tick("fsync")
+
+    def fsync_dir(self, directory):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.tick("fsync_dir")
+
+    def replace(self, src, dst):
+        os.replace(src, dst)
+        self.tick("rename")
+
+    def unlink(self, path):
+        if os.path.exists(path):
+            os.unlink(path)
+        self.tick("unlink")
+
+    def ftruncate(self, fd, size):
+        os.ftruncate(fd, size)
+        self.tick("truncate")
+
+    def save_state(self, directory, state):
+        path = MergeState.path_for(directory, state.parent)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.replace(tmp, path)
+        self.fsync_dir(directory)
+
+
+def merge_chain(parent_path, child_paths, hook=None, progress=None):
+    """Fold ``child_paths`` (oldest first, a run of deltas above ``parent_path``) into the parent.
+
+    Returns the path of the result: the newest child's name, now holding the merged disk.
+    ``hook(operation, count)`` is called after each mutating operation (tests); ``progress(done, total)``
+    after each block.  Raises :class:`VhdError` when the files do not form a mergeable chain.
+    """
+    parent_path = os.path.abspath(os.fspath(parent_path))
+    child_paths = [os.path.abspath(os.fspath(p)) for p in child_paths]
+    if not child_paths:
+        raise ValueError("nothing to merge")
+    directory = os.path.dirname(parent_path)
+    if any(os.path.dirname(p) != directory for p in child_paths):
+        raise ValueError("a merge needs the parent and its children in one directory")
+    with VhdChain.from_paths(list(reversed(child_paths)) + [parent_path], allow_missing_parent=True) as chain:
+        parent = chain.members[-1]
+        if parent.is_fixed:
+            raise VhdError(parent.path, "footer", "disk_type", parent.footer_offset + 60, "cannot merge into a fixed disk")
+        for child in chain.members[:-1]:
+            if not child.is_differencing:
+                raise VhdError(child.path, "footer", "disk_type", child.footer_offset + 60, "only differencing disks can be merged")
+        state = MergeState(parent=os.path.basename(parent_path), children=[os.path.basename(p) for p in child_paths],
+                           target_id=chain.newest.unique_id.hex(), old_size=parent.size)
+    io = _Io(hook)
+    io.save_state(directory, state)
+    return _run(directory, state, io, progress)
+
+
+def resume_merge(state_path, hook=None, progress=None):
+    """Finish the merge recorded in ``state_path``; return the result's path, or ``None`` if it was stale.
+
+    A state whose parent and result are both missing is deleted (as XO does).
+    """
+    state_path = os.path.abspath(os.fspath(state_path))
+    directory = os.path.dirname(state_path)
+    state = MergeState.load(state_path)
+    io = _Io(hook)
+    parent = os.path.join(directory, state.parent)
+    if not os.path.exists(parent) and state.step != "rename":
+        io.unlink(state_path)
+        return None
+    return _run(directory, state, io, progress)
+
+
+def _run(directory, state, io, progress):
+    parent_path = os.path.join(directory, state.parent)
+    child_paths = [os.path.join(directory, name) for name in state.children]
+    if state.step in ("prepare", "blocks"):
+        with VhdChain.from_paths(list(reversed(child_paths)), allow_missing_parent=True) as children, \
+                _Parent(parent_path, io) as parent:
+            if state.step == "prepare":
+                _prepare(parent, children, state.old_size)
+                state.step = "blocks"
+                io.save_state(directory, state)
+            _merge_blocks(parent, children, state, directory, progress)
+        state.step = "footer"
+        io.save_state(directory, state)
+    if state.step == "footer":
+        with VhdFile(child_paths[-1]) as target, _Parent(parent_path, io) as parent:
+            _write_footer(parent, target.footer)
+        state.step = "rename"
+        io.save_state(directory, state)
+    result = child_paths[-1]
+    if os.path.exists(parent_path):
+        io.replace(parent_path, result)
+        io.fsync_dir(directory)
+    for path in child_paths[:-1]:
+        io.unlink(path)
+    io.fsync_dir(directory)
+    io.unlink(MergeState.path_for(directory, state.parent))
+    io.fsync_dir(directory)
+    return result
+
+
+class _Parent:
+    """The merge target opened for writing, with its BAT managed in memory."""
+
+    def __init__(self, path, io):
+        self.io = io
+        self.vhd = VhdFile(path, writable=True)
+        self.fd = self.vhd.fd
+        self.path = self.vhd.path
+        self.header = self.vhd.header
+        self.block_size = self.vhd.block_size
+        self.bitmap_size = bitmap_size(self.block_size)
+        self.span = self.bitmap_size + self.block_size
+        self.full_bitmap = b"\xff" * self.bitmap_size
+        self.load_bat()
+
+    def load_bat(self):
+        entries = self.header.max_table_entries
+        if entries > MAX_BAT_ENTRIES:
+            raise VhdError(self.path, "header", "max_table_entries", self.vhd.footer.data_offset + 28, "BAT too large to merge into")
+        raw = pread_exact(self.fd, entries * 4, self.header.table_offset, self.path, "BAT", "entries")
+        self.bat = bat_parse(raw, entries)
+
+    def file_size(self):
+        return os.fstat(self.fd).st_size
+
+    def end_footer(self):
+        size = self.file_size()
+        return pread_exact(self.fd, FOOTER_SIZE, size - FOOTER_SIZE, self.path, "footer", "cookie")
+
+    def occupied(self):
+        """(start, end, what) of every region after the header: BAT, locator data, blocks."""
+        regions = [(self.header.table_offset, self.header.table_offset + self.header.bat_bytes, "BAT")]
+        for number, loc in enumerate(self.header.locators):
+            if loc.platform_code != bytes(4) and loc.data_offset:
+                regions.append((loc.data_offset, loc.data_offset + max(loc.data_space, loc.data_length, SECTOR), number))
+        for index, entry in enumerate(self.bat):
+            if entry != BAT_UNUSED:
+                regions.append((entry * SECTOR, entry * SECTOR + self.span, index))
+        return regions
+
+    def data_end(self):
+        header_end = self.vhd.footer.data_offset + HEADER_SIZE
+        end = max([header_end] + [r[1] for r in self.occupied()])
+        return (end + SECTOR - 1) // SECTOR * SECTOR
+
+    def write_bat_range(self, first, last):
+        """Write BAT entries ``first..last`` (inclusive), whole sectors."""
+        start = first * 4 // SECTOR * SECTOR
+        end = min((last * 4 + 4 + SECTOR - 1) // SECTOR * SECTOR, self.header.bat_bytes)
+        raw = bat_pack(self.bat, self.header.bat_bytes)[start:end]
+        self.io.pwrite(self.fd, raw, self.header.table_offset + start)
+
+    def allocate(self, blocks):
+        """Write new blocks ``[(index, bitmap, data), ...]`` at the data end and point the BAT at them (steps 3a-3c)."""
+        if not blocks:
+            return
+        start = self.data_end()
+        new_end = start + len(blocks) * self.span
+        if self.file_size() < new_end + FOOTER_SIZE:
+            self.io.pwrite(self.fd, self.end_footer(), new_end)
+            self.io.fsync(self.fd)
+        for position, (_index, bitmap, data) in enumerate(blocks):
+            self.io.pwrite(self.fd, [bitmap, data], start + position * self.span)
+        self.io.fsync(self.fd)
+        for position, (index, _bitmap, _data) in enumerate(blocks):
+            self.bat[index] = (start + position * self.span) // SECTOR
+        indices = [b[0] for b in blocks]
+        self.write_bat_range(min(indices), max(indices))
+        self.io.fsync(self.fd)
+
+    def close(self):
+        self.vhd.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _prepare(parent, children, old_size):
+    """Steps 1 and 2: BAT capacity for the target's size, then clear everything past the old end."""
+    block_size = parent.block_size
+    if children.block_size != block_size:
+        raise VhdError(children.newest.path, "header", "block_size", None, "block size differs from the parent's")
+    needed = (children.size + block_size - 1) // block_size
+    if needed > parent.header.max_table_entries:
+        _grow_bat(parent, needed)
+    old_blocks = (old_size + block_size - 1) // block_size
+    stale = [i for i in range(old_blocks, len(parent.bat)) if parent.bat[i] != BAT_UNUSED]
+    if stale:
+        for index in stale:
+            parent.bat[index] = BAT_UNUSED
+        parent.write_bat_range(stale[0], stale[-1])
+    if old_size % block_size and children.size > old_size and parent.bat[old_blocks - 1] != BAT_UNUSED:
+        index = old_blocks - 1
+        offset = parent.bat[index] * SECTOR
+        first_sector = (old_size - index * block_size) // SECTOR
+        spb = block_size // SECTOR
+        bitmap = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
+        mask = bitmap_to_mask(bitmap, spb) & ((1 << first_sector) - 1)
+        parent.io.pwrite(parent.fd, mask_to_bitmap(mask, parent.bitmap_size), offset)
+        parent.io.pwrite(parent.fd, bytes(block_size - first_sector * SECTOR), offset + parent.bitmap_size + first_sector * SECTOR)
+    parent.io.fsync(parent.fd)
+
+
+def _grow_bat(parent, needed):
+    """Step 1: make room for ``needed`` BAT entries after the table offset, then raise ``max_table_entries``."""
+    header = parent.header
+    new_bytes = (needed * 4 + SECTOR - 1) // SECTOR * SECTOR
+    new_end = header.table_offset + new_bytes
+    changed_locators = False
+    for number, loc in enumerate(header.locators):
+        if loc.platform_code != bytes(4) and loc.data_offset < new_end and loc.data_offset + max(loc.data_space, loc.data_length) > header.table_offset:
+            # Locator data in the way: drop the locator (chains resolve by parent name).
+            header.locators[number] = ParentLocator()
+            changed_locators = True
+    if changed_locators:
+        parent.io.pwrite(parent.fd, header.pack(), parent.vhd.footer.data_offset)
+        parent.io.fsync(parent.fd)
+    in_the_way = [i for i, entry in enumerate(parent.bat)
+                  if entry != BAT_UNUSED and entry * SECTOR < new_end and entry * SECTOR + parent.span > header.table_offset]
+    for index in in_the_way:
+        offset = parent.bat[index] * SECTOR
+        raw = pread_exact(parent.fd, parent.span, offset, parent.path, f"block[{index}]", "data")
+        start = max(parent.data_end(), new_end)
+        if parent.file_size() < start + parent.span + FOOTER_SIZE:
+            parent.io.pwrite(parent.fd, parent.end_footer(), start + parent.span)
+            parent.io.fsync(parent.fd)
+        parent.io.pwrite(parent.fd, raw, start)
+        parent.io.fsync(parent.fd)
+        parent.bat[index] = start // SECTOR
+        parent.write_bat_range(index, index)
+        parent.io.fsync(parent.fd)
+    old_entries = header.max_table_entries
+    fill = bat_pack([BAT_UNUSED] * (needed - old_entries))
+    parent.io.pwrite(parent.fd, fill.ljust(new_bytes - old_entries * 4, b"\xff"), header.table_offset + old_entries * 4)
+    parent.io.fsync(parent.fd)
+    header.max_table_entries = needed
+    parent.io.pwrite(parent.fd, header.pack()[:SECTOR], parent.vhd.footer.data_offset)
+    parent.io.fsync(parent.fd)
+    parent.load_bat()
+
+
+def _merge_blocks(parent, children, state, directory, progress):
+    """Steps 3 and 4, from ``state.next_block``; saves checkpoints."""
+    spb = parent.block_size // SECTOR
+    full = (1 << spb) - 1
+    blocks = [i for i in children.allocated_blocks() if i >= state.next_block]
+    pending = []
+    last_checkpoint = time.monotonic()
+    for done, index in enumerate(blocks, 1):
+        data, mask = children.read_block_masked(index)
+        if mask:
+            offset = parent.bat[index] * SECTOR if parent.bat[index] != BAT_UNUSED else None
+            bitmap = parent.full_bitmap if mask == full else mask_to_bitmap(mask, parent.bitmap_size)
+            if offset is None:
+                pending.append((index, bitmap, data))
+                if len(pending) >= BATCH_BLOCKS:
+                    parent.allocate(pending)
+                    pending = []
+            elif mask == full:
+                parent.io.pwrite(parent.fd, [bitmap, data], offset)
+            else:
+                view = memoryview(data)
+                data_offset = offset + parent.bitmap_size
+                for first, count in mask_runs(mask):
+                    parent.io.pwrite(parent.fd, view[first * SECTOR:(first + count) * SECTOR], data_offset + first * SECTOR)
+                old = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
+                merged = bitmap_to_mask(old, spb) | mask
+                parent.io.pwrite(parent.fd, mask_to_bitmap(merged, parent.bitmap_size), offset)
+            state.merged_bytes += mask.bit_count() * SECTOR
+        if progress is not None:
+            progress(done, len(blocks))
+        if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+            parent.allocate(pending)
+            pending = []
+            parent.io.fsync(parent.fd)
+            state.next_block = index + 1
+            parent.io.save_state(directory, state)
+            last_checkpoint = time.monotonic()
+    parent.allocate(pending)
+    parent.io.fsync(parent.fd)
+
+
+def _write_footer(parent, target_footer):
+    """Step 5: the parent takes the target's identity and sizes; end footer first, then the copy at 0."""
+    footer = Footer.parse(parent.end_footer(), parent.path, parent.file_size() - FOOTER_SIZE)
+    footer = dataclasses.replace(footer, current_size=target_footer.current_size, original_size=target_footer.original_size,
+                                 geometry=target_footer.geometry, timestamp=target_footer.timestamp,
+                                 unique_id=target_footer.unique_id)
+    raw = footer.pack()
+    end = parent.data_end()
+    size = parent.file_size()
+    parent.io.pwrite(parent.fd, raw, end)
+    parent.io.fsync(parent.fd)
+    if size > end + FOOTER_SIZE:
+        parent.io.ftruncate(parent.fd, end + FOOTER_SIZE)
+        parent.io.fsync(parent.fd)
+    parent.io.pwrite(parent.fd, raw, 0)
+    parent.io.fsync(parent.fd)
+
+
+__all__ = ["MergeState", "merge_chain", "resume_merge", "KILL_ENV"]

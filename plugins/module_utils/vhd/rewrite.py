@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Rewrite a VHD's identity while it streams in (one pass, non-seekable input, hashed as written).
+
+Made for XAPI export streams (footer, header, BAT, packed blocks, footer) but accepts any
+dynamic or differencing VHD byte stream whose end footer is the last 512 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .structures import (
+    BAT_UNUSED, DISK_DIFFERENCING, DISK_FIXED, FOOTER_SIZE, HEADER_SIZE, MAX_BAT_ENTRIES, SECTOR, Footer, Header,
+    ParentLocator, VhdError, bat_parse, bitmap_size, uuid_bytes,
+)
+
+CHUNK_SIZE = 1 << 20
+
+
+@dataclasses.dataclass
+class RewriteResult:
+    """Outcome of :func:`rewrite_identity`: bytes written, the new footer and header, blocks seen."""
+
+    length: int
+    footer: Footer
+    header: Header
+    blocks: int
+
+
+class _Source:
+    """Exact reads from a file-like object that may return short reads (HTTP responses)."""
+
+    def __init__(self, fileobj, name):
+        self.fileobj = fileobj
+        self.name = name
+        self.position = 0
+
+    def read_some(self, size):
+        data = self.fileobj.read(size)
+        self.position += len(data)
+        return data
+
+    def read_exact(self, size, structure, field):
+        parts = []
+        got = 0
+        while got < size:
+            data = self.fileobj.read(min(size - got, CHUNK_SIZE))
+            if not data:
+                raise VhdError(self.name, structure, field, self.position, f"stream ended: wanted {size} bytes, got {got}")
+            parts.append(data)
+            got += len(data)
+            self.position += len(data)
+        return b"".join(parts)
+
+
+def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None):
+    """Copy the VHD stream ``src`` (``read(n)``) to ``dst`` (``write(b)``), rewriting its identity in passing.
+
+    The footer (both copies) gets ``unique_id``; for a differencing disk the header gets the
+    ``parent`` :class:`~.writer.ParentLink` (unique id, timestamp, relative name) and loses its
+    parent locators.  Checksums are recomputed.  ``on_write(chunk)`` receives every byte written,
+    in order, so the file can be hashed as it is written.  The stream is validated on the way
+    (cookies, checksums, BAT inside the stream, end footer equal to the head copy); any problem
+    raises :class:`VhdError` and ``dst`` then holds a partial copy the caller must discard.
+    """
+    name = name or getattr(src, "name", None) or "<stream>"
+    source = _Source(src, name)
+    written = 0
+
+    def emit(data):
+        nonlocal written
+        if data:
+            dst.write(data)
+            if on_write is not None:
+                on_write(data)
+            written += len(data)
+
+    head = source.read_exact(FOOTER_SIZE, "footer copy", "cookie")
+    footer = Footer.parse(head, name, 0)
+    if footer.disk_type == DISK_FIXED:
+        raise VhdError(name, "footer", "disk_type", 60, "a fixed disk cannot be rewritten as a stream")
+    if footer.disk_type == DISK_DIFFERENCING and parent is None:
+        raise VhdError(name, "footer", "disk_type", 60, "differencing stream needs a parent link")
+    gap = source.read_exact(footer.data_offset - FOOTER_SIZE, "footer", "data_offset")
+    header_raw = source.read_exact(HEADER_SIZE, "header", "cookie")
+    header = Header.parse(header_raw, name, footer.data_offset)
+    new_footer = dataclasses.replace(footer, unique_id=uuid_bytes(unique_id))
+    new_header = dataclasses.replace(header)
+    if footer.disk_type == DISK_DIFFERENCING:
+        new_header.parent_unique_id = uuid_bytes(parent.unique_id)
+        new_header.parent_timestamp = parent.timestamp
+        new_header.parent_name = parent.name
+        new_header.locators = [ParentLocator() for _ in range(8)]
+    footer_bytes = new_footer.pack()
+    emit(footer_bytes)
+    emit(gap)
+    emit(new_header.pack())
+
+    block_count = (footer.current_size + header.block_size - 1) // header.block_size
+    if block_count > MAX_BAT_ENTRIES:
+        raise VhdError(name, "header", "block_size", footer.data_offset + 32, f"{block_count} blocks exceed the supported maximum")
+    if header.max_table_entries < block_count:
+        raise VhdError(name, "header", "max_table_entries", footer.data_offset + 28,
+                       f"{header.max_table_entries} entries cannot map {block_count} blocks")
+    if header.table_offset < source.position:
+        raise VhdError(name, "header", "table_offset", footer.data_offset + 16,
+                       f"BAT at {header.table_offset} overlaps the header (streams must be in file order)")
+    _copy(source, emit, header.table_offset - source.position, "header", "table_offset")
+    bat_raw = source.read_exact(block_count * 4, "BAT", "entries")
+    emit(bat_raw)
+    bat_end = header.table_offset + header.bat_bytes
+    _copy(source, emit, bat_end - source.position, "BAT", "entries")
+    span = bitmap_size(header.block_size) + header.block_size
+    data_end = bat_end
+    blocks = 0
+    for index, entry in enumerate(bat_parse(bat_raw, block_count)):
+        if entry == BAT_UNUSED:
+            continue
+        blocks += 1
+        if entry * SECTOR < bat_end:
+            raise VhdError(name, "BAT", f"entry[{index}]", header.table_offset + 4 * index,
+                           f"block at {entry * SECTOR} overlaps the header or BAT")
+        data_end = max(data_end, entry * SECTOR + span)
+
+    # Pass the rest through, holding back the last 512 bytes: they are the end footer.
+    held = b""
+    while True:
+        chunk = source.read_some(CHUNK_SIZE)
+        if not chunk:
+            break
+        held += chunk
+        if len(held) > FOOTER_SIZE:
+            emit(held[:-FOOTER_SIZE])
+            held = held[-FOOTER_SIZE:]
+    if source.position < data_end + FOOTER_SIZE:
+        raise VhdError(name, "BAT", "entries", header.table_offset,
+                       f"stream of {source.position} bytes ends before its last block (needs {data_end + FOOTER_SIZE})")
+    if held != head:
+        raise VhdError(name, "footer", "cookie", source.position - FOOTER_SIZE, "end footer differs from the copy at offset 0")
+    emit(footer_bytes)
+    return RewriteResult(length=written, footer=new_footer, header=new_header, blocks=blocks)
+
+
+def _copy(source, emit, count, structure, field):
+    while count > 0:
+        data = source.read_exact(min(count, CHUNK_SIZE), structure, field)
+        emit(data)
+        count -= len(data)
