@@ -1,0 +1,1127 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""XAPI classes and messages over the state model: dispatch, sessions,
+tasks, events, VM/VDI/VBD/VIF operations, CBT.  Transport-agnostic: the
+wire layer calls ``Simulator.call(method, params)``."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from .model import (FIELDS, NULL_DATE, NULL_REF, REQUIRED, RW, SRO, DRO, Expr, Store, XapiError, class_name,
+                    coerce, new_ref, new_uuid, xapi_date)
+from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
+from .wire import I4, encode_value
+
+MAX_VDI_SIZE = 2040 * 1024 ** 3
+NO_ASYNC_CLASSES = ('session', 'event', 'task')
+# StaticRO fields that have a custom setter in XAPI.
+EXTRA_SETTERS = {
+    'VM': {'other_config', 'platform', 'memory_static_max', 'memory_static_min', 'memory_dynamic_max',
+           'memory_dynamic_min', 'memory_target', 'VCPUs_max', 'VCPUs_at_startup', 'VCPUs_params',
+           'actions_after_shutdown', 'actions_after_reboot', 'actions_after_crash', 'PV_bootloader', 'PV_kernel',
+           'PV_ramdisk', 'PV_args', 'PV_bootloader_args', 'PV_legacy_args', 'HVM_boot_policy',
+           'HVM_boot_params', 'HVM_shadow_multiplier', 'domain_type', 'blocked_operations', 'order',
+           'start_delay', 'shutdown_delay', 'NVRAM', 'has_vendor_device', 'ha_restart_priority',
+           'hardware_platform_version', 'recommendations'},
+    'VDI': {'name_label', 'name_description', 'sharable', 'read_only', 'on_boot', 'allow_caching',
+            'sm_config', 'xenstore_data'},
+    'VBD': {'mode'},
+    'SR': {'physical_size', 'shared'},
+    'network': set(),
+}
+BAD_POWER = 'VM_BAD_POWER_STATE'
+
+
+def _arity(func):
+    params = list(inspect.signature(func).parameters.values())
+    if params and params[0].name == 'session':
+        params = params[1:]
+    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+    return required, len(params)
+
+
+class Session:
+    """A logged-in session."""
+
+    def __init__(self, ref, user, originator, seq):
+        self.ref = ref
+        self.user = user
+        self.originator = originator
+        self.seq = seq
+        self.uuid = new_uuid()
+
+
+class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-attributes
+    """The whole simulated pool: object store, disks, sessions, faults."""
+
+    def __init__(self, data_dir=None):
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix='xapisim-')
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.store = Store()
+        self.lock = self.store.lock
+        self.stores = {}
+        self.disks = {}
+        self.cbt = {}
+        self.sessions = {}
+        self.session_seq = 0
+        self.session_limit = 400
+        self.originator_limit = 500
+        self.auth_delay = 0.05
+        self.users = {}
+        self.master_address = '127.0.0.1'
+        self.pool_ref = None
+        self.master_ref = None
+        self.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
+        self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
+        self.methods = {}
+        for name in dir(self):
+            if name.startswith('m_'):
+                cls, _sep, msg = name[2:].partition('__')
+                self.methods['%s.%s' % (cls, msg)] = getattr(self, name)
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------
+    def close(self):
+        """Release backing files (and the data dir when we made it)."""
+        with self.lock:
+            for store in self.stores.values():
+                store.close()
+            self.stores.clear()
+            self.disks.clear()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def reset(self):
+        """Forget every object, session and fault."""
+        with self.lock:
+            for store in self.stores.values():
+                store.close()
+            self.store.objects = {cls: {} for cls in FIELDS}
+            self.store.by_uuid.clear()
+            self.stores.clear()
+            self.disks.clear()
+            self.cbt.clear()
+            self.sessions.clear()
+            self.users.clear()
+            self.pool_ref = self.master_ref = None
+            self.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
+            self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
+            self.session_limit = 400
+            self.originator_limit = 500
+
+    # ------------------------------------------------------------------
+    # dispatch
+    # ------------------------------------------------------------------
+    @staticmethod
+    def split_method(method):
+        """(async?, class, message) from ``Async.VM.snapshot`` or ``VM_snapshot``."""
+        is_async = False
+        if method.startswith('Async.') or method.startswith('Async_'):
+            is_async = True
+            method = method[6:]
+        if '.' in method:
+            cls, _sep, msg = method.partition('.')
+        else:
+            cls, _sep, msg = method.partition('_')
+        return is_async, cls, msg
+
+    def call(self, method, params, slave=False):
+        """Run one API call; returns the Python value or raises XapiError."""
+        self.stats['calls'] += 1
+        is_async, cls, msg = self.split_method(method)
+        name = '%s.%s' % (cls, msg)
+        if cls == 'session' and msg in ('login_with_password', 'slave_local_login_with_password'):
+            if is_async:
+                raise XapiError('Fault', 'No async mode for this operation')
+            self._delay(name)
+            if slave:
+                raise XapiError('HOST_IS_SLAVE', self.master_address)
+            return self._check_call(name, self.m_session__login_with_password, params, None)
+        if not params:
+            raise XapiError('SESSION_INVALID', '')
+        session, args = params[0], list(params[1:])
+        with self.lock:
+            if session not in self.sessions:
+                raise XapiError('SESSION_INVALID', session)
+        func = self._resolve(cls, msg, name)
+        if is_async:
+            if cls in NO_ASYNC_CLASSES or not (msg in ('create', 'destroy') or name in self.methods):
+                raise XapiError('Fault', 'No async mode for this operation (%s)' % name)
+            self._check_arity(name, func, args)
+            return self._start_task('Async.' + name, func, args)
+        self._delay(name)
+        return self._check_call(name, func, args, session)
+
+    def _check_call(self, name, func, args, session):
+        self._check_arity(name, func, args)
+        self._maybe_fail(name)
+        if name == 'session.logout' or name.startswith('event.'):
+            args = [session] + list(args)
+        if name.startswith('event.'):
+            return func(*args)
+        with self.lock:
+            return func(*args)
+
+    def _check_arity(self, name, func, args):
+        required, total = getattr(func, 'arity', None) or _arity(func)
+        if not required <= len(args) <= total:
+            raise XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', name, required, len(args))
+
+    def _delay(self, name):
+        delays = self.faults['delay']
+        seconds = delays.get(name, delays.get('*', 0))
+        if seconds:
+            time.sleep(seconds)
+
+    def _maybe_fail(self, name):
+        with self.lock:
+            queue = self.faults['fail'].get(name)
+            if queue:
+                error, remaining = queue[0]
+                if remaining <= 1:
+                    queue.pop(0)
+                else:
+                    queue[0] = (error, remaining - 1)
+                raise XapiError(*error)
+
+    def faults_check_method(self, name):
+        """Raise an injected error for an HTTP handler (``export_raw_vdi``, ``import_raw_vdi``)."""
+        self._delay(name)
+        self._maybe_fail(name)
+
+    def take_cut(self, kind, vdi):
+        """Consume a pending stream cut (``cut_export``/``cut_import``) for ``vdi``; bytes or None."""
+        with self.lock:
+            uuid = self.store.raw('VDI', vdi)['uuid'] if self.store.exists('VDI', vdi) else None
+            for num, (target, after) in enumerate(self.faults[kind]):
+                if target in (None, vdi, uuid):
+                    del self.faults[kind][num]
+                    return after
+        return None
+
+    def _resolve(self, cls, msg, name):
+        if name in self.methods:
+            return self.methods[name]
+        real = class_name(cls)
+        if real is None or real != cls:
+            raise XapiError('MESSAGE_METHOD_UNKNOWN', name)
+        func = self._generic(cls, msg)
+        if func is None:
+            raise XapiError('MESSAGE_METHOD_UNKNOWN', name)
+        return func
+
+    def _generic(self, cls, msg):  # pylint: disable=too-many-return-statements
+        fields = FIELDS[cls]
+        setters = EXTRA_SETTERS.get(cls, set())
+
+        def wrap(func, required, total):
+            func.arity = (required, total)
+            return func
+
+        if msg == 'get_all':
+            return wrap(lambda: self.store.refs(cls), 0, 0)
+        if msg == 'get_all_records':
+            return wrap(lambda: {r: self.store.record(cls, r) for r in self.store.refs(cls)}, 0, 0)
+        if msg == 'get_all_records_where':
+            return wrap(lambda expr: self._where(cls, expr), 1, 1)
+        if msg == 'get_record':
+            return wrap(lambda ref: self.store.record(cls, ref), 1, 1)
+        if msg == 'get_by_uuid':
+            return wrap(lambda value: self.store.ref_of_uuid(cls, value), 1, 1)
+        if msg == 'get_by_name_label' and 'name_label' in fields:
+            return wrap(lambda label: [r for r, o in self.store.objects[cls].items() if o['name_label'] == label],
+                        1, 1)
+        if msg in ('create', 'destroy') and cls in ('VM', 'VDI', 'VBD', 'VIF', 'network'):
+            func = getattr(self, '%s_%s' % (msg, cls.lower()))
+            return wrap(func, 1, 1)
+        for prefix, required in (('get_', 1), ('set_', 2), ('add_to_', 3), ('remove_from_', 2), ('add_', 2),
+                                 ('remove_', 2)):
+            if not msg.startswith(prefix):
+                continue
+            field = fields.get(msg[len(prefix):])
+            if field is None:
+                continue
+            if prefix == 'get_':
+                return wrap(lambda ref, f=field: self.store.get(cls, ref, f.name), 1, 1)
+            writable = field.qual == RW or field.name in setters or (cls, field.name) == ('VM', 'other_config')
+            if not writable or field.inverse:
+                return None
+            if prefix == 'set_':
+                return wrap(lambda ref, value, f=field: self._set(cls, ref, f, value), 2, 2)
+            if prefix in ('add_to_', 'remove_from_') and field.kind == 'map':
+                func = self._map_add if prefix == 'add_to_' else self._map_remove
+                return wrap(lambda ref, *kv, f=field, fn=func: fn(cls, ref, f, *kv), required, required)
+            if prefix in ('add_', 'remove_') and field.kind == 'set':
+                return wrap(lambda ref, value, f=field, add=(prefix == 'add_'): self._set_edit(cls, ref, f, value, add),
+                            2, 2)
+        return None
+
+    def _where(self, cls, text):
+        try:
+            expr = Expr(text)
+        except ValueError as exc:
+            raise XapiError('INTERNAL_ERROR', 'bad expression: %s' % exc) from None
+        out = {}
+        for ref in self.store.refs(cls):
+            rec = self.store.record(cls, ref)
+            if expr.evaluate(rec):
+                out[ref] = rec
+        return out
+
+    def _set(self, cls, ref, field, value):
+        self.store.raw(cls, ref)
+        self.store.set(cls, ref, field.name, coerce(field, value))
+        return ''
+
+    def _map_add(self, cls, ref, field, key, value):
+        obj = self.store.raw(cls, ref)
+        if key in obj[field.name]:
+            raise XapiError('MAP_DUPLICATE_KEY', cls, field.name, obj['uuid'], key)
+        new = dict(obj[field.name])
+        new[str(key)] = str(value)
+        self.store.set(cls, ref, field.name, new)
+        return ''
+
+    def _map_remove(self, cls, ref, field, key):
+        obj = self.store.raw(cls, ref)
+        new = dict(obj[field.name])
+        new.pop(key, None)
+        self.store.set(cls, ref, field.name, new)
+        return ''
+
+    def _set_edit(self, cls, ref, field, value, add):
+        obj = self.store.raw(cls, ref)
+        items = list(obj[field.name])
+        if add and value not in items:
+            items.append(value)
+        elif not add and value in items:
+            items.remove(value)
+        self.store.set(cls, ref, field.name, items)
+        return ''
+
+    def _construct(self, cls, record, extra=None):
+        if not isinstance(record, dict):
+            raise XapiError('FIELD_TYPE_ERROR', 'record')
+        for name in REQUIRED.get(cls, []):
+            if name not in record:
+                raise XapiError('INTERNAL_ERROR', 'Missing field %s in %s.create record' % (name, cls))
+        values = {}
+        for name, value in record.items():
+            field = FIELDS[cls].get(name)
+            if field is None or field.qual == DRO or field.inverse:
+                continue
+            values[name] = coerce(field, value)
+        values.update(extra or {})
+        return values
+
+    # ------------------------------------------------------------------
+    # tasks
+    # ------------------------------------------------------------------
+    def new_task(self, label, description=''):
+        """Create a pending task; returns its ref."""
+        return self.store.add('task', {'name_label': label, 'name_description': description, 'created': xapi_date(),
+                                       'status': 'pending', 'resident_on': self.master_ref or NULL_REF,
+                                       'type': '', 'progress': 0.0})
+
+    def finish_task(self, task, result=None, error=None):
+        """Complete a task with a value (stored as XML-RPC text) or an error list."""
+        with self.lock:
+            if not self.store.exists('task', task):
+                return
+            obj = self.store.raw('task', task)
+            if obj['status'] not in ('pending', 'cancelling'):
+                return
+            if error is not None:
+                status = 'cancelled' if error[0] == 'TASK_CANCELLED' else 'failure'
+                self.store.update('task', task, status=status, error_info=[str(e) for e in error],
+                                  finished=xapi_date(), progress=1.0)
+            else:
+                self.store.update('task', task, status='success', progress=1.0, finished=xapi_date(),
+                                  result='' if result in (None, '') else encode_value(result))
+
+    def task_cancelled(self, task):
+        """True when a cancel was requested."""
+        with self.lock:
+            return self.store.exists('task', task) and self.store.raw('task', task)['status'] == 'cancelling'
+
+    def set_progress(self, task, value):
+        """Update a task's progress."""
+        with self.lock:
+            if task and self.store.exists('task', task):
+                self.store.set('task', task, 'progress', float(value))
+
+    def _start_task(self, label, func, args):
+        task = self.new_task(label)
+        name = label[6:]
+
+        def run():
+            try:
+                self._delay(name)
+                self._maybe_fail(name)
+                with self.lock:
+                    if self.task_cancelled(task):
+                        raise XapiError('TASK_CANCELLED', task)
+                    value = func(*args)
+                self.finish_task(task, result=value)
+            except XapiError as exc:
+                self.finish_task(task, error=exc.details)
+            except Exception as exc:  # pylint: disable=broad-except
+                self.finish_task(task, error=['INTERNAL_ERROR', repr(exc)])
+
+        threading.Thread(target=run, daemon=True, name='task-%s' % name).start()
+        return task
+
+    def m_task__create(self, label, description):
+        """task.create"""
+        return self.new_task(label, description)
+
+    def m_task__cancel(self, task):
+        """task.cancel: pending tasks go to cancelling; the worker notices."""
+        obj = self.store.raw('task', task)
+        if obj['status'] == 'pending':
+            self.store.set('task', task, 'status', 'cancelling')
+        return ''
+
+    def m_task__destroy(self, task):
+        """task.destroy"""
+        self.store.raw('task', task)
+        self.store.remove('task', task)
+        return ''
+
+    def m_task__set_status(self, task, value):
+        """task.set_status"""
+        self.store.raw('task', task)
+        self.store.set('task', task, 'status', value)
+        return ''
+
+    def m_task__set_progress(self, task, value):
+        """task.set_progress"""
+        self.store.raw('task', task)
+        self.store.set('task', task, 'progress', float(value))
+        return ''
+
+    # ------------------------------------------------------------------
+    # sessions
+    # ------------------------------------------------------------------
+    def m_session__login_with_password(self, uname, pwd, version='', originator=''):
+        """session.login_with_password"""
+        del version
+        if self.users.get(uname) != pwd:
+            time.sleep(self.auth_delay)
+            raise XapiError('SESSION_AUTHENTICATION_FAILED', uname, 'Authentication failure')
+        with self.lock:
+            self.session_seq += 1
+            ref = new_ref()
+            self.sessions[ref] = Session(ref, uname, originator, self.session_seq)
+            self.stats['logins'] += 1
+            same = sorted((s for s in self.sessions.values() if s.originator == originator), key=lambda s: s.seq)
+            while len(same) > self.originator_limit:
+                self.sessions.pop(same.pop(0).ref, None)
+            while len(self.sessions) > self.session_limit:
+                oldest = min(self.sessions.values(), key=lambda s: s.seq)
+                del self.sessions[oldest.ref]
+        return ref
+
+    def m_session__logout(self, session):
+        """session.logout"""
+        with self.lock:
+            if self.sessions.pop(session, None) is not None:
+                self.stats['logouts'] += 1
+        return ''
+
+    def m_session__local_logout(self, session):
+        """session.local_logout"""
+        return self.m_session__logout(session)
+
+    def m_session__get_this_host(self, session):
+        """session.get_this_host"""
+        del session
+        return self.master_ref
+
+    def m_session__get_this_user(self, session):
+        """session.get_this_user"""
+        del session
+        return NULL_REF
+
+    # ------------------------------------------------------------------
+    # events
+    # ------------------------------------------------------------------
+    def m_event__get_current_id(self, session):
+        """event.get_current_id"""
+        del session
+        return self.store.event_id
+
+    def m_event__from(self, session, classes, token, timeout):
+        """event.from: changes since ``token`` for the subscribed classes."""
+        del session
+        subs = []
+        for item in classes:
+            cls, _sep, ref = str(item).partition('/')
+            if cls == '*':
+                subs.append(('*', None))
+                continue
+            real = class_name(cls)
+            if real is None:
+                raise XapiError('EVENT_SUBSCRIPTION_PARSE_FAILURE', item)
+            subs.append((real, ref or None))
+
+        def wanted(cls, ref):
+            return any((c == '*' or c == cls) and (r is None or r == ref) for c, r in subs)
+
+        deadline = time.time() + float(timeout)
+        with self.lock:
+            if token == '':
+                events = []
+                for cls, objs in self.store.objects.items():
+                    for ref in objs:
+                        if wanted(cls, ref):
+                            events.append(self._event(0, cls, 'add', ref))
+                return self._event_result(events, subs)
+            try:
+                since = int(str(token).split(',')[0])
+            except ValueError:
+                raise XapiError('EVENT_FROM_TOKEN_PARSE_FAILURE', token) from None
+            while True:
+                latest = {}
+                for ev_id, cls, op, ref, _snap in self.store.events:
+                    if ev_id > since and wanted(cls, ref):
+                        prev = latest.get((cls, ref))
+                        if prev is not None and prev[1] == 'add' and op == 'mod':
+                            op = 'add'
+                        latest[(cls, ref)] = (ev_id, op)
+                if latest:
+                    events = [self._event(ev_id, cls, op, ref)
+                              for (cls, ref), (ev_id, op) in sorted(latest.items(), key=lambda i: i[1][0])]
+                    return self._event_result(events, subs)
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return self._event_result([], subs)
+                self.store.changed.wait(remaining)
+
+    def _event(self, ev_id, cls, op, ref):
+        event = {'id': ev_id, 'timestamp': '0.0', 'class': cls.lower(), 'operation': op, 'ref': ref}
+        if op != 'del' and self.store.exists(cls, ref):
+            event['snapshot'] = self.store.record(cls, ref)
+        elif op != 'del':
+            event['operation'] = 'del'
+        return event
+
+    def _event_result(self, events, subs):
+        classes = set(FIELDS) if any(c == '*' for c, _r in subs) else {c for c, _r in subs}
+        counts = {cls.lower(): I4(len(self.store.objects[cls])) for cls in classes}
+        token = '%020d,%020d' % (self.store.event_id, 0)
+        return {'events': events, 'valid_ref_counts': counts, 'token': token}
+
+    # ------------------------------------------------------------------
+    # pool / host / SR
+    # ------------------------------------------------------------------
+    def m_pool__get_master(self, pool):
+        """pool.get_master"""
+        return self.store.get('pool', pool, 'master')
+
+    def add_sr(self, name, size, sr_type='ext', shared=False, description=''):
+        """Create an SR with a block store of ``size`` bytes."""
+        ref = new_ref()
+        self.stores[ref] = BlockStore(os.path.join(self.data_dir, 'sr-%s.blocks' % ref[10:]), size)
+        self.store.add('SR', {'name_label': name, 'name_description': description, 'physical_size': int(size),
+                              'type': sr_type, 'shared': shared, 'content_type': 'user',
+                              'sm_config': {'devserial': 'scsi-0'} if sr_type == 'lvm' else {},
+                              'allowed_operations': ['vdi_create', 'vdi_destroy', 'vdi_snapshot', 'scan']},
+                       ref=ref)
+        if self.master_ref:
+            self.store.add('PBD', {'host': self.master_ref, 'SR': ref, 'device_config': {'location': '/dev/sim'}})
+        return ref
+
+    def sr_refresh(self, sr):
+        """Recompute an SR's utilisation fields."""
+        store = self.stores.get(sr)
+        if store is None:
+            return
+        virtual = sum(self.store.raw('VDI', r)['virtual_size'] for r, o in self.store.objects['VDI'].items()
+                      if o['SR'] == sr)
+        self.store.update('SR', sr, physical_utilisation=store.utilisation, virtual_allocation=virtual)
+
+    def m_SR__scan(self, sr):
+        """SR.scan"""
+        self.store.raw('SR', sr)
+        self.sr_refresh(sr)
+        return ''
+
+    def m_SR__set_physical_size(self, sr, size):
+        """SR.set_physical_size"""
+        self.store.raw('SR', sr)
+        self.stores[sr].capacity = int(size)
+        self.store.set('SR', sr, 'physical_size', int(size))
+        return ''
+
+    # ------------------------------------------------------------------
+    # VDI
+    # ------------------------------------------------------------------
+    def disk(self, vdi):
+        """The Disk of a VDI (VDI_MISSING when it has no data)."""
+        self.store.raw('VDI', vdi)
+        disk = self.disks.get(vdi)
+        if disk is None:
+            obj = self.store.raw('VDI', vdi)
+            raise XapiError('VDI_MISSING', obj['SR'], vdi)
+        return disk
+
+    def resolve_vdi(self, value):
+        """A VDI ref from a ref or a uuid (HTTP handlers accept both)."""
+        with self.lock:
+            if self.store.exists('VDI', value):
+                return value
+            hit = self.store.by_uuid.get(value)
+            if hit and hit[0] == 'VDI':
+                return hit[1]
+        raise XapiError('HANDLE_INVALID', 'VDI', value)
+
+    @staticmethod
+    def round_size(size):
+        """Round a virtual size up to 2 MiB (minimum 2 MiB)."""
+        size = max(int(size), 1)
+        return (size + BLOCK_SIZE - 1) // BLOCK_SIZE * BLOCK_SIZE
+
+    def create_vdi(self, record):
+        """VDI.create"""
+        values = self._construct('VDI', record)
+        sr = values['SR']
+        self.store.raw('SR', sr)
+        if sr not in self.stores:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'SR has no storage')
+        size = self.round_size(values['virtual_size'])
+        if int(values['virtual_size']) < 0:
+            raise XapiError('INTERNAL_ERROR', 'negative size')
+        if size > MAX_VDI_SIZE:
+            raise XapiError('VDI_TOO_LARGE', NULL_REF, MAX_VDI_SIZE)
+        values['virtual_size'] = size
+        sm_config = dict(values.get('sm_config', {}))
+        sm_config.setdefault('vdi_type', 'vhd')
+        values['sm_config'] = sm_config
+        uuid = new_uuid()
+        values.update(uuid=uuid, location=uuid, managed=True)
+        ref = new_ref()
+        self.disks[ref] = Disk(self.stores[sr], size)
+        self.store.add('VDI', values, ref=ref)
+        self.sr_refresh(sr)
+        return ref
+
+    def _vdi_attached(self, vdi):
+        return any(o['VDI'] == vdi and o['currently_attached'] for o in self.store.objects['VBD'].values())
+
+    def destroy_vdi(self, vdi):
+        """VDI.destroy"""
+        obj = self.store.raw('VDI', vdi)
+        if not obj['managed']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'VDI is not managed')
+        if self._vdi_attached(vdi):
+            raise XapiError('VDI_IN_USE', vdi, 'destroy')
+        for vbd in [r for r, o in self.store.objects['VBD'].items() if o['VDI'] == vdi]:
+            self.store.remove('VBD', vbd)
+        disk = self.disks.pop(vdi, None)
+        if disk is not None:
+            disk.destroy()
+        self.cbt.pop(vdi, None)
+        self.store.remove('VDI', vdi)
+        self._gc(obj['SR'])
+        self.sr_refresh(obj['SR'])
+        return ''
+
+    def _gc(self, sr):
+        """Coalesce hidden base copies with fewer than two children."""
+        changed = True
+        while changed:
+            changed = False
+            vdis = self.store.objects['VDI']
+            for ref, obj in list(vdis.items()):
+                if obj['managed'] or obj['SR'] != sr:
+                    continue
+                children = [r for r, o in vdis.items() if o['sm_config'].get('vhd-parent') == obj['uuid']]
+                if len(children) >= 2:
+                    continue
+                parent = obj['sm_config'].get('vhd-parent')
+                for child in children:
+                    sm_config = dict(vdis[child]['sm_config'])
+                    if parent:
+                        sm_config['vhd-parent'] = parent
+                    else:
+                        sm_config.pop('vhd-parent', None)
+                    self.store.set('VDI', child, 'sm_config', sm_config)
+                self.store.remove('VDI', ref)
+                changed = True
+                break
+
+    def _copy_vdi(self, vdi, snapshot, name=None):
+        obj = self.store.raw('VDI', vdi)
+        if obj['type'] == 'cbt_metadata':
+            raise XapiError('VDI_INCOMPATIBLE_TYPE', vdi, 'cbt_metadata')
+        if snapshot and obj['sharable']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'VDI is sharable')
+        disk = self.disk(vdi)
+        sr = obj['SR']
+        store = self.stores[sr]
+        try:
+            store.check_room(1)
+        except StoreFull as exc:
+            raise XapiError('SR_FULL', exc.requested, exc.maximum) from None
+        values = {k: obj[k] for k in ('name_label', 'name_description', 'SR', 'virtual_size', 'type', 'read_only',
+                                      'other_config', 'tags', 'xenstore_data', 'on_boot', 'allow_caching')}
+        if name is not None:
+            values['name_label'] = name
+        sm_config = {k: v for k, v in obj['sm_config'].items() if not k.startswith('host_')}
+        uuid = new_uuid()
+        values.update(uuid=uuid, location=uuid, managed=True, sharable=False, sm_config=sm_config,
+                      cbt_enabled=obj['cbt_enabled'] if snapshot else False,
+                      physical_utilisation=disk.allocated)
+        if snapshot:
+            values.update(is_a_snapshot=True, snapshot_of=vdi, snapshot_time=xapi_date())
+        # A VHD SR inserts a hidden base copy as parent of both leaves.
+        base_values = {'name_label': 'base copy', 'SR': sr, 'virtual_size': obj['virtual_size'],
+                       'managed': False, 'read_only': True, 'type': obj['type'],
+                       'physical_utilisation': disk.allocated,
+                       'sm_config': {k: v for k, v in sm_config.items() if k in ('vdi_type', 'vhd-parent')}}
+        base_uuid = new_uuid()
+        base_values.update(uuid=base_uuid, location=base_uuid)
+        self.store.add('VDI', base_values)
+        leaf_sm = dict(obj['sm_config'])
+        leaf_sm['vhd-parent'] = base_uuid
+        self.store.set('VDI', vdi, 'sm_config', leaf_sm)
+        values['sm_config'] = dict(sm_config, **{'vhd-parent': base_uuid})
+        ref = new_ref()
+        self.disks[ref] = disk.clone()
+        self.store.add('VDI', values, ref=ref)
+        if snapshot and obj['cbt_enabled']:
+            log = self.cbt.setdefault(vdi, [])
+            if log:
+                seg_id, changed = log[-1]
+                log[-1] = (seg_id, frozenset(changed))
+            self.cbt[ref] = list(log)
+            log.append((new_uuid(), set()))
+        self.sr_refresh(sr)
+        return ref
+
+    def m_VDI__snapshot(self, vdi, driver_params=None):
+        """VDI.snapshot"""
+        del driver_params
+        return self._copy_vdi(vdi, True)
+
+    def m_VDI__clone(self, vdi, driver_params=None):
+        """VDI.clone"""
+        del driver_params
+        return self._copy_vdi(vdi, False)
+
+    def _resize(self, vdi, size, online):
+        obj = self.store.raw('VDI', vdi)
+        size = int(size)
+        if size < obj['virtual_size']:
+            raise XapiError('SR_BACKEND_FAILURE_79', '', 'VDI Invalid size', 'shrinking not allowed')
+        running = [self.store.raw('VM', o['VM']) for o in self.store.objects['VBD'].values()
+                   if o['VDI'] == vdi and o['currently_attached']]
+        vbds = [o for o in self.store.objects['VBD'].values() if o['VDI'] == vdi]
+        if online:
+            if not running:
+                vm = vbds[0]['VM'] if vbds else NULL_REF
+                state = self.store.raw('VM', vm)['power_state'].lower() if vbds else 'halted'
+                raise XapiError(BAD_POWER, vm, 'running', state)
+        elif running:
+            raise XapiError('VDI_IN_USE', vdi, 'resize')
+        new = self.round_size(size)
+        if new > MAX_VDI_SIZE:
+            raise XapiError('VDI_TOO_LARGE', vdi, MAX_VDI_SIZE)
+        self.disk(vdi).resize(new)
+        self.store.set('VDI', vdi, 'virtual_size', new)
+        self.sr_refresh(obj['SR'])
+        return ''
+
+    def m_VDI__resize(self, vdi, size):
+        """VDI.resize (detached disk, grow only)"""
+        return self._resize(vdi, size, False)
+
+    def m_VDI__resize_online(self, vdi, size):
+        """VDI.resize_online (attached to a running VM, grow only)"""
+        return self._resize(vdi, size, True)
+
+    def m_VDI__get_nbd_info(self, vdi):
+        """VDI.get_nbd_info: no NBD network in the simulator."""
+        self.store.raw('VDI', vdi)
+        return []
+
+    def _cbt_check(self, vdi):
+        obj = self.store.raw('VDI', vdi)
+        if obj['is_a_snapshot']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'CBT cannot be changed on a snapshot')
+        if obj['type'] not in ('user', 'system'):
+            raise XapiError('VDI_INCOMPATIBLE_TYPE', vdi, obj['type'])
+        return obj
+
+    def m_VDI__enable_cbt(self, vdi):
+        """VDI.enable_cbt (idempotent)"""
+        obj = self._cbt_check(vdi)
+        if not obj['cbt_enabled']:
+            self.cbt[vdi] = [(new_uuid(), set())]
+            self.disk(vdi).on_write = self._cbt_hook(vdi)
+            self.store.set('VDI', vdi, 'cbt_enabled', True)
+        return ''
+
+    def m_VDI__disable_cbt(self, vdi):
+        """VDI.disable_cbt (idempotent)"""
+        obj = self._cbt_check(vdi)
+        if obj['cbt_enabled']:
+            self.cbt.pop(vdi, None)
+            self.disk(vdi).on_write = None
+            self.store.set('VDI', vdi, 'cbt_enabled', False)
+        return ''
+
+    def _cbt_hook(self, vdi):
+        def mark(pos, count):
+            log = self.cbt.get(vdi)
+            if log:
+                log[-1][1].update(range(pos // CBT_BLOCK, (pos + count - 1) // CBT_BLOCK + 1))
+        return mark
+
+    def m_VDI__list_changed_blocks(self, vdi_from, vdi_to):
+        """VDI.list_changed_blocks: base64 bitmap, one bit per 64 KiB, MSB first."""
+        self.store.raw('VDI', vdi_from)
+        to_obj = self.store.raw('VDI', vdi_to)
+        old, new = self.cbt.get(vdi_from), self.cbt.get(vdi_to)
+        if not old or not new or len(old) > len(new) or old[-1][0] != new[len(old) - 1][0]:
+            raise XapiError('SR_BACKEND_FAILURE_460', '', 'Failed to calculate changed blocks for given VDIs.', '')
+        changed = set()
+        for _seg, blocks in new[len(old):]:
+            changed.update(blocks)
+        nbits = (to_obj['virtual_size'] + CBT_BLOCK - 1) // CBT_BLOCK
+        bitmap = bytearray((nbits + 7) // 8)
+        for bit in changed:
+            if bit < nbits:
+                bitmap[bit >> 3] |= 0x80 >> (bit & 7)
+        return base64.b64encode(bytes(bitmap)).decode('ascii')
+
+    def m_VDI__data_destroy(self, vdi):
+        """VDI.data_destroy: keep the CBT log, drop the data."""
+        obj = self.store.raw('VDI', vdi)
+        if not obj['cbt_enabled']:
+            raise XapiError('VDI_NO_CBT_METADATA', vdi)
+        if not obj['is_a_snapshot']:
+            raise XapiError('VDI_INCOMPATIBLE_TYPE', vdi, obj['type'])
+        if self._vdi_attached(vdi):
+            raise XapiError('VDI_IN_USE', vdi, 'data_destroy')
+        for vbd in [r for r, o in self.store.objects['VBD'].items() if o['VDI'] == vdi]:
+            self.store.remove('VBD', vbd)
+        disk = self.disks.pop(vdi, None)
+        if disk is not None:
+            disk.destroy()
+        self.store.update('VDI', vdi, type='cbt_metadata', physical_utilisation=0)
+        self.sr_refresh(obj['SR'])
+        return ''
+
+    # ------------------------------------------------------------------
+    # VBD / VIF / network
+    # ------------------------------------------------------------------
+    def create_vbd(self, record):
+        """VBD.create"""
+        values = self._construct('VBD', record)
+        vm = self.store.raw('VM', values['VM'])
+        vdi = values.get('VDI', NULL_REF)
+        if not values.get('empty'):
+            vdi_obj = self.store.raw('VDI', vdi)
+            if vdi_obj['read_only'] and values.get('mode') == 'RW':
+                raise XapiError('VDI_READONLY', vdi)
+            if vdi_obj['type'] == 'cbt_metadata':
+                raise XapiError('VDI_INCOMPATIBLE_TYPE', vdi, 'cbt_metadata')
+        used = {o['userdevice'] for o in self.store.objects['VBD'].values() if o['VM'] == values['VM']}
+        dev = values.get('userdevice', 'autodetect')
+        if dev == 'autodetect':
+            dev = str(next(i for i in range(64) if str(i) not in used))
+        elif dev in used:
+            raise XapiError('DEVICE_ALREADY_EXISTS', dev)
+        values['userdevice'] = dev
+        values['device'] = 'xvd' + chr(ord('a') + int(dev)) if dev.isdigit() and int(dev) < 26 else ''
+        values['currently_attached'] = False
+        del vm
+        return self.store.add('VBD', values)
+
+    def destroy_vbd(self, vbd):
+        """VBD.destroy"""
+        obj = self.store.raw('VBD', vbd)
+        if obj['currently_attached']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'VBD is attached')
+        self.store.remove('VBD', vbd)
+        return ''
+
+    def m_VBD__plug(self, vbd):
+        """VBD.plug"""
+        obj = self.store.raw('VBD', vbd)
+        state = self.store.raw('VM', obj['VM'])['power_state']
+        if state != 'Running':
+            raise XapiError(BAD_POWER, obj['VM'], 'running', state.lower())
+        if obj['currently_attached']:
+            raise XapiError('DEVICE_ALREADY_ATTACHED', vbd)
+        self.store.set('VBD', vbd, 'currently_attached', True)
+        return ''
+
+    def m_VBD__unplug(self, vbd):
+        """VBD.unplug"""
+        obj = self.store.raw('VBD', vbd)
+        if not obj['currently_attached']:
+            raise XapiError('DEVICE_ALREADY_DETACHED', vbd)
+        self.store.set('VBD', vbd, 'currently_attached', False)
+        return ''
+
+    def m_VBD__unplug_force(self, vbd):
+        """VBD.unplug_force"""
+        return self.m_VBD__unplug(vbd)
+
+    def create_vif(self, record):
+        """VIF.create"""
+        values = self._construct('VIF', record)
+        self.store.raw('VM', values['VM'])
+        self.store.raw('network', values['network'])
+        if any(o['VM'] == values['VM'] and o['device'] == values['device'] for o in self.store.objects['VIF'].values()):
+            raise XapiError('DEVICE_ALREADY_EXISTS', values['device'])
+        if not values.get('MAC'):
+            raw = os.urandom(3)
+            values['MAC'] = '02:00:00:%02x:%02x:%02x' % tuple(raw)
+            values['MAC_autogenerated'] = True
+        return self.store.add('VIF', values)
+
+    def destroy_vif(self, vif):
+        """VIF.destroy"""
+        self.store.raw('VIF', vif)
+        self.store.remove('VIF', vif)
+        return ''
+
+    def create_network(self, record):
+        """network.create"""
+        values = self._construct('network', record)
+        values.setdefault('bridge', 'xapi%d' % len(self.store.objects['network']))
+        return self.store.add('network', values)
+
+    def destroy_network(self, network):
+        """network.destroy"""
+        self.store.raw('network', network)
+        if any(o['network'] == network for o in self.store.objects['VIF'].values()):
+            raise XapiError('NETWORK_CONTAINS_VIF', network)
+        self.store.remove('network', network)
+        return ''
+
+    # ------------------------------------------------------------------
+    # VM
+    # ------------------------------------------------------------------
+    def create_vm(self, record):
+        """VM.create"""
+        values = self._construct('VM', record)
+        values.update(power_state='Halted', domid=-1, resident_on=NULL_REF,
+                      allowed_operations=['start', 'clone', 'copy', 'snapshot', 'export', 'destroy'])
+        return self.store.add('VM', values)
+
+    def _vm(self, vm):
+        obj = self.store.raw('VM', vm)
+        if obj['is_control_domain']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'This operation is not allowed on the control domain')
+        return obj
+
+    def destroy_vm(self, vm):
+        """VM.destroy: VBDs and VIFs go, VDIs stay."""
+        obj = self._vm(vm)
+        if obj['power_state'] not in ('Halted', 'Suspended'):
+            raise XapiError(BAD_POWER, vm, 'halted, suspended', obj['power_state'].lower())
+        for cls in ('VBD', 'VIF'):
+            for ref in [r for r, o in self.store.objects[cls].items() if o['VM'] == vm]:
+                self.store.remove(cls, ref)
+        self.store.remove('VM', vm)
+        return ''
+
+    def m_VM__snapshot(self, vm, new_name, ignore_vdis=None):
+        """VM.snapshot(vm, new_name[, ignore_vdis])"""
+        obj = self._vm(vm)
+        if obj['is_a_snapshot']:
+            raise XapiError('OPERATION_NOT_ALLOWED', 'VM is a snapshot')
+        if obj['power_state'] not in ('Halted', 'Running', 'Paused', 'Suspended'):
+            raise XapiError(BAD_POWER, vm, 'halted, running', obj['power_state'].lower())
+        ignore = set(ignore_vdis or [])
+        vbds = [(r, o) for r, o in self.store.objects['VBD'].items() if o['VM'] == vm]
+        disks = [o['VDI'] for _r, o in vbds if o['type'] == 'Disk' and not o['empty'] and o['VDI'] not in ignore]
+        for vdi in disks:
+            sr = self.store.raw('VDI', vdi)['SR']
+            try:
+                self.stores[sr].check_room(1)
+            except StoreFull as exc:
+                raise XapiError('SR_FULL', exc.requested, exc.maximum) from None
+        values = {}
+        for name, field in FIELDS['VM'].items():
+            if field.qual in (RW, SRO) and not field.inverse:
+                values[name] = obj[name]
+        values.update(name_label=new_name, is_a_snapshot=True, is_a_template=True, snapshot_of=vm,
+                      snapshot_time=xapi_date(), power_state='Halted', domid=-1, resident_on=NULL_REF,
+                      snapshot_info={'power-state-at-snapshot': obj['power_state'],
+                                     'disk-snapshot-type': 'crash_consistent'},
+                      transportable_snapshot_id=new_uuid(), parent=NULL_REF,
+                      allowed_operations=['clone', 'copy', 'destroy', 'export', 'revert'])
+        snap = self.store.add('VM', values)
+        try:
+            for _ref, vbd in vbds:
+                vdi = vbd['VDI']
+                if vbd['type'] == 'Disk' and not vbd['empty']:
+                    if vdi in ignore:
+                        continue
+                    vdi = self._copy_vdi(vdi, True)
+                copy_vbd = {k: vbd[k] for k in ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'empty',
+                                                'other_config', 'qos_algorithm_type', 'qos_algorithm_params',
+                                                'device')}
+                copy_vbd.update(VM=snap, VDI=vdi, currently_attached=False)
+                self.store.add('VBD', copy_vbd)
+            for vif in [o for o in self.store.objects['VIF'].values() if o['VM'] == vm]:
+                copy_vif = {k: vif[k] for k in ('device', 'network', 'MAC', 'MTU', 'other_config',
+                                                'qos_algorithm_type', 'qos_algorithm_params', 'locking_mode')}
+                copy_vif.update(VM=snap, currently_attached=False)
+                self.store.add('VIF', copy_vif)
+        except XapiError:
+            for cls in ('VBD', 'VIF'):
+                for ref in [r for r, o in self.store.objects[cls].items() if o['VM'] == snap]:
+                    self.store.remove(cls, ref)
+            self.store.remove('VM', snap)
+            raise
+        return snap
+
+    def _power(self, vm, expected, new_state, attach):
+        obj = self._vm(vm)
+        if obj['power_state'] not in expected:
+            raise XapiError(BAD_POWER, vm, ', '.join(s.lower() for s in expected), obj['power_state'].lower())
+        running = new_state in ('Running', 'Paused')
+        domid = obj['domid'] if obj['domid'] > 0 and running else (self._next_domid() if running else -1)
+        self.store.update('VM', vm, power_state=new_state, domid=domid,
+                          resident_on=self.master_ref if running else NULL_REF)
+        if attach is not None:
+            for ref, vbd in list(self.store.objects['VBD'].items()):
+                if vbd['VM'] == vm and not vbd['empty']:
+                    self.store.set('VBD', ref, 'currently_attached', attach)
+            for ref, vif in list(self.store.objects['VIF'].items()):
+                if vif['VM'] == vm:
+                    self.store.set('VIF', ref, 'currently_attached', attach)
+        return ''
+
+    def _next_domid(self):
+        used = [o['domid'] for o in self.store.objects['VM'].values()]
+        return max(used + [0]) + 1
+
+    def m_VM__start(self, vm, start_paused=False, force=False):
+        """VM.start"""
+        del force
+        obj = self._vm(vm)
+        if obj['is_a_template'] or obj['is_a_snapshot']:
+            raise XapiError('VM_IS_TEMPLATE', vm)
+        return self._power(vm, ('Halted',), 'Paused' if start_paused else 'Running', True)
+
+    def m_VM__clean_shutdown(self, vm):
+        """VM.clean_shutdown"""
+        return self._power(vm, ('Running',), 'Halted', False)
+
+    def m_VM__hard_shutdown(self, vm):
+        """VM.hard_shutdown"""
+        return self._power(vm, ('Running', 'Paused', 'Suspended'), 'Halted', False)
+
+    def m_VM__shutdown(self, vm):
+        """VM.shutdown"""
+        return self._power(vm, ('Running',), 'Halted', False)
+
+    def m_VM__pause(self, vm):
+        """VM.pause"""
+        return self._power(vm, ('Running',), 'Paused', None)
+
+    def m_VM__unpause(self, vm):
+        """VM.unpause"""
+        return self._power(vm, ('Paused',), 'Running', None)
+
+    def m_VM__suspend(self, vm):
+        """VM.suspend"""
+        return self._power(vm, ('Running',), 'Suspended', False)
+
+    def m_VM__resume(self, vm, start_paused=False, force=False):
+        """VM.resume"""
+        del force
+        return self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', True)
+
+    def m_VM__clean_reboot(self, vm):
+        """VM.clean_reboot"""
+        return self._power(vm, ('Running',), 'Running', None)
+
+    def m_VM__hard_reboot(self, vm):
+        """VM.hard_reboot"""
+        return self._power(vm, ('Running', 'Paused'), 'Running', None)
+
+    def m_VM__add_to_other_config(self, vm, key, value):
+        """VM.add_to_other_config (custom in XAPI)"""
+        return self._map_add('VM', vm, FIELDS['VM']['other_config'], key, value)
+
+    def m_VM__remove_from_other_config(self, vm, key):
+        """VM.remove_from_other_config (custom in XAPI)"""
+        return self._map_remove('VM', vm, FIELDS['VM']['other_config'], key)
+
+    def m_VM__set_memory_limits(self, vm, static_min, static_max, dynamic_min, dynamic_max):
+        """VM.set_memory_limits"""
+        self.store.update('VM', vm, memory_static_min=int(static_min), memory_static_max=int(static_max),
+                          memory_dynamic_min=int(dynamic_min), memory_dynamic_max=int(dynamic_max))
+        return ''
+
+    def m_VM__get_allowed_VBD_devices(self, vm):
+        """VM.get_allowed_VBD_devices"""
+        self.store.raw('VM', vm)
+        used = {o['userdevice'] for o in self.store.objects['VBD'].values() if o['VM'] == vm}
+        return [str(i) for i in range(16) if str(i) not in used]
+
+    def m_VM__provision(self, vm):
+        """VM.provision: nothing to do for templates without disks."""
+        self.store.raw('VM', vm)
+        return ''
+
+    def m_VM__clone(self, vm, new_name):
+        """VM.clone: a copy of the VM with cloned disks (Halted)."""
+        obj = self._vm(vm)
+        if obj['power_state'] != 'Halted':
+            raise XapiError(BAD_POWER, vm, 'halted', obj['power_state'].lower())
+        values = {n: obj[n] for n, f in FIELDS['VM'].items() if f.qual in (RW, SRO) and not f.inverse}
+        values.update(name_label=new_name, is_a_template=obj['is_a_template'] and not obj['is_a_snapshot'])
+        clone = self.store.add('VM', values)
+        for vbd in [o for o in list(self.store.objects['VBD'].values()) if o['VM'] == vm]:
+            vdi = vbd['VDI']
+            if vbd['type'] == 'Disk' and not vbd['empty']:
+                vdi = self._copy_vdi(vdi, False)
+            values = {k: vbd[k] for k in ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'empty',
+                                          'other_config', 'device')}
+            values.update(VM=clone, VDI=vdi)
+            self.store.add('VBD', values)
+        return clone
+
+    # ------------------------------------------------------------------
+    # creation of the static pool objects (config loader helpers)
+    # ------------------------------------------------------------------
+    def add_pool(self, name, host_name, address):
+        """Create pool, master host and the control domain."""
+        host = new_ref()
+        dom0 = new_ref()
+        self.master_ref = host
+        self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
+                                'software_version': {'product_brand': 'XCP-ng', 'product_version': '8.3.0',
+                                                     'xapi': '24.19', 'platform_name': 'XCP'},
+                                'control_domain': dom0}, ref=host)
+        self.store.add('VM', {'name_label': 'Control domain on host: %s' % host_name, 'is_control_domain': True,
+                              'power_state': 'Running', 'domid': 0, 'resident_on': host,
+                              'memory_static_max': 4 << 30, 'memory_dynamic_max': 4 << 30,
+                              'memory_dynamic_min': 4 << 30, 'memory_static_min': 4 << 30,
+                              'memory_target': 4 << 30, 'VCPUs_max': 2, 'VCPUs_at_startup': 2}, ref=dom0)
+        self.pool_ref = self.store.add('pool', {'name_label': name, 'master': host})
+        return self.pool_ref
+
+    def add_slave_host(self, host_name, address):
+        """Create a pool member (not the coordinator)."""
+        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address})
+

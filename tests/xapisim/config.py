@@ -1,0 +1,125 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Build a simulated pool from a YAML (or dict) description.  See README.md."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from .model import NULL_REF, XapiError
+from .storage import pattern
+
+UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'kib': 1 << 10, 'm': 1 << 20, 'mib': 1 << 20, 'g': 1 << 30, 'gib': 1 << 30,
+         't': 1 << 40, 'tib': 1 << 40}
+DEFAULT_CONFIG = {
+    'pool': {'name': 'xapisim-pool'},
+    'users': [{'name': 'root', 'password': 'secret'}],
+    'srs': [{'name': 'Local storage', 'size': '100GiB', 'default': True}],
+    'networks': [{'name': 'Pool-wide network associated with eth0', 'bridge': 'xenbr0'}],
+    'vms': [],
+}
+
+
+def parse_size(value):
+    """``10GiB``, ``512M``, ``1048576`` to bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r'\s*(\d+)\s*([a-zA-Z]*)\s*', str(value))
+    if not match or match.group(2).lower() not in UNITS:
+        raise ValueError('bad size %r' % (value,))
+    return int(match.group(1)) * UNITS[match.group(2).lower()]
+
+
+def load(text_or_dict):
+    """A config dict from YAML text, a path-less dict or None (defaults)."""
+    if text_or_dict is None:
+        return dict(DEFAULT_CONFIG)
+    if isinstance(text_or_dict, dict):
+        return text_or_dict
+    return yaml.safe_load(text_or_dict) or {}
+
+
+def _vm_record(spec, name):
+    memory = parse_size(spec.get('memory', '1GiB'))
+    vcpus = int(spec.get('vcpus', 1))
+    return {'name_label': name, 'name_description': spec.get('description', ''),
+            'is_a_template': bool(spec.get('template', False)),
+            'memory_static_max': memory, 'memory_dynamic_max': memory, 'memory_dynamic_min': memory,
+            'memory_static_min': min(memory, 512 << 20), 'memory_target': memory,
+            'VCPUs_max': vcpus, 'VCPUs_at_startup': vcpus,
+            'HVM_boot_policy': 'BIOS order', 'HVM_boot_params': {'order': 'cd'},
+            'platform': {'device-model': 'qemu-upstream-compat', 'viridian': 'false'},
+            'other_config': {str(k): str(v) for k, v in (spec.get('other_config') or {}).items()},
+            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm'}
+
+
+def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
+    """Populate ``sim`` (assumed empty) from ``config``; returns {kind: {name: ref}}."""
+    config = load(config)
+    names = {'host': {}, 'SR': {}, 'network': {}, 'VM': {}, 'VDI': {}}
+    with sim.lock:
+        for user in config.get('users') or DEFAULT_CONFIG['users']:
+            sim.users[str(user['name'])] = str(user['password'])
+        limits = config.get('limits') or {}
+        sim.session_limit = int(limits.get('sessions', 400))
+        sim.originator_limit = int(limits.get('sessions_per_originator', 500))
+        sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
+        pool = config.get('pool') or {}
+        hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
+        sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
+        names['host'][hosts[0]['name']] = sim.master_ref
+        for host in hosts[1:]:
+            names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
+        default_sr = None
+        for spec in config.get('srs') or DEFAULT_CONFIG['srs']:
+            ref = sim.add_sr(spec['name'], parse_size(spec.get('size', '100GiB')), spec.get('type', 'ext'),
+                             bool(spec.get('shared', False)), spec.get('description', ''))
+            names['SR'][spec['name']] = ref
+            if spec.get('default') or default_sr is None:
+                default_sr = ref
+        sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)
+        for num, spec in enumerate(config.get('networks') or DEFAULT_CONFIG['networks']):
+            names['network'][spec['name']] = sim.create_network({
+                'name_label': spec['name'], 'bridge': spec.get('bridge', 'xenbr%d' % num),
+                'MTU': int(spec.get('mtu', 1500)), 'other_config': {}})
+        for spec in config.get('templates') or []:
+            spec = dict(spec, template=True)
+            names['VM'][spec['name']] = _make_vm(sim, spec, names, default_sr)
+        for spec in config.get('vms') or []:
+            names['VM'][spec['name']] = _make_vm(sim, spec, names, default_sr)
+    return names
+
+
+def _make_vm(sim, spec, names, default_sr):
+    vm = sim.create_vm(_vm_record(spec, spec['name']))
+    for num, disk in enumerate(spec.get('disks') or []):
+        sr = names['SR'][disk['sr']] if disk.get('sr') else default_sr
+        vdi = sim.create_vdi({'name_label': disk.get('name', '%s disk %d' % (spec['name'], num)),
+                              'name_description': disk.get('description', ''), 'SR': sr,
+                              'virtual_size': parse_size(disk.get('size', '1GiB')), 'type': 'user',
+                              'sharable': False, 'read_only': False,
+                              'other_config': {str(k): str(v) for k, v in (disk.get('other_config') or {}).items()}})
+        names['VDI'][disk.get('name', '%s disk %d' % (spec['name'], num))] = vdi
+        sim.create_vbd({'VM': vm, 'VDI': vdi, 'userdevice': str(disk.get('userdevice', num)),
+                        'bootable': num == 0, 'mode': 'RW', 'type': 'Disk', 'empty': False, 'other_config': {}})
+        if disk.get('cbt'):
+            sim.m_VDI__enable_cbt(vdi)
+        for write in disk.get('data') or []:
+            length = parse_size(write.get('length', '2MiB'))
+            sim.disk(vdi).write(parse_size(write.get('offset', 0)), pattern(write.get('seed', 0), length))
+        sim.sr_refresh(sr)
+    if spec.get('cdrom'):
+        sim.create_vbd({'VM': vm, 'VDI': NULL_REF, 'userdevice': '3', 'bootable': False, 'mode': 'RO',
+                        'type': 'CD', 'empty': True, 'other_config': {}})
+    for num, nic in enumerate(spec.get('vifs') or []):
+        net = names['network'].get(nic.get('network')) or next(iter(names['network'].values()))
+        sim.create_vif({'device': str(nic.get('device', num)), 'network': net, 'VM': vm, 'MAC': nic.get('mac', ''),
+                        'MTU': 1500, 'other_config': {}})
+    state = spec.get('power_state', 'Halted')
+    if state in ('Running', 'Paused') and not spec.get('template'):
+        sim.m_VM__start(vm, state == 'Paused', False)
+    elif state not in ('Halted', 'Running', 'Paused'):
+        raise XapiError('INTERNAL_ERROR', 'unsupported power_state %s' % state)
+    return vm
