@@ -1,0 +1,136 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Helpers for the VHD engine tests: a raw model of a disk and chains of VHDs built from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream, write_stream,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
+
+QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
+QEMU_IO = shutil.which("qemu-io") or "/usr/bin/qemu-io"
+
+
+def pattern(seed, length):
+    """Deterministic non-zero bytes for a write (cheap to generate)."""
+    unit = bytes(((seed * 37 + i * 11) % 251) + 1 for i in range(509))
+    return (unit * (length // len(unit) + 1))[:length]
+
+
+def write_vhd(path, size, sectors, block_size, parent=None, unique_id=None, full_blocks=False, model=None):
+    """Write a dynamic (no ``parent``) or differencing VHD holding ``sectors`` (a set of sector numbers).
+
+    Data comes from ``model`` (the disk's content at this point).  With ``full_blocks`` every touched
+    block is written whole with a full bitmap (XAPI/XO style); otherwise bitmaps are exact.
+    """
+    spb = block_size // SECTOR
+    masks = {}
+    for sector in sectors:
+        if sector * SECTOR < size:
+            masks[sector // spb] = masks.get(sector // spb, 0) | (1 << (sector % spb))
+    bms = bitmap_size(block_size)
+
+    def read_block(index):
+        start = index * block_size
+        data = bytes(model[start:start + block_size]).ljust(block_size, b"\x00")
+        mask = masks[index]
+        if full_blocks or mask == (1 << spb) - 1:
+            return None, data
+        buf = bytearray(block_size)
+        for s in range(spb):
+            if mask >> s & 1:
+                buf[s * SECTOR:(s + 1) * SECTOR] = data[s * SECTOR:(s + 1) * SECTOR]
+        return mask_to_bitmap(mask, bms), bytes(buf)
+
+    stream = VhdStream(size, sorted(masks), read_block, disk_type=DISK_DIFFERENCING if parent else DISK_DYNAMIC,
+                       unique_id=unique_id or uuid.uuid4(), parent=parent, block_size=block_size)
+    write_stream(stream, path, fsync=False)
+    return path
+
+
+class ChainModel:
+    """A disk modelled as raw bytes per restore point, and the chain of VHD files representing it."""
+
+    def __init__(self, directory, size, block_size):
+        self.directory = directory
+        self.block_size = block_size
+        self.sizes = []
+        self.points = []  # raw content per point, oldest first
+        self.paths = []   # file per point, oldest first
+        self.current = bytearray(size)
+
+    def add_point(self, writes, size=None, full_blocks=False):
+        """Apply ``writes`` [(sector, count, seed)] (after resizing to ``size``) and write the next file."""
+        size = size or len(self.current)
+        if size > len(self.current):
+            self.current.extend(bytes(size - len(self.current)))
+        touched = set()
+        for sector, count, seed in writes:
+            sector = sector % (size // SECTOR)
+            count = max(1, min(count, size // SECTOR - sector))
+            self.current[sector * SECTOR:(sector + count) * SECTOR] = pattern(seed, count * SECTOR)
+            touched.update(range(sector, sector + count))
+        number = len(self.paths)
+        path = os.path.join(self.directory, f"2026010{number // 10}T{number % 10:02d}0000Z.vhd")
+        if full_blocks:
+            spb = self.block_size // SECTOR
+            touched = {s for b in {t // spb for t in touched} for s in range(b * spb, (b + 1) * spb)}
+        parent = ParentLink.for_parent_file(self.paths[-1], path) if self.paths else None
+        if not self.paths:
+            touched = set(range(size // SECTOR)) if not writes else touched
+        write_vhd(path, size, touched, self.block_size, parent=parent, full_blocks=full_blocks, model=self.current)
+        self.paths.append(path)
+        self.points.append(bytes(self.current))
+        return path
+
+
+def qemu_raw(path, out):
+    """Convert a VHD to raw with qemu-img (current-size semantics forced)."""
+    subprocess.run([QEMU_IMG, "convert", "-f", "vpc", "-O", "raw", path, out], check=True, capture_output=True)
+    with open(out, "rb") as handle:
+        return handle.read()
+
+
+def libvhdi_read(paths, length=None):
+    """Read a newest-first chain with libvhdi (set_parent on every level); return ``length`` bytes (default all)."""
+    import pyvhdi  # pylint: disable=import-outside-toplevel,import-error
+
+    handles = []
+    for path in paths:
+        handle = pyvhdi.file()
+        handle.open(path)
+        handles.append(handle)
+    for child, parent in zip(handles, handles[1:]):
+        child.set_parent(parent)
+    try:
+        return handles[0].read_buffer_at_offset(length or handles[0].get_media_size(), 0)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def poke_past_end(path):
+    """Store non-zero bytes (bitmap bits set) past the virtual end in the file's last block, as some writers do."""
+    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdFile  # pylint: disable=import-outside-toplevel
+
+    with VhdFile(path) as vhd:
+        last = vhd.block_count - 1
+        offset = vhd.block_offset(last)
+        within = vhd.size - last * vhd.block_size
+        if offset is None or within == vhd.block_size:
+            return False
+        bitmap_bytes, block_size = vhd.bitmap_size, vhd.block_size
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xff" * bitmap_bytes)
+        handle.seek(offset + bitmap_bytes + within)
+        handle.write(b"\x5a" * (block_size - within))
+    return True
