@@ -129,6 +129,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = 'xapi/24.19'
     sys_version = ''
 
+    def version_string(self):
+        return self.server_version
+
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         if self.server.verbose:
             super().log_message(format, *args)
