@@ -241,7 +241,7 @@ def serve(context=None, address='127.0.0.1'):
     server.xapi = MiniXapi()
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
