@@ -61,6 +61,7 @@ class ChainModel:
 
     def __init__(self, directory, size, block_size):
         self.directory = directory
+        os.makedirs(directory, exist_ok=True)
         self.block_size = block_size
         self.sizes = []
         self.points = []  # raw content per point, oldest first
@@ -110,8 +111,11 @@ def libvhdi_read(paths, length=None):
         handles.append(handle)
     for child, parent in zip(handles, handles[1:]):
         child.set_parent(parent)
+    # Read in aligned 64 KiB pieces: libvhdi 20260901 mis-reads single reads spanning a partial block.
+    total = length or handles[0].get_media_size()
+    step = 64 * 1024
     try:
-        return handles[0].read_buffer_at_offset(length or handles[0].get_media_size(), 0)
+        return b"".join(handles[0].read_buffer_at_offset(min(step, total - offset), offset) for offset in range(0, total, step))
     finally:
         for handle in handles:
             handle.close()
