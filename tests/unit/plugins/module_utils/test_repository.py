@@ -210,7 +210,9 @@ def test_chain_newest_to_full(repo):
     add_backup(repo, T3, {VDI_A: FULL})
     add_backup(repo, T4, {VDI_A: DELTA})
     points = {p.timestamp: p for p in repo.list_backups(VM)}
-    names = lambda point: [os.path.basename(p) for p in repo.vhd_chain(point, point.disks[0])]  # noqa: E731
+
+    def names(point):
+        return [os.path.basename(p) for p in repo.vhd_chain(point, point.disks[0])]
     assert names(points[T2]) == [T2 + '.vhd', T1 + '.vhd']
     assert names(points[T4]) == [T4 + '.vhd', T3 + '.vhd']
     assert names(points[T1]) == [T1 + '.vhd']
