@@ -379,7 +379,7 @@ class XapiConnection:
         try:
             return target(*args)
         except XenAPI.Failure as failure:
-            label = what or ('%s on %s' % (method, args[0]) if args and isinstance(args[0], str) else method)
+            label = what or (('%s on %s' % (method, args[0])) if args and isinstance(args[0], str) else method)
             raise xapi_error_from_failure(failure.details, what=label, method=method) from failure
         except TRANSPORT_ERRORS as exc:
             raise describe_transport_error(exc, self.endpoint, self.timeout) from exc

@@ -692,11 +692,23 @@ class BackupRepository:
             except (OSError, ValueError):
                 # Unreadable state: protect the whole folder, the merge engine will sort it out.
                 return set(os.listdir(folder))
-            chain = state.get('chain') if isinstance(state, dict) else None
-            for entry in chain if isinstance(chain, list) else []:
-                if isinstance(entry, str):
-                    protected.add(os.path.basename(entry))
+            protected.update(_merge_state_file_names(state))
         return protected
+
+
+def _merge_state_file_names(state) -> set[str]:
+    """File names a merge state refers to: XO's ``chain`` list, or the VHD engine's ``parent`` and ``children``."""
+    names = set()
+    if not isinstance(state, dict):
+        return names
+    entries = [state.get('parent')]
+    for key in ('chain', 'children'):
+        if isinstance(state.get(key), list):
+            entries.extend(state[key])
+    for entry in entries:
+        if isinstance(entry, str) and entry:
+            names.add(os.path.basename(entry))
+    return names
 
 
 def open_repository(path: str, create: bool = False, file_mode: int = DEFAULT_FILE_MODE, dir_mode: int = DEFAULT_DIR_MODE) -> BackupRepository:

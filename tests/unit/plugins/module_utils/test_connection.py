@@ -608,6 +608,36 @@ def test_export_http_error_reports_the_task_error(connect, https_server):
     assert caught.value.code == 'VDI_MISSING' and https_server.xapi.tasks == {}
 
 
+def test_export_follows_a_redirect_to_another_host(connect, https_server, server_context):
+    member = serve(server_context)
+    member.xapi = https_server.xapi  # same pool state, another host
+    original = Handler.do_GET
+
+    def redirect(handler):
+        if handler.server is https_server:
+            handler.send_response(302)
+            handler.send_header('Location', 'https://127.0.0.1:%d%s' % (member.server_address[1], handler.path))
+            handler.send_header('Content-Length', '0')
+            handler.end_headers()
+            return
+        original(handler)
+    Handler.do_GET = redirect
+    try:
+        with connect() as xapi:
+            with xapi.open_export('OpaqueRef:vdi') as stream:
+                assert stream.read() == https_server.xapi.disk
+    finally:
+        Handler.do_GET = original
+        member.shutdown()
+        member.server_close()
+
+
+def test_call_label_names_the_action(connect):
+    with connect() as xapi:
+        with pytest.raises(XapiError, match='^removal of snapshot x failed: VM OpaqueRef:gone does not exist'):
+            xapi.call('VM.get_record', 'OpaqueRef:gone', what='removal of snapshot x')
+
+
 def test_export_closed_early_cancels_and_destroys(connect, https_server):
     with connect() as xapi:
         with xapi.open_export('OpaqueRef:vdi') as stream:

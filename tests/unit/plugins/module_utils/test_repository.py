@@ -409,3 +409,27 @@ def test_cleanup_keeps_older_files_when_a_referenced_chain_is_unreadable(repo):
     add_backup(repo, T2, {VDI_A: b'garbage, not a VHD'})
     os.unlink(repo.metadata_path(VM, T1))
     assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == []
+
+
+def test_cleanup_understands_the_vhd_engine_merge_state(repo):
+    add_backup(repo, T4, {VDI_A: FULL})
+    add_backup(repo, T1, {VDI_A: FULL}, write_json=False)
+    add_backup(repo, T2, {VDI_A: DELTA}, write_json=False)
+    add_backup(repo, T3, {VDI_A: DELTA}, write_json=False)
+    vdi_dir = repo.vdi_dir(VM, JOB, VDI_A)
+    state = os.path.join(vdi_dir, '.%s.vhd.merge.json' % T1)
+    with open(state, 'w') as target:
+        json.dump({'parent': T1 + '.vhd', 'children': [T2 + '.vhd'], 'step': 'blocks', 'next_block': 7}, target)
+    open(state + '.tmp', 'w').write('{')  # a state rewrite cut short: the engine rewrites it
+    report = repo.cleanup_incomplete(VM)
+    assert report['unreferenced_vhds'] == [os.path.join(vdi_dir, T3 + '.vhd')]
+    assert report['temporary_files'] == [state + '.tmp']
+    assert sorted(os.listdir(vdi_dir)) == sorted([os.path.basename(state), T1 + '.vhd', T2 + '.vhd', T4 + '.vhd'])
+
+
+def test_cleanup_protects_the_folder_when_a_merge_state_is_unreadable(repo):
+    add_backup(repo, T3, {VDI_A: FULL})
+    add_backup(repo, T1, {VDI_A: FULL}, write_json=False)
+    vdi_dir = repo.vdi_dir(VM, JOB, VDI_A)
+    open(os.path.join(vdi_dir, '.%s.vhd.merge.json' % T1), 'w').write('{not json')
+    assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == []
