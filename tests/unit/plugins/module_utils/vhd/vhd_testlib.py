@@ -138,3 +138,53 @@ def poke_past_end(path):
         handle.seek(offset + bitmap_bytes + within)
         handle.write(b"\x5a" * (block_size - within))
     return True
+
+
+def xapi_stream_bytes(size, blocks, disk_type, parent_id=None, parent_path="/var/run/sr-mount/abc/base.vhd"):
+    """A VHD in the XAPI export stream layout: BAT at 2048, a zero locator sector at 1536, packed full blocks.
+
+    ``blocks`` maps block index -> 2 MiB of data.  A delta gets one MacX locator pointing at 1536.
+    """
+    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import (  # pylint: disable=import-outside-toplevel
+        Footer, Header, ParentLocator, bat_pack, chs_geometry,
+    )
+
+    block_size = 2 * 1024 * 1024
+    entries = (size + block_size - 1) // block_size
+    footer = Footer(disk_type=disk_type, current_size=size, original_size=size, unique_id=uuid.uuid4().bytes, timestamp=0,
+                    creator_app=b"caml", creator_version=1, geometry=chs_geometry(size))
+    header = Header(table_offset=2048, max_table_entries=entries, block_size=block_size)
+    if parent_id is not None:
+        header.parent_unique_id = parent_id
+        header.parent_timestamp = 12345
+        header.parent_name = parent_path
+        header.locators[0] = ParentLocator(b"MacX", 512, 512, 0, 1536)
+    bat_bytes = (entries * 4 + 511) // 512 * 512
+    table = [0xFFFFFFFF] * entries
+    position = 2048 + bat_bytes
+    for index in sorted(blocks):
+        table[index] = position // 512
+        position += 512 + block_size
+    parts = [footer.pack(), header.pack(), bytes(512), bat_pack(table, bat_bytes)]
+    for index in sorted(blocks):
+        parts += [b"\xff" * 512, blocks[index]]
+    parts.append(footer.pack())
+    return b"".join(parts)
+
+
+class TrickleReader:
+    """A non-seekable reader returning short reads, like an HTTP response."""
+
+    def __init__(self, data, step=70001):
+        self.data = memoryview(data)
+        self.position = 0
+        self.step = step
+
+    def read(self, size=-1):
+        if size < 0:
+            size = len(self.data)
+        size = min(size, self.step, len(self.data) - self.position)
+        chunk = bytes(self.data[self.position:self.position + size])
+        self.position += size
+        self.step = self.step * 7 % 100003 + 1
+        return chunk

@@ -1,0 +1,81 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Identity rewrite of XAPI export streams, written once and hashed as written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pytest
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdError, VhdFile, check_chain, rewrite_identity,
+)
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import (
+    TrickleReader, libvhdi_read, pattern, xapi_stream_bytes,
+)
+
+MIB = 1024 * 1024
+
+
+def _land(stream_bytes, path, unique_id, parent=None):
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        result = rewrite_identity(TrickleReader(stream_bytes), out, unique_id, parent=parent, on_write=digest.update)
+    with open(path, "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == digest.hexdigest()
+    assert result.length == os.path.getsize(path) == len(stream_bytes)
+    return result
+
+
+def test_full_then_delta_from_xapi_streams(tmp_path):
+    size = 7 * MIB
+    full_blocks = {0: pattern(1, 2 * MIB), 3: pattern(2, MIB) + bytes(MIB)}
+    base = bytearray(size)
+    base[0:2 * MIB] = full_blocks[0]
+    base[6 * MIB:7 * MIB] = full_blocks[3][:MIB]
+    full_id, delta_id = uuid.uuid4(), uuid.uuid4()
+    full_path = str(tmp_path / "20260101T000000Z.vhd")
+    result = _land(xapi_stream_bytes(size, full_blocks, DISK_DYNAMIC), full_path, full_id)
+    assert result.blocks == 2 and result.footer.unique_id == full_id.bytes
+
+    delta_blocks = {1: pattern(3, 2 * MIB)}
+    point = bytearray(base)
+    point[2 * MIB:4 * MIB] = delta_blocks[1]
+    delta_path = str(tmp_path / "20260102T000000Z.vhd")
+    stream = xapi_stream_bytes(size, delta_blocks, DISK_DIFFERENCING, parent_id=uuid.uuid4().bytes)
+    parent = ParentLink.for_parent_file(full_path, delta_path)
+    _land(stream, delta_path, delta_id, parent=parent)
+
+    with VhdFile(delta_path) as delta:
+        assert delta.unique_id == delta_id.bytes
+        assert delta.header.parent_unique_id == full_id.bytes
+        assert delta.header.parent_name == "20260101T000000Z.vhd"
+        assert all(loc.platform_code == bytes(4) for loc in delta.header.locators)
+        assert not delta.footer_copies_differ
+    with VhdChain.open(delta_path) as chain:
+        assert chain.read(0, chain.size) == bytes(point)
+    assert libvhdi_read([delta_path, full_path]) == bytes(point)
+    assert check_chain(delta_path) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tail", "bat"])
+def test_damaged_streams_raise_vhd_error(tmp_path, damage):
+    stream = bytearray(xapi_stream_bytes(5 * MIB, {1: pattern(4, 2 * MIB)}, DISK_DYNAMIC))
+    if damage == "truncated":
+        stream = stream[:-600]
+    elif damage == "tail":
+        stream[-500] ^= 0xFF
+    else:
+        stream[2048:2052] = (1).to_bytes(4, "big")   # block 0 pointing into the header
+    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError):
+        rewrite_identity(TrickleReader(bytes(stream)), out, uuid.uuid4())
+
+
+def test_delta_needs_a_parent_link(tmp_path):
+    stream = xapi_stream_bytes(3 * MIB, {}, DISK_DIFFERENCING, parent_id=bytes(16))
+    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError):
+        rewrite_identity(TrickleReader(stream), out, uuid.uuid4())
