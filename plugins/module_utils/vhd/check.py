@@ -110,7 +110,7 @@ def _read_batmap(vhd, problems):
         return None
     _cookie, map_offset, map_sectors, _version, stored = _BATMAP.unpack(raw)
     needed = (vhd.block_count + 7) // 8
-    if map_sectors * SECTOR < needed or map_offset + needed > vhd.footer_offset:
+    if map_sectors * SECTOR < needed or map_offset + map_sectors * SECTOR > vhd.footer_offset:
         problems.append(Problem(vhd.path, "batmap", "map_size", at + 16, "batmap too small or past end of file"))
         return None
     bits = os.pread(vhd.fd, map_sectors * SECTOR, map_offset)

@@ -17,6 +17,8 @@ from .structures import (
 )
 
 CHUNK_SIZE = 1 << 20
+#: Largest dynamic header offset accepted in a stream (bytes before it are held in memory).
+MAX_HEADER_OFFSET = 1 << 16
 
 
 @dataclasses.dataclass
@@ -83,6 +85,8 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
         raise VhdError(name, "footer", "disk_type", 60, "a fixed disk cannot be rewritten as a stream")
     if footer.disk_type == DISK_DIFFERENCING and parent is None:
         raise VhdError(name, "footer", "disk_type", 60, "differencing stream needs a parent link")
+    if footer.data_offset > MAX_HEADER_OFFSET:
+        raise VhdError(name, "footer", "data_offset", 16, f"header offset {footer.data_offset} unsupported in a stream")
     gap = source.read_exact(footer.data_offset - FOOTER_SIZE, "footer", "data_offset")
     header_raw = source.read_exact(HEADER_SIZE, "header", "cookie")
     header = Header.parse(header_raw, name, footer.data_offset)
