@@ -674,3 +674,122 @@ def test_import_failure_in_task(connect, https_server):
         with pytest.raises(XapiError, match='import into VDI OpaqueRef:t failed: the disk transfer failed on the host \\(bad VHD\\)'):
             xapi.import_stream('OpaqueRef:t', b'abc', 3)
     assert https_server.xapi.tasks == {}
+
+
+# -- against the shared XAPI simulator (tests/xapisim) -------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def simulator():
+    testing = pytest.importorskip('xapisim.testing')
+    with testing.start_server(https=True) as running:
+        yield running
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.control.clear_faults()
+    yield simulator
+    simulator.control.clear_faults()
+
+
+def sim_connect(sim, url=None, **overrides):
+    options = dict(hostname=url or sim.url, username='root', password='secret', ca_path=sim.ca_path, timeout=10)
+    options.update(overrides)
+    return XapiConnection(**options)
+
+
+def test_sim_login_verified_and_logged_out(sim):
+    before = sim.control.sessions()
+    with sim_connect(sim) as xapi:
+        assert xapi.call('VM.get_by_name_label', 'web01')
+        assert sim.control.session_count() == before['count'] + 1
+    after = sim.control.sessions()
+    assert after['count'] == before['count'] and after['logouts'] == before['logouts'] + 1
+
+
+def test_sim_logout_after_a_failure(sim):
+    count = sim.control.session_count()
+    with pytest.raises(XapiError) as caught:
+        with sim_connect(sim) as xapi:
+            xapi.call('VM.get_by_uuid', '00000000-0000-4000-8000-000000000000')
+    assert caught.value.code == 'UUID_INVALID' and 'no VM with uuid 00000000-0000-4000-8000-000000000000 exists' in str(caught.value)
+    assert sim.control.session_count() == count
+
+
+def test_sim_wrong_password(sim):
+    with pytest.raises(XapiError, match='login failed for user root on host 127.0.0.1') as caught:
+        with sim_connect(sim, password='wrong'):
+            pass
+    assert caught.value.code == 'SESSION_AUTHENTICATION_FAILED'
+
+
+def test_sim_untrusted_certificate(sim):
+    with pytest.raises(XapiError, match="certificate verify failed for host 127.0.0.1 .*set ca_path to the pool's CA or validate_certs: false"):
+        with sim_connect(sim, ca_path=None):
+            pass
+
+
+def test_sim_host_is_slave_redirect(sim):
+    assert sim.slave_url, 'the simulator should offer a pool member listener'
+    count = sim.control.session_count()
+    with sim_connect(sim, url=sim.slave_url) as xapi:
+        assert xapi.endpoint.url == sim.url.rstrip('/') + '/'
+        assert xapi.call('VM.get_by_name_label', 'db01')
+    assert sim.control.session_count() == count
+
+
+def test_sim_async_snapshot_and_task_cleanup(sim):
+    with sim_connect(sim) as xapi:
+        vm = xapi.call('VM.get_by_name_label', 'db01')[0]
+        snapshot = xapi.call_async('VM.snapshot', vm, 'connection-test', timeout=30)
+        assert snapshot.startswith('OpaqueRef:') and xapi.call('VM.get_is_a_snapshot', snapshot) is True
+        assert not [t for t in xapi.call('task.get_all_records').values() if t['name_label'] == 'Async.VM.snapshot']
+        assert xapi.call('VM.get_snapshot_of', snapshot) == vm
+
+
+def test_sim_task_timeout_cancels_and_destroys(sim):
+    sim.control.delay(3, method='VM.snapshot')
+    with sim_connect(sim) as xapi:
+        vm = xapi.call('VM.get_by_name_label', 'db01')[0]
+        with pytest.raises(XapiError, match='did not finish within 0.3 seconds; the task was cancelled') as caught:
+            xapi.call_async('VM.snapshot', vm, 'too-slow', timeout=0.3)
+        task = caught.value.params[0]
+        assert task not in xapi.call('task.get_all')
+
+
+def test_sim_export_streams_a_vhd_and_import_restores_it(sim):
+    # Imported over another VM's disk of the module's private simulator: only allocated sectors are written.
+    with sim_connect(sim, timeout=30) as xapi:
+        source = xapi.call('VDI.get_by_name_label', 'db01-root')[0]
+        target = xapi.call('VDI.get_by_name_label', 'web01-root')[0]
+        with xapi.open_export(source) as stream:
+            chunks = list(stream.iter_chunks())
+        vhd = b''.join(chunks)
+        assert vhd[:8] == b'conectix' and stream.verified and stream.bytes_read == len(vhd)
+        assert xapi.import_stream(target, iter(chunks), len(vhd)) == target
+    six_mib = 6 * 1024 * 1024
+    assert sim.control.read_vdi(target, 0, six_mib) == sim.control.read_vdi(source, 0, six_mib)
+
+
+def test_sim_cut_export_is_detected(sim):
+    with sim_connect(sim, timeout=30) as xapi:
+        source = xapi.call('VDI.get_by_name_label', 'db01-root')[0]
+        sim.control.cut_export(100000, vdi=source)
+        with pytest.raises(XapiError) as caught:
+            with xapi.open_export(source) as stream:
+                stream.read()
+        assert caught.value.code not in (None, 'TIMEOUT')
+        assert 'after' in str(caught.value)
+
+
+def test_sim_cut_import_is_detected(sim):
+    with sim_connect(sim, timeout=30) as xapi:
+        source = xapi.call('VDI.get_by_name_label', 'db01-root')[0]
+        target = xapi.call('VDI.get_by_name_label', 'web01-root')[0]
+        with xapi.open_export(source) as stream:
+            vhd = stream.read()
+        sim.control.cut_import(65536, vdi=target)
+        with pytest.raises(XapiError):
+            xapi.import_stream(target, vhd, len(vhd))
+        assert not [t for t in xapi.call('task.get_all_records').values() if 'import' in t['name_label']]
