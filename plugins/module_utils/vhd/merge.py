@@ -58,7 +58,7 @@ from .structures import (
 
 #: Test hook: SIGKILL the merging process after this many write/fsync/rename operations.
 KILL_ENV = "XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER"
-BATCH_BLOCKS = 32
+BATCH_BLOCKS = 256
 CHECKPOINT_SECONDS = 5.0
 
 
@@ -282,21 +282,27 @@ class _Parent:
         raw = bat_pack(self.bat, self.header.bat_bytes)[start:end]
         self.io.pwrite(self.fd, raw, self.header.table_offset + start)
 
-    def allocate(self, blocks):
-        """Write new blocks ``[(index, bitmap, data), ...]`` at the data end and point the BAT at them (steps 3a-3c)."""
-        if not blocks:
-            return
+    def reserve(self, count):
+        """Step 3a: make room for ``count`` new blocks at the data end; return the first slot's offset.
+
+        The current end footer is written past the reserved room first (and fsynced), so the file
+        stays valid while the room is filled; unused room is dropped when the final footer is written.
+        """
         start = self.data_end()
-        new_end = start + len(blocks) * self.span
+        new_end = start + count * self.span
         if self.file_size() < new_end + FOOTER_SIZE:
             self.io.pwrite(self.fd, self.end_footer(), new_end)
             self.io.fsync(self.fd)
-        for position, (_index, bitmap, data) in enumerate(blocks):
-            self.io.pwrite(self.fd, [bitmap, data], start + position * self.span)
+        return start
+
+    def commit(self, placed):
+        """Steps 3b-3c: make the blocks written into reserved slots durable, then point the BAT at them."""
+        if not placed:
+            return
         self.io.fsync(self.fd)
-        for position, (index, _bitmap, _data) in enumerate(blocks):
-            self.bat[index] = (start + position * self.span) // SECTOR
-        indices = [b[0] for b in blocks]
+        for index, offset in placed:
+            self.bat[index] = offset // SECTOR
+        indices = [index for index, _offset in placed]
         self.write_bat_range(min(indices), max(indices))
         self.io.fsync(self.fd)
 
@@ -375,44 +381,65 @@ def _grow_bat(parent, needed):
 
 
 def _merge_blocks(parent, children, state, directory, progress):
-    """Steps 3 and 4, from ``state.next_block``; saves checkpoints."""
+    """Steps 3 and 4, from ``state.next_block``; saves checkpoints.
+
+    New blocks are written straight into slots reserved ``BATCH_BLOCKS`` at a time, so memory
+    holds one block whatever the disk size.
+    """
     spb = parent.block_size // SECTOR
     full = (1 << spb) - 1
     blocks = [i for i in children.allocated_blocks() if i >= state.next_block]
-    pending = []
+    candidates_left = sum(1 for i in blocks if parent.bat[i] == BAT_UNUSED)
+    placed = []
+    slot = slots_left = 0
     last_checkpoint = time.monotonic()
     for done, index in enumerate(blocks, 1):
         data, mask = children.read_block_masked(index)
+        is_new = parent.bat[index] == BAT_UNUSED
         if mask:
-            offset = parent.bat[index] * SECTOR if parent.bat[index] != BAT_UNUSED else None
             bitmap = parent.full_bitmap if mask == full else mask_to_bitmap(mask, parent.bitmap_size)
-            if offset is None:
-                pending.append((index, bitmap, data))
-                if len(pending) >= BATCH_BLOCKS:
-                    parent.allocate(pending)
-                    pending = []
-            elif mask == full:
-                parent.io.pwrite(parent.fd, [bitmap, data], offset)
+            if is_new:
+                if not slots_left:
+                    parent.commit(placed)
+                    placed = []
+                    slots_left = min(BATCH_BLOCKS, candidates_left)
+                    slot = parent.reserve(slots_left)
+                parent.io.pwrite(parent.fd, [bitmap, data], slot)
+                placed.append((index, slot))
+                slot += parent.span
+                slots_left -= 1
             else:
-                view = memoryview(data)
-                data_offset = offset + parent.bitmap_size
-                for first, count in mask_runs(mask):
-                    parent.io.pwrite(parent.fd, view[first * SECTOR:(first + count) * SECTOR], data_offset + first * SECTOR)
-                old = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
-                merged = bitmap_to_mask(old, spb) | mask
-                parent.io.pwrite(parent.fd, mask_to_bitmap(merged, parent.bitmap_size), offset)
+                _update_block(parent, index, mask, bitmap, data, full)
             state.merged_bytes += mask.bit_count() * SECTOR
+        if is_new:
+            candidates_left -= 1
         if progress is not None:
             progress(done, len(blocks))
         if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-            parent.allocate(pending)
-            pending = []
+            parent.commit(placed)
+            placed = []
             parent.io.fsync(parent.fd)
             state.next_block = index + 1
             parent.io.save_state(directory, state)
             last_checkpoint = time.monotonic()
-    parent.allocate(pending)
+            slots_left = 0
+    parent.commit(placed)
     parent.io.fsync(parent.fd)
+
+
+def _update_block(parent, index, mask, bitmap, data, full):
+    """Step 4: write the provided sectors of a block the parent already has, then OR the bitmap."""
+    offset = parent.bat[index] * SECTOR
+    if mask == full:
+        parent.io.pwrite(parent.fd, [bitmap, data], offset)
+        return
+    view = memoryview(data)
+    data_offset = offset + parent.bitmap_size
+    for first, count in mask_runs(mask):
+        parent.io.pwrite(parent.fd, view[first * SECTOR:(first + count) * SECTOR], data_offset + first * SECTOR)
+    old = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
+    merged = bitmap_to_mask(old, parent.block_size // SECTOR) | mask
+    parent.io.pwrite(parent.fd, mask_to_bitmap(merged, parent.bitmap_size), offset)
 
 
 def _write_footer(parent, target_footer):
