@@ -241,8 +241,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             return wrap(lambda label: [r for r, o in self.store.objects[cls].items() if o['name_label'] == label],
                         1, 1)
         if msg in ('create', 'destroy') and cls in ('VM', 'VDI', 'VBD', 'VIF', 'network'):
-            func = getattr(self, '%s_%s' % (msg, cls.lower()))
-            return wrap(func, 1, 1)
+            return getattr(self, '%s_%s' % (msg, cls.lower()))
         for prefix, required in (('get_', 1), ('set_', 2), ('add_to_', 3), ('remove_from_', 2), ('add_', 2),
                                  ('remove_', 2)):
             if not msg.startswith(prefix):

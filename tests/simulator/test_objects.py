@@ -1,0 +1,327 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Object model: generated messages, qualifiers, errors, VM/VDI/VBD/VIF life cycle."""
+
+import pytest
+import XenAPI
+
+import simhelpers as h
+
+
+def _fail(call, *args):
+    with pytest.raises(XenAPI.Failure) as err:
+        call(*args)
+    return err.value.details
+
+
+def _vm(api, name):
+    return api.VM.get_by_name_label(name)[0]
+
+
+def _vdi(api, name):
+    return [r for r in api.VDI.get_by_name_label(name) if not api.VDI.get_is_a_snapshot(r)][0]
+
+
+def test_pool_host_sr_network(xapi):
+    api = xapi.xenapi
+    pool = api.pool.get_all()[0]
+    master = api.pool.get_master(pool)
+    assert api.host.get_name_label(master) == 'xcp-host1'
+    assert len(api.host.get_all()) == 2
+    default_sr = api.pool.get_default_SR(pool)
+    sr = api.SR.get_record(default_sr)
+    assert sr['name_label'] == 'Local storage'
+    assert int(sr['physical_size']) == 200 << 30
+    assert 0 < int(sr['physical_utilisation']) < int(sr['physical_size'])
+    assert set(sr['VDIs']) >= set(api.VDI.get_by_name_label('web01-root'))
+    dom0 = api.host.get_control_domain(master)
+    assert api.VM.get_is_control_domain(dom0)
+    assert dom0 in api.host.get_resident_VMs(master)
+    net = api.network.get_all()[0]
+    assert len(api.network.get_VIFs(net)) == 2
+
+
+def test_get_by_uuid_and_errors(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    uuid = api.VM.get_uuid(vm)
+    assert api.VM.get_by_uuid(uuid) == vm
+    assert _fail(api.VM.get_by_uuid, 'nope') == ['UUID_INVALID', 'VM', 'nope']
+    assert _fail(api.VDI.get_by_uuid, uuid) == ['UUID_INVALID', 'VDI', uuid]
+    assert _fail(api.VM.get_record, 'OpaqueRef:NULL') == ['HANDLE_INVALID', 'VM', 'OpaqueRef:NULL']
+    assert _fail(api.VDI.get_record, vm)[0] == 'HANDLE_INVALID'
+
+
+def test_get_all_records_where(xapi):
+    api = xapi.xenapi
+    recs = api.VM.get_all_records_where('field "name_label"="web01"')
+    assert [r['name_label'] for r in recs.values()] == ['web01']
+    recs = api.VM.get_all_records_where('field "is_a_template"="false" and field "is_control_domain"="false"')
+    assert sorted(r['name_label'] for r in recs.values()) == ['db01', 'small01', 'web01']
+    recs = api.VM.get_all_records_where('field "name_label"="db01" or field "name_label"="small01"')
+    assert len(recs) == 2
+    assert len(api.VM.get_all_records_where('not (field "power_state"="Halted")')) == 2
+    assert len(api.VM.get_all_records_where('true')) == 5
+
+
+def test_setters_follow_qualifiers(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'db01')
+    api.VM.set_name_label(vm, 'db01-renamed')
+    assert api.VM.get_name_label(vm) == 'db01-renamed'
+    api.VM.set_name_description(vm, 'described')
+    assert _fail(api.VM.set_power_state, vm, 'Running')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert _fail(api.VM.set_uuid, vm, 'x')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert _fail(api.VM.set_VBDs, vm, [])[0] == 'MESSAGE_METHOD_UNKNOWN'
+    vdi = _vdi(api, 'db01-root')
+    api.VDI.set_name_label(vdi, 'db01-root-2')
+    assert api.VDI.get_name_label(vdi) == 'db01-root-2'
+    assert _fail(api.VDI.set_virtual_size, vdi, '1')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    api.VM.set_memory_static_max(vm, str(4 << 30))
+    assert api.VM.get_memory_static_max(vm) == str(4 << 30)
+
+
+def test_maps_and_sets(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'db01')
+    api.VM.add_to_other_config(vm, 'xo:backup', 'yes')
+    assert api.VM.get_other_config(vm)['xo:backup'] == 'yes'
+    uuid = api.VM.get_uuid(vm)
+    assert _fail(api.VM.add_to_other_config, vm, 'xo:backup', 'no') == ['MAP_DUPLICATE_KEY', 'VM', 'other_config',
+                                                                          uuid, 'xo:backup']
+    api.VM.remove_from_other_config(vm, 'xo:backup')
+    api.VM.remove_from_other_config(vm, 'absent')
+    assert 'xo:backup' not in api.VM.get_other_config(vm)
+    api.VM.add_tags(vm, 'a')
+    api.VM.add_tags(vm, 'a')
+    api.VM.add_tags(vm, 'b')
+    api.VM.remove_tags(vm, 'a')
+    assert api.VM.get_tags(vm) == ['b']
+    vdi = _vdi(api, 'db01-root')
+    api.VDI.add_to_other_config(vdi, 'k', 'v')
+    api.VDI.set_other_config(vdi, {'x': 'y'})
+    assert api.VDI.get_other_config(vdi) == {'x': 'y'}
+
+
+def _snapshot_checks(api, vm, snap, name):
+    rec = api.VM.get_record(snap)
+    orig = api.VM.get_record(vm)
+    assert rec['name_label'] == name
+    assert rec['is_a_snapshot'] and rec['is_a_template']
+    assert rec['snapshot_of'] == vm and snap in orig['snapshots']
+    assert rec['power_state'] == 'Halted'
+    assert rec['snapshot_time'].value != '19700101T00:00:00Z'
+    assert rec['snapshot_info']['power-state-at-snapshot'] == orig['power_state']
+    assert rec['snapshot_info']['disk-snapshot-type'] == 'crash_consistent'
+    assert rec['other_config'] == orig['other_config']
+    assert rec['name_description'] == orig['name_description']
+    return rec, orig
+
+
+def test_vm_snapshot(xapi, sim):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    api.VM.add_to_other_config(vm, 'marker', '1')
+    snap = api.VM.snapshot(vm, 'snap-a')
+    rec, orig = _snapshot_checks(api, vm, snap, 'snap-a')
+    vbds = [api.VBD.get_record(v) for v in rec['VBDs']]
+    disks = [v for v in vbds if v['type'] == 'Disk']
+    cds = [v for v in vbds if v['type'] == 'CD']
+    assert len(disks) == 2 and len(cds) == 1 and cds[0]['empty']
+    for vbd in disks:
+        vdi = api.VDI.get_record(vbd['VDI'])
+        assert vdi['is_a_snapshot']
+        src = api.VDI.get_record(vdi['snapshot_of'])
+        assert vbd['VDI'] in src['snapshots']
+        assert vdi['name_label'] == src['name_label']
+        assert vdi['virtual_size'] == src['virtual_size']
+        assert sim.control.vdi_fingerprint(vbd["VDI"]) == sim.control.vdi_fingerprint(vdi["snapshot_of"])
+    macs = sorted(api.VIF.get_MAC(v) for v in rec['VIFs'])
+    assert macs == sorted(api.VIF.get_MAC(v) for v in orig['VIFs'])
+    # hidden base copies: managed false
+    hidden = [r for r in api.VDI.get_all_records().values() if not r['managed']]
+    assert len(hidden) == 2 and all(r['name_label'] == 'base copy' for r in hidden)
+
+
+def test_snapshot_ignore_vdis_and_nobak_not_special(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'db01')
+    scratch = _vdi(api, 'db01-scratch [NOBAK]')
+    full = api.VM.snapshot(vm, 'all')
+    names = [api.VDI.get_name_label(api.VBD.get_VDI(v)) for v in api.VM.get_VBDs(full)]
+    assert 'db01-scratch [NOBAK]' in names
+    part = api.VM.snapshot(vm, 'some', [scratch])
+    names = [api.VDI.get_name_label(api.VBD.get_VDI(v)) for v in api.VM.get_VBDs(part)]
+    assert names == ['db01-root']
+
+
+def test_snapshot_errors(xapi, sim):
+    api = xapi.xenapi
+    master = api.pool.get_master(api.pool.get_all()[0])
+    dom0 = api.host.get_control_domain(master)
+    assert _fail(api.VM.snapshot, dom0, 'x')[0] == 'OPERATION_NOT_ALLOWED'
+    vm = _vm(api, 'web01')
+    snap = api.VM.snapshot(vm, 's')
+    assert _fail(api.VM.snapshot, snap, 'x')[0] == 'OPERATION_NOT_ALLOWED'
+    sim.control.fill_sr('Local storage')
+    details = _fail(api.VM.snapshot, vm, 'y')
+    assert details[0] == 'SR_FULL' and int(details[1]) > int(details[2])
+    sim.control.unfill_sr('Local storage')
+    api.VM.snapshot(vm, 'y')
+    sim.control.fail_next('VM.snapshot', ['VM_BAD_POWER_STATE', vm, 'halted', 'running'])
+    assert _fail(api.VM.snapshot, vm, 'z')[0] == 'VM_BAD_POWER_STATE'
+    api.VM.snapshot(vm, 'z')
+
+
+def test_vm_destroy_keeps_vdis(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    snap = api.VM.snapshot(vm, 's')
+    vdis = [api.VBD.get_VDI(v) for v in api.VM.get_VBDs(snap) if api.VBD.get_type(v) == 'Disk']
+    vbds = api.VM.get_VBDs(snap)
+    api.VM.destroy(snap)
+    assert _fail(api.VM.get_record, snap)[0] == 'HANDLE_INVALID'
+    assert _fail(api.VBD.get_record, vbds[0])[0] == 'HANDLE_INVALID'
+    for vdi in vdis:
+        assert api.VDI.get_is_a_snapshot(vdi)
+        api.VDI.destroy(vdi)
+    assert _fail(api.VM.destroy, vm) == ['VM_BAD_POWER_STATE', vm, 'halted, suspended', 'running']
+    assert not [r for r in api.VDI.get_all_records().values() if not r['managed']]
+
+
+def test_power_states(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'db01')
+    assert _fail(api.VM.clean_shutdown, vm) == ['VM_BAD_POWER_STATE', vm, 'running', 'halted']
+    api.VM.start(vm, False, False)
+    rec = api.VM.get_record(vm)
+    assert rec['power_state'] == 'Running' and int(rec['domid']) > 0
+    assert all(api.VBD.get_currently_attached(v) for v in rec['VBDs'])
+    vdi = _vdi(api, 'db01-root')
+    assert _fail(api.VDI.destroy, vdi) == ['VDI_IN_USE', vdi, 'destroy']
+    assert _fail(api.VM.start, vm, False, False)[0] == 'VM_BAD_POWER_STATE'
+    api.VM.clean_shutdown(vm)
+    api.VM.start(vm, True, False)
+    assert api.VM.get_power_state(vm) == 'Paused'
+    api.VM.hard_shutdown(vm)
+    assert api.VM.get_power_state(vm) == 'Halted'
+    template = _vm(api, 'Debian Bookworm 12')
+    assert _fail(api.VM.start, template, False, False)[0] == 'VM_IS_TEMPLATE'
+
+
+def test_restore_style_creation(xapi, sim):
+    api = xapi.xenapi
+    sr = api.pool.get_default_SR(api.pool.get_all()[0])
+    net = api.network.get_all()[0]
+    vdi = api.VDI.create({'name_label': 'restored', 'name_description': '', 'SR': sr,
+                          'virtual_size': str(10 * 1024 * 1024 + 1), 'type': 'user', 'sharable': False,
+                          'read_only': False, 'other_config': {}, 'tags': ['t']})
+    assert api.VDI.get_virtual_size(vdi) == str(12 * 1024 * 1024)
+    assert api.VDI.get_sm_config(vdi)['vdi_type'] == 'vhd'
+    source = api.VM.get_record(_vm(api, 'db01'))
+    vm = api.VM.create(dict(source, name_label='restored-vm'))
+    assert api.VM.get_power_state(vm) == 'Halted' and api.VM.get_VBDs(vm) == []
+    api.VM.add_tags(vm, 'restored')
+    vbd = api.VBD.create({'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk',
+                          'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
+    assert api.VBD.get_device(vbd) == 'xvda'
+    assert _fail(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW',
+                                  'type': 'Disk', 'empty': False, 'other_config': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+    auto = api.VBD.create({'VM': vm, 'VDI': vdi, 'userdevice': 'autodetect', 'bootable': False, 'mode': 'RO',
+                           'type': 'Disk', 'empty': False, 'other_config': {}})
+    assert api.VBD.get_userdevice(auto) == '1'
+    api.VBD.destroy(auto)
+    vif = api.VIF.create({'device': '0', 'network': net, 'VM': vm, 'MAC': '', 'MTU': '1500', 'other_config': {},
+                          'qos_algorithm_type': '', 'qos_algorithm_params': {}})
+    assert len(api.VIF.get_MAC(vif)) == 17
+    api.VM.start(vm, False, False)
+    assert api.VM.get_power_state(vm) == 'Running'
+    assert _fail(api.VM.create, {'name_label': 'x'})[0] == 'INTERNAL_ERROR'
+    ro = api.VDI.create({'name_label': 'ro', 'name_description': '', 'SR': sr, 'virtual_size': '2097152',
+                         'type': 'user', 'sharable': False, 'read_only': True, 'other_config': {}})
+    assert _fail(api.VBD.create, {'VM': vm, 'VDI': ro, 'userdevice': '5', 'bootable': False, 'mode': 'RW',
+                                  'type': 'Disk', 'empty': False, 'other_config': {}}) == ['VDI_READONLY', ro]
+    del sim
+
+
+def test_vdi_resize(xapi):
+    api = xapi.xenapi
+    vdi = _vdi(api, 'db01-root')
+    size = int(api.VDI.get_virtual_size(vdi))
+    api.VDI.resize(vdi, str(size + (3 << 20)))
+    assert int(api.VDI.get_virtual_size(vdi)) == size + (4 << 20)
+    assert _fail(api.VDI.resize, vdi, str(size))[0].startswith('SR_BACKEND_FAILURE')
+    assert _fail(api.VDI.resize_online, vdi, str(size * 2))[0] == 'VM_BAD_POWER_STATE'
+    running = _vdi(api, 'web01-root')
+    assert _fail(api.VDI.resize, running, str(64 << 30)) == ['VDI_IN_USE', running, 'resize']
+    api.VDI.resize_online(running, str(64 << 30))
+    assert api.VDI.get_virtual_size(running) == str(64 << 30)
+
+
+def test_async_tasks(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    task = api.Async.VM.snapshot(vm, 'async-snap')
+    rec = h.wait_task(api, task)
+    assert rec['status'] == 'success' and rec['name_label'] == 'Async.VM.snapshot'
+    assert rec['progress'] == 1.0 and rec['error_info'] == []
+    snap = h.task_value(rec)
+    assert api.VM.get_snapshot_of(snap) == vm
+    api.task.destroy(task)
+    assert _fail(api.task.get_record, task)[0] == 'HANDLE_INVALID'
+    task = api.Async.VM.destroy(vm)
+    rec = h.wait_task(api, task)
+    assert rec['status'] == 'failure'
+    assert rec['error_info'] == ['VM_BAD_POWER_STATE', vm, 'halted, suspended', 'running']
+    task = api.Async.VDI.destroy(_vdi(api, 'db01-root'))
+    assert h.task_value(h.wait_task(api, task)) == ''
+
+
+def test_task_cancel_and_create(xapi, sim):
+    api = xapi.xenapi
+    sim.control.delay(0.5, 'VM.snapshot')
+    task = api.Async.VM.snapshot(_vm(api, 'web01'), 'slow')
+    api.task.cancel(task)
+    rec = h.wait_task(api, task)
+    sim.control.delay(0, 'VM.snapshot')
+    assert rec['status'] == 'cancelled' and rec['error_info'][0] == 'TASK_CANCELLED'
+    own = api.task.create('backup', 'our task')
+    assert api.task.get_status(own) == 'pending'
+    api.task.destroy(own)
+
+
+def test_event_from(xapi):
+    api = xapi.xenapi
+    event_from = getattr(api.event, 'from')
+    first = event_from(['vm'], '', 1.0)
+    assert len(first['events']) == 5 and first['events'][0]['operation'] == 'add'
+    assert first['valid_ref_counts']['vm'] == 5
+    token = first['token']
+    assert len(token) == 41 and ',' in token
+    empty = event_from(['vm'], token, 0.2)
+    assert empty['events'] == []
+    task = api.Async.VM.snapshot(_vm(api, 'web01'), 'evt')
+    deadline = token
+    for _ in range(50):
+        got = event_from(['task/%s' % task], deadline, 5.0)
+        deadline = got['token']
+        done = [e for e in got['events'] if e['snapshot']['status'] != 'pending']
+        if done:
+            assert done[0]['class'] == 'task' and done[0]['ref'] == task
+            break
+    else:
+        raise AssertionError('no task completion event')
+    assert _fail(event_from, ['nosuchclass'], '', 0.1)[0] == 'EVENT_SUBSCRIPTION_PARSE_FAILURE'
+    assert _fail(event_from, ['vm'], 'garbage', 0.1)[0] == 'EVENT_FROM_TOKEN_PARSE_FAILURE'
+    assert getattr(api, 'event_from')(['vm'], '', 1.0)['events']
+
+
+def test_fault_injection_delay_and_fail(xapi, sim):
+    api = xapi.xenapi
+    sim.control.fail_next('VM.get_all', ['SR_BACKEND_FAILURE_46', '', 'unavailable', ''], count=2)
+    assert _fail(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
+    assert _fail(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
+    assert api.VM.get_all()
+    sim.control.fail_next('VM.snapshot', ['OPERATION_NOT_ALLOWED', 'nope'])
+    rec = h.wait_task(api, api.Async.VM.snapshot(_vm(api, 'web01'), 'x'))
+    assert rec['error_info'] == ['OPERATION_NOT_ALLOWED', 'nope']
