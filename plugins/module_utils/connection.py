@@ -14,6 +14,7 @@ import atexit
 import http.client
 import io
 import os
+import select
 import socket
 import ssl
 import time
@@ -47,6 +48,9 @@ TASK_CANCEL_GRACE = 5.0
 UNFINISHED_TASK_STATES = ('pending', 'cancelling')
 TRANSFER_FORMATS = ('vhd', 'raw')
 NULL_REF = 'OpaqueRef:NULL'
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# XAPI answers an import's headers at once; a server that waits for the body just gets it after this.
+EARLY_RESPONSE_WAIT = 5.0
 
 
 def connection_argument_spec() -> dict:
@@ -534,7 +538,7 @@ class XapiConnection:
             if response.status == 200:
                 return connection, response
             reason = response.reason
-            if response.status in (301, 302, 303, 307) and attempt == 0:
+            if response.status in REDIRECT_STATUSES and attempt == 0:
                 endpoint, path = self._redirect_target(response, path)
                 connection.close()
                 continue
@@ -569,25 +573,62 @@ class XapiConnection:
                 self.destroy_task(task_ref)
 
     def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str) -> None:
-        connection = self._http_connection(self.endpoint)
-        try:
-            connection.putrequest('PUT', path, skip_accept_encoding=True)
-            connection.putheader('Content-Type', 'application/octet-stream')
-            connection.putheader('Content-Length', str(length))
-            connection.endheaders()
-            sent = self._send_body(connection, chunks, length, label, task_ref)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise self._failed_transfer(label, task_ref, response.status, response.reason)
-            if sent != length:
-                raise XapiError('%s failed: sent %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
-        except TRANSPORT_ERRORS as exc:
-            raise self._import_broken(exc, connection, label, task_ref) from exc
-        finally:
-            connection.close()
+        """Send headers, look for an early answer (XAPI answers 200 or 302 before reading the body), then the body."""
+        endpoint = self.endpoint
+        for attempt in range(2):
+            connection = self._http_connection(endpoint)
+            try:
+                connection.putrequest('PUT', path, skip_accept_encoding=True)
+                connection.putheader('Content-Type', 'application/octet-stream')
+                connection.putheader('Content-Length', str(length))
+                connection.endheaders()
+                response = self._early_response(connection)
+                if response is not None and response.status in REDIRECT_STATUSES and attempt == 0:
+                    # Nothing of the body is sent yet, so the source needs no rewinding.
+                    endpoint, path = self._redirect_target(response, path)
+                    continue
+                if response is not None and response.status != 200:
+                    raise self._failed_transfer(label, task_ref, response.status, response.reason)
+                self._send_body(connection, chunks, length, label)
+                if response is None:
+                    response = _read_response(connection)
+                response.read()
+                if response.status != 200:
+                    raise self._failed_transfer(label, task_ref, response.status, response.reason)
+                return
+            except TRANSPORT_ERRORS as exc:
+                raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
+            finally:
+                connection.close()
+        raise XapiError('%s failed: redirected more than once' % label)
 
-    def _send_body(self, connection, chunks, length: int, label: str, task_ref: str) -> int:
+    def _early_response(self, connection):
+        """The response if the server answered the headers within a short wait, else None.
+
+        A readable TLS socket may only hold session tickets (TLS 1.3), so one byte is read
+        without blocking to tell an answer from protocol housekeeping.
+        """
+        sock = connection.sock
+        deadline = time.monotonic() + min(self.timeout, EARLY_RESPONSE_WAIT)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, dummy, dummy = select.select([sock], [], [], remaining)
+            if not readable:
+                return None
+            sock.settimeout(0.0)
+            try:
+                first = sock.recv(1)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            finally:
+                sock.settimeout(self.timeout)
+            if not first:
+                return None  # closed: sending the body fails and _import_broken says why
+            return _read_response(connection, first)
+
+    def _send_body(self, connection, chunks, length: int, label: str) -> int:
         sent = 0
         for chunk in chunks:
             if sent + len(chunk) > length:
@@ -598,10 +639,10 @@ class XapiConnection:
             raise XapiError('%s failed: the source ended after %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
         return sent
 
-    def _import_broken(self, exc: BaseException, connection, label: str, task_ref: str) -> XapiError:
+    def _import_broken(self, exc: BaseException, connection, label: str, task_ref: str, endpoint: HostEndpoint) -> XapiError:
         """The server closed the connection during the upload: its answer or task says why."""
         try:
-            response = connection.getresponse()
+            response = _read_response(connection)
             if response.status != 200:
                 return self._failed_transfer(label, task_ref, response.status, response.reason)
         except TRANSPORT_ERRORS:
@@ -609,7 +650,50 @@ class XapiConnection:
         error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
         if error.code and not error.code.startswith('HTTP_'):
             return error
-        return describe_transport_error(exc, self.endpoint, self.timeout)
+        return describe_transport_error(exc, endpoint, self.timeout)
+
+
+def _read_response(connection, first: bytes = b'') -> http.client.HTTPResponse:
+    """Read status and headers from the connection's socket, whatever the request state.
+
+    http.client only reads a response once the request is complete; XAPI's import answers
+    before the body, and that answer decides whether to send the body at all. ``first`` holds
+    bytes already taken from the socket.
+    """
+    if connection.sock is None:
+        raise http.client.ResponseNotReady('not connected')
+    response = connection.response_class(_PrefixedSocket(connection.sock, first), method='PUT')
+    response.begin()
+    return response
+
+
+class _PrefixedSocket:
+    """Just enough of a socket for HTTPResponse: makefile() yielding ``prefix`` then the socket's data."""
+
+    def __init__(self, sock, prefix: bytes):
+        self._sock = sock
+        self._prefix = prefix
+
+    def makefile(self, mode='rb'):
+        return io.BufferedReader(_PrefixedReader(self._sock, self._prefix))
+
+
+class _PrefixedReader(io.RawIOBase):
+    def __init__(self, sock, prefix: bytes):
+        super().__init__()
+        self._sock = sock
+        self._prefix = prefix
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            count = min(len(buffer), len(self._prefix))
+            buffer[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        return self._sock.recv_into(buffer)
 
 
 def _chunks_of(source):

@@ -62,6 +62,7 @@ class MiniXapi:
         self.imported = None
         self.import_headers = None
         self.import_mode = 'ok'  # or 'fail'
+        self.import_answers_first = True  # as XAPI: 200 before reading the body
         self.originators = []
         self.destroyed = []
         self.cancelled = []
@@ -210,10 +211,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if 'Transfer-Encoding' in self.headers:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header('Content-Length', '0')
-        self.end_headers()
-        self.wfile.flush()
+        if self.xapi.import_answers_first:
+            self.send_response(200)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+            self.wfile.flush()
         length = int(self.headers['Content-Length'])
         data = b''
         while len(data) < length:
@@ -221,6 +223,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not chunk:
                 break
             data += chunk
+        if not self.xapi.import_answers_first:
+            self.send_response(200)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+            self.wfile.flush()
         with self.xapi.lock:
             if len(data) < length:
                 self.xapi.finish(query['task_id'], error=['VDI_IO_ERROR', 'short upload'])
@@ -666,6 +673,44 @@ def test_import_source_of_wrong_length_fails(connect, https_server, source, leng
             xapi.import_stream('OpaqueRef:target', source, length)
     assert caught.value.code in (code, 'VDI_IO_ERROR')
     assert https_server.xapi.imported is None and https_server.xapi.tasks == {}
+
+
+def test_import_to_a_server_that_answers_after_the_body(connect, https_server, monkeypatch):
+    monkeypatch.setattr(conn_mod, 'EARLY_RESPONSE_WAIT', 0.2)
+    https_server.xapi.import_answers_first = False
+    payload = os.urandom(3 * 1024 * 1024)
+    with connect() as xapi:
+        assert xapi.import_stream('OpaqueRef:late', payload, len(payload)) == 'OpaqueRef:late'
+    assert https_server.xapi.imported == payload
+
+
+def test_import_follows_a_redirect_before_sending_the_body(connect, https_server, server_context):
+    member = serve(server_context)
+    member.xapi = https_server.xapi
+    original = Handler.do_PUT
+    redirected = []
+
+    def redirect(handler):
+        if handler.server is https_server:
+            redirected.append(handler.path)
+            handler.send_response(302)
+            handler.send_header('Location', 'https://127.0.0.1:%d%s' % (member.server_address[1], handler.path))
+            handler.send_header('Content-Length', '0')
+            handler.send_header('Connection', 'close')
+            handler.end_headers()
+            handler.close_connection = True
+            return
+        original(handler)
+    Handler.do_PUT = redirect
+    payload = os.urandom(9 * 1024 * 1024)
+    try:
+        with connect() as xapi:
+            assert xapi.import_stream('OpaqueRef:moved', payload, len(payload)) == 'OpaqueRef:moved'
+    finally:
+        Handler.do_PUT = original
+        member.shutdown()
+        member.server_close()
+    assert len(redirected) == 1 and https_server.xapi.imported == payload and https_server.xapi.tasks == {}
 
 
 def test_import_failure_in_task(connect, https_server):
