@@ -96,7 +96,7 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
         new_header.parent_unique_id = uuid_bytes(parent.unique_id)
         new_header.parent_timestamp = parent.timestamp
         new_header.parent_name = parent.name
-        new_header.locators = [ParentLocator() for _ in range(8)]
+        new_header.locators = [ParentLocator() for _slot in range(8)]
     footer_bytes = new_footer.pack()
     emit(footer_bytes)
     emit(gap)

@@ -230,7 +230,7 @@ class Header:
     parent_unique_id: bytes = b"\x00" * 16
     parent_timestamp: int = 0
     parent_name: str = ""
-    locators: list = dataclasses.field(default_factory=lambda: [ParentLocator() for _ in range(8)])
+    locators: list = dataclasses.field(default_factory=lambda: [ParentLocator() for _slot in range(8)])
     data_offset: int = NO_DATA_OFFSET
     header_version: int = 0x00010000
     reserved1: int = 0

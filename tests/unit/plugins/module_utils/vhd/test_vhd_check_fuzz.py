@@ -142,10 +142,10 @@ HEADER_FIELDS = [(8, 8), (16, 8), (28, 4), (32, 4)]      # header: data offset, 
 def mutated(draw):
     kind = draw(st.sampled_from(["dynamic", "differencing"]))
     buf = bytearray(_samples()[kind])
-    for _ in range(draw(st.integers(0, 4))):
+    for _mutation in range(draw(st.integers(0, 4))):
         position = draw(st.one_of(st.integers(0, 2560), st.integers(len(buf) - 512, len(buf) - 1), st.integers(0, len(buf) - 1)))
         buf[position] = draw(st.integers(0, 255))
-    for _ in range(draw(st.integers(0, 3))):
+    for _field in range(draw(st.integers(0, 3))):
         structure = draw(st.sampled_from(["footer", "header"]))
         offset, width = draw(st.sampled_from(FIELDS if structure == "footer" else HEADER_FIELDS))
         value = draw(st.one_of(st.integers(0, 2 ** (8 * width) - 1), st.sampled_from([0, 1, 511, 512, 2 ** 31, 2 ** (8 * width) - 1])))

@@ -122,6 +122,7 @@ def _crash_scenario(directory):
 _CHILD = """
 import sys
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import merge_chain
+print("ready", flush=True)
 merge_chain(sys.argv[1], sys.argv[2:])
 """
 
@@ -177,13 +178,16 @@ def test_merge_killed_at_every_kind_of_step_then_resumed(tmp_path):
 def test_merge_killed_at_random_times_then_resumed(tmp_path):
     rng = random.Random(99)
     probe = _crash_scenario(str(tmp_path / "probe"))
+    child = _run_child([probe.paths[0]] + probe.paths[1:3])
+    child.stdout.readline()
     started = time.monotonic()
-    _run_child([probe.paths[0]] + probe.paths[1:3]).communicate(timeout=60)
+    child.communicate(timeout=60)
     duration = time.monotonic() - started
-    for number in range(6):
+    for number in range(8):
         model = _crash_scenario(str(tmp_path / f"random{number}"))
         child = _run_child([model.paths[0]] + model.paths[1:3])
-        time.sleep(rng.uniform(0.05, duration))
+        assert child.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0, duration))
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)
         _verify_after_crash(model, kept_from=2)
