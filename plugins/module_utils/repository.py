@@ -284,18 +284,27 @@ def validate_metadata(data, path: str) -> dict:
     return data
 
 
-def read_metadata(path: str) -> dict:
-    """Load and validate one backup JSON; any problem becomes a MetadataError naming the file."""
+def load_metadata_json(path: str):
+    """Parse a backup JSON without checking its fields; errors name the file."""
     try:
         with open(path, 'rb') as source:
             raw = source.read()
     except OSError as exc:
         raise MetadataError(path, 'cannot read it: %s' % (exc.strerror or exc)) from exc
     try:
-        data = json.loads(raw.decode('utf-8'))
+        return json.loads(raw.decode('utf-8'))
     except (UnicodeDecodeError, ValueError) as exc:
         raise MetadataError(path, 'not valid JSON (%s)' % exc) from exc
-    return validate_metadata(data, path)
+
+
+def read_metadata(path: str) -> dict:
+    """Load and validate one delta backup JSON; any problem becomes a MetadataError naming the file."""
+    return validate_metadata(load_metadata_json(path), path)
+
+
+def is_full_mode_backup(data) -> bool:
+    """XO's full (XVA) backups share the VM folder; they are valid, just not ours to read."""
+    return isinstance(data, dict) and data.get('mode') == 'full'
 
 
 def build_metadata(job_id: str, schedule_id: str, timestamp_ms: int, vm: dict, vm_snapshot: dict, vbds: dict, vifs: dict, vdis: dict,
@@ -575,7 +584,10 @@ class BackupRepository:
                       if not is_hidden_name(name) and UUID_PATTERN.match(name) and os.path.isdir(os.path.join(self.backup_dir, name)))
 
     def list_backups(self, vm_uuid: str) -> list[BackupPoint]:
-        """Complete backup points of a VM, oldest first. An invalid JSON raises MetadataError naming it."""
+        """Complete delta backup points of a VM, oldest first (XO full-mode backups are skipped).
+
+        An invalid JSON raises MetadataError naming it.
+        """
         vm_dir = self.vm_dir(vm_uuid)
         if not os.path.isdir(vm_dir):
             return []
@@ -585,7 +597,11 @@ class BackupRepository:
             if not match or is_hidden_name(name):
                 continue
             path = os.path.join(vm_dir, name)
-            points.append(BackupPoint(vm_uuid=vm_uuid, timestamp=validate_timestamp(match.group(1)), metadata_path=path, metadata=read_metadata(path)))
+            data = load_metadata_json(path)
+            if is_full_mode_backup(data):
+                continue
+            points.append(BackupPoint(vm_uuid=vm_uuid, timestamp=validate_timestamp(match.group(1)), metadata_path=path,
+                                      metadata=validate_metadata(data, path)))
         return points
 
     def get_backup(self, vm_uuid: str, timestamp: str) -> BackupPoint:

@@ -794,7 +794,7 @@ def test_sim_async_snapshot_and_task_cleanup(sim):
 
 
 def test_sim_task_timeout_cancels_and_destroys(sim):
-    sim.control.delay(3, method='VM.snapshot')
+    sim.control.delay(1.5, method='VM.snapshot')
     with sim_connect(sim) as xapi:
         vm = xapi.call('VM.get_by_name_label', 'db01')[0]
         with pytest.raises(XapiError, match='did not finish within 0.3 seconds; the task was cancelled') as caught:

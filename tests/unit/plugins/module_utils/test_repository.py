@@ -262,6 +262,14 @@ def test_bad_metadata_names_the_file(repo, mutate, problem):
     assert path in str(caught.value) and problem in str(caught.value)
 
 
+def test_xo_full_mode_backups_are_skipped(repo):
+    add_backup(repo, T2, {VDI_A: FULL})
+    with open(repo.metadata_path(VM, T1), 'w') as target:
+        json.dump({'version': '2.0.0', 'mode': 'full', 'xva': './%s.xva' % T1, 'jobId': JOB, 'timestamp': 1}, target)
+    assert [p.timestamp for p in repo.list_backups(VM)] == [T2]
+    assert repo.cleanup_incomplete(VM) == {'temporary_files': [], 'unreferenced_vhds': []}
+
+
 def test_integer_booleans_are_repaired(repo):
     metadata = add_backup(repo, T1, {VDI_A: FULL})
     metadata['isVhdDifferencing'] = {ref: 0 for ref in metadata['vhds']}
