@@ -243,7 +243,7 @@ def test_broken_chain_is_reported(repo):
     (lambda m: dict(m, vhds=[]), "field 'vhds' must be an object, got list"),
     (lambda m: dict(m, timestamp='yesterday'), "field 'timestamp' must be an integer"),
     (lambda m: dict(m, timestamp=True), "field 'timestamp' must be an integer"),
-    (lambda m: dict(m, mode='full'), "only 'delta' backups"),
+    (lambda m: dict(m, mode='mirror'), "only 'delta' backups"),
     (lambda m: dict(m, version='1.0.0'), 'unsupported metadata version'),
     (lambda m: dict(m, vhds={'r': '../../../etc/passwd'}), 'is not a vdis/'),
     (lambda m: dict(m, isVhdDifferencing={'r': 'yes'}), 'must be a boolean'),
