@@ -448,6 +448,9 @@ def _write_footer(parent, target_footer):
     footer = dataclasses.replace(footer, current_size=target_footer.current_size, original_size=target_footer.original_size,
                                  geometry=target_footer.geometry, timestamp=target_footer.timestamp,
                                  unique_id=target_footer.unique_id)
+    if footer.creator_app == b"tap\x00" and footer.creator_version >= 0x00010002:
+        # A tdbatmap we did not maintain (and may have overwritten growing the BAT) must be ignored by blktap.
+        footer.creator_version = 0x00010001
     raw = footer.pack()
     end = parent.data_end()
     size = parent.file_size()
