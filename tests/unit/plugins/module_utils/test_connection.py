@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -724,8 +725,14 @@ def test_import_failure_in_task(connect, https_server):
 # -- against the shared XAPI simulator (tests/xapisim) -------------------------------------------
 
 
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
 @pytest.fixture(scope='module')
 def simulator():
+    # ansible-test units does not put tests/ on sys.path; the simulator lives there.
+    if os.path.isdir(os.path.join(TESTS_DIR, 'xapisim')) and TESTS_DIR not in sys.path:
+        sys.path.insert(0, TESTS_DIR)
     testing = pytest.importorskip('xapisim.testing')
     with testing.start_server(https=True) as running:
         yield running

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -108,7 +109,11 @@ def test_job_id_is_stable_and_distinct():
 
 def test_format_timestamp_is_utc():
     assert format_timestamp(0) == '19700101T000000Z'
-    assert validate_timestamp(format_timestamp()) == format_timestamp()[:16]
+    now = format_timestamp()
+    assert validate_timestamp(now) == now and len(now) == 16
+    assert format_timestamp(datetime.datetime(2026, 3, 15, 3, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))) == '20260315T021500Z'
+    with pytest.raises(RepositoryError, match='naive datetime'):
+        format_timestamp(datetime.datetime(2026, 3, 15))
 
 
 def test_not_a_repository(tmp_path):
