@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import urllib.parse
+import uuid as uuidlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import control, wire
@@ -316,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
             with self.sim.lock:
                 disk = self.sim.disk(vdi)
                 base = self.sim.disk(base_ref) if base_ref else None
-                obj = self.sim.store.raw('VDI', vdi)
+                vdi_uuid = self.sim.store.raw('VDI', vdi)['uuid']
                 if fmt == 'vhd' and base is not None:
                     wanted = disk.differing_blocks(base)
                     base_obj = self.sim.store.raw('VDI', base_ref)
@@ -330,7 +331,6 @@ class Handler(BaseHTTPRequestHandler):
         except XapiError as exc:
             self._fail(task, owned, 500, exc.details)
             return
-        del obj
         body = None
         try:
             self._start_stream(task, 'application/vhd' if fmt == 'vhd' else 'application/octet-stream')
@@ -338,9 +338,10 @@ class Handler(BaseHTTPRequestHandler):
             store = disk.store
             size = disk.size
             if fmt == 'vhd':
-                import uuid as uuidlib  # pylint: disable=import-outside-toplevel
+                # Footer id = the VDI's uuid, parent id = the base VDI's uuid, so a full
+                # export of the base and a delta chain for libvhdi (XAPI uses host file ids).
                 layout = ExportLayout(size, wanted, uuidlib.UUID(parent[0]).bytes if parent else None,
-                                      parent[1] if parent else '')
+                                      parent[1] if parent else '', unique_id=uuidlib.UUID(vdi_uuid).bytes)
                 body.write(layout.head)
                 for num, idx in enumerate(wanted):
                     body.write(BITMAP_FULL)
@@ -464,6 +465,10 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request, client_address):
         """TLS handshake in the worker thread, not the accept loop."""
+        try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         if self.context is not None:
             try:
                 request.settimeout(30)

@@ -80,6 +80,8 @@ class BlockStore:
                 slot = self.next_slot
                 self.next_slot += 1
                 reused = False
+                # Keep the file as long as its slots (sparse), so sendfile never hits EOF.
+                os.ftruncate(self.fd, self.next_slot * BLOCK_SIZE)
             self.refs[slot] = 1
         if content is not None:
             self.pwrite(slot, 0, content)

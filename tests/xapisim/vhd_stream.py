@@ -78,11 +78,11 @@ def make_header(max_entries, parent_id=None, parent_name='', parent_timestamp=0)
 class ExportLayout:
     """Byte layout of an XAPI-style VHD export of ``blocks`` (sorted indexes)."""
 
-    def __init__(self, size, blocks, parent_id=None, parent_name='', parent_mtime=0):
+    def __init__(self, size, blocks, parent_id=None, parent_name='', parent_mtime=0, unique_id=None):
         self.size = int(size)
         self.blocks = list(blocks)
         self.max_entries = (self.size + VHD_BLOCK - 1) // VHD_BLOCK
-        self.unique_id = uuidlib.uuid4().bytes
+        self.unique_id = unique_id or uuidlib.uuid4().bytes
         disk_type = 4 if parent_id is not None else 3
         self.footer = make_footer(self.size, disk_type, self.unique_id)
         bat_bytes = (self.max_entries * 4 + SECTOR - 1) // SECTOR * SECTOR
