@@ -43,6 +43,7 @@ TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 DEFAULT_FILE_MODE = 0o600
 DEFAULT_DIR_MODE = 0o700
 MERGE_STATE_SUFFIX = '.merge.json'
+XO_CACHE_FILE = 'cache.json.gz'
 # Fixed forever: changing it would change every job id and break every chain (XO keys bases by job id).
 JOB_ID_NAMESPACE = uuid.UUID('a0aac57f-fdfd-4454-a0b4-1123a1d5b51a')
 
@@ -574,7 +575,24 @@ class BackupRepository:
                 raise RepositoryError('cannot write %s: the VHD %s it references is missing' % (path, relative))
         self._make_dirs(vm_dir)
         write_file_atomically(path, json.dumps(metadata, indent=1, sort_keys=True).encode('utf-8'), mode=self.file_mode)
+        self.invalidate_xo_cache(vm_uuid)
         return path
+
+    def remove_metadata(self, vm_uuid: str, timestamp: str) -> bool:
+        """Delete a backup point the way XO does: only its JSON; the next clean-up or merge handles the VHDs."""
+        path = self.metadata_path(vm_uuid, timestamp)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        fsync_directory(os.path.dirname(path))
+        self.invalidate_xo_cache(vm_uuid)
+        return True
+
+    def invalidate_xo_cache(self, vm_uuid: str) -> None:
+        """Drop XO's listing cache: it only notices a change in the number of JSONs, not a swap."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.vm_dir(vm_uuid), XO_CACHE_FILE))
 
     # listing
 

@@ -446,3 +446,17 @@ def test_cleanup_protects_the_folder_when_a_merge_state_is_unreadable(repo):
     vdi_dir = repo.vdi_dir(VM, JOB, VDI_A)
     open(os.path.join(vdi_dir, '.%s.vhd.merge.json' % T1), 'w').write('{not json')
     assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == []
+
+
+def test_writing_or_removing_a_point_drops_xo_cache(repo):
+    add_backup(repo, T1, {VDI_A: FULL})
+    cache = os.path.join(repo.vm_dir(VM), 'cache.json.gz')
+    open(cache, 'wb').write(b'stale')
+    add_backup(repo, T2, {VDI_A: DELTA})
+    assert not os.path.exists(cache)
+    open(cache, 'wb').write(b'stale')
+    assert repo.remove_metadata(VM, T2) is True and repo.remove_metadata(VM, T2) is False
+    assert not os.path.exists(cache)
+    assert [p.timestamp for p in repo.list_backups(VM)] == [T1]
+    assert os.path.exists(repo.vhd_path(VM, JOB, VDI_A, T2))  # VHDs go with the next clean-up
+    assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == [repo.vhd_path(VM, JOB, VDI_A, T2)]
