@@ -12,6 +12,7 @@ these tests do not depend on the shared simulator's progress; the tests at the e
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import socket
 import ssl
@@ -656,7 +657,6 @@ def test_export_closed_early_cancels_and_destroys(connect, https_server):
 def test_import_sends_exact_length_without_transfer_encoding(connect, https_server):
     payload = os.urandom(5 * 1024 * 1024 + 17)
     with connect() as xapi:
-        import io
         assert xapi.import_stream('OpaqueRef:target', io.BytesIO(payload), len(payload)) == 'OpaqueRef:target'
         assert xapi.import_stream('OpaqueRef:again', iter([payload[:10], payload[10:]]), len(payload)) == 'OpaqueRef:again'
     headers = {k.lower(): v for k, v in https_server.xapi.import_headers.items()}

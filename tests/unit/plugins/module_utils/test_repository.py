@@ -14,6 +14,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -460,3 +461,26 @@ def test_writing_or_removing_a_point_drops_xo_cache(repo):
     assert [p.timestamp for p in repo.list_backups(VM)] == [T1]
     assert os.path.exists(repo.vhd_path(VM, JOB, VDI_A, T2))  # VHDs go with the next clean-up
     assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == [repo.vhd_path(VM, JOB, VDI_A, T2)]
+
+
+def test_only_one_of_many_concurrent_runs_gets_the_lock(repo):
+    barrier = threading.Barrier(8)
+    outcomes = []
+
+    def contend(index):
+        barrier.wait()
+        lock = repo.lock(VM, 'job-%d' % index)
+        try:
+            lock.acquire()
+            outcomes.append(('held', lock))
+        except RepositoryLockedError:
+            outcomes.append(('refused', None))
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [lock for outcome, lock in outcomes if outcome == 'held']
+    assert len(held) == 1 and len(outcomes) == 8
+    held[0].release()
+    assert not os.path.exists(held[0].path)
