@@ -11,11 +11,13 @@ checker are compositions of these calls.
 
 from __future__ import annotations
 
+import array
 import os
 
 from .structures import (
     BAT_UNUSED, DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, FOOTER_SIZE, HEADER_SIZE,
-    MAX_BAT_ENTRIES, SECTOR, Footer, Header, VhdError, bat_parse, bitmap_size, bitmap_to_mask, mask_runs,
+    MAX_BAT_ENTRIES, SECTOR, Footer, Header, VhdError, and_flags, bat_parse, bat_unused_flags, bitmap_size, bitmap_to_mask,
+    mask_runs, used_indices,
 )
 
 MAX_CHAIN_LENGTH = 64
@@ -61,7 +63,7 @@ class VhdFile:
             self.fd = -1
             raise
         self._bat = None
-        self._bitmap_full = None
+        self._unused_flags = None
 
     @classmethod
     def open(cls, path, writable=False):
@@ -160,11 +162,21 @@ class VhdFile:
                 raise VhdError(self.path, "BAT", "table_offset", None, "fixed disk has no BAT")
             raw = pread_exact(self.fd, self.block_count * 4, self.header.table_offset, self.path, "BAT", "entries")
             self._bat = bat_parse(raw, self.block_count)
+            self._unused_flags = bat_unused_flags(raw, self.block_count)
         return self._bat
+
+    def unused_flags(self):
+        """One byte per block, ``0xFF`` when the block is absent (see :func:`~.structures.bat_unused_flags`)."""
+        if self.is_fixed:
+            return bytes(self.block_count)
+        if self._bat is None:
+            self.bat  # pylint: disable=pointless-statement
+        return self._unused_flags
 
     def invalidate(self):
         """Forget the cached BAT (after another writer changed the file)."""
         self._bat = None
+        self._unused_flags = None
 
     def full_mask(self):
         """Mask with every sector of a block set."""
@@ -198,8 +210,8 @@ class VhdFile:
     def allocated_blocks(self):
         """Indices of the blocks present in this file (every block for a fixed disk), ascending."""
         if self.is_fixed:
-            return list(range(self.block_count))
-        return [i for i, entry in enumerate(self.bat) if entry != BAT_UNUSED]
+            return array.array("I", range(self.block_count))
+        return used_indices(self.unused_flags())
 
     def read_bitmap(self, index):
         """The raw sector bitmap of present block ``index``."""
@@ -326,17 +338,13 @@ class VhdChain:
             raise
 
     def allocated_blocks(self):
-        """Ascending indices of logical blocks that any member holds (blocks past the disk's end excluded)."""
-        present = bytearray(self.block_count)
+        """Ascending indices (an ``array('I')``) of logical blocks that any member holds, past-the-end blocks excluded."""
+        unused = b"\xff" * self.block_count
         for member in self.members:
-            if member.is_fixed:
-                return list(range(self.block_count))
-            count = min(member.block_count, self.block_count)
-            bat = member.bat
-            for index in range(count):
-                if bat[index] != BAT_UNUSED:
-                    present[index] = 1
-        return [i for i in range(self.block_count) if present[i]]
+            unused = and_flags(unused, member.unused_flags()[:self.block_count])
+            if not member.is_differencing:
+                break
+        return used_indices(unused)
 
     def read_block_masked(self, index):
         """``(data, mask)`` of logical block ``index``: ``data`` is ``block_size`` bytes (bytes-like) and ``mask``

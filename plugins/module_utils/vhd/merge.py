@@ -44,6 +44,7 @@ the current step, which is idempotent, and so reaches the same result.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
@@ -53,7 +54,7 @@ import time
 from .disk import VhdChain, VhdFile, pread_exact
 from .structures import (
     BAT_UNUSED, FOOTER_SIZE, HEADER_SIZE, MAX_BAT_ENTRIES, SECTOR, Footer, ParentLocator, VhdError,
-    bat_pack, bat_parse, bitmap_size, bitmap_to_mask, mask_runs, mask_to_bitmap,
+    bat_pack, bat_parse, bat_unused_flags, bitmap_size, bitmap_to_mask, mask_runs, mask_to_bitmap, used_indices,
 )
 
 #: Test hook: SIGKILL the merging process after this many write/fsync/rename operations.
@@ -251,6 +252,8 @@ class _Parent:
             raise VhdError(self.path, "header", "max_table_entries", self.vhd.footer.data_offset + 28, "BAT too large to merge into")
         raw = pread_exact(self.fd, entries * 4, self.header.table_offset, self.path, "BAT", "entries")
         self.bat = bat_parse(raw, entries)
+        self.unused = bytearray(bat_unused_flags(raw, entries))
+        self._blocks_end = None
 
     def file_size(self):
         return os.fstat(self.fd).st_size
@@ -259,21 +262,33 @@ class _Parent:
         size = self.file_size()
         return pread_exact(self.fd, FOOTER_SIZE, size - FOOTER_SIZE, self.path, "footer", "cookie")
 
-    def occupied(self):
-        """(start, end, what) of every region after the header: BAT, locator data, blocks."""
-        regions = [(self.header.table_offset, self.header.table_offset + self.header.bat_bytes, "BAT")]
-        for number, loc in enumerate(self.header.locators):
-            if loc.platform_code != bytes(4) and loc.data_offset:
-                regions.append((loc.data_offset, loc.data_offset + max(loc.data_space, loc.data_length, SECTOR), number))
-        for index, entry in enumerate(self.bat):
-            if entry != BAT_UNUSED:
-                regions.append((entry * SECTOR, entry * SECTOR + self.span, index))
-        return regions
-
     def data_end(self):
-        header_end = self.vhd.footer.data_offset + HEADER_SIZE
-        end = max([header_end] + [r[1] for r in self.occupied()])
+        """First sector-aligned offset after the header, BAT, locator data and every block the BAT points at."""
+        end = max(self.vhd.footer.data_offset + HEADER_SIZE, self.header.table_offset + self.header.bat_bytes)
+        for loc in self.header.locators:
+            if loc.platform_code != bytes(4) and loc.data_offset:
+                end = max(end, loc.data_offset + max(loc.data_space, loc.data_length, SECTOR))
+        if self._blocks_end is None:
+            last = max((self.bat[index] for index in self.used()), default=None)
+            self._blocks_end = 0 if last is None else last * SECTOR + self.span
+        end = max(end, self._blocks_end)
         return (end + SECTOR - 1) // SECTOR * SECTOR
+
+    def used(self):
+        """Indices of present blocks (an ``array('I')``)."""
+        return used_indices(bytes(self.unused))
+
+    def set_entry(self, index, offset):
+        """Point BAT entry ``index`` at ``offset`` (``None``: unused) in memory; see :meth:`write_bat_range`."""
+        if offset is None:
+            self.bat[index] = BAT_UNUSED
+            self.unused[index] = 0xFF
+            self._blocks_end = None
+        else:
+            self.bat[index] = offset // SECTOR
+            self.unused[index] = 0
+            if self._blocks_end is not None:
+                self._blocks_end = max(self._blocks_end, offset + self.span)
 
     def write_bat_range(self, first, last):
         """Write BAT entries ``first..last`` (inclusive), whole sectors."""
@@ -301,7 +316,7 @@ class _Parent:
             return
         self.io.fsync(self.fd)
         for index, offset in placed:
-            self.bat[index] = offset // SECTOR
+            self.set_entry(index, offset)
         indices = [index for index, _offset in placed]
         self.write_bat_range(min(indices), max(indices))
         self.io.fsync(self.fd)
@@ -325,10 +340,10 @@ def _prepare(parent, children, old_size):
     if needed > parent.header.max_table_entries:
         _grow_bat(parent, needed)
     old_blocks = (old_size + block_size - 1) // block_size
-    stale = [i for i in range(old_blocks, len(parent.bat)) if parent.bat[i] != BAT_UNUSED]
+    stale = [i for i in parent.used() if i >= old_blocks]
     if stale:
         for index in stale:
-            parent.bat[index] = BAT_UNUSED
+            parent.set_entry(index, None)
         parent.write_bat_range(stale[0], stale[-1])
     if old_size % block_size and children.size > old_size and parent.bat[old_blocks - 1] != BAT_UNUSED:
         index = old_blocks - 1
@@ -356,8 +371,8 @@ def _grow_bat(parent, needed):
     if changed_locators:
         parent.io.pwrite(parent.fd, header.pack(), parent.vhd.footer.data_offset)
         parent.io.fsync(parent.fd)
-    in_the_way = [i for i, entry in enumerate(parent.bat)
-                  if entry != BAT_UNUSED and entry * SECTOR < new_end and entry * SECTOR + parent.span > header.table_offset]
+    in_the_way = [i for i in parent.used()
+                  if parent.bat[i] * SECTOR < new_end and parent.bat[i] * SECTOR + parent.span > header.table_offset]
     for index in in_the_way:
         offset = parent.bat[index] * SECTOR
         raw = pread_exact(parent.fd, parent.span, offset, parent.path, f"block[{index}]", "data")
@@ -367,7 +382,7 @@ def _grow_bat(parent, needed):
             parent.io.fsync(parent.fd)
         parent.io.pwrite(parent.fd, raw, start)
         parent.io.fsync(parent.fd)
-        parent.bat[index] = start // SECTOR
+        parent.set_entry(index, start)
         parent.write_bat_range(index, index)
         parent.io.fsync(parent.fd)
     old_entries = header.max_table_entries
@@ -388,7 +403,8 @@ def _merge_blocks(parent, children, state, directory, progress):
     """
     spb = parent.block_size // SECTOR
     full = (1 << spb) - 1
-    blocks = [i for i in children.allocated_blocks() if i >= state.next_block]
+    blocks = children.allocated_blocks()
+    blocks = blocks[bisect.bisect_left(blocks, state.next_block):]
     candidates_left = sum(1 for i in blocks if parent.bat[i] == BAT_UNUSED)
     placed = []
     slot = slots_left = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import re
 import struct
 import time
 import uuid
@@ -314,3 +315,32 @@ def bat_pack(table, padded_size=None):
     if padded_size is not None:
         raw = raw.ljust(padded_size, b"\xff")
     return raw
+
+
+_USED = re.compile(b"[^\xff]")
+
+
+def bat_unused_flags(raw, entries):
+    """One byte per BAT entry of big-endian ``raw``: ``0xFF`` when the entry is unused, anything else when used.
+
+    Computed with slicing and big-integer AND (C speed), so a 2 TiB disk's table costs milliseconds.
+    """
+    raw = bytes(raw[:entries * 4])
+    if not raw:
+        return b""
+    flags = int.from_bytes(raw[0::4], "big")
+    for lane in (1, 2, 3):
+        flags &= int.from_bytes(raw[lane::4], "big")
+    return flags.to_bytes(len(raw) // 4, "big")
+
+
+def used_indices(flags):
+    """Ascending indices (``array('I')``) of the used entries in :func:`bat_unused_flags` output."""
+    return array.array("I", (match.start() for match in _USED.finditer(flags)))
+
+
+def and_flags(first, second):
+    """Combine two unused-flag strings (an entry is unused only if unused in both); the shorter is padded unused."""
+    size = max(len(first), len(second))
+    value = int.from_bytes(first.ljust(size, b"\xff"), "big") & int.from_bytes(second.ljust(size, b"\xff"), "big")
+    return value.to_bytes(size, "big")

@@ -11,6 +11,7 @@ creator is ``tap`` 1.1 so that qemu uses the current size and blktap expects no 
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 import uuid
@@ -71,10 +72,13 @@ class VhdStream:
         if virtual_size % SECTOR:
             raise ValueError(f"virtual size {virtual_size} is not a multiple of {SECTOR}")
         self.block_size = block_size
-        self.block_indices = list(block_indices)
+        self.block_indices = array.array("I", block_indices)
         entries = (virtual_size + block_size - 1) // block_size
-        if any(b < 0 or b >= entries for b in self.block_indices) or self.block_indices != sorted(set(self.block_indices)):
-            raise ValueError("block indices must be unique, ascending and within the disk")
+        previous = -1
+        for index in self.block_indices:
+            if index <= previous or index >= entries:
+                raise ValueError("block indices must be unique, ascending and within the disk")
+            previous = index
         self._read_block = read_block
         self.footer = make_footer(disk_type, virtual_size, unique_id, timestamp)
         self.header = Header(table_offset=TABLE_OFFSET, max_table_entries=entries, block_size=block_size)
@@ -91,7 +95,7 @@ class VhdStream:
 
     def block_table(self):
         """The BAT this stream writes (list of sector numbers or ``0xFFFFFFFF``)."""
-        table = [BAT_UNUSED] * self.header.max_table_entries
+        table = array.array("I", [BAT_UNUSED]) * self.header.max_table_entries
         for position, index in enumerate(self.block_indices):
             table[index] = (self.data_start + position * self.block_span) // SECTOR
         return table

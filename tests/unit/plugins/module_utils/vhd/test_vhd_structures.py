@@ -11,7 +11,7 @@ import subprocess
 import uuid
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, Footer, Header, ParentLink, VhdChain, VhdError, VhdFile, check_file, merge_chain,
@@ -70,6 +70,7 @@ def test_checksum_ignores_its_own_field():
     assert checksum(data, 64) == value
 
 
+@settings(deadline=None, max_examples=200)
 @given(st.integers(0, (1 << 4096) - 1))
 def test_bitmap_mask_round_trip_and_runs(mask):
     bitmap = mask_to_bitmap(mask, 512)
