@@ -53,7 +53,7 @@ options:
     type: float
     default: 60
 notes:
-  - The modules run on the controller or in the execution environment (use C(delegate_to: localhost)), not on dom0.
+  - The modules run on the controller or in the execution environment (use C(delegate_to=localhost)), not on dom0.
   - Each run logs in with the session originator C(xapi.delta_backup) and always logs out, even on failure.
 requirements:
   - XenAPI >= 26.21.1
