@@ -60,7 +60,7 @@ class _Body:
         self.limit = limit
         self.sent = 0
         self.plain = not isinstance(sock, ssl.SSLSocket)
-        self.buf = memoryview(bytearray(BLOCK_SIZE))
+        self.buf = memoryview(bytearray(BLOCK_SIZE + 512))
 
     def _room(self, count):
         if self.limit is None:
@@ -76,6 +76,18 @@ class _Body:
             self.sent += room
         if room < len(view):
             raise StreamCut()
+
+    def write_block(self, prefix, store, slot):
+        """Send ``prefix`` (a bitmap) then a whole block slot, in one TLS record stream when not plain."""
+        if self.plain or self.limit is not None:
+            self.write(prefix)
+            self.write_slot(store, slot, BLOCK_SIZE)
+            return
+        size = len(prefix)
+        self.buf[:size] = prefix
+        store.readinto(slot, 0, self.buf[size:size + BLOCK_SIZE])
+        self.sock.sendall(self.buf[:size + BLOCK_SIZE])
+        self.sent += size + BLOCK_SIZE
 
     def write_slot(self, store, slot, count):
         """Send ``count`` bytes of a block slot."""
@@ -344,12 +356,12 @@ class Handler(BaseHTTPRequestHandler):
                                       parent[1] if parent else '', unique_id=uuidlib.UUID(vdi_uuid).bytes)
                 body.write(layout.head)
                 for num, idx in enumerate(wanted):
-                    body.write(BITMAP_FULL)
                     slot = pinned.get(idx)
                     if slot is None:
+                        body.write(BITMAP_FULL)
                         body.write(ZERO_BLOCK)
                     else:
-                        body.write_slot(store, slot, BLOCK_SIZE)
+                        body.write_block(BITMAP_FULL, store, slot)
                     if num % 64 == 0:
                         self.sim.set_progress(task, num / max(1, len(wanted)))
                 body.write(layout.footer)
