@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""What every module shell shares: the argument spec with connection options, and one exit path.
+
+A module body is a function ``body(module) -> dict``; whatever it raises of our own error
+types leaves through ``fail_json`` with a message that says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import (
+    HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec, fail_json_with_xapi_error,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdError
+
+
+class ModuleFailure(Exception):
+    """A failure the module reports as is (bad input, a refused operation)."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+def new_module(argument_spec: dict, with_connection: bool = True, **kwargs) -> AnsibleModule:
+    """An AnsibleModule with check mode and, unless told otherwise, the shared connection options."""
+    spec = dict(connection_argument_spec()) if with_connection else {}
+    spec.update(argument_spec)
+    kwargs.setdefault('supports_check_mode', True)
+    module = AnsibleModule(argument_spec=spec, **kwargs)
+    if with_connection:
+        if not HAS_XENAPI:
+            module.fail_json(msg=missing_required_lib('XenAPI'), exception=XENAPI_IMPORT_ERROR)
+        if not module.params.get('hostname'):
+            module.fail_json(msg='no pool given: set hostname (or the XENSERVER_HOST environment variable) to the pool coordinator')
+    return module
+
+
+def connect(module: AnsibleModule) -> XapiConnection:
+    """A not-yet-logged-in connection from the module's options; use it as a context manager."""
+    return XapiConnection.from_params(module.params)
+
+
+def run(module: AnsibleModule, body) -> None:
+    """Run the module body and leave through exit_json or fail_json, never a bare exception."""
+    try:
+        result = body(module)
+    except XapiError as error:
+        fail_json_with_xapi_error(module, error)
+    except ModuleFailure as failure:
+        module.fail_json(msg=failure.message, **failure.details)
+    except (VhdError, RepositoryError) as error:
+        module.fail_json(msg=str(error), exception=traceback.format_exc())
+    except OSError as error:
+        module.fail_json(msg='%s: %s' % (error.strerror or error, error.filename or ''), exception=traceback.format_exc())
+    module.exit_json(**result)

@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""A job's backup snapshots of one VM: take, find, mark exported, prune.
+
+A backup snapshot is tagged in ``other_config`` (on the snapshot VM and on each of its VDIs,
+since CBT-purged snapshots lose their VM) with Xen Orchestra's keys: job, schedule, VM and
+datetime; ``xo:backup:exported`` is set only once every disk of it has landed in every
+repository. The job's **reference snapshot** is its newest exported one: it is the base of the
+next delta and is never removed. Snapshots without our job's tags are never touched.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import find_vm, is_excluded_disk, vm_disks
+
+KEY_JOB = 'xo:backup:job'
+KEY_SCHEDULE = 'xo:backup:schedule'
+KEY_VM = 'xo:backup:vm'
+KEY_DATETIME = 'xo:backup:datetime'
+KEY_EXPORTED = 'xo:backup:exported'
+KEY_CHAIN_LENGTH = 'xo:backup:deltaChainLength'
+KEY_CONTENT = 'xo:backup:contentKey'
+KEY_JOB_NAME = 'xapi_delta_backup:job_name'
+# Xen Orchestra writes the datetime tag with colons (file names have none).
+DATETIME_TAG_FORMAT = '%Y%m%dT%H:%M:%SZ'
+# Our own name so an operator can tell backup snapshots apart in any client.
+SNAPSHOT_NAME_FORMAT = '[delta_backup %s] %s'
+
+
+def format_datetime_tag(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime(DATETIME_TAG_FORMAT)
+
+
+def parse_datetime_tag(text: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.strptime(text, DATETIME_TAG_FORMAT).replace(tzinfo=datetime.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class SnapshotDisk:
+    """One disk of a backup snapshot: the snapshot VDI and the live disk it was taken of."""
+
+    vdi_ref: str
+    vdi_uuid: str
+    live_vdi_ref: str
+    live_vdi_uuid: str
+    virtual_size: int
+    name_label: str
+    userdevice: str
+
+    def as_result(self) -> dict:
+        return {'vdi_uuid': self.vdi_uuid, 'live_vdi_uuid': self.live_vdi_uuid, 'virtual_size': self.virtual_size,
+                'name_label': self.name_label, 'userdevice': self.userdevice}
+
+
+@dataclass
+class BackupSnapshot:
+    """A snapshot VM of our job, with its disks and tags."""
+
+    ref: str
+    uuid: str
+    name_label: str
+    taken_at: datetime.datetime
+    exported: bool
+    chain_length: int
+    disks: list[SnapshotDisk] = field(default_factory=list)
+
+    @property
+    def datetime_tag(self) -> str:
+        return format_datetime_tag(self.taken_at)
+
+    def as_result(self) -> dict:
+        return {'uuid': self.uuid, 'name_label': self.name_label, 'datetime': self.datetime_tag, 'exported': self.exported,
+                'delta_chain_length': self.chain_length, 'disks': [disk.as_result() for disk in self.disks]}
+
+
+def _is_our_snapshot(record: dict, vm_uuid: str, job_id: str) -> bool:
+    other = record.get('other_config') or {}
+    return bool(record.get('is_a_snapshot')) and other.get(KEY_JOB) == job_id and other.get(KEY_VM) == vm_uuid
+
+
+def _load_snapshot(xapi, ref: str, record: dict) -> BackupSnapshot | None:
+    other = record.get('other_config') or {}
+    taken_at = parse_datetime_tag(other.get(KEY_DATETIME, ''))
+    if taken_at is None:
+        # A snapshot with our job tag but no readable datetime was not written by a finished
+        # vm_snapshot call; it is ours to prune but never a base.
+        taken_at = datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
+    disks = []
+    for _vbd_ref, vbd, vdi_ref, vdi in vm_disks(xapi, record):
+        live_ref = vdi.get('snapshot_of') or NULL_REF
+        live_uuid = ''
+        if live_ref != NULL_REF:
+            try:
+                live_uuid = xapi.call('VDI.get_uuid', live_ref)
+            except XapiError:
+                live_uuid = ''  # the live disk was deleted since: this disk can no longer be a base
+        disks.append(SnapshotDisk(vdi_ref=vdi_ref, vdi_uuid=vdi['uuid'], live_vdi_ref=live_ref, live_vdi_uuid=live_uuid,
+                                  virtual_size=int(vdi.get('virtual_size') or 0), name_label=vdi.get('name_label', ''),
+                                  userdevice=str(vbd.get('userdevice'))))
+    try:
+        chain_length = int(other.get(KEY_CHAIN_LENGTH, 0))
+    except ValueError:
+        chain_length = 0
+    return BackupSnapshot(ref=ref, uuid=record['uuid'], name_label=record.get('name_label', ''), taken_at=taken_at,
+                          exported=other.get(KEY_EXPORTED) == 'true' and taken_at.year > 1970, chain_length=chain_length, disks=disks)
+
+
+def job_snapshots(xapi, vm_record: dict, job_id: str) -> list[BackupSnapshot]:
+    """The job's snapshots of this VM, oldest first."""
+    found = []
+    for ref in vm_record.get('snapshots') or []:
+        try:
+            record = xapi.call('VM.get_record', ref)
+        except XapiError as error:
+            if error.code == 'HANDLE_INVALID':
+                continue  # deleted while we looked
+            raise
+        if _is_our_snapshot(record, vm_record['uuid'], job_id):
+            found.append(_load_snapshot(xapi, ref, record))
+    return sorted(found, key=lambda snapshot: (snapshot.taken_at, snapshot.uuid))
+
+
+def reference_snapshot(snapshots: list[BackupSnapshot]) -> BackupSnapshot | None:
+    """The newest exported snapshot: the base of the next delta."""
+    exported = [snapshot for snapshot in snapshots if snapshot.exported]
+    return exported[-1] if exported else None
+
+
+def snapshots_to_prune(snapshots: list[BackupSnapshot], keep: list[BackupSnapshot | None]) -> list[BackupSnapshot]:
+    """Every job snapshot except the reference and those listed in ``keep``."""
+    kept = {snapshot.ref for snapshot in keep if snapshot is not None}
+    reference = reference_snapshot(snapshots)
+    if reference is not None:
+        kept.add(reference.ref)
+    return [snapshot for snapshot in snapshots if snapshot.ref not in kept]
+
+
+def next_snapshot_time(snapshots: list[BackupSnapshot], now: datetime.datetime | None = None) -> datetime.datetime:
+    """Now, to the second, but strictly after the job's newest snapshot.
+
+    Repository file names are built from this time, so two runs within one second must still differ.
+    """
+    moment = (now or datetime.datetime.now(datetime.timezone.utc)).replace(microsecond=0)
+    if snapshots and moment <= snapshots[-1].taken_at:
+        moment = snapshots[-1].taken_at + datetime.timedelta(seconds=1)
+    return moment
+
+
+def excluded_vdis(xapi, vm_record: dict) -> tuple[list[str], list[dict]]:
+    """The VM's [NOBAK] disks: refs for ignore_vdis, and a description for the result."""
+    refs, described = [], []
+    for _vbd_ref, vbd, vdi_ref, vdi in vm_disks(xapi, vm_record):
+        if is_excluded_disk(vdi):
+            refs.append(vdi_ref)
+            described.append({'vdi_uuid': vdi['uuid'], 'name_label': vdi.get('name_label', ''), 'userdevice': str(vbd.get('userdevice'))})
+    return refs, described
+
+
+def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job_id: str, job_name: str, taken_at: datetime.datetime,
+                         timeout: float | None = None) -> BackupSnapshot:
+    """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job."""
+    ignored, _described = excluded_vdis(xapi, vm_record)
+    name = SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', vm_record['uuid']))
+    what = 'snapshot of VM %s (%s)' % (vm_record.get('name_label'), vm_record['uuid'])
+    snapshot_ref = xapi.call_async('VM.snapshot', vm_ref, name, ignored, timeout=timeout, what=what)
+    try:
+        tags = {KEY_JOB: job_id, KEY_SCHEDULE: job_id, KEY_VM: vm_record['uuid'], KEY_DATETIME: format_datetime_tag(taken_at),
+                KEY_JOB_NAME: job_name}
+        snapshot_record = xapi.call('VM.get_record', snapshot_ref)
+        _tag(xapi, 'VM', snapshot_ref, snapshot_record, tags)
+        for _vbd_ref, _vbd, vdi_ref, vdi in vm_disks(xapi, snapshot_record):
+            _tag(xapi, 'VDI', vdi_ref, vdi, dict(tags, **{KEY_CONTENT: vdi['uuid']}))
+        return _load_snapshot(xapi, snapshot_ref, xapi.call('VM.get_record', snapshot_ref))
+    except BaseException:
+        # An untagged snapshot would be invisible to every later prune: remove it now.
+        destroy_snapshot_vm(xapi, snapshot_ref)
+        raise
+
+
+def _tag(xapi, cls: str, ref: str, record: dict, tags: dict) -> None:
+    present = record.get('other_config') or {}
+    for key, value in tags.items():
+        if key in present:
+            # Copied from the live VM (XAPI copies other_config into snapshots): replace it.
+            xapi.call('%s.remove_from_other_config' % cls, ref, key)
+        xapi.call('%s.add_to_other_config' % cls, ref, key, value)
+
+
+def mark_exported(xapi, snapshot: BackupSnapshot, chain_length: int) -> None:
+    """Record that every disk of the snapshot landed: it becomes the job's reference snapshot.
+
+    The chain length goes first and ``exported`` last, so a crash in between leaves a snapshot
+    that is simply not a base.
+    """
+    targets = [('VDI', disk.vdi_ref) for disk in snapshot.disks] + [('VM', snapshot.ref)]
+    for cls, ref in targets:
+        _set_other_config(xapi, cls, ref, KEY_CHAIN_LENGTH, str(chain_length))
+    for cls, ref in targets:
+        _set_other_config(xapi, cls, ref, KEY_EXPORTED, 'true')
+    snapshot.exported = True
+    snapshot.chain_length = chain_length
+
+
+def _set_other_config(xapi, cls: str, ref: str, key: str, value: str) -> None:
+    try:
+        xapi.call('%s.remove_from_other_config' % cls, ref, key)
+    except XapiError:
+        pass
+    xapi.call('%s.add_to_other_config' % cls, ref, key, value)
+
+
+def destroy_snapshot_vm(xapi, snapshot_ref: str) -> list[str]:
+    """Destroy a snapshot VM and its disk VDIs (VM.destroy leaves VDIs behind); return the VDI uuids removed."""
+    record = xapi.call('VM.get_record', snapshot_ref)
+    if not record.get('is_a_snapshot'):
+        raise XapiError('refusing to destroy %s: it is not a snapshot' % record.get('uuid'), code='NOT_A_SNAPSHOT')
+    disks = vm_disks(xapi, record)
+    xapi.call('VM.destroy', snapshot_ref, what='removal of snapshot %s' % record.get('uuid'))
+    removed = []
+    for _vbd_ref, _vbd, vdi_ref, vdi in disks:
+        if not vdi.get('is_a_snapshot'):
+            continue  # never a live disk, whatever the VBDs say
+        try:
+            xapi.call('VDI.destroy', vdi_ref, what='removal of snapshot disk %s' % vdi['uuid'])
+            removed.append(vdi['uuid'])
+        except XapiError as error:
+            if error.code != 'HANDLE_INVALID':
+                raise
+    return removed
+
+
+def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, check_mode: bool = False,
+                         timeout: float | None = None) -> dict:
+    """Take (``take``) the job's snapshot of the VM, then remove the job's snapshots except the reference.
+
+    Returns what the modules report: the new snapshot, the reference snapshot as it was before this
+    call (the base for this run's export), the snapshots removed and the disks left out.
+    """
+    vm_ref, vm_record = find_vm(xapi, vm)
+    snapshots = job_snapshots(xapi, vm_record, job_id)
+    reference = reference_snapshot(snapshots)
+    _refs, excluded = excluded_vdis(xapi, vm_record)
+    result = {'changed': False, 'vm': {'uuid': vm_record['uuid'], 'name_label': vm_record.get('name_label', '')}, 'job_id': job_id,
+              'snapshot': None, 'reference_snapshot': reference.as_result() if reference else None, 'removed_snapshots': [],
+              'excluded_disks': excluded}
+    new_snapshot = None
+    if take:
+        taken_at = next_snapshot_time(snapshots)
+        result['changed'] = True
+        if check_mode:
+            result['snapshot'] = {'uuid': None, 'name_label': SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', '')),
+                                  'datetime': format_datetime_tag(taken_at), 'exported': False, 'delta_chain_length': 0, 'disks': []}
+        else:
+            new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job_id, job_name, taken_at, timeout=timeout)
+            result['snapshot'] = new_snapshot.as_result()
+    for stale in snapshots_to_prune(snapshots, keep=[new_snapshot]):
+        result['changed'] = True
+        result['removed_snapshots'].append(stale.uuid)
+        if not check_mode:
+            destroy_snapshot_vm(xapi, stale.ref)
+    return result

@@ -1,0 +1,198 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vm_snapshot
+short_description: Take a backup job's snapshot of a VM and keep only the job's reference snapshot
+version_added: 0.1.0
+description:
+  - With O(state=present), takes the job's backup snapshot of a VM. Disks whose name contains C([NOBAK])
+    are left out (XAPI's C(ignore_vdis)). The snapshot VM and its disks are tagged in C(other_config) with
+    the job, the VM and the date and time (Xen Orchestra's C(xo:backup:*) keys).
+  - Reports the job's B(reference snapshot), its newest snapshot marked exported by
+    M(xapi.delta_backup.delta_export), which is the base of the next delta export.
+  - Removes the job's other snapshots of the VM, but always keeps the reference snapshot and the one just
+    taken. Snapshots that do not carry this job's tags (manual snapshots, other jobs) are never touched.
+  - With O(state=pruned), takes nothing and only removes the job's snapshots other than the reference; run it
+    after an export (the newly exported snapshot becomes the reference) and after a failure (an unexported
+    snapshot is removed, the previous reference stays so that the next run is still a delta).
+author:
+  - xapi.delta_backup contributors (@xapi-delta-backup)
+extends_documentation_fragment:
+  - xapi.delta_backup.connection
+  - xapi.delta_backup.attributes
+  - xapi.delta_backup.attributes.action_group
+attributes:
+  check_mode:
+    support: full
+    details: Reports the snapshot that would be taken and the snapshots that would be removed, changes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details: O(state=present) takes a new snapshot on every run by design; O(state=pruned) is idempotent.
+options:
+  vm:
+    description:
+      - The VM, by uuid or name label. A uuid beats a name; a name shared by several VMs is refused.
+    type: str
+    required: true
+  job:
+    description:
+      - Name of the backup job. The job id stored in the tags (and in the repository) is derived from it,
+        so renaming a job starts a new chain.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) takes a snapshot then prunes; V(pruned) only prunes.
+    type: str
+    choices: [present, pruned]
+    default: present
+  snapshot_timeout:
+    description:
+      - Seconds to wait for XAPI to take the snapshot; the XAPI task is cancelled after that.
+    type: float
+    default: 1800
+requirements:
+  - XenAPI
+"""
+
+EXAMPLES = r"""
+- name: Take the nightly job's snapshot of web01
+  xapi.delta_backup.vm_snapshot:
+    hostname: pool.example.com
+    password: "{{ xapi_password }}"
+    vm: web01
+    job: nightly
+  delegate_to: localhost
+  register: backup_snapshot
+
+- name: After the export, keep only the job's reference snapshot
+  xapi.delta_backup.vm_snapshot:
+    vm: "{{ backup_snapshot.vm.uuid }}"
+    job: nightly
+    state: pruned
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+vm:
+  description: The VM.
+  returned: always
+  type: dict
+  contains:
+    uuid:
+      description: VM uuid.
+      type: str
+      sample: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
+    name_label:
+      description: VM name.
+      type: str
+      sample: web01
+  sample: {"uuid": "5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d", "name_label": "web01"}
+job_id:
+  description: The job id derived from O(job), as stored in the tags and the repository.
+  returned: always
+  type: str
+  sample: 8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a
+snapshot:
+  description: The snapshot taken (O(state=present)); in check mode its C(uuid) is null. Null with O(state=pruned).
+  returned: always
+  type: dict
+  contains:
+    uuid:
+      description: uuid of the snapshot VM.
+      type: str
+      sample: 2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f
+    name_label:
+      description: Name of the snapshot VM.
+      type: str
+      sample: "[delta_backup nightly] web01"
+    datetime:
+      description: The job's date and time tag, C(%Y%m%dT%H:%M:%SZ), UTC.
+      type: str
+      sample: "20261126T02:00:00Z"
+    exported:
+      description: Whether every disk of the snapshot has been exported.
+      type: bool
+      sample: false
+    delta_chain_length:
+      description: Deltas since the last full, as recorded at export.
+      type: int
+      sample: 0
+    disks:
+      description: The snapshot's disks.
+      type: list
+      elements: dict
+      contains:
+        vdi_uuid:
+          description: uuid of the snapshot VDI.
+          type: str
+          sample: 3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a
+        live_vdi_uuid:
+          description: uuid of the VM's disk it was taken of.
+          type: str
+          sample: 0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b
+        virtual_size:
+          description: Virtual size in bytes.
+          type: int
+          sample: 10737418240
+        name_label:
+          description: Disk name.
+          type: str
+          sample: web01 system
+        userdevice:
+          description: Device number.
+          type: str
+          sample: "0"
+reference_snapshot:
+  description:
+    - The job's reference snapshot before this call (newest exported), shaped like RV(snapshot); null when the job has none,
+      in which case the next export is a full.
+  returned: always
+  type: dict
+  sample: null
+removed_snapshots:
+  description: uuids of the job's snapshot VMs removed (or that would be, in check mode), with their disks.
+  returned: always
+  type: list
+  elements: str
+  sample: ["9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"]
+excluded_disks:
+  description: The VM's disks left out because their name contains C([NOBAK]).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"vdi_uuid": "4e5f6a7b-8c9d-4e0f-9a1b-2c3d4e5f6a7b", "name_label": "scratch [NOBAK]", "userdevice": "1"}]
+"""
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import manage_job_snapshots
+
+
+def snapshot_vm(module) -> dict:
+    params = module.params
+    with connect(module) as xapi:
+        return manage_job_snapshots(xapi, params['vm'], job_id_for(params['job']), params['job'], take=params['state'] == 'present',
+                                    check_mode=module.check_mode, timeout=params['snapshot_timeout'])
+
+
+def main():
+    module = new_module(dict(
+        vm=dict(type='str', required=True),
+        job=dict(type='str', required=True),
+        state=dict(type='str', choices=['present', 'pruned'], default='present'),
+        snapshot_timeout=dict(type='float', default=1800),
+    ))
+    run(module, snapshot_vm)
+
+
+if __name__ == '__main__':
+    main()
