@@ -10,9 +10,11 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
     VhdChain, VhdFile, check_chain, merge_chain, resume_merge,
@@ -191,3 +193,33 @@ def test_merge_killed_at_random_times_then_resumed(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=60)
         _verify_after_crash(model, kept_from=2)
+
+
+crash_writes = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 2500), st.integers(1, 200)), min_size=1, max_size=5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=crash_writes, deltas=st.lists(st.tuples(crash_writes, st.integers(0, 6000), st.booleans()), min_size=2, max_size=4),
+       fraction=st.floats(0, 1), data=st.data())
+def test_random_chains_killed_at_a_random_operation(base, deltas, fraction, data):
+    with tempfile.TemporaryDirectory() as directory:
+        model = ChainModel(os.path.join(directory, "probe"), 3 * MIB + 512 * 5, 64 * KIB)
+        model.add_point(base)
+        size = 3 * MIB + 512 * 5
+        for writes, growth, full_blocks in deltas:
+            size += growth * 512
+            model.add_point(writes, size=size, full_blocks=full_blocks)
+        newest = data.draw(st.integers(1, len(model.paths) - 1), label="newest merged")
+        # Replay the same chain in a second directory: one run counts operations, the other is killed.
+        twin = ChainModel(os.path.join(directory, "kill"), 3 * MIB + 512 * 5, 64 * KIB)
+        twin.add_point(base)
+        size = 3 * MIB + 512 * 5
+        for writes, growth, full_blocks in deltas:
+            size += growth * 512
+            twin.add_point(writes, size=size, full_blocks=full_blocks)
+        operations = []
+        merge_chain(model.paths[0], model.paths[1:newest + 1], hook=lambda what, count: operations.append(what))
+        kill_after = max(1, int(fraction * len(operations)))
+        child = _run_child([twin.paths[0]] + twin.paths[1:newest + 1], kill_after=kill_after)
+        child.communicate(timeout=60)
+        _verify_after_crash(twin, kept_from=newest)
