@@ -33,8 +33,8 @@ def _conn(running):
 
 def _export(running, session, vdi, fmt, sink=None):
     conn = _conn(running)
-    conn.request('GET', '/export_raw_vdi?' + urllib.parse.urlencode({'session_id': session, 'vdi': vdi,
-                                                                      'format': fmt}))
+    query = urllib.parse.urlencode({'session_id': session, 'vdi': vdi, 'format': fmt})
+    conn.request('GET', '/export_raw_vdi?' + query)
     resp = conn.getresponse()
     buf = memoryview(bytearray(CHUNK))
     total = 0
@@ -107,12 +107,12 @@ def main():
                 start = time.time()
                 for offset in range(0, data_bytes, len(block)):
                     ctl.write_vdi(vdi, offset, data=block)
-                print('[%s] wrote %d MiB of guest data in %.1f s' % ('https' if https else 'http', data_bytes // MIB,
-                                                                       time.time() - start))
+                label = 'https' if https else 'http'
+                print('[%s] wrote %d MiB of guest data in %.1f s' % (label, data_bytes // MIB, time.time() - start))
                 paths = glob.glob(os.path.join(data_dir, 'sr-*.blocks'))
                 _page_cache_read(paths)
                 best = {}
-                for _ in range(args.repeat):
+                for _round in range(args.repeat):
                     start = time.time()
                     nbytes = _page_cache_read(paths)
                     best['page cache read'] = max(best.get('page cache read', 0), _rate(nbytes, time.time() - start))
@@ -125,7 +125,7 @@ def main():
                 with open(stream, 'wb') as sink:
                     _export(running, session.handle, vdi, 'vhd', sink)
                 sr = api.VDI.get_SR(vdi)
-                for _ in range(args.repeat):
+                for _round in range(args.repeat):
                     target = api.VDI.create({'name_label': 'target', 'name_description': '', 'SR': sr,
                                              'virtual_size': api.VDI.get_virtual_size(vdi), 'type': 'user',
                                              'sharable': False, 'read_only': False, 'other_config': {}})

@@ -87,8 +87,8 @@ def test_maps_and_sets(xapi):
     api.VM.add_to_other_config(vm, 'xo:backup', 'yes')
     assert api.VM.get_other_config(vm)['xo:backup'] == 'yes'
     uuid = api.VM.get_uuid(vm)
-    assert _fail(api.VM.add_to_other_config, vm, 'xo:backup', 'no') == ['MAP_DUPLICATE_KEY', 'VM', 'other_config',
-                                                                          uuid, 'xo:backup']
+    expected = ['MAP_DUPLICATE_KEY', 'VM', 'other_config', uuid, 'xo:backup']
+    assert _fail(api.VM.add_to_other_config, vm, 'xo:backup', 'no') == expected
     api.VM.remove_from_other_config(vm, 'xo:backup')
     api.VM.remove_from_other_config(vm, 'absent')
     assert 'xo:backup' not in api.VM.get_other_config(vm)
@@ -302,7 +302,7 @@ def test_event_from(xapi):
     assert empty['events'] == []
     task = api.Async.VM.snapshot(_vm(api, 'web01'), 'evt')
     deadline = token
-    for _ in range(50):
+    for _attempt in range(50):
         got = event_from(['task/%s' % task], deadline, 5.0)
         deadline = got['token']
         done = [e for e in got['events'] if e['snapshot']['status'] != 'pending']

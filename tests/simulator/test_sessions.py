@@ -52,7 +52,7 @@ def test_session_limit_invalidates_oldest(sim):
     assert h.raw_call(sim, 'VM.get_all', refs[4])['Status'] == 'Success'
     sim.control.session_limit(400, per_originator=2)
     more = [h.raw_call(sim, 'session.login_with_password', 'root', 'secret', '1.0', 'same')['Value']
-            for _ in range(3)]
+            for _num in range(3)]
     assert h.raw_call(sim, 'VM.get_all', more[0])['ErrorDescription'][0] == 'SESSION_INVALID'
     assert h.raw_call(sim, 'VM.get_all', more[2])['Status'] == 'Success'
 

@@ -105,7 +105,7 @@ def test_concurrent_requests(sim):
         results.append(len(session.xenapi.VM.get_all()))
         session.xenapi.session.logout()
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
+    threads = [threading.Thread(target=worker) for _num in range(8)]
     start = time.time()
     for thread in threads:
         thread.start()

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from .model import (FIELDS, NULL_DATE, NULL_REF, REQUIRED, RW, SRO, DRO, Expr, Store, XapiError, class_name,
+from .model import (FIELDS, NULL_REF, REQUIRED, RW, SRO, DRO, Expr, Store, XapiError, class_name,
                     coerce, new_ref, new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
 from .wire import I4, encode_value
@@ -486,7 +486,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                             events.append(self._event(0, cls, 'add', ref))
                 return self._event_result(events, subs)
             try:
-                since = int(str(token).split(',')[0])
+                since = int(str(token).split(',', maxsplit=1)[0])
             except ValueError:
                 raise XapiError('EVENT_FROM_TOKEN_PARSE_FAILURE', token) from None
             while True:
@@ -1123,4 +1123,3 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def add_slave_host(self, host_name, address):
         """Create a pool member (not the coordinator)."""
         return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address})
-

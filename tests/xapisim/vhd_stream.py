@@ -12,7 +12,6 @@ front to back as XAPI's import does and reports which sectors to write.
 from __future__ import annotations
 
 import struct
-import time
 import uuid as uuidlib
 
 SECTOR = 512
