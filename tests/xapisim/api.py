@@ -696,15 +696,17 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.store.set('VDI', vdi, 'sm_config', leaf_sm)
         values['sm_config'] = dict(sm_config, **{'vhd-parent': base_uuid})
         ref = new_ref()
-        self.disks[ref] = disk.clone()
+        with disk.lock:
+            # Clone and switch the CBT segment atomically with respect to guest writes.
+            self.disks[ref] = disk.clone()
+            if snapshot and obj['cbt_enabled']:
+                log = self.cbt.setdefault(vdi, [])
+                if log:
+                    seg_id, changed = log[-1]
+                    log[-1] = (seg_id, frozenset(changed))
+                self.cbt[ref] = list(log)
+                log.append((new_uuid(), set()))
         self.store.add('VDI', values, ref=ref)
-        if snapshot and obj['cbt_enabled']:
-            log = self.cbt.setdefault(vdi, [])
-            if log:
-                seg_id, changed = log[-1]
-                log[-1] = (seg_id, frozenset(changed))
-            self.cbt[ref] = list(log)
-            log.append((new_uuid(), set()))
         self.sr_refresh(sr)
         return ref
 
