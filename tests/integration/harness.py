@@ -1,0 +1,93 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run the collection's modules and playbooks through real ansible-playbook against the simulator.
+
+Every task runs in a fresh ansible-playbook process, exactly as a user runs it: the module is
+packaged by Ansible, connects over HTTPS with certificate verification and reads its connection
+from the XENSERVER_* environment variables, as an AWX credential would inject them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLLECTION_DIR = os.path.dirname(os.path.dirname(HERE))
+
+
+def collections_root() -> str:
+    """The folder holding ansible_collections/ (the collection must sit at ansible_collections/xapi/delta_backup)."""
+    parts = COLLECTION_DIR.split(os.sep)
+    if parts[-3:-1] != ['ansible_collections', 'xapi'] or parts[-1] != 'delta_backup':
+        raise RuntimeError('run the integration tests from the collection laid out under ansible_collections/xapi/delta_backup '
+                           '(make test does this), not from %s' % COLLECTION_DIR)
+    return os.sep.join(parts[:-3])
+
+
+class TaskFailed(AssertionError):
+    """A task failed that the test expected to succeed."""
+
+
+class AnsibleRunner:
+    """Runs single tasks or whole playbooks against one simulator."""
+
+    def __init__(self, sim, workdir: str, username: str = 'root', password: str = 'secret'):
+        self.sim = sim
+        self.workdir = workdir
+        self.env = dict(os.environ)
+        self.env.update({
+            'ANSIBLE_COLLECTIONS_PATH': collections_root(),
+            'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false',
+            'ANSIBLE_LOCALHOST_WARNING': 'false',
+            'ANSIBLE_INVENTORY_UNPARSED_WARNING': 'false',
+            'ANSIBLE_NOCOLOR': '1',
+            'ANSIBLE_RETRY_FILES_ENABLED': 'false',
+            'XENSERVER_HOST': sim.url,
+            'XENSERVER_USER': username,
+            'XENSERVER_PASSWORD': password,
+        })
+        if sim.ca_path:
+            self.env['XENSERVER_CA_PATH'] = sim.ca_path
+        self.last_output = ''
+
+    def _playbook(self, tasks: list, name: str) -> str:
+        fd, path = tempfile.mkstemp(prefix=name + '-', suffix='.yml', dir=self.workdir)
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            yaml.safe_dump([{'hosts': 'localhost', 'gather_facts': False,
+                             'vars': {'ansible_python_interpreter': sys.executable}, 'tasks': tasks}], handle)
+        return path
+
+    def run_playbook(self, path: str, extra_vars: dict | None = None, check: bool = False, timeout: float = 900,
+                     env: dict | None = None) -> subprocess.CompletedProcess:
+        command = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,', '-c', 'local', path]
+        if extra_vars:
+            command += ['-e', json.dumps(extra_vars)]
+        if check:
+            command.append('--check')
+        completed = subprocess.run(command, env=dict(self.env, **(env or {})), cwd=self.workdir, capture_output=True, text=True,
+                                   timeout=timeout, check=False)
+        self.last_output = completed.stdout + completed.stderr
+        return completed
+
+    def run_task(self, module: str, args: dict, check: bool = False, expect_failure: bool = False, env: dict | None = None) -> dict:
+        """Run one module task; return its registered result. Fails the test on an unexpected outcome."""
+        result_path = os.path.join(self.workdir, 'result-%s.json' % os.urandom(4).hex())
+        task = {'name': 'task under test', 'xapi.delta_backup.%s' % module: args, 'register': 'result', 'ignore_errors': True}
+        if check:
+            task['check_mode'] = True
+        save = {'name': 'save the result', 'ansible.builtin.copy': {'content': '{{ result | to_json }}', 'dest': result_path}}
+        completed = self.run_playbook(self._playbook([task, save], module), env=env)
+        if not os.path.exists(result_path):
+            raise TaskFailed('ansible-playbook did not run the task (rc %s):\n%s' % (completed.returncode, self.last_output[-4000:]))
+        with open(result_path, encoding='utf-8') as handle:
+            result = json.load(handle)
+        if bool(result.get('failed')) != expect_failure:
+            raise TaskFailed('%s %s: %s' % (module, 'succeeded unexpectedly' if expect_failure else 'failed',
+                                            json.dumps({k: v for k, v in result.items() if k != 'invocation'}, indent=1)[:4000]))
+        return result
