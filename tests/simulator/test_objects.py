@@ -325,3 +325,60 @@ def test_fault_injection_delay_and_fail(xapi, sim):
     sim.control.fail_next('VM.snapshot', ['OPERATION_NOT_ALLOWED', 'nope'])
     rec = h.wait_task(api, api.Async.VM.snapshot(_vm(api, 'web01'), 'x'))
     assert rec['error_info'] == ['OPERATION_NOT_ALLOWED', 'nope']
+
+
+def test_more_errors_and_lifecycle(xapi):
+    api = xapi.xenapi
+    sr = api.pool.get_default_SR(api.pool.get_all()[0])
+    record = {'name_label': 'huge', 'name_description': '', 'SR': sr, 'virtual_size': str(2041 << 30),
+              'type': 'user', 'sharable': False, 'read_only': False, 'other_config': {}}
+    assert _fail(api.VDI.create, record)[0] == 'VDI_TOO_LARGE'
+    vm = _vm(api, 'web01')
+    root = _vdi(api, 'web01-root')
+    assert api.VDI.get_sm_config(root)['host_%s' % api.VM.get_resident_on(vm)] == 'RW'
+    clone = api.VDI.clone(_vdi(api, 'db01-root'))
+    assert not api.VDI.get_is_a_snapshot(clone)
+    vif = api.VM.get_VIFs(vm)[0]
+    net = api.VIF.get_network(vif)
+    assert _fail(api.network.destroy, net)[0] == 'NETWORK_CONTAINS_VIF'
+    assert _fail(api.VIF.create, {'device': '0', 'network': net, 'VM': vm, 'MAC': '', 'MTU': '1500',
+                                  'other_config': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+    api.VIF.destroy(vif)
+    assert vif not in api.VM.get_VIFs(vm)
+    vbd = [v for v in api.VM.get_VBDs(vm) if api.VBD.get_type(v) == 'CD'][0]
+    api.VBD.destroy(vbd)
+    disk_vbd = [v for v in api.VM.get_VBDs(vm) if api.VBD.get_type(v) == 'Disk'][0]
+    assert _fail(api.VBD.destroy, disk_vbd)[0] == 'OPERATION_NOT_ALLOWED'
+    api.VBD.unplug(disk_vbd)
+    assert _fail(api.VBD.unplug, disk_vbd)[0] == 'DEVICE_ALREADY_DETACHED'
+    api.VBD.plug(disk_vbd)
+    api.VM.hard_shutdown(vm)
+    assert 'host_' not in ''.join(api.VDI.get_sm_config(root))
+    copy = api.VM.clone(vm, 'web01-clone')
+    assert api.VM.get_name_label(copy) == 'web01-clone' and len(api.VM.get_VBDs(copy)) == 2
+    # cbt_metadata VDIs cannot be attached or exported.
+    data = _vdi(api, 'web01-data')
+    snap = api.VDI.snapshot(data)
+    api.VDI.data_destroy(snap)
+    assert _fail(api.VBD.create, {'VM': copy, 'VDI': snap, 'userdevice': '7', 'bootable': False, 'mode': 'RO',
+                                  'type': 'Disk', 'empty': False, 'other_config': {}})[0] == 'VDI_INCOMPATIBLE_TYPE'
+    assert _fail(api.VDI.snapshot, snap)[0] == 'VDI_INCOMPATIBLE_TYPE'
+
+
+def test_event_from_star_and_del(xapi):
+    api = xapi.xenapi
+    event_from = getattr(api.event, 'from')
+    token = event_from(['*'], '', 0.1)['token']
+    vm = _vm(api, 'db01')
+    api.VM.set_name_label(vm, 'db01-x')
+    got = event_from(['*'], token, 2.0)
+    assert any(e['class'] == 'vm' and e['operation'] == 'mod' and e['snapshot']['name_label'] == 'db01-x'
+               for e in got['events'])
+    vdi = api.VDI.create({'name_label': 'tmp', 'name_description': '', 'SR': api.pool.get_default_SR(
+        api.pool.get_all()[0]), 'virtual_size': '2097152', 'type': 'user', 'sharable': False, 'read_only': False,
+        'other_config': {}})
+    token = got['token']
+    api.VDI.destroy(vdi)
+    got = event_from(['vdi'], token, 2.0)
+    dels = [e for e in got['events'] if e['ref'] == vdi]
+    assert dels and dels[0]['operation'] == 'del' and 'snapshot' not in dels[0]

@@ -1002,9 +1002,17 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.store.update('VM', vm, power_state=new_state, domid=domid,
                           resident_on=self.master_ref if running else NULL_REF)
         if attach is not None:
+            key = 'host_%s' % self.master_ref
             for ref, vbd in list(self.store.objects['VBD'].items()):
                 if vbd['VM'] == vm and not vbd['empty']:
                     self.store.set('VBD', ref, 'currently_attached', attach)
+                    if self.store.exists('VDI', vbd['VDI']):
+                        sm_config = dict(self.store.raw('VDI', vbd['VDI'])['sm_config'])
+                        if attach:
+                            sm_config[key] = vbd['mode']
+                        else:
+                            sm_config.pop(key, None)
+                        self.store.set('VDI', vbd['VDI'], 'sm_config', sm_config)
             for ref, vif in list(self.store.objects['VIF'].items()):
                 if vif['VM'] == vm:
                     self.store.set('VIF', ref, 'currently_attached', attach)
