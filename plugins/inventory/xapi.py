@@ -266,8 +266,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _connection(self, config: dict) -> XapiConnection:
         settings = {option: self._setting(option, config) for option in BLANK_MEANS_UNSET + ('timeout',)}
-        if settings['password'] is not None:
-            settings['password'] = to_native(settings['password'])
+        for option in ('hostname', 'username', 'password', 'ca_path'):
+            # Values from files and the environment carry Ansible's origin tags; XML-RPC marshals only plain str.
+            if settings[option] is not None:
+                settings[option] = str(to_native(settings[option]))
         return XapiConnection(**settings)
 
     def _read_pool(self, path: str, config: dict) -> dict:
@@ -281,7 +283,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except XapiError as error:
             where = ' %s' % xapi.endpoint.url if xapi is not None else ''
             raise AnsibleParserError('xapi.delta_backup.xapi inventory %s: cannot read the pool%s: %s%s'
-                                     % (path, where, error.message, self._hint(error))) from error
+                                     % (path, where, error.message, self._hint(error))) from None
         return {'pool': pool, 'vms': [host_vars(vm, pool) for vm in vms]}
 
     @staticmethod
@@ -341,7 +343,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     return False
             except Exception as exc:  # any templating failure: report which filter and VM
                 raise AnsibleParserError('xapi.delta_backup.xapi inventory: filter %r failed for VM %s (%s): %s'
-                                         % (conditional, vm['xapi_vm_name'], vm['xapi_vm_uuid'], to_native(exc))) from exc
+                                         % (conditional, vm['xapi_vm_name'], vm['xapi_vm_uuid'], to_native(exc))) from None
         return True
 
     def _own_groups(self, vm: dict) -> list[str]:
