@@ -1,0 +1,375 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Retention of a job's backups of a VM: keep the newest points, fold the rest into the full ("continuous" merge).
+
+Also the integrity helpers that merge, seed copy and restore share: the sha256 recorded for each
+VHD in our metadata field, a chain check (structure + checksums) that names the bad file, and the
+detection of merges left unfinished by a crash.
+
+Order of a retention run for one VM (under the VM's repository lock)::
+
+  1. finish every merge a crash left behind (engine state files), then reconcile the metadata of
+     the point whose VHD it produced (sha256, isVhdDifferencing, size);
+  2. plan: kept = newest ``keep`` points of the job; per disk folder, the chain of the oldest kept
+     point referencing it is merged into its full (full + deltas up to that point's own VHD);
+  3. check every chain to be merged (structure and sha256): refuse before changing anything;
+  4. copy into the oldest kept point's metadata the sha256 of every older file of its chains, so
+     that checksums survive the removal of the points that recorded them;
+  5. remove the metadata of the retired points (newest first, as XO), then VHDs no kept chain needs;
+  6. merge (crash-safe engine), then record the merged file's sha256, size and isVhdDifferencing false.
+
+A kill at any instant leaves every kept point readable: steps 4 and 5 only drop what kept chains do
+not read, the engine keeps the chain valid during the merge, and step 1 of the next run completes
+whatever was left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+    MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory, validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+class IntegrityError(RepositoryError):
+    """A VHD that fails its structural or checksum check; ``problems`` lists every problem, each naming its file."""
+
+    def __init__(self, what: str, problems: list):
+        self.problems = list(problems)
+        self.files = sorted({problem.split(':', 1)[0] for problem in self.problems})
+        super().__init__('%s: %s' % (what, '; '.join(self.problems)))
+
+
+class UnfinishedMergeError(RepositoryError):
+    """A merge left unfinished by a crash; backup_merge finishes it."""
+
+
+# -- checksums ---------------------------------------------------------------------------------
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as source:
+        while True:
+            chunk = source.read(HASH_CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+
+
+def relative_to_vm(point_or_dir, path: str) -> str:
+    """A VHD path as the metadata writes it: relative to the VM folder, with slashes."""
+    vm_dir = point_or_dir if isinstance(point_or_dir, str) else os.path.dirname(point_or_dir.metadata_path)
+    return os.path.relpath(path, vm_dir).replace(os.sep, '/')
+
+
+def recorded_checksums(points: list) -> dict:
+    """Relative VHD path to the sha256 our metadata recorded for it.
+
+    A point's own VHDs win over entries another point carries for them (a merge updates the owner).
+    """
+    own, inherited = {}, {}
+    for point in points:
+        section = point.metadata.get(OWN_FIELD) or {}
+        references = set(point.metadata['vhds'].values())
+        for relative, digest in (section.get('sha256') or {}).items():
+            if isinstance(digest, str):
+                (own if relative in references else inherited)[relative] = digest
+    inherited.update(own)
+    return inherited
+
+
+def verify_chain(chain: list, vm_dir: str, checksums: dict, what: str) -> dict:
+    """Check a newest-first chain: structure (every file and link) and the sha256 of each file that has one recorded.
+
+    Raises IntegrityError naming every bad file; returns ``{'verified': [...], 'unverified': [...]}``
+    (relative paths; unverified files have no recorded checksum, e.g. written by Xen Orchestra).
+    """
+    problems = [str(problem) for problem in check_chain(list(chain))]
+    verified, unverified = [], []
+    for path in chain:
+        relative = relative_to_vm(vm_dir, path)
+        expected = checksums.get(relative)
+        if expected is None:
+            unverified.append(relative)
+            continue
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            problems.append('%s: cannot be read (%s)' % (path, exc.strerror or exc))
+            continue
+        if actual != expected:
+            problems.append('%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
+                            % (path, actual, expected))
+        else:
+            verified.append(relative)
+    if problems:
+        raise IntegrityError(what, problems)
+    return {'verified': verified, 'unverified': unverified}
+
+
+# -- repository walking ------------------------------------------------------------------------
+
+
+def job_points(repo, vm_uuid: str, job_id: str | None) -> list:
+    """The VM's complete backup points of the job (all jobs when ``job_id`` is None), oldest first."""
+    return [point for point in repo.list_backups(vm_uuid) if job_id is None or point.job_id == job_id]
+
+
+def disk_folders(repo, vm_uuid: str, job_id: str | None = None) -> list:
+    """``vdis/<job>/<vdi>`` folders of a VM (of one job when given)."""
+    base = os.path.join(repo.vm_dir(vm_uuid), VDIS_DIR)
+    folders = []
+    jobs = [job_id] if job_id else (sorted(os.listdir(base)) if os.path.isdir(base) else [])
+    for job in jobs:
+        job_dir = os.path.join(base, job)
+        if not UUID_PATTERN.match(job) or not os.path.isdir(job_dir):
+            continue
+        folders.extend(os.path.join(job_dir, vdi) for vdi in sorted(os.listdir(job_dir))
+                       if UUID_PATTERN.match(vdi) and os.path.isdir(os.path.join(job_dir, vdi)))
+    return folders
+
+
+def unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> list:
+    """State files of merges a crash left unfinished in the VM's disk folders."""
+    found = []
+    for folder in disk_folders(repo, vm_uuid, job_id):
+        found.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                     if name.startswith('.') and name.endswith(MERGE_STATE_SUFFIX))
+    return found
+
+
+def refuse_unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> None:
+    states = unfinished_merges(repo, vm_uuid, job_id)
+    if states:
+        raise UnfinishedMergeError('a merge in %s was interrupted (state file %s): run xapi.delta_backup.backup_merge on this VM '
+                                   'to finish it first' % (os.path.dirname(states[0]), ', '.join(os.path.basename(s) for s in states)))
+
+
+def rewrite_metadata(repo, point, metadata: dict) -> None:
+    """Replace a point's JSON atomically (same format as BackupRepository.write_metadata)."""
+    validate_metadata(metadata, point.metadata_path)
+    write_file_atomically(point.metadata_path, json.dumps(metadata, indent=1, sort_keys=True).encode('utf-8'),
+                          mode=repo.file_mode, overwrite=True)
+    repo.invalidate_xo_cache(point.vm_uuid)
+    point.metadata = metadata
+
+
+def _own_section(metadata: dict) -> dict:
+    section = metadata.get(OWN_FIELD)
+    if not isinstance(section, dict):
+        section = metadata[OWN_FIELD] = {}
+    section.setdefault('sha256', {})
+    section.setdefault('virtual_sizes', {})
+    return section
+
+
+def reconcile_merged_points(repo, points: list) -> list:
+    """Record merges whose metadata update a crash prevented; return the relative paths fixed.
+
+    A disk the metadata calls differencing whose file is now dynamic and structurally sound was
+    produced by our merge (the engine writes the full's footer with the delta's identity and renames
+    it over the delta): its sha256, size and flag are recorded now. Checksum entries of files that
+    no longer exist are dropped.
+    """
+    fixed = []
+    for point in points:
+        metadata = json.loads(json.dumps(point.metadata))
+        section = _own_section(metadata)
+        vm_dir = os.path.dirname(point.metadata_path)
+        changed = False
+        for disk in point.disks:
+            if not disk.differencing or not os.path.isfile(disk.path):
+                continue
+            try:
+                if vhd_disk_type(disk.path) != VHD_TYPE_DYNAMIC:
+                    continue
+            except RepositoryError:
+                continue
+            problems = check_file(disk.path)
+            if problems:
+                raise IntegrityError('backup %s of VM %s' % (point.timestamp, point.vm_uuid), [str(p) for p in problems])
+            section['sha256'][disk.relative_path] = sha256_file(disk.path)
+            metadata['isVhdDifferencing'][disk.vdi_ref] = False
+            fixed.append(disk.relative_path)
+            changed = True
+        for relative in list(section['sha256']):
+            if not os.path.isfile(os.path.join(vm_dir, *relative.split('/'))):
+                del section['sha256'][relative]
+                changed = True
+        if changed:
+            metadata['size'] = _point_size(point)
+            rewrite_metadata(repo, point, metadata)
+    return fixed
+
+
+def _point_size(point) -> int:
+    return sum(os.path.getsize(disk.path) for disk in point.disks if os.path.isfile(disk.path))
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+def _chain_blocks_bytes(children: list) -> int:
+    """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
+    with VhdChain.from_paths(list(reversed(children)), verify=False, allow_missing_parent=True) as chain:
+        return len(chain.allocated_blocks()) * chain.block_size
+
+
+def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
+    """What a retention run would do for one VM: kept and removed points, merges, orphan files."""
+    if keep < 1:
+        raise RepositoryError('keep must be at least 1 (the newest backup is always kept), got %s' % keep)
+    points = job_points(repo, vm_uuid, job_id)
+    kept = points[-keep:]
+    kept_names = {point.timestamp for point in kept}
+    removed = [point for point in points if point.timestamp not in kept_names]
+    vm_dir = repo.vm_dir(vm_uuid)
+    merges, needed = [], set()
+    seen_folders = set()
+    for point in kept:
+        for disk in point.disks:
+            if disk.job_id != job_id:
+                continue
+            chain = repo.vhd_chain(point, disk)
+            needed.update(chain)
+            folder = os.path.dirname(disk.path)
+            if folder in seen_folders:
+                continue
+            seen_folders.add(folder)
+            if len(chain) > 1:
+                children = list(reversed(chain[:-1]))
+                merge = {'point': point, 'disk': disk, 'chain': chain, 'parent': chain[-1], 'children': children,
+                         'vdi_uuid': disk.vdi_uuid, 'result': children[-1]}
+                try:
+                    merge['bytes'] = _chain_blocks_bytes(children)
+                except (VhdError, OSError) as error:
+                    raise IntegrityError(_refusal(merge), [str(p) for p in check_chain(chain)] or [str(error)]) from error
+                merges.append(merge)
+    orphans = []
+    for folder in disk_folders(repo, vm_uuid, job_id):
+        orphans.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                       if VHD_NAME_PATTERN.match(name) and os.path.join(folder, name) not in needed)
+    return {'points': points, 'kept': kept, 'removed': removed, 'merges': merges, 'orphans': orphans, 'vm_dir': vm_dir}
+
+
+def _merge_result(plan_merge: dict, vm_dir: str) -> dict:
+    return {'vdi_uuid': plan_merge['vdi_uuid'], 'point': plan_merge['point'].timestamp,
+            'full': relative_to_vm(vm_dir, plan_merge['parent']),
+            'deltas': [relative_to_vm(vm_dir, path) for path in plan_merge['children']],
+            'result': relative_to_vm(vm_dir, plan_merge['result']), 'bytes': plan_merge['bytes']}
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool = False, lock_job: str = 'backup_merge') -> dict:
+    """Retention for one VM of one job; returns what was (or, in check mode, would be) done."""
+    validate_uuid(vm_uuid, 'VM uuid')
+    started = time.monotonic()
+    report = {'vm_uuid': vm_uuid, 'resumed_merges': [], 'reconciled': [], 'kept_points': [], 'removed_points': [],
+              'merged': [], 'removed_files': [], 'bytes_merged': 0, 'changed': False}
+    lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, lock_job)
+    with lock:
+        states = unfinished_merges(repo, vm_uuid, job_id)
+        for state in states:
+            report['resumed_merges'].append(relative_to_vm(repo.vm_dir(vm_uuid), state))
+            if not check_mode:
+                try:
+                    resume_merge(state)
+                except VhdError as error:
+                    raise RepositoryError('cannot finish the interrupted merge %s: %s' % (state, error)) from error
+        if not check_mode:
+            report['reconciled'] = reconcile_merged_points(repo, job_points(repo, vm_uuid, job_id))
+        elif states:
+            # The plan depends on the merge being finished; report only that.
+            report['changed'] = True
+            report['duration'] = round(time.monotonic() - started, 3)
+            return report
+        plan = plan_retention(repo, vm_uuid, job_id, keep)
+        vm_dir = plan['vm_dir']
+        report['kept_points'] = [point.timestamp for point in plan['kept']]
+        report['removed_points'] = [point.timestamp for point in plan['removed']]
+        report['merged'] = [_merge_result(merge, vm_dir) for merge in plan['merges']]
+        report['bytes_merged'] = sum(merge['bytes'] for merge in plan['merges'])
+        report['removed_files'] = [relative_to_vm(vm_dir, path) for path in plan['orphans']]
+        report['changed'] = bool(report['removed_points'] or report['merged'] or report['removed_files']
+                                 or report['resumed_merges'] or report['reconciled'])
+        if check_mode:
+            checksums = recorded_checksums(plan['points'])
+            for merge in plan['merges']:
+                verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
+            report['duration'] = round(time.monotonic() - started, 3)
+            return report
+        _execute(repo, plan)
+    report['duration'] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _refusal(merge: dict) -> str:
+    return 'refusing to merge the chain of disk %s of backup %s' % (merge['vdi_uuid'], merge['point'].timestamp)
+
+
+def _execute(repo, plan: dict) -> None:
+    vm_dir = plan['vm_dir']
+    checksums = recorded_checksums(plan['points'])
+    for merge in plan['merges']:
+        verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
+    # 4. the oldest kept point inherits the checksums of the older files of its chains
+    for point in {id(merge['point']): merge['point'] for merge in plan['merges']}.values():
+        metadata = json.loads(json.dumps(point.metadata))
+        section = _own_section(metadata)
+        for merge in plan['merges']:
+            if merge['point'] is point:
+                for path in merge['chain']:
+                    relative = relative_to_vm(vm_dir, path)
+                    if relative in checksums:
+                        section['sha256'][relative] = checksums[relative]
+        if metadata != point.metadata:
+            rewrite_metadata(repo, point, metadata)
+    # 5. retired points: metadata first (newest first), then the files no kept chain reads
+    for point in reversed(plan['removed']):
+        repo.remove_metadata(point.vm_uuid, point.timestamp)
+    for path in plan['orphans']:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    for folder in sorted({os.path.dirname(path) for path in plan['orphans']}):
+        fsync_directory(folder)
+    # 6. merges, each followed by its metadata update
+    for merge in plan['merges']:
+        try:
+            merge_chain(merge['parent'], merge['children'])
+        except VhdError as error:
+            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge['children']), merge['parent'], error)) from error
+        reconcile_merged_points(repo, [merge['point']])
+
+
+def retention_for_vms(repo, vm_uuids: list, job_id: str, keep: int, check_mode: bool = False) -> dict:
+    """Retention over several VMs; totals plus one report per VM."""
+    started = time.monotonic()
+    reports = [apply_retention(repo, vm_uuid, job_id, keep, check_mode=check_mode) for vm_uuid in vm_uuids]
+    return {'changed': any(report['changed'] for report in reports), 'vms': reports,
+            'merged_points': sum(len(report['merged']) for report in reports),
+            'removed_points': sum(len(report['removed_points']) for report in reports),
+            'bytes_merged': sum(report['bytes_merged'] for report in reports),
+            'duration': round(time.monotonic() - started, 3)}
+
+
+def job_vms(repo, job_id: str) -> list:
+    """VMs of the repository with at least one backup point of the job."""
+    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job_id)]
+
+
+__all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
+           'unfinished_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'plan_retention',
+           'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
