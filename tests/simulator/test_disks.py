@@ -293,3 +293,15 @@ def test_https_export(xapi, sim):
     bat_bytes = len(_bat(body)) * 4
     assert len(body) == 2048 + bat_bytes + 3 * (BLOCK_SIZE + 512) + 512
     assert hashlib.sha256(body[2048 + bat_bytes:2048 + bat_bytes + 512]).digest() == hashlib.sha256(b'\xff' * 512).digest()
+
+
+def test_https_import_roundtrip(xapi, sim):
+    api = xapi.xenapi
+    src = _vdi(api, 'db01-root')
+    stream = h.export(sim, xapi.handle, src, 'vhd')[2]
+    dst = _new_vdi(api, int(api.VDI.get_virtual_size(src)))
+    task = api.task.create('import', '')
+    assert h.import_(sim, xapi.handle, api.VDI.get_uuid(dst), stream, task=task) == 200
+    rec = h.wait_task(api, task)
+    assert rec['status'] == 'success' and h.task_value(rec) == dst
+    assert sim.control.vdi_fingerprint(dst) == sim.control.vdi_fingerprint(src)

@@ -75,3 +75,10 @@ def test_login_arity_and_version_optional(sim):
     h.raw_call(sim, 'session.logout', env['Value'])
     env = h.raw_call(sim, 'session.login_with_password', 'root')
     assert env['ErrorDescription'][0] == 'MESSAGE_PARAMETER_COUNT_MISMATCH'
+
+
+def test_session_helpers(xapi):
+    api = xapi.xenapi
+    host = api.session.get_this_host(xapi.handle)
+    assert api.host.get_name_label(host) == 'xcp-host1'
+    assert xapi.API_version == '2.21'

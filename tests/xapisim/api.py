@@ -47,6 +47,11 @@ def _arity(func):
     return required, len(params)
 
 
+def _wants_session(func):
+    params = list(inspect.signature(func).parameters)
+    return bool(params) and params[0] == 'session'
+
+
 class Session:
     """A logged-in session."""
 
@@ -164,7 +169,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def _check_call(self, name, func, args, session):
         self._check_arity(name, func, args)
         self._maybe_fail(name)
-        if name == 'session.logout' or name.startswith('event.'):
+        if _wants_session(func):
             args = [session] + list(args)
         if name.startswith('event.'):
             return func(*args)
@@ -441,14 +446,18 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         """session.local_logout"""
         return self.m_session__logout(session)
 
-    def m_session__get_this_host(self, session):
-        """session.get_this_host"""
+    def m_session__get_this_host(self, session, target):
+        """session.get_this_host(self)"""
         del session
+        if target not in self.sessions:
+            raise XapiError('HANDLE_INVALID', 'session', target)
         return self.master_ref
 
-    def m_session__get_this_user(self, session):
-        """session.get_this_user"""
+    def m_session__get_this_user(self, session, target):
+        """session.get_this_user(self)"""
         del session
+        if target not in self.sessions:
+            raise XapiError('HANDLE_INVALID', 'session', target)
         return NULL_REF
 
     # ------------------------------------------------------------------
