@@ -1,0 +1,366 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Restore a VM (or one disk) as it was at a backup point.
+
+Every disk chain of the point is checked first (structure and recorded sha256): nothing is created
+on the pool before all of them pass. Then, as Xen Orchestra does, the VM is created from the
+backed-up record with its start blocked, each disk gets a new VDI of the point's virtual size and
+its chain is streamed as ONE dynamic VHD to ``/import_raw_vdi`` (exact Content-Length, one block in
+memory at a time), VBDs and VIFs are recreated, and the start is unblocked. Whatever was created is
+destroyed again if a step fails. The VM's repository lock is held throughout, so no merge rewrites
+a file being read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import time
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+    TIMESTAMP_PATTERN, RepositoryError, validate_uuid,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
+    job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError
+
+MIB = 1024 * 1024
+RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'
+BLOCK_REASON = 'xapi.delta_backup vm_restore in progress'
+# Fields of the backed-up VM record that VM.create takes; the rest are server-owned or per host.
+VM_CREATE_FIELDS = (
+    'name_description', 'user_version', 'memory_static_max', 'memory_dynamic_max', 'memory_dynamic_min', 'memory_static_min',
+    'VCPUs_params', 'VCPUs_max', 'VCPUs_at_startup', 'actions_after_shutdown', 'actions_after_reboot', 'actions_after_crash',
+    'PV_bootloader', 'PV_kernel', 'PV_ramdisk', 'PV_args', 'PV_bootloader_args', 'PV_legacy_args', 'HVM_boot_policy',
+    'HVM_boot_params', 'HVM_shadow_multiplier', 'platform', 'PCI_bus', 'recommendations', 'xenstore_data', 'tags',
+    'ha_restart_priority', 'order', 'start_delay', 'shutdown_delay', 'has_vendor_device', 'domain_type', 'NVRAM',
+    'hardware_platform_version', 'reference_label',
+)
+VM_CREATE_DEFAULTS = {'memory_static_max': '1073741824', 'memory_dynamic_max': '1073741824', 'memory_dynamic_min': '1073741824',
+                      'memory_static_min': '1073741824', 'VCPUs_max': '1', 'VCPUs_at_startup': '1'}
+# Tags of a backup run that must not follow the VM into its restored copy (they would make it look like a job snapshot).
+BACKUP_KEY_PREFIXES = ('xo:backup:', 'xo:base_delta_vdi', 'xo:copy_of', 'xapi_delta_backup:')
+
+
+class RestoreError(RepositoryError):
+    """A restore that cannot start or did not finish (whatever it created is removed again)."""
+
+
+# -- choosing what to restore ------------------------------------------------------------------
+
+
+def select_point(points: list, selector) -> object:
+    """The point named by ``selector``: ``latest`` (default), an index (0 oldest, -1 newest), or a timestamp.
+
+    A timestamp is ``YYYYMMDDTHHMMSSZ`` or ISO 8601 (``2026-01-02T01:00:00Z``); it selects the newest point
+    taken at or before that moment, so "the backup of last night" needs no exact time.
+    """
+    if not points:
+        raise RestoreError('there is no backup to restore')
+    text = 'latest' if selector in (None, '') else str(selector).strip()
+    if text == 'latest':
+        return points[-1]
+    if text.lstrip('-').isdigit():
+        index = int(text)
+        if not -len(points) <= index < len(points):
+            raise RestoreError('backup index %d is out of range: there are %d backups (0 is the oldest, -1 the newest)' % (index, len(points)))
+        return points[index]
+    moment = _parse_moment(text)
+    eligible = [point for point in points if point.datetime <= moment]
+    if not eligible:
+        raise RestoreError('no backup was taken at or before %s (the oldest is %s)' % (text, points[0].timestamp))
+    return eligible[-1]
+
+
+def _parse_moment(text: str) -> datetime.datetime:
+    if TIMESTAMP_PATTERN.match(text):
+        return datetime.datetime.strptime(text, '%Y%m%dT%H%M%SZ').replace(tzinfo=datetime.timezone.utc)
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
+    except ValueError:
+        raise RestoreError('backup %r is neither latest, an index nor a timestamp (YYYYMMDDTHHMMSSZ or ISO 8601)' % text) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
+
+
+def _vbd_of(point, vdi_ref: str) -> dict:
+    for vbd in (point.metadata.get('vbds') or {}).values():
+        if isinstance(vbd, dict) and vbd.get('VDI') == vdi_ref:
+            return vbd
+    return {}
+
+
+def _vdi_record(point, vdi_ref: str) -> dict:
+    record = (point.metadata.get('vdis') or {}).get(vdi_ref)
+    return record if isinstance(record, dict) else {}
+
+
+def select_disks(point, disk: str | None) -> list:
+    """Every disk of the point, or the one ``disk`` names (live VDI uuid, snapshot VDI uuid, userdevice or name)."""
+    disks = point.disks
+    if not disk:
+        return disks
+    wanted = str(disk).strip()
+    found = [item for item in disks
+             if wanted in (item.vdi_uuid, _vdi_record(point, item.vdi_ref).get('uuid'), str(_vbd_of(point, item.vdi_ref).get('userdevice')),
+                           _vdi_record(point, item.vdi_ref).get('name_label'))]
+    if not found:
+        names = ', '.join('%s (%s)' % (_vdi_record(point, item.vdi_ref).get('name_label', '?'), item.vdi_uuid) for item in disks)
+        raise RestoreError('backup %s has no disk %r; its disks are: %s' % (point.timestamp, wanted, names))
+    if len(found) > 1:
+        raise RestoreError('%r names %d disks of backup %s: give the VDI uuid' % (wanted, len(found), point.timestamp))
+    return found
+
+
+# -- the pool side -----------------------------------------------------------------------------
+
+
+def resolve_sr(xapi, sr: str | None) -> tuple[str, dict]:
+    """The SR by uuid or name (a uuid beats a name); the pool's default SR when not given."""
+    if not sr:
+        pool_ref = xapi.call('pool.get_all')[0]
+        ref = xapi.call('pool.get_default_SR', pool_ref)
+        if ref in (None, '', NULL_REF):
+            raise RestoreError('the pool has no default SR: choose one with sr')
+        return ref, xapi.call('SR.get_record', ref)
+    try:
+        ref = xapi.call('SR.get_by_uuid', sr)
+        return ref, xapi.call('SR.get_record', ref)
+    except XapiError as error:
+        if error.code not in ('UUID_INVALID', 'HANDLE_INVALID'):
+            raise
+    refs = xapi.call('SR.get_by_name_label', sr)
+    if len(refs) != 1:
+        raise RestoreError('%s SR named or with uuid %r: give the SR uuid' % ('no' if not refs else '%d' % len(refs), sr))
+    return refs[0], xapi.call('SR.get_record', refs[0])
+
+
+def resolve_networks(xapi, point, network_map: dict | None) -> list:
+    """One entry per backed-up VIF: the network it will join and why (map, uuid, name, or the pool's first network)."""
+    networks = xapi.call('network.get_all_records')
+    by_uuid = {record.get('uuid'): ref for ref, record in networks.items()}
+    by_name = {}
+    for ref, record in networks.items():
+        by_name.setdefault(record.get('name_label'), []).append(ref)
+    mapping = {str(k): str(v) for k, v in (network_map or {}).items()}
+
+    def lookup(ident):
+        if ident in by_uuid:
+            return by_uuid[ident]
+        refs = by_name.get(ident) or []
+        if len(refs) == 1:
+            return refs[0]
+        raise RestoreError('network_map target %r is %s network of the pool' % (ident, 'not a' if not refs else 'more than one'))
+
+    result = []
+    vifs = sorted((point.metadata.get('vifs') or {}).values(), key=lambda vif: str(vif.get('device')))
+    fallback = sorted(networks, key=lambda ref: (networks[ref].get('name_label', ''), ref))
+    for vif in vifs:
+        source_uuid, source_name = vif.get('$network$uuid'), vif.get('$network$name_label')
+        if source_uuid in mapping or source_name in mapping:
+            ref, how = lookup(mapping.get(source_uuid, mapping.get(source_name))), 'map'
+        elif source_uuid in by_uuid:
+            ref, how = by_uuid[source_uuid], 'uuid'
+        elif len(by_name.get(source_name) or []) == 1:
+            ref, how = by_name[source_name][0], 'name'
+        elif fallback:
+            ref, how = fallback[0], 'first network'
+        else:
+            raise RestoreError('the pool has no network for VIF %s' % vif.get('device'))
+        result.append({'device': str(vif.get('device')), 'mac': vif.get('MAC', ''), 'mtu': vif.get('MTU'), 'network_ref': ref,
+                       'network_uuid': networks[ref].get('uuid'), 'network_name_label': networks[ref].get('name_label'),
+                       'source_network_uuid': source_uuid, 'matched_by': how})
+    return result
+
+
+def _clean_other_config(other) -> dict:
+    return {key: value for key, value in (other or {}).items() if not str(key).startswith(BACKUP_KEY_PREFIXES)}
+
+
+def vm_create_record(point, name_label: str) -> dict:
+    source = point.metadata.get('vm') or {}
+    record = {field: source[field] for field in VM_CREATE_FIELDS if field in source and source[field] is not None}
+    for field, default in VM_CREATE_DEFAULTS.items():
+        record.setdefault(field, default)
+    record.update(name_label=name_label, is_a_template=False,
+                  other_config=dict(_clean_other_config(source.get('other_config')),
+                                    **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp)}),
+                  blocked_operations={'start': BLOCK_REASON, 'start_on': BLOCK_REASON})
+    return record
+
+
+# -- the restore -------------------------------------------------------------------------------
+
+
+class _Created:
+    """What the restore created, destroyed again in reverse order on failure."""
+
+    def __init__(self, xapi):
+        self.xapi = xapi
+        self.vm_ref = None
+        self.vdi_refs = []
+
+    def rollback(self) -> list:
+        problems = []
+        if self.vm_ref:
+            try:
+                self.xapi.call('VM.destroy', self.vm_ref)  # VBDs and VIFs go with it
+            except XapiError as error:
+                problems.append('VM %s: %s' % (self.vm_ref, error))
+        for ref in reversed(self.vdi_refs):
+            try:
+                self.xapi.call('VDI.destroy', ref)
+            except XapiError as error:
+                problems.append('VDI %s: %s' % (ref, error))
+        return problems
+
+
+def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None) -> dict:
+    """Choose the point and disks and check every chain (structure and sha256) before anything is created."""
+    validate_uuid(vm_uuid, 'VM uuid')
+    points = job_points(repo, vm_uuid, job_id)
+    if not points:
+        raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
+    refuse_unfinished_merges(repo, vm_uuid)
+    point = select_point(points, point_selector)
+    checksums = recorded_checksums(repo.list_backups(vm_uuid))
+    plans, verified, unverified = [], [], []
+    for item in select_disks(point, disk):
+        what = 'refusing to restore disk %s of backup %s' % (item.vdi_uuid, point.timestamp)
+        try:
+            chain = repo.vhd_chain(point, item)
+        except RepositoryError as error:
+            raise RestoreError('%s: %s' % (what, error)) from error
+        checked = verify_chain(chain, repo.vm_dir(vm_uuid), checksums, what)
+        verified.extend(checked['verified'])
+        unverified.extend(checked['unverified'])
+        with VhdChain.from_paths(chain) as opened:
+            length = opened.export_stream().length
+            chain_size = opened.size
+        record = _vdi_record(point, item.vdi_ref)
+        size = item.virtual_size or int(record.get('virtual_size') or 0) or chain_size
+        vbd = _vbd_of(point, item.vdi_ref)
+        plans.append({'disk': item, 'chain': chain, 'length': length, 'virtual_size': max(size, chain_size), 'record': record,
+                      'vbd': vbd, 'name_label': record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
+                      'userdevice': str(vbd.get('userdevice', '')) if vbd else ''})
+    return {'point': point, 'disks': plans, 'verified': sorted(set(verified)), 'unverified': sorted(set(unverified))}
+
+
+def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr: str | None = None, name_label: str | None = None,
+            network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
+            keep_mac: bool = False, transfer_timeout: float | None = None) -> dict:
+    """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
+    started = time.monotonic()
+    lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
+    with lock:
+        plan = prepare_restore(repo, vm_uuid, job_id, point, disk)
+        chosen = plan['point']
+        sr_ref, sr_record = resolve_sr(xapi, sr)
+        disk_only = bool(disk)
+        source_vm = chosen.metadata.get('vm') or {}
+        vm_name = name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid
+        vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map)
+        result = {
+            'changed': True,
+            'backup': {'vm_uuid': vm_uuid, 'timestamp': chosen.timestamp, 'job_id': chosen.job_id,
+                       'vm_name_label': source_vm.get('name_label')},
+            'sr': {'uuid': sr_record.get('uuid'), 'name_label': sr_record.get('name_label')},
+            'vm': None if disk_only else {'uuid': None, 'name_label': vm_name, 'started': False},
+            'disks': [{'source_vdi_uuid': item['disk'].vdi_uuid, 'vdi_uuid': None,
+                       'name_label': name_label if disk_only and name_label else item['name_label'],
+                       'userdevice': item['userdevice'], 'virtual_size': item['virtual_size'], 'bytes': item['length'],
+                       'chain_length': len(item['chain'])} for item in plan['disks']],
+            'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'matched_by')} for vif in vifs],
+            'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
+            'bytes_transferred': 0,
+        }
+        if check_mode:
+            result['duration'] = round(time.monotonic() - started, 3)
+            return result
+        created = _Created(xapi)
+        try:
+            _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start and not disk_only, keep_mac, transfer_timeout, disk_only)
+        except BaseException as error:
+            problems = created.rollback()
+            if isinstance(error, (XapiError, RepositoryError, VhdError, OSError)):
+                message = 'restore of VM %s backup %s failed, everything it created was removed%s: %s' % (
+                    vm_uuid, chosen.timestamp, ' except: %s' % '; '.join(problems) if problems else '', error)
+                if isinstance(error, XapiError):
+                    raise XapiError(message, code=error.code, params=error.params) from error
+                raise RestoreError(message) from error
+            raise
+    elapsed = max(time.monotonic() - started, 1e-6)
+    result['duration'] = round(elapsed, 3)
+    result['throughput_mib_s'] = round(result['bytes_transferred'] / MIB / elapsed, 1)
+    return result
+
+
+def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_mac, timeout, disk_only) -> None:
+    point = plan['point']
+    if not disk_only:
+        created.vm_ref = xapi.call('VM.create', vm_create_record(point, vm_name))
+        result['vm']['uuid'] = xapi.call('VM.get_uuid', created.vm_ref)
+    for item, entry in zip(plan['disks'], result['disks']):
+        record = item['record']
+        vdi_ref = xapi.call('VDI.create', {
+            'name_label': entry['name_label'], 'name_description': record.get('name_description', ''), 'SR': sr_ref,
+            'virtual_size': str(item['virtual_size']), 'type': 'user', 'sharable': False, 'read_only': False,
+            'other_config': dict(_clean_other_config(record.get('other_config')),
+                                 **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp)}),
+            'sm_config': {}, 'xenstore_data': {}, 'tags': []})
+        created.vdi_refs.append(vdi_ref)
+        entry['vdi_uuid'] = xapi.call('VDI.get_uuid', vdi_ref)
+        began = time.monotonic()
+        with VhdChain.from_paths(item['chain']) as chain:
+            stream = chain.export_stream()
+            xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
+        entry['duration'] = round(time.monotonic() - began, 3)
+        result['bytes_transferred'] += stream.length
+        if not disk_only:
+            vbd = item['vbd']
+            xapi.call('VBD.create', {
+                'VM': created.vm_ref, 'VDI': vdi_ref, 'userdevice': entry['userdevice'] or 'autodetect',
+                'bootable': bool(vbd.get('bootable', entry['userdevice'] == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
+                'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': bool(vbd.get('unpluggable', False))})
+    if disk_only:
+        return
+    for vif in vifs:
+        xapi.call('VIF.create', {'device': vif['device'], 'network': vif['network_ref'], 'VM': created.vm_ref,
+                                 'MAC': vif['mac'] if keep_mac and vif['mac'] else '', 'MTU': str(vif['mtu'] or 1500),
+                                 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
+    source = point.metadata.get('vm') or {}
+    blocked = {key: value for key, value in (source.get('blocked_operations') or {}).items()}
+    xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
+    if start:
+        xapi.call('VM.start', created.vm_ref, False, False)
+        result['vm']['started'] = True
+
+
+def resolve_backup_vm(repo, vm: str) -> str:
+    """The uuid of a backed-up VM given its uuid or its name at its newest backup (the VM itself may be gone)."""
+    vm = str(vm or '').strip()
+    if not vm:
+        raise RestoreError('no VM given: set vm to the uuid or name of the backed-up VM')
+    vms = repo.list_vms()
+    if vm.lower() in vms:
+        return vm.lower()
+    matches = []
+    for vm_uuid in vms:
+        try:
+            points = repo.list_backups(vm_uuid)
+        except RepositoryError:
+            continue
+        if points and (points[-1].metadata.get('vm') or {}).get('name_label') == vm:
+            matches.append(vm_uuid)
+    if len(matches) != 1:
+        raise RestoreError('%s backed-up VM named or with uuid %r in %s%s' % (
+            'no' if not matches else '%d' % len(matches), vm, repo.root, ': give the uuid (%s)' % ', '.join(matches) if matches else ''))
+    return matches[0]
+
+
+__all__ = ['RestoreError', 'resolve_backup_vm', 'select_point', 'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']

@@ -1,0 +1,221 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Copy backups from one repository to another (the initial-seed procedure).
+
+A first full goes to a repository near the pool, the repository travels (or is copied over a slow
+link) to the far site, the job is retargeted there, and its next export is a delta because the
+copied chain ends with the job's reference snapshot.
+
+For each VM, under both repositories' locks: the source chains are checked (structure, and sha256
+while being read); every VHD is copied through an atomic file (temporary name, fsync, rename),
+then read back at the destination and its sha256 compared; only then are the JSON files copied,
+oldest first and byte for byte. A backup at the destination is thus visible only once every file
+of its chain is there and verified, so an interrupted copy never leaves a point a backup run
+would misread. Files already at the destination with the same sha256 are skipped, so a rerun
+finishes an interrupted copy and a second run changes nothing. A destination file of the same
+name but different content is never overwritten: the copy stops and names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+    BACKUP_DIR, VHD_RELATIVE_PATTERN, RepositoryError, fsync_directory, open_repository, write_file_atomically,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import resolve_backup_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
+    IntegrityError, disk_folders, job_points, recorded_checksums, refuse_unfinished_merges, relative_to_vm, sha256_file,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import check_chain
+
+COPY_CHUNK = 4 * 1024 * 1024
+MIB = 1024 * 1024
+# AtomicFile's temporary names: .<ms epoch>-<8 hex>.<final name>
+OUR_TEMPORARY = re.compile(r'^\.\d+-[0-9a-f]{8}\.')
+
+
+class SeedConflictError(RepositoryError):
+    """The destination holds a different file under the same name."""
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _remove_our_temporaries(repo, vm_uuid: str) -> list:
+    """Temporary files an interrupted copy left in the destination (never complete files)."""
+    removed = []
+    vm_dir = repo.vm_dir(vm_uuid)
+    for folder in [vm_dir] + disk_folders(repo, vm_uuid):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if OUR_TEMPORARY.match(name) and os.path.isfile(os.path.join(folder, name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+        if removed:
+            fsync_directory(folder)
+    return removed
+
+
+def plan_vm_copy(source, vm_uuid: str, job_id: str | None) -> dict:
+    """Points and VHD files (oldest first) to copy, the checksums recorded for them; structure checked."""
+    points = job_points(source, vm_uuid, job_id)
+    checksums = recorded_checksums(source.list_backups(vm_uuid))
+    vm_dir = source.vm_dir(vm_uuid)
+    files = {}
+    for point in points:
+        for disk in point.disks:
+            chain = source.vhd_chain(point, disk)
+            problems = [str(problem) for problem in check_chain(chain)]
+            if problems:
+                raise IntegrityError('refusing to copy disk %s of backup %s' % (disk.vdi_uuid, point.timestamp), problems)
+            for path in chain:
+                files[relative_to_vm(vm_dir, path)] = path
+    return {'points': points, 'files': sorted(files.items()), 'checksums': checksums}
+
+
+def _destination_state(destination, vm_uuid: str, relative: str):
+    if destination is None:
+        return None
+    path = os.path.join(destination.vm_dir(vm_uuid), *relative.split('/'))
+    return path if os.path.isfile(path) else None
+
+
+def _copy_vhd(destination, vm_uuid: str, relative: str, source_path: str, expected: str | None) -> tuple[int, str]:
+    """Copy one VHD atomically; verify the source against ``expected`` and the destination against what was read."""
+    job_id, vdi_uuid, timestamp = VHD_RELATIVE_PATTERN.match(relative).groups()[:3]
+    writer = destination.open_vhd_writer(vm_uuid, job_id, vdi_uuid, timestamp)
+    writer.__enter__()
+    try:
+        with open(source_path, 'rb') as source:
+            while True:
+                chunk = source.read(COPY_CHUNK)
+                if not chunk:
+                    break
+                writer.write(chunk)
+        if expected is not None and writer.sha256 != expected:
+            raise IntegrityError('refusing to copy %s' % source_path,
+                                 ['%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
+                                  % (source_path, writer.sha256, expected)])
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    actual = sha256_file(writer.path)
+    if actual != writer.sha256:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(writer.path)
+        raise IntegrityError('copy verification failed', ['%s: sha256 %s after writing, %s was written (the destination storage '
+                                                          'changed the data; the file was removed)' % (writer.path, actual, writer.sha256)])
+    return writer.size, actual
+
+
+def copy_vm(source, destination, vm_uuid: str, job_id: str | None, check_mode: bool = False) -> dict:
+    """Copy one VM's backups (of one job, or all); return what was (or would be) copied and skipped."""
+    report = {'vm_uuid': vm_uuid, 'copied_files': [], 'skipped_files': [], 'copied_points': [], 'skipped_points': [],
+              'bytes_copied': 0, 'removed_temporary_files': 0}
+    with contextlib.ExitStack() as locks:
+        if not check_mode:
+            locks.enter_context(source.lock(vm_uuid, 'seed_copy'))
+            locks.enter_context(destination.lock(vm_uuid, 'seed_copy'))
+        refuse_unfinished_merges(source, vm_uuid)
+        if destination is not None and os.path.isdir(destination.vm_dir(vm_uuid)):
+            refuse_unfinished_merges(destination, vm_uuid)
+            if not check_mode:
+                report['removed_temporary_files'] = len(_remove_our_temporaries(destination, vm_uuid))
+        plan = plan_vm_copy(source, vm_uuid, job_id)
+        if not plan['points']:
+            raise RepositoryError('repository %s holds no backup of VM %s%s' % (source.root, vm_uuid, ' by this job' if job_id else ''))
+        for relative, source_path in plan['files']:
+            expected = plan['checksums'].get(relative)
+            existing = _destination_state(destination, vm_uuid, relative)
+            if existing is not None:
+                reference = expected if expected is not None else sha256_file(source_path)
+                if sha256_file(existing) != reference:
+                    raise SeedConflictError('%s already exists at the destination with different content (sha256 differs from %s): it '
+                                            'belongs to another backup history; move it away or copy to another repository'
+                                            % (existing, source_path))
+                report['skipped_files'].append(relative)
+                continue
+            report['copied_files'].append(relative)
+            if check_mode:
+                report['bytes_copied'] += os.path.getsize(source_path)
+                continue
+            size, _digest = _copy_vhd(destination, vm_uuid, relative, source_path, expected)
+            report['bytes_copied'] += size
+        # Metadata last, oldest first, byte for byte: a point appears only once its whole chain is there.
+        for point in plan['points']:
+            with open(point.metadata_path, 'rb') as handle:
+                raw = handle.read()
+            target = destination.metadata_path(vm_uuid, point.timestamp) if destination is not None else None
+            if target is not None and os.path.isfile(target):
+                with open(target, 'rb') as handle:
+                    if handle.read() != raw:
+                        raise SeedConflictError('%s already exists at the destination with different content than %s: refusing to '
+                                                'overwrite a backup description' % (target, point.metadata_path))
+                report['skipped_points'].append(point.timestamp)
+                continue
+            report['copied_points'].append(point.timestamp)
+            if check_mode:
+                continue
+            digest = write_file_atomically(target, raw, mode=destination.file_mode)
+            if sha256_file(target) != digest or digest != _sha256_bytes(raw):
+                raise IntegrityError('copy verification failed', ['%s: does not read back as written' % target])
+            destination.invalidate_xo_cache(vm_uuid)
+    report['changed'] = bool(report['copied_files'] or report['copied_points'] or report['removed_temporary_files'])
+    return report
+
+
+def open_destination(path: str, check_mode: bool, file_mode: int | None = None, dir_mode: int | None = None):
+    """The destination repository; an existing empty folder becomes one (except in check mode: ``None``)."""
+    kwargs = {}
+    if file_mode is not None:
+        kwargs['file_mode'] = file_mode
+    if dir_mode is not None:
+        kwargs['dir_mode'] = dir_mode
+    if os.path.isdir(os.path.join(path, BACKUP_DIR)):
+        return open_repository(path, **kwargs)
+    if os.path.isdir(path) and os.listdir(path):
+        raise RepositoryError('%s is not empty and holds no %s folder: it is not a backup repository, refusing to write into it'
+                              % (path, BACKUP_DIR))
+    if check_mode:
+        return None
+    return open_repository(path, create=True, **kwargs)
+
+
+def seed_copy(source_path: str, destination_path: str, vms: list | None = None, job_id: str | None = None, check_mode: bool = False,
+              file_mode: int | None = None, dir_mode: int | None = None) -> dict:
+    """Copy the backups of the given VMs (uuids or names; all when empty) from one repository to another."""
+    started = time.monotonic()
+    source = open_repository(source_path)
+    if os.path.realpath(source_path) == os.path.realpath(destination_path):
+        raise RepositoryError('source and destination are the same repository (%s)' % os.path.realpath(source_path))
+    destination = open_destination(destination_path, check_mode, file_mode, dir_mode)
+    if vms:
+        vm_uuids = []
+        for vm in vms:
+            vm_uuid = resolve_backup_vm(source, vm)
+            if vm_uuid not in vm_uuids:
+                vm_uuids.append(vm_uuid)
+    else:
+        vm_uuids = [vm_uuid for vm_uuid in source.list_vms() if job_points(source, vm_uuid, job_id)]
+    reports = [copy_vm(source, destination, vm_uuid, job_id, check_mode=check_mode) for vm_uuid in vm_uuids]
+    elapsed = max(time.monotonic() - started, 1e-6)
+    copied = sum(report['bytes_copied'] for report in reports)
+    return {'changed': any(report['changed'] for report in reports), 'vms': reports,
+            'copied_files': sum(len(report['copied_files']) for report in reports),
+            'skipped_files': sum(len(report['skipped_files']) for report in reports),
+            'copied_points': sum(len(report['copied_points']) for report in reports),
+            'bytes_copied': copied, 'duration': round(elapsed, 3), 'throughput_mib_s': round(copied / MIB / elapsed, 1)}
+
+
+__all__ = ['SeedConflictError', 'seed_copy', 'copy_vm', 'plan_vm_copy', 'open_destination']
