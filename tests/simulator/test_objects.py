@@ -382,3 +382,16 @@ def test_event_from_star_and_del(xapi):
     got = event_from(['vdi'], token, 2.0)
     dels = [e for e in got['events'] if e['ref'] == vdi]
     assert dels and dels[0]['operation'] == 'del' and 'snapshot' not in dels[0]
+
+
+def test_old_xapi_without_ignore_vdis(sim):
+    config = {'xapi': {'snapshot_ignore_vdis': False},
+              'vms': [{'name': 'old', 'disks': [{'name': 'old-root', 'size': '4MiB'}]}]}
+    sim.control.load_config(config)
+    session = sim.xenapi_session()
+    session.login_with_password('root', 'secret', '1.0', 'tests')
+    api = session.xenapi
+    vm = _vm(api, 'old')
+    assert _fail(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
+    assert api.VM.get_is_a_snapshot(api.VM.snapshot(vm, 'x'))
+    session.xenapi.session.logout()

@@ -38,7 +38,7 @@ def _apply(disk, writes):
         disk.write(offset, pattern(seed, length))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=writes_strategy, after=writes_strategy)
 def test_cow_diff_and_vhd_roundtrip(local_sim, before, after):
     sim = local_sim

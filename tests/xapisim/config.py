@@ -66,6 +66,7 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_limit = int(limits.get('sessions', 400))
         sim.originator_limit = int(limits.get('sessions_per_originator', 500))
         sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
+        sim.snapshot_ignore_vdis = bool((config.get('xapi') or {}).get('snapshot_ignore_vdis', True))
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
