@@ -1,0 +1,269 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vm_restore
+short_description: Restore a VM, or one of its disks, as it was at a backup
+version_added: 0.1.0
+description:
+  - Creates a new VM from a backup in a repository, as the VM was at the chosen backup. The original VM and its SR may be gone.
+  - Each disk's chain (newest delta down to the full) is streamed as one VHD to a new VDI of the backup's virtual size. The stream
+    goes through XAPI's C(/import_raw_vdi) with its exact length and holds one block in memory at a time.
+  - The VM is created from the backed-up record with its start blocked. Its disks, VBDs and VIFs are then recreated, the start is
+    unblocked, and the VM is started when O(start=true).
+  - VIFs join the network named in O(network_map). Otherwise they join the network with the backed-up uuid, then the only network
+    with the backed-up name, then the pool's first network.
+  - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
+  - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
+    is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
+    created is destroyed again and the error says why.
+  - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored.
+author:
+  - xapi.delta_backup contributors (@xapi-delta-backup)
+extends_documentation_fragment:
+  - xapi.delta_backup.connection
+  - xapi.delta_backup.attributes
+  - xapi.delta_backup.attributes.action_group
+attributes:
+  check_mode:
+    support: full
+    details: Checks the chains and reports the VM, disks (with the bytes to stream) and networks that would be created.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details: Every run creates a new VM (or VDI) by design.
+options:
+  repository:
+    description:
+      - Path of the backup repository.
+    type: path
+    required: true
+  vm:
+    description:
+      - The backed-up VM, by uuid or by its name at its newest backup.
+    type: str
+    required: true
+  job:
+    description:
+      - Consider only the backups of this job. By default, backups of every job count.
+    type: str
+  backup:
+    description:
+      - The backup to restore. V(latest) (the default) is the newest one.
+      - An index counts from the oldest, V(0), or from the newest, V(-1).
+      - A timestamp, either C(YYYYMMDDTHHMMSSZ) or ISO 8601 such as V(2026-11-24T02:00:00Z), selects the newest backup taken at or before that moment.
+    type: str
+    default: latest
+  sr:
+    description:
+      - The SR for the new disks, by uuid or name. By default, the pool's default SR.
+    type: str
+  name:
+    description:
+      - Name of the new VM. With O(disk), this is the name of the new VDI. By default, the name at the time of the backup.
+    type: str
+  network_map:
+    description:
+      - Maps a backed-up network (uuid or name) to a network of the pool (uuid or name).
+    type: dict
+    default: {}
+  keep_mac:
+    description:
+      - Give the VIFs the MAC addresses of the backup. By default XAPI generates new ones, so a restored copy can run beside the original.
+    type: bool
+    default: false
+  start:
+    description:
+      - Start the VM once it is restored. Ignored with O(disk).
+    type: bool
+    default: false
+  disk:
+    description:
+      - Restore only this disk to a new, unattached VDI. Give the live VDI uuid (as in the repository), the snapshot VDI uuid,
+        the userdevice (V(0), V(1)...) or the disk name.
+    type: str
+  transfer_timeout:
+    description:
+      - Seconds to wait for XAPI to finish each disk import after its last byte.
+    type: float
+    default: 3600
+requirements:
+  - XenAPI
+"""
+
+EXAMPLES = r"""
+- name: Restore web01 as it was last night, under a new name, on the SR "Local storage"
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    backup: "2026-11-24T03:00:00Z"
+    sr: Local storage
+    name: web01 (restored)
+    network_map:
+      Pool-wide network associated with eth0: isolated-test-net
+  delegate_to: localhost
+  register: restored
+
+- name: Restore only the data disk of the newest backup
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
+    disk: "1"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+backup:
+  description: The backup restored.
+  returned: always
+  type: dict
+  contains:
+    vm_uuid:
+      description: uuid of the backed-up VM.
+      type: str
+      sample: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
+    timestamp:
+      description: Timestamp of the backup.
+      type: str
+      sample: "20261124T020000Z"
+    job_id:
+      description: Job id of the backup.
+      type: str
+      sample: 8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a
+    vm_name_label:
+      description: Name of the VM at the time of the backup.
+      type: str
+      sample: web01
+  sample: {"vm_uuid": "5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d", "timestamp": "20261124T020000Z",
+           "job_id": "8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a", "vm_name_label": "web01"}
+vm:
+  description: The new VM (its uuid is null in check mode); null with O(disk).
+  returned: always
+  type: dict
+  contains:
+    uuid:
+      description: uuid of the new VM.
+      type: str
+      sample: 7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f
+    name_label:
+      description: Its name.
+      type: str
+      sample: web01 (restored)
+    started:
+      description: Whether it was started.
+      type: bool
+      sample: false
+  sample: {"uuid": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name_label": "web01 (restored)", "started": false}
+sr:
+  description: The SR of the new disks.
+  returned: always
+  type: dict
+  sample: {"uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "name_label": "Local storage"}
+disks:
+  description: The disks restored (or that would be).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    source_vdi_uuid:
+      description: uuid of the backed-up live disk.
+      type: str
+      sample: 0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b
+    vdi_uuid:
+      description: uuid of the new VDI (null in check mode).
+      type: str
+      sample: 9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d
+    name_label:
+      description: Name of the new VDI.
+      type: str
+      sample: web01 system
+    userdevice:
+      description: Device number of the VBD.
+      type: str
+      sample: "0"
+    virtual_size:
+      description: Virtual size of the new VDI, in bytes.
+      type: int
+      sample: 10737418240
+    bytes:
+      description: Length of the VHD stream sent for it.
+      type: int
+      sample: 4203008
+    chain_length:
+      description: Number of VHD files read (newest delta down to the full).
+      type: int
+      sample: 3
+    duration:
+      description: Seconds its import took (absent in check mode).
+      type: float
+      sample: 0.8
+vifs:
+  description: The VIFs created (or that would be), with the network chosen for each and how it was chosen.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"device": "0", "network_uuid": "b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e", "network_name_label": "Pool-wide network associated with eth0",
+            "matched_by": "uuid"}]
+checksums:
+  description: VHD files whose sha256 matched the metadata (C(verified)), and files that had no recorded checksum (C(unverified)).
+  returned: always
+  type: dict
+  sample: {"verified": ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd"], "unverified": []}
+bytes_transferred:
+  description: Bytes streamed to the pool (0 in check mode).
+  returned: always
+  type: int
+  sample: 4203008
+duration:
+  description: Seconds the restore took.
+  returned: always
+  type: float
+  sample: 3.2
+throughput_mib_s:
+  description: RV(bytes_transferred) per second, in MiB/s.
+  returned: success and not in check mode
+  type: float
+  sample: 190.4
+"""
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import resolve_backup_vm, restore
+
+
+def restore_vm(module) -> dict:
+    params = module.params
+    repo = open_repository(params['repository'])
+    vm_uuid = resolve_backup_vm(repo, params['vm'])
+    with connect(module) as xapi:
+        return restore(xapi, repo, vm_uuid, job_id=job_id_for(params['job']) if params['job'] else None, point=params['backup'],
+                       sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
+                       disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
+                       transfer_timeout=params['transfer_timeout'])
+
+
+def main():
+    module = new_module(dict(
+        repository=dict(type='path', required=True),
+        vm=dict(type='str', required=True),
+        job=dict(type='str'),
+        backup=dict(type='str', default='latest'),
+        sr=dict(type='str'),
+        name=dict(type='str'),
+        network_map=dict(type='dict', default={}),
+        keep_mac=dict(type='bool', default=False),
+        start=dict(type='bool', default=False),
+        disk=dict(type='str'),
+        transfer_timeout=dict(type='float', default=3600),
+    ))
+    run(module, restore_vm)
+
+
+if __name__ == '__main__':
+    main()
