@@ -60,6 +60,14 @@ class RunningSimulator:
             return xmlrpc.client.SafeTransport(context=self.ssl_context())
         return xmlrpc.client.Transport()
 
+    def env(self, user='root', password='secret'):
+        """Environment variables in the modules' fallback names (see toolchain.md section 8)."""
+        out = {'XENSERVER_HOST': self.url, 'XENSERVER_USER': user, 'XENSERVER_PASSWORD': password,
+               'XENSERVER_VALIDATE_CERTS': 'true' if self.https else 'false'}
+        if self.ca_path:
+            out['XENSERVER_CA_PATH'] = self.ca_path
+        return out
+
     def xenapi_session(self, url=None):
         """A ``XenAPI.Session`` (not logged in) with certificate verification."""
         import XenAPI  # pylint: disable=import-outside-toplevel,import-error
