@@ -305,3 +305,26 @@ def test_https_import_roundtrip(xapi, sim):
     rec = h.wait_task(api, task)
     assert rec['status'] == 'success' and h.task_value(rec) == dst
     assert sim.control.vdi_fingerprint(dst) == sim.control.vdi_fingerprint(src)
+
+
+def test_delta_of_a_grown_disk(hxapi, hsim):
+    api = hxapi.xenapi
+    vdi = _new_vdi(api, 8 * MIB, 'growing')
+    hsim.control.write_vdi(vdi, 0, seed=1, length=8 * MIB)
+    base = api.VDI.snapshot(vdi)
+    api.VDI.resize(vdi, str(12 * MIB))
+    hsim.control.write_vdi(vdi, 10 * MIB, seed=2, length=MIB)
+    hsim.control.write_vdi(vdi, 0, seed=3, length=512)
+    target = api.VDI.snapshot(vdi)
+    delta = h.export(hsim, hxapi.handle, target, 'vhd', base=base)[2]
+    assert struct.unpack_from('>Q', delta, 48)[0] == 12 * MIB
+    assert [i for i, v in enumerate(_bat(delta)) if v != 0xFFFFFFFF] == [0, 5]
+    copy = _new_vdi(api, 8 * MIB, 'copy')
+    assert h.import_(hsim, hxapi.handle, copy, h.export(hsim, hxapi.handle, base, 'vhd')[2]) == 200
+    task = api.task.create('import', '')
+    h.import_(hsim, hxapi.handle, copy, delta, task=task)
+    assert h.wait_task(api, task)['error_info'][0] == 'VDI_IO_ERROR'
+    api.VDI.resize(copy, str(12 * MIB))
+    assert h.import_(hsim, hxapi.handle, copy, delta) == 200
+    time.sleep(0.05)
+    assert hsim.control.vdi_sha256(copy) == hsim.control.vdi_sha256(target)
