@@ -165,6 +165,9 @@ def xapi_session(sim):
 
 
 def test_vms_are_hosts_with_their_variables(inventory, sim):
+    config = example_config()
+    config['vms'][0]['other_config'] = {'backup-schedule': 'nightly'}
+    sim.control.load_config(yaml.safe_dump(config))
     listing = inventory.list()
     assert hosts_of(listing) == EXAMPLE_VMS
     web01 = listing['_meta']['hostvars']['web01']
@@ -173,7 +176,8 @@ def test_vms_are_hosts_with_their_variables(inventory, sim):
     assert web01['xapi_power_state'] == 'Running'
     assert web01['xapi_tags'] == ['backup-daily']
     assert web01['xapi_pool_name'] == 'demo-pool'
-    assert web01['xapi_other_config'] == {} or isinstance(web01['xapi_other_config'], dict)
+    assert web01['xapi_other_config'] == {'backup-schedule': 'nightly'}
+    assert listing['_meta']['hostvars']['db01']['xapi_other_config'] == {}
     assert web01['xapi_memory_static_max'] == 2 * 1024 ** 3 and web01['xapi_vcpus_max'] == 2
     assert [(disk['name'], disk['size'], disk['excluded'], disk['cbt_enabled']) for disk in web01['xapi_disks']] == [
         ('web01-root', 10 * 1024 ** 3, False, False), ('web01-data', 100 * 1024 ** 3, False, True)]
@@ -287,6 +291,14 @@ def xapi_vm_refs(sim, name: str) -> list[str]:
         return session.xenapi.VM.get_by_name_label(name)
     finally:
         session.xenapi.session.logout()
+
+
+def test_pool_data_is_never_templated(inventory, sim):
+    # Names and tags come from whoever may edit VMs in the pool: they must stay plain text.
+    sim.control.load_config(yaml.safe_dump(pool_with_extra_vms({'name': '{{ 6 * 7 }}', 'tags': ["{{ lookup('env', 'HOME') }}"]})))
+    listing = inventory.list({'compose': {'shown': 'xapi_vm_name', 'first_tag': 'xapi_tags | first | default("")'}})
+    variables = listing['_meta']['hostvars']['{{ 6 * 7 }}']
+    assert variables['shown'] == '{{ 6 * 7 }}' and variables['first_tag'] == "{{ lookup('env', 'HOME') }}"
 
 
 def test_hostnames_by_uuid(inventory, sim):
