@@ -72,12 +72,12 @@ def collections_root(tmp_path_factory):
     return str(root)
 
 
-def ansible_inventory_command() -> list[str]:
-    beside = os.path.join(os.path.dirname(sys.executable), 'ansible-inventory')
+def ansible_command(name: str) -> list[str]:
+    beside = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(beside):
         return [beside]
-    found = shutil.which('ansible-inventory')
-    return [found] if found else [sys.executable, '-m', 'ansible.cli.inventory']
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, '-m', 'ansible.cli.%s' % name.split('-', 1)[1]]
 
 
 def plain(value):
@@ -112,17 +112,18 @@ class Inventory:
         })
         self.stderr = ''
 
-    def run(self, options: dict | None = None, env: dict | None = None, name: str = 'pool.xapi.yml', args=('--list',)):
+    def run(self, options: dict | None = None, env: dict | None = None, name: str = 'pool.xapi.yml', args=('--list',), extra_text=''):
         path = os.path.join(self.workdir, name)
         with open(path, 'w', encoding='utf-8') as handle:
             yaml.safe_dump(dict({'plugin': PLUGIN}, **(options or {})), handle)
+            handle.write(extra_text)
         run_env = dict(self.env)
         for key, value in (env or {}).items():
             if value is None:
                 run_env.pop(key, None)
             else:
                 run_env[key] = value
-        completed = subprocess.run(ansible_inventory_command() + ['-i', path] + list(args), env=run_env, cwd=self.workdir,
+        completed = subprocess.run(ansible_command('ansible-inventory') + ['-i', path] + list(args), env=run_env, cwd=self.workdir,
                                    capture_output=True, text=True, timeout=120, check=False)
         self.stderr = completed.stderr
         return completed
@@ -314,6 +315,17 @@ def test_connection_from_the_file_beats_the_environment(inventory, sim):
     options = {'hostname': sim.url, 'username': 'backup', 'password': 'backup-pass', 'ca_path': sim.ca_path}
     env = {'XENSERVER_HOST': 'https://127.0.0.1:1', 'XENSERVER_USER': 'nobody', 'XENSERVER_PASSWORD': 'wrong', 'XENSERVER_CA_PATH': None}
     assert hosts_of(inventory.list(options, env)) == EXAMPLE_VMS
+
+
+def test_vaulted_password_in_the_file(inventory, tmp_path):
+    secret_file = tmp_path / 'vault-pass'
+    secret_file.write_text('inventory-tests\n')
+    encrypted = subprocess.run(ansible_command('ansible-vault') + ['encrypt_string', '--vault-password-file', str(secret_file),
+                                                                   'backup-pass', '--name', 'password'],
+                               env=inventory.env, capture_output=True, text=True, timeout=60, check=True).stdout
+    listing = inventory.list({'username': 'backup'}, env={'XENSERVER_PASSWORD': 'wrong', 'XENSERVER_USER': None}, extra_text=encrypted,
+                             args=('--list', '--vault-password-file', str(secret_file)))
+    assert hosts_of(listing) == EXAMPLE_VMS
 
 
 def test_blank_environment_values_count_as_unset(inventory):
