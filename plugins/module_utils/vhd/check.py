@@ -9,7 +9,7 @@ import dataclasses
 import os
 import struct
 
-from .structures import BAT_UNUSED, SECTOR, VhdError, checksum
+from .structures import SECTOR, VhdError, bitmap_to_mask, checksum
 
 _BATMAP = struct.Struct(">8sQIII")
 
@@ -52,13 +52,38 @@ def check_file(path):
         return _file_problems(vhd)
 
 
+#: At most this many problems of one kind are listed per file; the rest are counted in a summary problem.
+MAX_PER_KIND = 50
+
+
+class _Problems(list):
+    """A list of problems that lists at most :data:`MAX_PER_KIND` of each kind (bounded output for garbage input)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.counts = {}
+
+    def add(self, kind, problem):
+        count = self.counts.get(kind, 0) + 1
+        self.counts[kind] = count
+        if count <= MAX_PER_KIND:
+            self.append(problem)
+
+    def finish(self):
+        for kind, count in self.counts.items():
+            if count > MAX_PER_KIND:
+                self.append(Problem(self.path, kind, "count", None, f"{count - MAX_PER_KIND} more problems of this kind not listed"))
+        return list(self)
+
+
 def _file_problems(vhd):
-    problems = []
     path = vhd.path
+    problems = _Problems(path)
     if vhd.footer_copies_differ:
         problems.append(Problem(path, "footer copy", "checksum", 0, "footer copy at offset 0 differs from the end footer"))
     if vhd.is_fixed:
-        return problems
+        return problems.finish()
     header = vhd.header
     bat_region_end = header.table_offset + header.bat_bytes
     if bat_region_end > vhd.footer_offset:
@@ -77,26 +102,27 @@ def _file_problems(vhd):
                     regions.append((locator.data_offset, end, f"parent locator[{number}]"))
     span = vhd.bitmap_size + vhd.block_size
     batmap = _read_batmap(vhd, problems)
-    full = b"\xff" * vhd.bitmap_size
-    for index, entry in enumerate(vhd.bat):
-        if entry == BAT_UNUSED:
-            continue
-        offset = entry * SECTOR
-        field = f"entry[{index}]"
-        bat_offset = header.table_offset + 4 * index
+    bat = vhd.bat
+    for index in vhd.allocated_blocks():
+        offset = bat[index] * SECTOR
         if offset + span > vhd.footer_offset:
-            problems.append(Problem(path, "BAT", field, bat_offset, f"block at {offset} runs past the footer at {vhd.footer_offset}"))
+            problems.add("BAT", Problem(path, "BAT", f"entry[{index}]", header.table_offset + 4 * index,
+                                        f"block at {offset} runs past the footer at {vhd.footer_offset}"))
             continue
         regions.append((offset, offset + span, f"block[{index}]"))
         if batmap is not None and batmap[index // 8] & (0x80 >> (index % 8)):
-            if vhd.read_bitmap(index) != full:
-                problems.append(Problem(path, f"block[{index}]", "bitmap", offset,
-                                        "batmap marks the block full but its sector bitmap is not"))
+            if bitmap_to_mask(vhd.read_bitmap(index), vhd.sectors_per_block) != vhd.full_mask():
+                problems.add("bitmap", Problem(path, f"block[{index}]", "bitmap", offset,
+                                               "batmap marks the block full but its sector bitmap is not"))
     regions.sort()
-    for (start_a, end_a, name_a), (start_b, _end_b, name_b) in zip(regions, regions[1:]):
-        if start_b < end_a:
-            problems.append(Problem(path, name_b, "offset", start_b, f"{name_b} at {start_b} overlaps {name_a} ({start_a}..{end_a})"))
-    return problems
+    reach_end, reach_name, reach_start = regions[0][1], regions[0][2], regions[0][0]
+    for start, end, name in regions[1:]:
+        if start < reach_end:
+            problems.add("overlap", Problem(path, name, "offset", start,
+                                            f"{name} at {start} overlaps {reach_name} ({reach_start}..{reach_end})"))
+        if end > reach_end:
+            reach_end, reach_name, reach_start = end, name, start
+    return problems.finish()
 
 
 def _read_batmap(vhd, problems):
