@@ -96,7 +96,7 @@ def test_plain_http_client(hxapi):
 
 
 def test_concurrent_requests(sim):
-    sim.control.delay(0.3, 'VM.get_all')
+    sim.control.delay(0.5, 'VM.get_all')
     results = []
 
     def worker():
@@ -113,5 +113,5 @@ def test_concurrent_requests(sim):
         thread.join()
     sim.control.delay(0, 'VM.get_all')
     assert results == [5] * 8
-    assert time.time() - start < 2.0
+    assert time.time() - start < 3.0  # one at a time would take 4 s
     assert sim.control.session_count() == 0
