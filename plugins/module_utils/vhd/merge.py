@@ -160,7 +160,8 @@ class _Io:
 def merge_chain(parent_path, child_paths, hook=None, progress=None):
     """Fold ``child_paths`` (oldest first, a run of deltas above ``parent_path``) into the parent.
 
-    Returns the path of the result: the newest child's name, now holding the merged disk.
+    Returns the path of the result: the newest child's name, now holding the merged disk.  If an
+    unfinished merge of the same files left its state file, that merge is resumed instead.
     ``hook(operation, count)`` is called after each mutating operation (tests); ``progress(done, total)``
     after each block.  Raises :class:`VhdError` when the files do not form a mergeable chain.
     """
@@ -171,6 +172,12 @@ def merge_chain(parent_path, child_paths, hook=None, progress=None):
     directory = os.path.dirname(parent_path)
     if any(os.path.dirname(p) != directory for p in child_paths):
         raise ValueError("a merge needs the parent and its children in one directory")
+    existing = MergeState.path_for(directory, os.path.basename(parent_path))
+    if os.path.exists(existing):
+        state = MergeState.load(existing)
+        if state.children != [os.path.basename(p) for p in child_paths]:
+            raise VhdError(existing, "merge state", "children", None, f"an unfinished merge of {state.children} must be resumed first")
+        return resume_merge(existing, hook=hook, progress=progress)
     with VhdChain.from_paths(list(reversed(child_paths)) + [parent_path], allow_missing_parent=True) as chain:
         parent = chain.members[-1]
         if parent.is_fixed:

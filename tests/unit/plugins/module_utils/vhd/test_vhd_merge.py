@@ -223,3 +223,15 @@ def test_random_chains_killed_at_a_random_operation(base, deltas, fraction, data
         child = _run_child([twin.paths[0]] + twin.paths[1:newest + 1], kill_after=kill_after)
         child.communicate(timeout=60)
         _verify_after_crash(twin, kept_from=newest)
+
+
+def test_merge_again_after_a_crash_resumes(tmp_path):
+    model = _crash_scenario(str(tmp_path / "again"))
+    child = _run_child([model.paths[0]] + model.paths[1:3], kill_after=40)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    result = merge_chain(model.paths[0], model.paths[1:3])
+    assert result == model.paths[2]
+    for point in (2, 3):
+        assert _read(model.paths[point]) == model.points[point]
+    assert not [n for n in os.listdir(tmp_path / "again") if n.startswith(".")]
