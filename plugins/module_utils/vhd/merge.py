@@ -230,6 +230,8 @@ def _run(directory, state, io, progress):
     if os.path.exists(parent_path):
         io.replace(parent_path, result)
         io.fsync_dir(directory)
+    elif not os.path.exists(result):
+        raise VhdError(result, "merge state", "step", None, "merged file missing: refusing to delete the merged deltas")
     for path in child_paths[:-1]:
         io.unlink(path)
     io.fsync_dir(directory)
