@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -138,3 +139,22 @@ def test_unaligned_partial_bitmaps_and_the_libvhdi_quirk(tmp_path):
     quirk = {4, 5, 6, 7, 103, 8182, 8183} | set(range(129, 136))
     assert differing <= quirk
     assert all(theirs[s * 512:(s + 1) * 512] == bytes(512) for s in differing)
+
+
+@needs_qemu
+def test_qemu_map_agrees_with_our_block_table(tmp_path):
+    model = ChainModel(str(tmp_path), 13 * MIB, 2 * MIB)
+    model.add_point([(0, 10, 1), (9000, 5000, 2)])
+    model.add_point([(4096 * 5, 3, 3)], size=13 * MIB)
+    out = str(tmp_path / "one.vhd")
+    with VhdChain.open(model.paths[-1]) as chain:
+        write_stream(chain.export_stream(), out)
+        expected = list(chain.allocated_blocks())
+    result = subprocess.run([QEMU_IMG, "map", "-f", "vpc", "--output=json", out], check=True, capture_output=True, text=True)
+    mapped = set()
+    for extent in json.loads(result.stdout):
+        if extent["data"]:
+            mapped.update(range(extent["start"] // (2 * MIB), (extent["start"] + extent["length"] - 1) // (2 * MIB) + 1))
+    assert sorted(mapped) == expected
+    with VhdFile(out) as single:
+        assert list(single.allocated_blocks()) == expected
