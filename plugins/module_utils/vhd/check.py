@@ -179,10 +179,7 @@ def check_chain(paths):
                 if os.path.abspath(queue[position]) != parent:
                     problems.append(Problem(path, "header", "parent_name", member.footer.data_offset + 64,
                                             f"parent name {member.header.parent_name!r} does not resolve to {queue[position]}"))
-        if len(members) == len(queue):
-            problems.extend(chain_link_problems(members))
-        else:
-            problems.extend(chain_link_problems(members, allow_missing_parent=True))
+        problems.extend(chain_link_problems(members, allow_missing_parent=len(members) != len(queue), report_absorbed=True))
     finally:
         for member in members:
             member.close()

@@ -427,11 +427,12 @@ class VhdChain:
         self.close()
 
 
-def chain_link_problems(members, allow_missing_parent=False):
+def chain_link_problems(members, allow_missing_parent=False, report_absorbed=False):
     """Problems (``Problem`` objects) in the links of newest-first ``members``: types, identities, sizes, block sizes.
 
     A parent whose unique id equals a newer member's id is accepted: it has absorbed that
-    member during an interrupted merge (see merge.py) and already holds its content.
+    member during an interrupted merge (see merge.py) and already holds its content.  With
+    ``report_absorbed`` (the checker) such a link is reported so the merge gets resumed.
     """
     from .check import Problem  # pylint: disable=import-outside-toplevel
 
@@ -450,6 +451,9 @@ def chain_link_problems(members, allow_missing_parent=False):
             continue
         if parent.unique_id in newer_ids:
             # The parent absorbed a newer member (interrupted merge): it already holds that member's content.
+            if report_absorbed:
+                problems.append(Problem(parent.path, "footer", "unique_id", parent.footer_offset + 68,
+                                        "carries the id of a newer chain member: an interrupted merge must be resumed"))
             continue
         if child.header.parent_unique_id != parent.unique_id:
             problems.append(Problem(child.path, "header", "parent_unique_id", child.footer.data_offset + 40,

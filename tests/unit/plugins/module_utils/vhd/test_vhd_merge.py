@@ -142,6 +142,10 @@ def _verify_after_crash(model, kept_from):
     directory = model.directory
     for point in range(kept_from, len(model.paths)):
         assert _read(model.paths[point]) == model.points[point], f"point {point} wrong after crash"
+    # Structurally sound at every instant: only the signs of an interrupted footer step may show.
+    interrupted = {("footer copy", "checksum"), ("footer", "unique_id")}
+    problems = check_chain(model.paths[-1])
+    assert {(p.structure, p.field) for p in problems} <= interrupted, problems
     states = [n for n in os.listdir(directory) if n.endswith(".merge.json")]
     if states:
         resume_merge(os.path.join(directory, states[0]))
