@@ -137,6 +137,7 @@ import re
 import socket
 import ssl
 
+from ansible.config.manager import ensure_type
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
@@ -148,6 +149,14 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import Pool
 INVALID_GROUP_CHARACTERS = re.compile(r'[^A-Za-z0-9_]')
 # Options whose blank value (AWX injects '' for unset credential fields) must mean "not set".
 BLANK_MEANS_UNSET = ('hostname', 'username', 'password', 'validate_certs', 'ca_path')
+
+
+def _blank(value) -> bool:
+    """None or whitespace-only text (values from files and the environment are str subclasses carrying origin tags).
+
+    A vaulted value is no str: it is never decrypted here just to look at it.
+    """
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def safe_group_part(text: str) -> str:
@@ -249,7 +258,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     # -- reading the pool ----------------------------------------------------------------------
 
     def _setting(self, option: str, config: dict):
-        """The option's value, with a blank value from the file or the environment counting as not set."""
+        """The option's value, with a blank value in the file or the environment counting as not set.
+
+        Ansible would turn '' into False for a bool and into the current directory for a path.
+        """
         value, origin = self.get_option_and_origin(option)
         if option not in BLANK_MEANS_UNSET:
             return value
@@ -259,10 +271,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raw = os.environ.get(origin[len('env: '):])
         else:
             return value
-        if raw is None or (type(raw) is str and not raw.strip()):  # pylint: disable=unidiomatic-typecheck
-            # Not isinstance: a vaulted value is not plain text and must not be inspected here.
-            return {'username': 'root', 'validate_certs': True}.get(option)
-        return value
+        if not _blank(raw):
+            return value
+        definition = self.option_definitions.get(option) or {}
+        if origin == 'Direct':
+            # Blank in the file: the environment still applies, as if the option were left out.
+            for entry in definition.get('env') or []:
+                from_env = os.environ.get(entry.get('name'))
+                if not _blank(from_env):
+                    return ensure_type(from_env, definition.get('type'), origin='env: %s' % entry.get('name'))
+        default = definition.get('default')
+        return ensure_type(default, definition.get('type')) if default is not None else None
 
     def _connection(self, config: dict) -> XapiConnection:
         settings = {option: self._setting(option, config) for option in BLANK_MEANS_UNSET + ('timeout',)}

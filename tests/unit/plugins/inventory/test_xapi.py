@@ -336,6 +336,17 @@ def test_blank_environment_values_count_as_unset(inventory):
     assert hosts_of(inventory.list(env={'XENSERVER_VALIDATE_CERTS': 'false', 'XENSERVER_CA_PATH': ''})) == EXAMPLE_VMS
 
 
+def test_blank_values_in_the_file_count_as_unset(inventory, sim):
+    blank = {'hostname': '', 'username': ' ', 'password': '', 'validate_certs': '', 'ca_path': ''}
+    # The environment still applies to options left blank in the file.
+    assert hosts_of(inventory.list(blank)) == EXAMPLE_VMS
+    # Without it, the defaults apply: root, and certificates verified (against the system store here).
+    message = inventory.fail(blank, env={'XENSERVER_CA_PATH': None, 'XENSERVER_USER': None})
+    assert 'certificate verify failed' in message
+    message = inventory.fail(blank, env={'XENSERVER_HOST': None})
+    assert 'no pool to connect to' in message
+
+
 def test_pool_member_redirects_to_the_coordinator(inventory, sim):
     assert hosts_of(inventory.list(env={'XENSERVER_HOST': sim.slave_url})) == EXAMPLE_VMS
 
