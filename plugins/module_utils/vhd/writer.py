@@ -91,7 +91,7 @@ class VhdStream:
         self.data_start = TABLE_OFFSET + self.header.bat_bytes
         self.length = self.data_start + len(self.block_indices) * self.block_span + FOOTER_SIZE
         self._chunks = None
-        self._pending = b""
+        self._pending = memoryview(b"")
 
     def block_table(self):
         """The BAT this stream writes (list of sector numbers or ``0xFFFFFFFF``)."""
@@ -119,25 +119,25 @@ class VhdStream:
         yield footer
 
     def read(self, size=-1):
-        """File-like read: up to ``size`` bytes (all remaining when negative); ``b""`` at the end."""
+        """File-like read: up to ``size`` bytes (all remaining when negative); ``b""`` at the end.
+
+        Small reads (``http.client`` uses 8 KiB) slice the current chunk without copying it again.
+        """
         if self._chunks is None:
             self._chunks = iter(self)
         parts = []
-        have = len(self._pending)
-        if have:
-            parts.append(self._pending)
-            self._pending = b""
+        have = 0
         while size < 0 or have < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            parts.append(bytes(chunk))
-            have += len(chunk)
-        data = b"".join(parts)
-        if 0 <= size < len(data):
-            self._pending = data[size:]
-            data = data[:size]
-        return data
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk).cast("B") if not isinstance(chunk, memoryview) else chunk.cast("B")
+            take = len(self._pending) if size < 0 else min(size - have, len(self._pending))
+            parts.append(self._pending[:take])
+            self._pending = self._pending[take:]
+            have += take
+        return b"".join(parts)
 
 
 def stream_file(vhd, unique_id=None, parent=None):
