@@ -37,6 +37,8 @@ options:
       - What names the inventory hosts.
       - With V(name_label), a VM whose name label another selected VM shares, or which has an empty name label,
         is named C(<name_label>_<uuid>) (or by its uuid) instead, and a warning says so. Names never collide.
+      - A VM named C(localhost), C(127.0.0.1), C(::1), C(all) or C(ungrouped) is named C(<name_label>_<uuid>) too,
+        so that it never takes the place of the controller in C(delegate_to=localhost).
       - With V(uuid), hosts are named by VM uuid, which never changes over a VM's life.
     type: str
     choices: [ name_label, uuid ]
@@ -149,6 +151,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import Pool
 INVALID_GROUP_CHARACTERS = re.compile(r'[^A-Za-z0-9_]')
 # Options whose blank value (AWX injects '' for unset credential fields) must mean "not set".
 BLANK_MEANS_UNSET = ('hostname', 'username', 'password', 'validate_certs', 'ca_path')
+# A VM host named localhost would capture delegate_to: localhost (and have no connection: local);
+# all and ungrouped are Ansible's implicit groups.
+RESERVED_HOSTNAMES = ('localhost', '127.0.0.1', '::1', 'all', 'ungrouped')
 
 
 def _blank(value) -> bool:
@@ -216,6 +221,9 @@ def assign_hostnames(vms: list[dict], by: str) -> tuple[list[tuple[str, dict]], 
         elif counts[name] > 1:
             warnings.append('%d VMs are named %r: VM %s is named %s_%s in the inventory (or set hostnames: uuid)'
                             % (counts[name], name, uuid, name, uuid))
+            name = '%s_%s' % (name, uuid)
+        elif name in RESERVED_HOSTNAMES:
+            warnings.append('VM %s is named %r, which Ansible reserves: it is named %s_%s in the inventory' % (uuid, name, name, uuid))
             name = '%s_%s' % (name, uuid)
         named.append((name, vm))
     return sorted(named, key=lambda pair: (pair[0], pair[1]['xapi_vm_uuid'])), warnings

@@ -431,12 +431,12 @@ def described(name, uuid):
 
 
 def test_assign_hostnames():
-    vms = [described('b', 'u3'), described('a', 'u2'), described('a', 'u1'), described('', 'u0')]
+    vms = [described('b', 'u3'), described('a', 'u2'), described('a', 'u1'), described('', 'u0'), described('localhost', 'u4')]
     named, warnings = assign_hostnames(vms, 'name_label')
-    assert [name for name, dummy in named] == ['a_u1', 'a_u2', 'b', 'u0']
-    assert len(warnings) == 3 and 'empty name label' in warnings[2]
+    assert [name for name, dummy in named] == ['a_u1', 'a_u2', 'b', 'localhost_u4', 'u0']
+    assert len(warnings) == 4 and 'empty name label' in warnings[2] and "named 'localhost', which Ansible reserves" in warnings[3]
     named, warnings = assign_hostnames(vms, 'uuid')
-    assert [name for name, dummy in named] == ['u0', 'u1', 'u2', 'u3'] and not warnings
+    assert [name for name, dummy in named] == ['u0', 'u1', 'u2', 'u3', 'u4'] and not warnings
 
 
 @pytest.mark.parametrize('name, accepted', [
