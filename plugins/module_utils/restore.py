@@ -334,7 +334,7 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
                                  'MAC': vif['mac'] if keep_mac and vif['mac'] else '', 'MTU': str(vif['mtu'] or 1500),
                                  'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
     source = point.metadata.get('vm') or {}
-    blocked = {key: value for key, value in (source.get('blocked_operations') or {}).items()}
+    blocked = dict(source.get('blocked_operations') or {})
     xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
     if start:
         xapi.call('VM.start', created.vm_ref, False, False)

@@ -19,7 +19,7 @@ description:
     The metadata files are copied last, oldest first, byte for byte. A backup shows at the destination only once every file of its chain
     is there and verified. An interrupted copy never leaves a point that a backup run would misread.
   - Files already at the destination with the same content are skipped, so a rerun finishes an interrupted copy.
-    A destination file with the same name but different content is never overwritten: the copy stops and names it.
+    A destination file with the same name but different content is never overwritten; the copy stops and names it.
   - The source chains are checked before they are copied, both their structure and their recorded checksums. A damaged source
     file is refused, and the error names it.
   - Takes the repository lock of each VM in both repositories while it copies it.

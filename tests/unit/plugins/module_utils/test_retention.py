@@ -48,9 +48,9 @@ class RepoBuilder:
         self.repo = open_repository(root, create=True)
         self.vm = vm
         self.rng = random.Random(seed)
-        self.live = [str(uuid.UUID(int=self.rng.getrandbits(128), version=4)) for _ in range(disks)]
+        self.live = [str(uuid.UUID(int=self.rng.getrandbits(128), version=4)) for dummy in range(disks)]
         self.size = size
-        self.content = [dict() for _ in range(disks)]      # block index -> seed, current state
+        self.content = [dict() for dummy in range(disks)]      # block index -> seed, current state
         self.truth = {}                                    # timestamp -> [content dict per disk]
         self.last = [None] * disks                         # (snapshot vdi uuid, timestamp) of the newest file
         self.counter = 0

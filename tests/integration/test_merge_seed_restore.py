@@ -1,0 +1,253 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""backup_merge, seed_copy and vm_restore through ansible-playbook against the simulator.
+
+Ground truth: the content of each backup's snapshot VDIs (control.vdi_sha256), recorded right after
+its export (older snapshots are pruned by vm_snapshot). A restored VDI must hash the same.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from harness import TaskFailed
+
+MIB = 1024 * 1024
+KILL_ENV = 'XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER'
+POOL = """
+pool: {name: restore-pool}
+hosts: [{name: host1, address: 127.0.0.1}]
+users: [{name: root, password: secret}]
+srs:
+  - {name: Local storage, size: 40GiB, default: true}
+  - {name: Restore SR, size: 40GiB}
+networks:
+  - {name: Network 0, bridge: xenbr0}
+  - {name: Isolated, bridge: xenbr9}
+vms:
+  - name: app01
+    power_state: Running
+    memory: 1GiB
+    vcpus: 2
+    disks:
+      - name: app01-root
+        size: 2GiB
+        data:
+          - {offset: 0, length: 6MiB, seed: 11}
+          - {offset: 1GiB, length: 2MiB, seed: 12}
+      - name: app01-data
+        size: 1GiB
+        data:
+          - {offset: 4MiB, length: 4MiB, seed: 13}
+    vifs: [{network: Network 0, mac: "02:16:3e:00:00:07"}]
+"""
+
+
+class History:
+    """Backups of app01 with random guest writes, and the ground truth of each point."""
+
+    def __init__(self, ansible, sim, repository, seed=0):
+        self.ansible = ansible
+        self.sim = sim
+        self.repository = repository
+        self.rng = random.Random(seed)
+        self.live = {name: sim.control.record('VDI', name)['uuid'] for name in ('app01-root', 'app01-data')}
+        self.sizes = {'app01-root': 2 << 30, 'app01-data': 1 << 30}
+        self.truth = {}   # timestamp -> {live vdi uuid: sha256}
+        self.vm_uuid = None
+
+    def guest_writes(self, count=3):
+        for _number in range(count):
+            name = self.rng.choice(sorted(self.live))
+            length = self.rng.choice([MIB, 2 * MIB, 3 * MIB])
+            offset = self.rng.randrange(0, self.sizes[name] - length, 512)
+            self.sim.control.write_vdi(self.live[name], offset, length=length, seed=self.rng.randrange(1 << 30))
+
+    def backup(self, repositories=None):
+        snap = self.ansible.run_task('vm_snapshot', {'vm': 'app01', 'job': 'nightly'})
+        export = self.ansible.run_task('delta_export', {'vm': 'app01', 'job': 'nightly', 'repositories': repositories or [self.repository],
+                                                        'snapshot': snap['snapshot']['uuid']})
+        self.vm_uuid = export['vm']['uuid']
+        timestamp = os.path.basename(export['disks'][0]['path'])[:-len('.vhd')]
+        self.truth[timestamp] = {disk['vdi_uuid']: self.sim.control.vdi_sha256(disk['snapshot_vdi_uuid']) for disk in export['disks']}
+        return export
+
+    def build(self, points):
+        for number in range(points):
+            if number:
+                self.guest_writes()
+            self.backup()
+        return sorted(self.truth)
+
+    def assert_restored(self, result, timestamp):
+        assert result['backup']['timestamp'] == timestamp
+        for disk in result['disks']:
+            assert self.sim.control.vdi_sha256(disk['vdi_uuid']) == self.truth[timestamp][disk['source_vdi_uuid']], (timestamp, disk)
+
+
+def xenapi(sim):
+    session = sim.xenapi_session()
+    session.xenapi.login_with_password('root', 'secret', '1.0', 'integration-tests')
+    return session
+
+
+def pool_objects(sim):
+    """Counts of VMs and VDIs, to prove that refused or check-mode restores create nothing."""
+    session = xenapi(sim)
+    try:
+        return len(session.xenapi.VM.get_all()), len(session.xenapi.VDI.get_all())
+    finally:
+        session.xenapi.session.logout()
+
+
+def repo_files(root):
+    found = []
+    for folder, _dirs, files in os.walk(root):
+        found.extend((os.path.relpath(os.path.join(folder, name), root), os.path.getsize(os.path.join(folder, name))) for name in files)
+    return sorted(found)
+
+
+@pytest.fixture
+def app(ansible, pool, tmp_path):
+    pool.control.load_config(POOL)
+    repository = tmp_path / 'repo'
+    repository.mkdir()
+    return History(ansible, pool, str(repository))
+
+
+def merge(app, keep, check=False, expect_failure=False, env=None, repository=None):
+    return app.ansible.run_task('backup_merge', {'repository': repository or app.repository, 'job': 'nightly', 'keep': keep},
+                                check=check, expect_failure=expect_failure, env=env)
+
+
+def restore(app, check=False, expect_failure=False, repository=None, **options):
+    args = dict({'repository': repository or app.repository, 'vm': 'app01'}, **options)
+    return app.ansible.run_task('vm_restore', args, check=check, expect_failure=expect_failure)
+
+
+def test_retention_keeps_every_retained_point_restorable(app):
+    stamps = app.build(5)
+    before = repo_files(app.repository)
+    planned = merge(app, 3, check=True)
+    assert planned['changed'] is True and planned['removed_points'] == 2
+    assert planned['vms'][0]['removed_points'] == stamps[:2]
+    assert repo_files(app.repository) == before
+    done = merge(app, 3)
+    assert done['changed'] is True and done['merged_points'] == 2 and done['bytes_merged'] > 0
+    assert done['vms'][0]['kept_points'] == stamps[2:]
+    assert all(entry['result'].endswith(stamps[2] + '.vhd') for entry in done['vms'][0]['merged'])
+    assert merge(app, 3)['changed'] is False
+    # a restore in check mode creates nothing
+    counts = pool_objects(app.sim)
+    preview = restore(app, check=True, backup=stamps[2])
+    assert preview['changed'] is True and preview['vm']['uuid'] is None and len(preview['disks']) == 2
+    assert pool_objects(app.sim) == counts
+    # every retained point, byte for byte, to another SR, under a new name, one started
+    for index, timestamp in enumerate(stamps[2:]):
+        result = restore(app, backup=timestamp, sr='Restore SR', name='restored %d' % index, start=index == 2,
+                         network_map={'Network 0': 'Isolated'})
+        app.assert_restored(result, timestamp)
+        assert result['sr']['name_label'] == 'Restore SR' and result['bytes_transferred'] > 0 and result['throughput_mib_s'] > 0
+        assert result['vm']['started'] is (index == 2)
+        assert [vif['network_name_label'] for vif in result['vifs']] == ['Isolated']
+        record = app.sim.control.record('VM', result['vm']['uuid'])
+        assert record['name_label'] == 'restored %d' % index
+        assert record['blocked_operations'] == {}
+        assert record['power_state'] == ('Running' if index == 2 else 'Halted')
+        assert sorted(app.sim.control.record('VDI', disk['vdi_uuid'])['virtual_size'] for disk in result['disks']) == [1 << 30, 2 << 30]
+    # by index, and a single disk to a new unattached VDI
+    single = restore(app, backup='-1', disk='app01-data', name='data copy')
+    assert single['vm'] is None and [disk['name_label'] for disk in single['disks']] == ['data copy']
+    app.assert_restored(single, stamps[-1])
+
+
+def test_killed_merges_leave_every_kept_point_restorable(app):
+    stamps = app.build(4)
+    rng = random.Random(4)
+    killed = 0
+    for attempt in range(3):
+        try:
+            merge(app, 1, expect_failure=True, env={KILL_ENV: str(rng.randint(2, 40 + 20 * attempt))})
+            killed += 1
+        except TaskFailed:
+            break  # that run got through before its kill point
+        if attempt == 0:
+            refused = restore(app, expect_failure=True)
+            if 'interrupted' in refused['msg']:
+                assert 'backup_merge' in refused['msg']
+    assert killed >= 1
+    done = merge(app, 1)
+    assert done['vms'][0]['kept_points'] == stamps[-1:]
+    app.assert_restored(restore(app, backup='latest'), stamps[-1])
+
+
+def test_seed_copy_then_the_next_backup_is_a_delta(app, tmp_path):
+    stamps = app.build(2)
+    far = tmp_path / 'far'
+    far.mkdir()
+    args = {'source': app.repository, 'destination': str(far), 'vms': ['app01'], 'job': 'nightly'}
+    planned = app.ansible.run_task('seed_copy', args, check=True)
+    assert planned['changed'] is True and planned['copied_files'] == 4 and planned['copied_points'] == 2
+    assert repo_files(str(far)) == []
+    copied = app.ansible.run_task('seed_copy', args)
+    assert copied['changed'] is True and copied['copied_files'] == 4 and copied['bytes_copied'] > 0
+    again = app.ansible.run_task('seed_copy', args)
+    assert again['changed'] is False and again['skipped_files'] == 4
+    # the job is retargeted to the far repository only
+    app.guest_writes()
+    export = app.backup(repositories=[str(far)])
+    assert export['mode'] == 'delta', export['reason']
+    stamps = sorted(app.truth)
+    for timestamp in stamps:
+        app.assert_restored(restore(app, repository=str(far), backup=timestamp), timestamp)
+
+
+def flip_byte(path, offset):
+    with open(path, 'r+b') as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+def test_damaged_files_are_refused_by_name_and_nothing_is_created(app, tmp_path):
+    stamps = app.build(3)
+    vm_dir = os.path.join(app.repository, 'xo-vm-backups', app.vm_uuid)
+    job_dir = os.path.join(vm_dir, 'vdis', os.listdir(os.path.join(vm_dir, 'vdis'))[0])
+    folder = os.path.join(job_dir, app.live['app01-root'])
+    full = os.path.join(folder, stamps[0] + '.vhd')
+    flip_byte(full, os.path.getsize(full) // 2)
+    counts = pool_objects(app.sim)
+    refused = restore(app, expect_failure=True)
+    assert full in refused['msg'] and 'sha256' in refused['msg']
+    assert pool_objects(app.sim) == counts
+    refused = merge(app, 1, expect_failure=True)
+    assert full in refused['msg']
+    assert len([name for name in os.listdir(vm_dir) if name.endswith('.json')]) == 3
+    far = tmp_path / 'far'
+    far.mkdir()
+    refused = app.ansible.run_task('seed_copy', {'source': app.repository, 'destination': str(far)}, expect_failure=True)
+    assert full in refused['msg']
+    assert not [name for name, _size in repo_files(str(far)) if name.endswith('.json')]
+    flip_byte(full, os.path.getsize(full) // 2)  # repaired
+    delta = os.path.join(folder, stamps[1] + '.vhd')
+    with open(delta, 'r+b') as handle:
+        handle.truncate(os.path.getsize(delta) - 1024)
+    refused = restore(app, expect_failure=True)
+    assert delta in refused['msg']
+    assert pool_objects(app.sim) == counts
+    # a point whose chain does not use the damaged file still restores
+    app.assert_restored(restore(app, backup=stamps[0]), stamps[0])
+
+
+def test_import_cut_midway_removes_what_was_created(app):
+    stamps = app.build(1)
+    counts = pool_objects(app.sim)
+    app.sim.control.cut_import(3 * MIB)
+    failed = restore(app, expect_failure=True)
+    assert 'removed' in failed['msg']
+    assert pool_objects(app.sim) == counts
+    app.assert_restored(restore(app), stamps[0])
