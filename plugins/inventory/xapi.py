@@ -106,6 +106,7 @@ EXAMPLES = r"""
 # pool.xapi.yml: connection from XENSERVER_HOST, XENSERVER_USER, XENSERVER_PASSWORD and XENSERVER_CA_PATH
 plugin: xapi.delta_backup.xapi
 
+---
 # prod.xapi.yml: everything in the file, the password encrypted with ansible-vault
 plugin: xapi.delta_backup.xapi
 hostname: xcp-pool1.example.com
