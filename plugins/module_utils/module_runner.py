@@ -62,3 +62,17 @@ def run(module: AnsibleModule, body) -> None:
     except OSError as error:
         module.fail_json(msg='%s: %s' % (error.strerror or error, error.filename or ''), exception=traceback.format_exc())
     module.exit_json(**result)
+
+
+def parse_mode(value, option: str) -> int:
+    """File or folder permissions given as octal text ('0600') or an int (YAML 0600 reads as 384)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        try:
+            mode = int(str(value).strip(), 8)
+        except ValueError:
+            raise ModuleFailure('%s must be octal permissions such as \'0600\', got %r' % (option, value)) from None
+    if not 0 <= mode <= 0o7777:
+        raise ModuleFailure('%s must be octal permissions such as \'0600\', got %r' % (option, value))
+    return mode

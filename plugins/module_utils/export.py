@@ -1,0 +1,356 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Export a job's backup snapshot of a VM into one or more repositories, as a full or a delta.
+
+The decision (:func:`plan_export`) and the transfer (:func:`run_export`) are separate so that
+check mode reports exactly what a real run would do.
+
+A delta needs, for every repository, that the newest backup of the VM by this job ends, for the
+disk, in a VHD whose footer unique id is the job's reference snapshot VDI (XO's base acceptance,
+xo-repository.md section 9). Any repository that cannot chain makes every repository get a full,
+so all of them keep chaining to the same reference snapshot afterwards.
+
+Each disk is read once from XAPI and written to every repository, its identity rewritten in
+passing and hashed as written; the metadata JSON of a repository is written only once all of
+its VHDs are in place, and the snapshot is marked exported only once every repository has its
+JSON. A failure leaves no visible partial backup: the VHDs written so far are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import time
+import uuid
+import xmlrpc.client
+from dataclasses import dataclass, field
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+    BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
+    BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, next_snapshot_time, reference_snapshot,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import vhd_timestamp
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class DiskPlan:
+    """What one disk of the snapshot becomes: a full, or a delta on ``base_disk`` whose tip file is ``parent_name``."""
+
+    disk: SnapshotDisk
+    base_disk: SnapshotDisk | None = None
+    parent_name: str | None = None
+    reason: str = ''
+
+    @property
+    def mode(self) -> str:
+        return 'delta' if self.base_disk is not None else 'full'
+
+
+@dataclass
+class ExportPlan:
+    """The export of one snapshot: overall mode and reason, per-disk plans, where it goes."""
+
+    vm_record: dict
+    snapshot: BackupSnapshot
+    base: BackupSnapshot | None
+    timestamp: str
+    mode: str
+    reason: str
+    disks: list[DiskPlan] = field(default_factory=list)
+
+    @property
+    def chain_length(self) -> int:
+        """Deltas since the last full, as recorded on the snapshot once exported."""
+        if self.mode == 'full' or self.base is None:
+            return 0
+        return self.base.chain_length + 1
+
+
+def open_or_initialize(path: str, file_mode: int, dir_mode: int, check_mode: bool = False) -> BackupRepository:
+    """Open a repository; an existing EMPTY directory becomes a new one (not in check mode).
+
+    A directory holding anything else but no repository is refused: it is probably the wrong
+    path or an unmounted mount point, and writing there would scatter backups.
+    """
+    if os.path.isdir(path) and not os.listdir(path) and not check_mode:
+        return open_repository(path, create=True, file_mode=file_mode, dir_mode=dir_mode)
+    if os.path.isdir(path) and not os.listdir(path):
+        # Check mode: it would be initialised; nothing to read in it meanwhile.
+        return None
+    return open_repository(path, file_mode=file_mode, dir_mode=dir_mode)
+
+
+def predicted_snapshot(xapi, vm_record: dict, snapshots: list[BackupSnapshot]) -> BackupSnapshot:
+    """The snapshot vm_snapshot would take now, for check mode (where it took none): the VM's own disks."""
+    disks = [SnapshotDisk(vdi_ref=vdi_ref, vdi_uuid=None, live_vdi_ref=vdi_ref, live_vdi_uuid=vdi['uuid'],
+                          virtual_size=int(vdi.get('virtual_size') or 0), name_label=vdi.get('name_label', ''),
+                          userdevice=str(vbd.get('userdevice')))
+             for _vbd_ref, vbd, vdi_ref, vdi in vm_disks(xapi, vm_record) if not is_excluded_disk(vdi)]
+    return BackupSnapshot(ref=None, uuid=None, name_label='(not taken in check mode)', taken_at=next_snapshot_time(snapshots),
+                          exported=False, chain_length=0, disks=disks)
+
+
+def choose_snapshot(snapshots: list[BackupSnapshot], snapshot_uuid: str | None, vm_record: dict, job: str) -> BackupSnapshot:
+    """The snapshot to export: the given one, else the job's newest snapshot not yet exported."""
+    if snapshot_uuid:
+        for snapshot in snapshots:
+            if snapshot.uuid == snapshot_uuid.lower():
+                return snapshot
+        raise XapiError('snapshot %s is not a snapshot of VM %s taken by job %r (take one with xapi.delta_backup.vm_snapshot)'
+                        % (snapshot_uuid, vm_record.get('name_label'), job), code='SNAPSHOT_NOT_FOUND', params=[snapshot_uuid])
+    pending = [snapshot for snapshot in snapshots if not snapshot.exported]
+    if not pending:
+        raise XapiError('job %r has no unexported snapshot of VM %s: take one with xapi.delta_backup.vm_snapshot first'
+                        % (job, vm_record.get('name_label')), code='SNAPSHOT_NOT_FOUND', params=[])
+    return pending[-1]
+
+
+def _newest_job_point(repository: BackupRepository, vm_uuid: str, job_id: str):
+    points = [point for point in repository.list_backups(vm_uuid) if point.job_id == job_id]
+    return points[-1] if points else None
+
+
+def _repository_tip(repository: BackupRepository, vm_uuid: str, job_id: str, live_vdi_uuid: str, base_vdi_uuid: str) -> tuple[str | None, str]:
+    """The file a delta of this disk chains onto in ``repository``, or (None, why not)."""
+    point = _newest_job_point(repository, vm_uuid, job_id)
+    if point is None:
+        return None, 'repository %s holds no backup of this VM by this job' % repository.root
+    disk = next((disk for disk in point.disks if disk.vdi_uuid == live_vdi_uuid), None)
+    if disk is None:
+        return None, 'the newest backup (%s) in %s has no copy of this disk' % (point.timestamp, repository.root)
+    try:
+        chain = VhdChain.from_paths(repository.vhd_chain(point, disk))
+    except (VhdError, RepositoryError, OSError) as error:
+        return None, 'the chain of the newest backup (%s) in %s does not open: %s' % (point.timestamp, repository.root, error)
+    try:
+        tip_id = str(uuid.UUID(bytes=chain.newest.unique_id))
+    finally:
+        chain.close()
+    if tip_id != base_vdi_uuid:
+        return None, ('the newest backup (%s) in %s is not of the reference snapshot (its disk is %s, the reference is %s)'
+                      % (point.timestamp, repository.root, tip_id, base_vdi_uuid))
+    return os.path.basename(disk.path), ''
+
+
+def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_id: str, job: str, snapshot_uuid: str | None = None,
+                full_interval: int = 0, check_mode: bool = False) -> ExportPlan:
+    """Decide full or delta for each disk of the snapshot to export, and say why.
+
+    In check mode without a snapshot to export (vm_snapshot took none), the plan is for the
+    snapshot a real run would take now.
+    """
+    _vm_ref, vm_record = find_vm(xapi, vm)
+    snapshots = job_snapshots(xapi, vm_record, job_id)
+    if check_mode and not snapshot_uuid and all(snapshot.exported for snapshot in snapshots):
+        snapshot = predicted_snapshot(xapi, vm_record, snapshots)
+    else:
+        snapshot = choose_snapshot(snapshots, snapshot_uuid, vm_record, job)
+    base = reference_snapshot([candidate for candidate in snapshots if candidate.taken_at < snapshot.taken_at])
+    plan = ExportPlan(vm_record=vm_record, snapshot=snapshot, base=base, timestamp=format_timestamp(snapshot.taken_at),
+                      mode='delta', reason='', disks=[DiskPlan(disk=disk) for disk in snapshot.disks])
+    if base is None:
+        return _all_full(plan, 'the job has no exported snapshot of this VM (first run, or the previous snapshot was removed)')
+    if full_interval and base.chain_length + 1 >= full_interval:
+        return _all_full(plan, 'full_interval %d reached (%d deltas since the last full)' % (full_interval, base.chain_length))
+    if any(repository is None for repository in repositories):
+        return _all_full(plan, 'a repository is new (empty)')
+    base_by_live = {disk.live_vdi_uuid: disk for disk in base.disks if disk.live_vdi_uuid}
+    for disk_plan in plan.disks:
+        base_disk = base_by_live.get(disk_plan.disk.live_vdi_uuid)
+        if base_disk is None:
+            disk_plan.reason = 'the disk is new since the reference snapshot'
+            continue
+        tips = set()
+        for repository in repositories:
+            tip, why_not = _repository_tip(repository, vm_record['uuid'], job_id, disk_plan.disk.live_vdi_uuid, base_disk.vdi_uuid)
+            if tip is None:
+                return _all_full(plan, why_not)
+            tips.add(tip)
+        if len(tips) != 1:
+            return _all_full(plan, 'the repositories end the chain in different files (%s)' % ', '.join(sorted(tips)))
+        disk_plan.base_disk, disk_plan.parent_name = base_disk, tips.pop()
+        disk_plan.reason = 'the repositories hold the reference snapshot %s' % base.datetime_tag
+    if all(disk_plan.mode == 'full' for disk_plan in plan.disks):
+        return _all_full(plan, plan.disks[0].reason if plan.disks else 'the VM has no disk to back up')
+    plan.reason = 'delta from the reference snapshot %s' % base.datetime_tag
+    return plan
+
+
+def _all_full(plan: ExportPlan, reason: str) -> ExportPlan:
+    plan.mode, plan.reason = 'full', reason
+    for disk_plan in plan.disks:
+        disk_plan.base_disk, disk_plan.parent_name, disk_plan.reason = None, None, reason
+    return plan
+
+
+class _FanOut:
+    """A write target that copies every chunk to several files."""
+
+    def __init__(self, targets):
+        self.targets = targets
+
+    def write(self, data) -> int:
+        for target in self.targets:
+            target.write(data)
+        return len(data)
+
+
+def _jsonable(value):
+    """XAPI records as JSON: DateTime becomes XAPI's text form."""
+    if isinstance(value, xmlrpc.client.DateTime):
+        return value.value
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _metadata_records(xapi, plan: ExportPlan) -> dict:
+    """The XAPI records a restore needs, shaped as XO stores them."""
+    snapshot_record = xapi.call('VM.get_record', plan.snapshot.ref)
+    vbds, vifs, vdis = {}, {}, {}
+    for vbd_ref in snapshot_record.get('VBDs') or []:
+        vbds[vbd_ref] = xapi.call('VBD.get_record', vbd_ref)
+    for vif_ref in snapshot_record.get('VIFs') or []:
+        vif = xapi.call('VIF.get_record', vif_ref)
+        try:
+            network = xapi.call('network.get_record', vif['network'])
+        except XapiError:
+            network = {}
+        vif['$network$uuid'] = network.get('uuid')
+        vif['$network$name_label'] = network.get('name_label')
+        vif['$network$VLAN'] = None
+        vifs[vif_ref] = vif
+    for disk_plan in plan.disks:
+        disk = disk_plan.disk
+        vdi = xapi.call('VDI.get_record', disk.vdi_ref)
+        try:
+            sr_uuid = xapi.call('SR.get_uuid', vdi['SR']) if vdi.get('SR') not in (None, '', NULL_REF) else None
+        except XapiError:
+            sr_uuid = None
+        vdi['$snapshot_of$uuid'] = disk.live_vdi_uuid
+        vdi['$SR$uuid'] = sr_uuid
+        other = dict(vdi.get('other_config') or {})
+        other['xo:backup:vm'] = plan.vm_record['uuid']
+        if disk_plan.base_disk is not None:
+            other['xo:base_delta_vdi'] = disk_plan.base_disk.vdi_uuid
+        vdi['other_config'] = other
+        vdis[disk.vdi_ref] = vdi
+    return {'vm': _jsonable(plan.vm_record), 'vm_snapshot': _jsonable(snapshot_record), 'vbds': _jsonable(vbds),
+            'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis)}
+
+
+def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], job_id: str, written: list[str],
+                 timeout: float | None) -> dict:
+    """Stream one disk from XAPI into every repository; return its result entry."""
+    disk = disk_plan.disk
+    started = time.monotonic()
+    parent = None
+    if disk_plan.base_disk is not None:
+        parent = ParentLink(unique_id=disk_plan.base_disk.vdi_uuid,
+                            timestamp=vhd_timestamp(plan.base.taken_at.timestamp()), name=disk_plan.parent_name)
+    base_ref = disk_plan.base_disk.vdi_ref if disk_plan.base_disk is not None else None
+    with contextlib.ExitStack() as files:
+        writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], job_id, disk.live_vdi_uuid, plan.timestamp))
+                   for repository in repositories]
+        stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
+        result = rewrite_identity(stream, _FanOut(writers), unique_id=disk.vdi_uuid, parent=parent,
+                                  name='export of %s (%s)' % (disk.name_label, disk.vdi_uuid))
+        # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
+        if stream.read(1):
+            raise XapiError('export of %s sent data after the end of its VHD' % disk.vdi_uuid, code='LONG_STREAM')
+    written.extend(writer.path for writer in writers)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    relative = writers[0].path[len(repositories[0].vm_dir(plan.vm_record['uuid'])) + 1:].replace(os.sep, '/')
+    return {'vdi_uuid': disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk.vdi_uuid, 'name_label': disk.name_label,
+            'userdevice': disk.userdevice, 'mode': disk_plan.mode, 'reason': disk_plan.reason, 'virtual_size': disk.virtual_size,
+            'size': result.length, 'blocks': result.blocks, 'path': relative, 'sha256': writers[0].sha256,
+            'duration': round(elapsed, 3), 'throughput_mib_s': round(result.length / MIB / elapsed, 1), '_vdi_ref': disk.vdi_ref}
+
+
+def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], job_id: str, job: str, timeout: float | None = None) -> dict:
+    """Carry out the plan: disks, then metadata in each repository, then mark the snapshot exported."""
+    vm_uuid = plan.vm_record['uuid']
+    started = time.monotonic()
+    written: list[str] = []
+    with contextlib.ExitStack() as locks:
+        for repository in sorted(repositories, key=lambda repo: repo.root):
+            locks.enter_context(repository.lock(vm_uuid, job))
+        cleaned = {repository.root: repository.cleanup_incomplete(vm_uuid) for repository in repositories}
+        try:
+            disks = [_export_disk(xapi, plan, disk_plan, repositories, job_id, written, timeout) for disk_plan in plan.disks]
+            records = _metadata_records(xapi, plan)
+            for repository in repositories:
+                metadata = build_metadata(
+                    job_id=job_id, schedule_id=job_id, timestamp_ms=int(plan.snapshot.taken_at.timestamp() * 1000),
+                    vm=records['vm'], vm_snapshot=records['vm_snapshot'], vbds=records['vbds'], vifs=records['vifs'], vdis=records['vdis'],
+                    vhds={disk['_vdi_ref']: disk['path'] for disk in disks},
+                    differencing={disk['_vdi_ref']: disk['mode'] == 'delta' for disk in disks},
+                    size=sum(disk['size'] for disk in disks), sha256={disk['path']: disk['sha256'] for disk in disks},
+                    virtual_sizes={disk['_vdi_ref']: disk['virtual_size'] for disk in disks},
+                    extra={'xapi_delta_backup_job': job})
+                metadata_path = repository.write_metadata(vm_uuid, plan.timestamp, metadata)
+                written.append(metadata_path)
+        except BaseException:
+            _remove_quietly(written)
+            raise
+    mark_exported(xapi, plan.snapshot, plan.chain_length)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    transferred = sum(disk['size'] for disk in disks)
+    for disk in disks:
+        del disk['_vdi_ref']
+    return {'bytes_transferred': transferred, 'duration': round(elapsed, 3), 'throughput_mib_s': round(transferred / MIB / elapsed, 1),
+            'disks': disks, 'cleaned_up': cleaned}
+
+
+def _remove_quietly(paths: list[str]) -> None:
+    """Undo a failed run's files: metadata first (so nothing points at a missing VHD), then VHDs."""
+    for path in sorted(paths, key=lambda item: not item.endswith('.json')):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def describe_plan(plan: ExportPlan) -> dict:
+    """What the modules return about the decision, in check mode and for real."""
+    return {
+        'vm': {'uuid': plan.vm_record['uuid'], 'name_label': plan.vm_record.get('name_label', '')},
+        'snapshot': plan.snapshot.as_result(),
+        'base_snapshot': plan.base.as_result() if plan.base is not None and plan.mode == 'delta' else None,
+        'timestamp': plan.timestamp,
+        'mode': plan.mode,
+        'reason': plan.reason,
+        'delta_chain_length': plan.chain_length,
+    }
+
+
+def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str, snapshot_uuid: str | None = None, full_interval: int = 0,
+              file_mode: int = 0o600, dir_mode: int = 0o700, check_mode: bool = False, timeout: float | None = None) -> dict:
+    """The delta_export module's work: plan, then (unless check mode) export; return the module result."""
+    if not repository_paths:
+        raise RepositoryError('no repository given: set repositories to one or more backup repository paths')
+    if len(set(os.path.abspath(path) for path in repository_paths)) != len(repository_paths):
+        raise RepositoryError('the same repository is listed twice in repositories')
+    repositories = [open_or_initialize(path, file_mode, dir_mode, check_mode) for path in repository_paths]
+    plan = plan_export(xapi, repositories, vm, job_id, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode)
+    result = dict(describe_plan(plan), changed=True, repositories=[os.path.abspath(path) for path in repository_paths])
+    if check_mode:
+        result.update(bytes_transferred=0, duration=0.0, throughput_mib_s=0.0,
+                      disks=[{'vdi_uuid': disk_plan.disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk_plan.disk.vdi_uuid,
+                              'name_label': disk_plan.disk.name_label, 'userdevice': disk_plan.disk.userdevice, 'mode': disk_plan.mode,
+                              'reason': disk_plan.reason, 'virtual_size': disk_plan.disk.virtual_size} for disk_plan in plan.disks])
+        return result
+    result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
+    result['snapshot'] = plan.snapshot.as_result()
+    result['exported_at'] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return result
