@@ -15,7 +15,8 @@ delta d1..dk provides.  The merge writes into the parent only sectors some delta
 union mask U of a block), so what kept points read from the parent never changes, provided the
 parent file stays structurally valid at every instant.  That is what the write ordering ensures:
 
-prepare (step ``prepare``, done once, each sub-step idempotent):
+prepare (step ``prepare``; each sub-step idempotent; for a grown disk the state then moves to
+``blocks``, because clearing past the old end must not be redone once blocks land there):
   1. grow the BAT if dk needs more entries: move blocks in the way to the end (as in 3a-3c below),
      write the new entries as ``0xFFFFFFFF``, fsync, then rewrite the header's first sector with
      the larger ``max_table_entries``, fsync;
@@ -29,17 +30,18 @@ blocks (step ``blocks``; ``next_block`` checkpoints progress):
   4. for a block the parent has: write the U sectors' data, then OR U into its bitmap.  Kept points
      never read those sectors from the parent, so no ordering is needed; a checkpoint fsyncs before
      ``next_block`` is saved.
-footer (step ``footer``):
-  5. write the footer with dk's identity at the final data end (truncating any tail after it),
-     fsync, then the copy at offset 0, fsync.  The end footer is authoritative; readers tolerate a
-     parent whose id is a newer chain member's (it has absorbed that member).
+footer (not saved as a step: a crash here resumes the idempotent blocks step, then this one):
+  5. write the footer with dk's identity at the final data end (if unused room follows it: fsync,
+     then truncate the room away), write the copy at offset 0, fsync.  Either copy may land first:
+     readers trust the end footer, and accept a parent whose id is a newer chain member's (it has
+     absorbed that member) as well as the old identity.
 rename (step ``rename``):
   6. ``rename(parent, dk)`` atomically replaces dk, fsync the directory, unlink d1..dk-1, fsync,
      remove the state file, fsync.
 
 The state file ``.<parent name>.merge.json`` (next to the files) is written atomically (temporary
-file, fsync, rename, directory fsync) at the start and at every step; :func:`resume_merge` redoes
-the current step, which is idempotent, and so reaches the same result.
+file, fsync, rename, directory fsync) at the start, at checkpoints and before the rename step;
+:func:`resume_merge` redoes the recorded step, which is idempotent, and so reaches the same result.
 """
 
 from __future__ import annotations
@@ -216,11 +218,14 @@ def _run(directory, state, io, progress):
                 _Parent(parent_path, io) as parent:
             if state.step == "prepare":
                 _prepare(parent, children, state.old_size)
-                state.step = "blocks"
-                io.save_state(directory, state)
+                if children.size != state.old_size:
+                    # Preparing a grown disk is not repeatable once blocks land past the old end.
+                    state.step = "blocks"
+                    io.save_state(directory, state)
             _merge_blocks(parent, children, state, directory, progress)
+        # No state save here: redoing the (idempotent) blocks step after a crash in the footer
+        # step is correct, and saves two fsyncs on every merge.
         state.step = "footer"
-        io.save_state(directory, state)
     if state.step == "footer":
         with VhdFile(child_paths[-1]) as target, _Parent(parent_path, io) as parent:
             _write_footer(parent, target.footer)
@@ -346,7 +351,8 @@ def _prepare(parent, children, old_size):
     if children.block_size != block_size:
         raise VhdError(children.newest.path, "header", "block_size", None, "block size differs from the parent's")
     needed = (children.size + block_size - 1) // block_size
-    if needed > parent.header.max_table_entries:
+    grown = needed > parent.header.max_table_entries
+    if grown:
         _grow_bat(parent, needed)
     old_blocks = (old_size + block_size - 1) // block_size
     stale = [i for i in parent.used() if i >= old_blocks]
@@ -354,7 +360,9 @@ def _prepare(parent, children, old_size):
         for index in stale:
             parent.set_entry(index, None)
         parent.write_bat_range(stale[0], stale[-1])
+    wrote = grown or bool(stale)
     if old_size % block_size and children.size > old_size and parent.bat[old_blocks - 1] != BAT_UNUSED:
+        wrote = True
         index = old_blocks - 1
         offset = parent.bat[index] * SECTOR
         first_sector = (old_size - index * block_size) // SECTOR
@@ -363,7 +371,8 @@ def _prepare(parent, children, old_size):
         mask = bitmap_to_mask(bitmap, spb) & ((1 << first_sector) - 1)
         parent.io.pwrite(parent.fd, mask_to_bitmap(mask, parent.bitmap_size), offset)
         parent.io.pwrite(parent.fd, bytes(block_size - first_sector * SECTOR), offset + parent.bitmap_size + first_sector * SECTOR)
-    parent.io.fsync(parent.fd)
+    if wrote:
+        parent.io.fsync(parent.fd)
 
 
 def _grow_bat(parent, needed):
@@ -417,6 +426,7 @@ def _merge_blocks(parent, children, state, directory, progress):
     candidates_left = sum(1 for i in blocks if parent.bat[i] == BAT_UNUSED)
     placed = []
     slot = slots_left = 0
+    dirty = False
     last_checkpoint = time.monotonic()
     for done, index in enumerate(blocks, 1):
         data, mask = children.read_block_masked(index)
@@ -435,21 +445,27 @@ def _merge_blocks(parent, children, state, directory, progress):
                 slots_left -= 1
             else:
                 _update_block(parent, index, mask, bitmap, data, full)
+                dirty = True
             state.merged_bytes += mask.bit_count() * SECTOR
         if is_new:
             candidates_left -= 1
         if progress is not None:
             progress(done, len(blocks))
         if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-            parent.commit(placed)
-            placed = []
-            parent.io.fsync(parent.fd)
+            if placed:
+                parent.commit(placed)
+                placed = []
+            elif dirty:
+                parent.io.fsync(parent.fd)
+            dirty = False
             state.next_block = index + 1
             parent.io.save_state(directory, state)
             last_checkpoint = time.monotonic()
             slots_left = 0
-    parent.commit(placed)
-    parent.io.fsync(parent.fd)
+    if placed:
+        parent.commit(placed)  # its fsyncs also cover the in-place updates before them
+    elif dirty:
+        parent.io.fsync(parent.fd)
 
 
 def _update_block(parent, index, mask, bitmap, data, full):
@@ -480,10 +496,11 @@ def _write_footer(parent, target_footer):
     end = parent.data_end()
     size = parent.file_size()
     parent.io.pwrite(parent.fd, raw, end)
-    parent.io.fsync(parent.fd)
     if size > end + FOOTER_SIZE:
-        parent.io.ftruncate(parent.fd, end + FOOTER_SIZE)
+        # The footer inside the file must be durable before the tail holding the current one goes.
         parent.io.fsync(parent.fd)
+        parent.io.ftruncate(parent.fd, end + FOOTER_SIZE)
+    # Either copy may reach the disk first: readers trust the end footer and accept either identity.
     parent.io.pwrite(parent.fd, raw, 0)
     parent.io.fsync(parent.fd)
 
