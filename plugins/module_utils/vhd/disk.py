@@ -311,8 +311,10 @@ class VhdChain:
                 try:
                     member = VhdFile(current)
                 except FileNotFoundError:
-                    child = members[-1].path if members else current
-                    raise VhdError(child, "header", "parent_name", None, f"parent {current} not found") from None
+                    if not members:
+                        raise
+                    raise VhdError(members[-1].path, "header", "parent_name", members[-1].footer.data_offset + 64,
+                                   f"parent {current} not found") from None
                 members.append(member)
                 parent = member.parent_path()
                 if parent is None:
