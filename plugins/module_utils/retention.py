@@ -34,7 +34,8 @@ import os
 import time
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
-    MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory, validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
+    MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
+    validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
     VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
@@ -313,7 +314,7 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
                 verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
             report['duration'] = round(time.monotonic() - started, 3)
             return report
-        _execute(repo, plan)
+        _execute(repo, plan, report)
     report['duration'] = round(time.monotonic() - started, 3)
     return report
 
@@ -322,11 +323,13 @@ def _refusal(merge: dict) -> str:
     return 'refusing to merge the chain of disk %s of backup %s' % (merge['vdi_uuid'], merge['point'].timestamp)
 
 
-def _execute(repo, plan: dict) -> None:
+def _execute(repo, plan: dict, report: dict) -> None:
     vm_dir = plan['vm_dir']
     checksums = recorded_checksums(plan['points'])
+    began = time.monotonic()
     for merge in plan['merges']:
         verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
+    report['verify_seconds'] = round(time.monotonic() - began, 3)
     # 4. the oldest kept point inherits the checksums of the older files of its chains
     for point in {id(merge['point']): merge['point'] for merge in plan['merges']}.values():
         metadata = json.loads(json.dumps(point.metadata))
@@ -348,11 +351,15 @@ def _execute(repo, plan: dict) -> None:
     for folder in sorted({os.path.dirname(path) for path in plan['orphans']}):
         fsync_directory(folder)
     # 6. merges, each followed by its metadata update
-    for merge in plan['merges']:
+    report['merge_seconds'] = 0.0
+    for merge, entry in zip(plan['merges'], report['merged']):
+        began = time.monotonic()
         try:
             merge_chain(merge['parent'], merge['children'])
         except VhdError as error:
             raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge['children']), merge['parent'], error)) from error
+        entry['seconds'] = round(time.monotonic() - began, 3)
+        report['merge_seconds'] += entry['seconds']
         reconcile_merged_points(repo, [merge['point']])
 
 
