@@ -382,6 +382,31 @@ class VhdChain:
             return None, 0
         return buf, provided
 
+    def block_source(self, index):
+        """``(member, data_offset)`` when one member provides every sector of logical block ``index``, else ``None``.
+
+        Lets a consumer copy the whole block file-to-file (``os.copy_file_range``) without reading it.
+        """
+        spb = self.sectors_per_block
+        full = (1 << spb) - 1
+        if sector_range_mask(self.size, index * spb, spb) != full:
+            return None
+        for member in self.members:
+            offset = member.block_offset(index)
+            if offset is None:
+                if member.is_differencing:
+                    continue
+                return None
+            if member.block_range_mask(index) != full:
+                return None
+            if member.is_fixed:
+                return member, offset
+            bitmap = member.read_bitmap(index)
+            if bitmap.count(0xFF) == len(bitmap) or bitmap_to_mask(bitmap, spb) == full:
+                return member, offset + member.bitmap_size
+            return None
+        return None
+
     def read_block(self, index):
         """Bytes of logical block ``index`` (``block_size`` long, zeros past the end) or ``None`` if all zeros."""
         return self.read_block_masked(index)[0]

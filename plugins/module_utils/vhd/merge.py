@@ -123,6 +123,25 @@ class _Io:
                 view = view[os.pwrite(fd, view, offset + (len(data) - len(view))):]
         self.tick("write")
 
+    def copy(self, src_fd, src_offset, dst_fd, dst_offset, length):
+        """Copy file to file in the kernel (``copy_file_range``), falling back to read and write."""
+        done = 0
+        try:
+            while done < length:
+                copied = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done, dst_offset + done)
+                if copied <= 0:
+                    break
+                done += copied
+        except OSError:
+            pass
+        while done < length:
+            data = os.pread(src_fd, min(length - done, 1 << 21), src_offset + done)
+            if not data:
+                raise VhdError(None, "block", "data", src_offset + done, "source file truncated during copy")
+            os.pwrite(dst_fd, data, dst_offset + done)
+            done += len(data)
+        self.tick("write")
+
     def fsync(self, fd):
         os.fsync(fd)
         self.tick("fsync")
@@ -429,7 +448,13 @@ def _merge_blocks(parent, children, state, directory, progress):
     dirty = False
     last_checkpoint = time.monotonic()
     for done, index in enumerate(blocks, 1):
-        data, mask = children.read_block_masked(index)
+        # Whole blocks (every XAPI/XO delta block) are copied file to file in the kernel; others
+        # are assembled sector run by sector run from the chain.
+        source = children.block_source(index)
+        if source is not None:
+            data, mask = source, full
+        else:
+            data, mask = children.read_block_masked(index)
         is_new = parent.bat[index] == BAT_UNUSED
         if mask:
             bitmap = parent.full_bitmap if mask == full else mask_to_bitmap(mask, parent.bitmap_size)
@@ -439,7 +464,7 @@ def _merge_blocks(parent, children, state, directory, progress):
                     placed = []
                     slots_left = min(BATCH_BLOCKS, candidates_left)
                     slot = parent.reserve(slots_left)
-                parent.io.pwrite(parent.fd, [bitmap, data], slot)
+                _write_block(parent, slot, bitmap, data)
                 placed.append((index, slot))
                 slot += parent.span
                 slots_left -= 1
@@ -468,11 +493,21 @@ def _merge_blocks(parent, children, state, directory, progress):
         parent.io.fsync(parent.fd)
 
 
+def _write_block(parent, offset, bitmap, data):
+    """Write bitmap and data at ``offset``; ``data`` is bytes or a ``(member, data_offset)`` source to copy."""
+    if isinstance(data, tuple):
+        member, source_offset = data
+        parent.io.copy(member.fd, source_offset, parent.fd, offset + parent.bitmap_size, parent.block_size)
+        parent.io.pwrite(parent.fd, bitmap, offset)
+    else:
+        parent.io.pwrite(parent.fd, [bitmap, data], offset)
+
+
 def _update_block(parent, index, mask, bitmap, data, full):
     """Step 4: write the provided sectors of a block the parent already has, then OR the bitmap."""
     offset = parent.bat[index] * SECTOR
     if mask == full:
-        parent.io.pwrite(parent.fd, [bitmap, data], offset)
+        _write_block(parent, offset, bitmap, data)
         return
     view = memoryview(data)
     data_offset = offset + parent.bitmap_size
