@@ -31,8 +31,13 @@ class ModuleFailure(Exception):
 
 
 def new_module(argument_spec: dict, with_connection: bool = True, **kwargs) -> AnsibleModule:
-    """An AnsibleModule with check mode and, unless told otherwise, the shared connection options."""
-    spec = dict(connection_argument_spec()) if with_connection else {}
+    """An AnsibleModule with check mode and the shared connection options.
+
+    Modules that never talk to a pool (``with_connection=False``) still accept the connection
+    options, so that ``module_defaults`` for the collection's action group applies to them without
+    error; only the pool-facing ones require a hostname and XenAPI.
+    """
+    spec = dict(connection_argument_spec())
     spec.update(argument_spec)
     kwargs.setdefault('supports_check_mode', True)
     module = AnsibleModule(argument_spec=spec, **kwargs)

@@ -37,3 +37,10 @@ def pool(simulator):
 @pytest.fixture
 def ansible(pool, tmp_path):
     return AnsibleRunner(pool, str(tmp_path))
+
+
+@pytest.fixture
+def app(ansible, pool, tmp_path):
+    """The small export pool (tests/integration/lifecycle.py) and one empty repository."""
+    from lifecycle import load_app_pool  # pylint: disable=import-outside-toplevel
+    return load_app_pool(ansible, pool, tmp_path)

@@ -75,6 +75,35 @@ class AnsibleRunner:
         self.last_output = completed.stdout + completed.stderr
         return completed
 
+    def run_tasks(self, steps: list, check: bool = False, expect_failure: bool = False, env: dict | None = None) -> list:
+        """Run several module tasks in one playbook (one ansible start-up), in order, stopping at the first failure.
+
+        ``steps`` is a list of (module, args); a later step may use ``{{ result_N }}`` of an earlier one.
+        Returns the registered results, None for steps that did not run. With ``expect_failure`` the last
+        step that ran must have failed.
+        """
+        result_path = os.path.join(self.workdir, 'results-%s.json' % os.urandom(4).hex())
+        tasks = []
+        for index, (module, args) in enumerate(steps):
+            task = {'name': 'step %d' % index, 'xapi.delta_backup.%s' % module: args, 'register': 'result_%d' % index}
+            if check:
+                task['check_mode'] = True
+            tasks.append(task)
+        collected = '{{ [%s] | to_json }}' % ', '.join('result_%d | default(None)' % index for index in range(len(steps)))
+        save = {'name': 'save the results', 'ansible.builtin.copy': {'content': collected, 'dest': result_path}}
+        completed = self.run_playbook(self._playbook([{'block': tasks, 'always': [save]}], 'steps'), env=env)
+        if not os.path.exists(result_path):
+            raise TaskFailed('ansible-playbook did not run the tasks (rc %s):\n%s' % (completed.returncode, self.last_output[-4000:]))
+        with open(result_path, encoding='utf-8') as handle:
+            results = json.load(handle)
+        ran = [result for result in results if result is not None]
+        failed = [result for result in ran if result.get('failed')]
+        if expect_failure != bool(failed) or (failed and failed[-1] is not ran[-1]):
+            raise TaskFailed('%s: %s' % ('no step failed' if expect_failure else 'a step failed',
+                                         json.dumps([{k: v for k, v in result.items() if k != 'invocation'} for result in ran],
+                                                    indent=1)[:6000]))
+        return results
+
     def run_task(self, module: str, args: dict, check: bool = False, expect_failure: bool = False, env: dict | None = None) -> dict:
         """Run one module task; return its registered result. Fails the test on an unexpected outcome."""
         result_path = os.path.join(self.workdir, 'result-%s.json' % os.urandom(4).hex())

@@ -8,75 +8,8 @@ import json
 import os
 import stat
 
-import pytest
-
-from oracles import backup_points, chain_of, chain_sha256, visible_files
-
-MIB = 1024 * 1024
-POOL = """
-pool: {name: export-pool}
-hosts: [{name: host1, address: 127.0.0.1}]
-users: [{name: root, password: secret}]
-srs: [{name: Local storage, size: 20GiB, default: true}]
-networks: [{name: Network 0, bridge: xenbr0}]
-vms:
-  - name: app01
-    power_state: Running
-    disks:
-      - name: app01-root
-        size: 96MiB
-        data:
-          - {offset: 0, length: 6MiB, seed: 11}
-          - {offset: 50MiB, length: 1MiB, seed: 12}
-      - name: app01-data
-        size: 64MiB
-        data:
-          - {offset: 3MiB, length: 5MiB, seed: 13}
-      - name: "app01-swap [NOBAK]"
-        size: 32MiB
-        data:
-          - {offset: 0, length: 2MiB, seed: 14}
-    vifs: [{network: Network 0}]
-"""
-
-
-@pytest.fixture
-def app(ansible, pool, tmp_path):
-    """The small export pool loaded, and one empty repository."""
-    pool.control.load_config(POOL)
-    repository = tmp_path / 'repo'
-    repository.mkdir()
-    # Snapshots copy disk names, so guest writes address the live disks by uuid.
-    live = {name: pool.control.record('VDI', name)['uuid'] for name in ('app01-root', 'app01-data')}
-    return {'ansible': ansible, 'sim': pool, 'repo': str(repository), 'tmp': tmp_path, 'live': live}
-
-
-def guest_write(app, disk, offset, length, seed):
-    app['sim'].control.write_vdi(app['live'][disk], offset, length=length, seed=seed)
-
-
-def backup(app, repositories=None, check=False, expect_failure=False, **options):
-    """One run: snapshot, then export; returns (snapshot result, export result)."""
-    snap = app['ansible'].run_task('vm_snapshot', {'vm': 'app01', 'job': 'nightly'}, check=check)
-    args = dict({'vm': 'app01', 'job': 'nightly', 'repositories': repositories or [app['repo']]}, **options)
-    if not check:
-        args['snapshot'] = snap['snapshot']['uuid']
-    return snap, app['ansible'].run_task('delta_export', args, check=check, expect_failure=expect_failure)
-
-
-def ground_truth(app, export):
-    """The content of each snapshot VDI, read from the simulator while the snapshot still exists."""
-    return {disk['snapshot_vdi_uuid']: app['sim'].control.vdi_sha256(disk['snapshot_vdi_uuid']) for disk in export['disks']}
-
-
-def assert_point_matches_truth(app, repository, export, truth=None):
-    """Every disk of the backup, read by libvhdi through its chain, equals the snapshot VDI's content."""
-    truth = truth or ground_truth(app, export)
-    vm_dir = os.path.join(repository, 'xo-vm-backups', export['vm']['uuid'])
-    for disk in export['disks']:
-        digest, size = chain_sha256(chain_of(os.path.join(vm_dir, disk['path'])))
-        assert size == disk['virtual_size']
-        assert digest == truth[disk['snapshot_vdi_uuid']], disk['name_label']
+from lifecycle import MIB, assert_point_matches_truth, backup, ground_truth, guest_write
+from oracles import backup_points, visible_files
 
 
 def test_full_then_deltas_read_back_exactly(app):

@@ -1,0 +1,214 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_info
+short_description: List and verify the backups held by a backup repository
+version_added: 0.1.0
+description:
+  - Lists the jobs, VMs and backup points of a repository laid out like Xen Orchestra's delta backups,
+    with each disk's VHD chain (newest file first, down to the full) and sizes.
+  - With O(verify=true), re-hashes every VHD and compares it with the SHA-256 recorded when it was written,
+    checks every chain structurally (footers, headers, block tables, bitmaps, parent identities, sizes),
+    and reports every problem found, each naming the file.
+  - Needs no connection to a pool; run it wherever the repository is mounted. The connection options are accepted
+    (so that C(module_defaults) for the collection's action group applies to it) and ignored.
+author:
+  - xapi.delta_backup contributors (@xapi-delta-backup)
+extends_documentation_fragment:
+  - xapi.delta_backup.connection
+  - xapi.delta_backup.attributes
+  - xapi.delta_backup.attributes.action_group
+  - xapi.delta_backup.attributes.info_module
+options:
+  repository:
+    description:
+      - Path of the backup repository (the folder holding C(xo-vm-backups)).
+    type: path
+    required: true
+  vm:
+    description:
+      - Only this VM, by uuid or by the name recorded in its newest backup.
+    type: str
+  job:
+    description:
+      - Only the backups of this job (by name).
+    type: str
+  verify:
+    description:
+      - Re-hash every file and check every chain. Reads every byte of the repository's VHDs.
+    type: bool
+    default: false
+  fail_on_problems:
+    description:
+      - With O(verify=true), fail when a problem is found (the result still lists them all).
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: What does the repository hold?
+  xapi.delta_backup.backup_info:
+    repository: /mnt/backups/near
+  register: catalog
+
+- name: Verify every backup of web01 (fails, naming each damaged file, if any)
+  xapi.delta_backup.backup_info:
+    repository: /mnt/backups/near
+    vm: web01
+    verify: true
+"""
+
+RETURN = r"""
+repository:
+  description: Absolute path of the repository.
+  returned: always
+  type: str
+  sample: /mnt/backups/near
+jobs:
+  description: The jobs found, by id, with their name when recorded by this collection.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"id": "8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a", "name": "nightly"}]
+vms:
+  description: The VMs with backups; an empty list when there are none.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    uuid:
+      description: uuid of the backed-up VM.
+      type: str
+      sample: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
+    name_label:
+      description: Name of the VM at its newest backup.
+      type: str
+      sample: web01
+    size:
+      description: Bytes written by all of its backups, as recorded in the metadata.
+      type: int
+      sample: 1073741824
+    problems:
+      description: Problems found in this VM's backups (with O(verify=true), or a broken chain).
+      type: list
+      elements: str
+      sample: []
+    backups:
+      description: The backup points, oldest first.
+      type: list
+      elements: dict
+      contains:
+        timestamp:
+          description: The point's timestamp (names its files).
+          type: str
+          sample: 20261126T020000Z
+        job_id:
+          description: Job id.
+          type: str
+          sample: 8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a
+        job:
+          description: Job name when written by this collection, else null.
+          type: str
+          sample: nightly
+        size:
+          description: Bytes written for this point.
+          type: int
+          sample: 4194304
+        collection_version:
+          description: Version of this collection that wrote it, null for other tools.
+          type: str
+          sample: 0.1.0
+        written_by:
+          description: Which tool wrote the point.
+          type: str
+          sample: xapi.delta_backup
+        disks:
+          description: The point's disks.
+          type: list
+          elements: dict
+          contains:
+            vdi_uuid:
+              description: uuid of the VM's disk.
+              type: str
+              sample: 0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b
+            name_label:
+              description: Disk name.
+              type: str
+              sample: web01 system
+            path:
+              description: The point's own VHD, relative to the VM folder.
+              type: str
+              sample: vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/20261126T020000Z.vhd
+            differencing:
+              description: Whether that VHD is a delta.
+              type: bool
+              sample: true
+            virtual_size:
+              description: Disk size at this point, in bytes.
+              type: int
+              sample: 10737418240
+            file_size:
+              description: Size of the VHD file in bytes.
+              type: int
+              sample: 4196864
+            sha256:
+              description: Recorded SHA-256 of the VHD file.
+              type: str
+              sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+            chain:
+              description: The files read to restore this disk at this point, newest first.
+              type: list
+              elements: str
+              sample: ["vdis/8d9f.../0f1e.../20261126T020000Z.vhd", "vdis/8d9f.../0f1e.../20261125T020000Z.vhd"]
+problems:
+  description: Every problem found, each naming its file.
+  returned: always
+  type: list
+  elements: str
+  sample: ["/mnt/backups/near/xo-vm-backups/5b7a.../vdis/.../20261125T020000Z.vhd: sha256 ... differs from the ... recorded"]
+verified:
+  description: Whether O(verify) was requested.
+  returned: always
+  type: bool
+  sample: true
+files_verified:
+  description: VHD files re-hashed.
+  returned: always
+  type: int
+  sample: 12
+"""
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.catalog import describe_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, new_module, run
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import open_repository
+
+
+def list_backups(module) -> dict:
+    params = module.params
+    result = describe_repository(open_repository(params['repository']), vm=params['vm'], job=params['job'], verify=params['verify'])
+    result['changed'] = False
+    if params['verify'] and result['problems'] and params['fail_on_problems']:
+        raise ModuleFailure('%d problem(s) found in %s: %s' % (len(result['problems']), result['repository'], '; '.join(result['problems'])),
+                            **result)
+    return result
+
+
+def main():
+    module = new_module(dict(
+        repository=dict(type='path', required=True),
+        vm=dict(type='str'),
+        job=dict(type='str'),
+        verify=dict(type='bool', default=False),
+        fail_on_problems=dict(type='bool', default=True),
+    ), with_connection=False)
+    run(module, list_backups)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,68 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""backup_info through ansible-playbook: listing, chains, verification of damaged repositories."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lifecycle import MIB, backup, guest_write
+from oracles import backup_points
+
+
+def two_points(app):
+    _snap, full = backup(app)
+    guest_write(app, 'app01-root', 2 * MIB, 4096, 31)
+    _snap, delta = backup(app)
+    return full, delta
+
+
+def test_lists_points_with_chains_and_verifies_clean(app):
+    full, delta = two_points(app)
+    listing = app['ansible'].run_task('backup_info', {'repository': app['repo']})
+    assert listing['changed'] is False and listing['problems'] == []
+    assert listing['jobs'][0]['name'] == 'nightly'
+    (vm,) = listing['vms']
+    assert vm['name_label'] == 'app01'
+    assert [point['timestamp'] for point in vm['backups']] == [full['timestamp'], delta['timestamp']]
+    newest_root = next(disk for disk in vm['backups'][1]['disks'] if disk['name_label'] == 'app01-root')
+    assert newest_root['differencing'] is True
+    assert [path.rsplit('/', 1)[1] for path in newest_root['chain']] == [delta['timestamp'] + '.vhd', full['timestamp'] + '.vhd']
+    verified = app['ansible'].run_task('backup_info', {'repository': app['repo'], 'verify': True})
+    assert verified['problems'] == [] and verified['files_verified'] == 4
+
+
+def test_flipped_byte_and_truncation_are_named(app):
+    full, _delta = two_points(app)
+    vm_dir = os.path.join(app['repo'], 'xo-vm-backups', full['vm']['uuid'])
+    damaged = os.path.join(vm_dir, full['disks'][0]['path'])
+    with open(damaged, 'r+b') as vhd:
+        vhd.seek(4 * MIB)
+        byte = vhd.read(1)
+        vhd.seek(4 * MIB)
+        vhd.write(bytes([byte[0] ^ 0xFF]))
+    truncated = os.path.join(vm_dir, full['disks'][1]['path'])
+    os.truncate(truncated, os.path.getsize(truncated) - 1000)
+    result = app['ansible'].run_task('backup_info', {'repository': app['repo'], 'verify': True}, expect_failure=True)
+    assert any(damaged in problem and 'sha256' in problem for problem in result['problems'])
+    assert any(truncated in problem for problem in result['problems'])
+    report = app['ansible'].run_task('backup_info', {'repository': app['repo'], 'verify': True, 'fail_on_problems': False})
+    assert len(report['problems']) >= 2
+
+
+def test_hand_edited_metadata_is_a_clear_error(app):
+    two_points(app)
+    path = backup_points(app['repo'], app['sim'].control.record('VM', 'app01')['uuid'])[0]['_path']
+    with open(path, encoding='utf-8') as handle:
+        metadata = json.load(handle)
+    metadata['timestamp'] = 'yesterday'
+    with open(path, 'w', encoding='utf-8') as handle:
+        json.dump(metadata, handle)
+    result = app['ansible'].run_task('backup_info', {'repository': app['repo']}, expect_failure=False)
+    assert any(path in problem and "'timestamp' must be an integer" in problem for problem in result['problems'])
+
+
+def test_not_a_repository(app, tmp_path):
+    result = app['ansible'].run_task('backup_info', {'repository': str(tmp_path)}, expect_failure=True)
+    assert 'is not a backup repository' in result['msg']
