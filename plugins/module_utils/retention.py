@@ -27,6 +27,7 @@ whatever was left.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -62,12 +63,28 @@ class UnfinishedMergeError(RepositoryError):
 
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, 'rb') as source:
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, 'rb', buffering=0) as source:
         while True:
-            chunk = source.read(HASH_CHUNK)
-            if not chunk:
+            count = source.readinto(buffer)
+            if not count:
                 return digest.hexdigest()
-            digest.update(chunk)
+            digest.update(view[:count])
+
+
+def sha256_files(paths: list) -> dict:
+    """sha256 of several files, hashed in parallel threads (hashlib releases the GIL): path to digest or OSError."""
+    def one(path):
+        try:
+            return sha256_file(path)
+        except OSError as error:
+            return error
+
+    if len(paths) <= 1:
+        return {path: one(path) for path in paths}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
 
 
 def relative_to_vm(point_or_dir, path: str) -> str:
@@ -100,16 +117,17 @@ def verify_chain(chain: list, vm_dir: str, checksums: dict, what: str) -> dict:
     """
     problems = [str(problem) for problem in check_chain(list(chain))]
     verified, unverified = [], []
+    expected_of = {path: checksums.get(relative_to_vm(vm_dir, path)) for path in chain}
+    digests = sha256_files([path for path in chain if expected_of[path] is not None])
     for path in chain:
         relative = relative_to_vm(vm_dir, path)
-        expected = checksums.get(relative)
+        expected = expected_of[path]
         if expected is None:
             unverified.append(relative)
             continue
-        try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            problems.append('%s: cannot be read (%s)' % (path, exc.strerror or exc))
+        actual = digests[path]
+        if isinstance(actual, OSError):
+            problems.append('%s: cannot be read (%s)' % (path, actual.strerror or actual))
             continue
         if actual != expected:
             problems.append('%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
