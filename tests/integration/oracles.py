@@ -11,11 +11,12 @@ import os
 
 import pyvhdi
 
-CHUNK = 4 * 1024 * 1024
+# libvhdi 20260901 can return zeros for one large read spanning a partly written block: read in small pieces.
+CHUNK = 64 * 1024
 
 
-def chain_sha256(chain_paths: list[str]) -> tuple[str, int]:
-    """SHA-256 and size of the disk a chain (newest first) represents, as libvhdi reads it."""
+def chain_sha256(chain_paths: list[str], length: int | None = None) -> tuple[str, int]:
+    """SHA-256 and size of the disk a chain (newest first) represents, as libvhdi reads it (its first ``length`` bytes if given)."""
     handles = []
     try:
         for path in chain_paths:
@@ -25,7 +26,7 @@ def chain_sha256(chain_paths: list[str]) -> tuple[str, int]:
         for child, parent in zip(handles, handles[1:]):
             child.set_parent(parent)
         newest = handles[0]
-        size = newest.get_media_size()
+        size = newest.get_media_size() if length is None else length
         digest = hashlib.sha256()
         for offset in range(0, size, CHUNK):
             digest.update(newest.read_buffer_at_offset(min(CHUNK, size - offset), offset))
