@@ -6,7 +6,7 @@
 Steps: start the simulator with demo/pool.yml; a full backup of the demo VMs (a [NOBAK] disk left out, a VM tagged
 xo:no-bak skipped); guest writes and three delta backups, the last one applying retention (the oldest point is
 merged into the full); a seed of a far repository (verified copy, then a delta there); a restore of an earlier
-point to another SR; a health check; then every restored disk is compared byte for byte (sha256 from the
+point to another SR; a health check; a verification of both repositories. Every restored disk is compared byte for byte (sha256 from the
 simulator) with the source disk as it was at that point. The hash of each snapshot VDI is recorded right after
 its backup, because the next run prunes that snapshot.
 
@@ -239,6 +239,11 @@ class Demo:
         self.check(not health['failed'] and len(health['results']) == len(BACKED_UP), 'every VM restored, started and ran')
         self.check(self.control.info()['counts']['VM'] == vms_before, 'the temporary VMs and their disks are gone')
         self.lines.append('health   %s: restored, running, destroyed' % ', '.join(BACKED_UP))
+
+        self.step('Verify both repositories: every VHD re-hashed against its recorded sha256, every chain checked')
+        verify = self.playbook('verify', {'verify_repositories': [self.near, self.far]}, 'verify')['xapi_delta_backup_verify']
+        self.check(not verify['problems'], '%d VHD file(s) verified, no problem' % verify['files_verified'])
+        self.lines.append('verify   near and far: %d VHD file(s) re-hashed and checked, no problem' % verify['files_verified'])
 
         self.check(self.control.session_count() == 0, 'every XAPI session was logged out')
 
