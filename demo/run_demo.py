@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """`make demo`: a whole backup lifecycle, run by the collection's own playbooks against the bundled XAPI simulator.
@@ -150,8 +149,8 @@ class Demo:
         results = self.playbook('backup', extra, label)['xapi_delta_backup_backup']['results']
         self.record_truth(results)
         for result in results:
-            self.say('        %-6s %-5s %9s in %4.1f s  %s' % (result['vm'], result['mode'], human(result['size']), result['duration'],
-                                                         result['reason']))
+            self.say('        %-6s %-5s %9s in %4.1f s  %s' % (
+                result['vm'], result['mode'], human(result['size']), result['duration'], result['reason']))
         return {result['vm']: result for result in results}
 
     def record_truth(self, results):
@@ -275,7 +274,8 @@ def main():
     status = 0
     try:
         demo.run()
-    except Exception as error:  # pylint: disable=broad-except  any failure ends the demo with a message and status 1
+    except Exception as error:  # pylint: disable=broad-except
+        # Any failure ends the demo with a message and status 1.
         print('\nDEMO FAILED: %s: %s' % (type(error).__name__, error))
         status = 1
     finally:

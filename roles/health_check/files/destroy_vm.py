@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Destroy the health check's temporary VM and its disks (private to the xapi.delta_backup.health_check role).
@@ -28,7 +27,8 @@ def session():
         host = 'https://' + host
     if host.startswith('https://'):
         if os.environ.get('XENSERVER_VALIDATE_CERTS', 'true').strip().lower() in ('0', 'false', 'no', 'off', 'n', 'f'):
-            context = ssl._create_unverified_context()  # pylint: disable=protected-access  the user turned verification off
+            # The user turned verification off.
+            context = ssl._create_unverified_context()  # pylint: disable=protected-access
         else:
             context = ssl.create_default_context(cafile=os.environ.get('XENSERVER_CA_PATH') or None)
         transport = xmlrpc.client.SafeTransport(context=context)
@@ -72,7 +72,8 @@ def main() -> int:
         xapi = session()
         print(json.dumps(destroy(xapi, sys.argv[1], sys.argv[2])))
         return 0
-    except Exception as error:  # pylint: disable=broad-except  reported as JSON to the role
+    except Exception as error:  # pylint: disable=broad-except
+        # Any failure is reported as JSON to the role.
         print(json.dumps({'failed': True, 'msg': '%s: %s' % (type(error).__name__, error)}))
         return 1
     finally:
