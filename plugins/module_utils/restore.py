@@ -10,7 +10,7 @@ backed-up record with its start blocked, each disk gets a new VDI of the point's
 its chain is streamed as ONE dynamic VHD to ``/import_raw_vdi`` (exact Content-Length, one block in
 memory at a time), VBDs and VIFs are recreated, and the start is unblocked. Whatever was created is
 destroyed again if a step fails. The VM's repository lock is held throughout, so no merge rewrites
-a file being read.
+a file being read; a merge that a crash left unfinished is finished first (as backup_merge would).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
     TIMESTAMP_PATTERN, RepositoryError, validate_uuid,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
-    job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
+    finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError
 
@@ -220,13 +220,18 @@ class _Created:
         return problems
 
 
-def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None) -> dict:
-    """Choose the point and disks and check every chain (structure and sha256) before anything is created."""
+def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> dict:
+    """Choose the point and disks and check every chain (structure and sha256) before anything is created.
+
+    A merge a crash left unfinished is finished first with ``finish_merges`` (the caller holds the
+    VM's lock), else refused with a message saying how to finish it.
+    """
     validate_uuid(vm_uuid, 'VM uuid')
+    finished = finish_interrupted_merges(repo, vm_uuid)['resumed'] if finish_merges else []
+    refuse_unfinished_merges(repo, vm_uuid)
     points = job_points(repo, vm_uuid, job_id)
     if not points:
         raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
-    refuse_unfinished_merges(repo, vm_uuid)
     point = select_point(points, point_selector)
     checksums = recorded_checksums(repo.list_backups(vm_uuid))
     plans, verified, unverified = [], [], []
@@ -248,7 +253,8 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         plans.append({'disk': item, 'chain': chain, 'length': length, 'virtual_size': max(size, chain_size), 'record': record,
                       'vbd': vbd, 'name_label': record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
                       'userdevice': str(vbd.get('userdevice', '')) if vbd else ''})
-    return {'point': point, 'disks': plans, 'verified': sorted(set(verified)), 'unverified': sorted(set(unverified))}
+    return {'point': point, 'disks': plans, 'verified': sorted(set(verified)), 'unverified': sorted(set(unverified)),
+            'finished_merges': finished}
 
 
 def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr: str | None = None, name_label: str | None = None,
@@ -258,7 +264,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
     with lock:
-        plan = prepare_restore(repo, vm_uuid, job_id, point, disk)
+        plan = prepare_restore(repo, vm_uuid, job_id, point, disk, finish_merges=not check_mode)
         chosen = plan['point']
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)
@@ -277,6 +283,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
                        'chain_length': len(item['chain'])} for item in plan['disks']],
             'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'matched_by')} for vif in vifs],
             'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
+            'finished_merges': plan['finished_merges'],
             'bytes_transferred': 0,
         }
         if check_mode:

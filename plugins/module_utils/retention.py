@@ -170,6 +170,22 @@ def unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> list:
     return found
 
 
+def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> dict:
+    """Finish the merges a crash left unfinished and record their results in the metadata; call under the VM's lock.
+
+    Returns the state files found (``resumed``, relative to the VM folder) and the VHDs whose metadata
+    was brought up to date (``reconciled``).
+    """
+    states = unfinished_merges(repo, vm_uuid, job_id)
+    for state in states:
+        try:
+            resume_merge(state)
+        except VhdError as error:
+            raise RepositoryError('cannot finish the interrupted merge %s: %s' % (state, error)) from error
+    return {'resumed': [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states],
+            'reconciled': reconcile_merged_points(repo, job_points(repo, vm_uuid, job_id))}
+
+
 def refuse_unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> None:
     states = unfinished_merges(repo, vm_uuid, job_id)
     if states:
@@ -303,15 +319,9 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, lock_job)
     with lock:
         states = unfinished_merges(repo, vm_uuid, job_id)
-        for state in states:
-            report['resumed_merges'].append(relative_to_vm(repo.vm_dir(vm_uuid), state))
-            if not check_mode:
-                try:
-                    resume_merge(state)
-                except VhdError as error:
-                    raise RepositoryError('cannot finish the interrupted merge %s: %s' % (state, error)) from error
+        report['resumed_merges'] = [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states]
         if not check_mode:
-            report['reconciled'] = reconcile_merged_points(repo, job_points(repo, vm_uuid, job_id))
+            report['reconciled'] = finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
         elif states:
             # The plan depends on the merge being finished; report only that.
             report['changed'] = True
@@ -398,5 +408,5 @@ def job_vms(repo, job_id: str) -> list:
 
 
 __all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
-           'unfinished_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'plan_retention',
+           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'plan_retention',
            'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']

@@ -22,7 +22,8 @@ description:
   - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
     is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
     created is destroyed again and the error says why.
-  - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored.
+  - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored. A merge that a crash left unfinished
+    (see M(xapi.delta_backup.backup_merge)) is finished first, so every backup that the interrupted retention was keeping restores.
 author:
   - xapi.delta_backup contributors (@xapi-delta-backup)
 extends_documentation_fragment:
@@ -32,7 +33,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Checks the chains and reports the VM, disks (with the bytes to stream) and networks that would be created.
+    details: Checks the chains and reports the VM, disks (with the bytes to stream) and networks that would be created. A merge that a
+      crash left unfinished is not finished in check mode, so such a backup is refused there.
   diff_mode:
     support: none
   idempotent:
@@ -215,6 +217,12 @@ checksums:
   returned: always
   type: dict
   sample: {"verified": ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd"], "unverified": []}
+finished_merges:
+  description: State files of merges a crash had left unfinished, which were finished before the restore (never in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 bytes_transferred:
   description: Bytes streamed to the pool (0 in check mode).
   returned: always
