@@ -70,21 +70,35 @@ def failed(result: dict) -> str:
     return result.get('msg', '')
 
 
-def group_processes(pgid: int, pattern: str) -> list[int]:
-    """Pids of the process group whose command line contains ``pattern`` (never another test's processes)."""
+def _parent_of(pid: int) -> int:
+    with open('/proc/%d/stat' % pid, 'rb') as handle:
+        stat = handle.read()
+    return int(stat[stat.rindex(b')') + 2:].split()[1])
+
+
+def group_processes(root: int, pattern: str) -> list[int]:
+    """Pids of the python processes descending from ``root`` whose command line contains ``pattern``.
+
+    Ansible's workers start sessions of their own, so ancestry (not the process group) tells our
+    modules from another test's.
+    """
     found = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
-            if os.getpgid(int(entry)) != pgid:
-                continue
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+            with open('/proc/%d/cmdline' % pid, 'rb') as handle:
                 command = handle.read().replace(b'\0', b' ').decode('utf-8', 'replace')
-        except (OSError, ProcessLookupError):
+            if pattern not in command or 'python' not in command.split(' ', 1)[0]:
+                continue
+            ancestor = pid
+            while ancestor > 1 and ancestor != root:
+                ancestor = _parent_of(ancestor)
+        except (OSError, ValueError, IndexError):
             continue
-        if pattern in command and 'python' in command.split(' ', 1)[0]:
-            found.append(int(entry))
+        if ancestor == root:
+            found.append(pid)
     return found
 
 
@@ -128,7 +142,8 @@ def run_and_kill(ansible: AnsibleRunner, module: str, args: dict, rng: random.Ra
     if os.path.exists(results):
         with open(results, encoding='utf-8') as handle:
             result = json.load(handle)[0]
-    really = killed and result is not None and bool(result.get('failed')) and 'MODULE FAILURE' in (result.get('msg') or '')
+    really = killed and result is not None and bool(result.get('failed')) and (
+        result.get('rc') in (137, -9) or 'Killed' in (result.get('module_stderr') or ''))
     return {'killed': really, 'delay': round(delay, 3), 'rc': process.returncode, 'output': text, 'result': result}
 
 

@@ -46,8 +46,9 @@ def cell(matrix, request):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    fs = SmallFilesystem(str(tmp_path / 'small'))
+def small_fs(tmp_path, request):
+    # the merge test keeps a longer history: more room, filled on purpose later
+    fs = SmallFilesystem(str(tmp_path / 'small'), size_mib=256 if 'merge' in request.node.name else 64)
     yield fs
     fs.close()
 
@@ -60,7 +61,7 @@ def writes(app, rng, count=2):
         guest_write(app, disk, rng.randrange(0, size - length, 512), length, rng.randrange(1 << 30))
 
 
-def export_args(repo, snapshot='{{ result_1.snapshot.uuid }}', **extra):
+def export_args(repo, snapshot='{{ result_0.snapshot.uuid }}', **extra):
     return dict(JOB, repositories=[repo], snapshot=snapshot, **extra)
 
 
@@ -76,7 +77,7 @@ def normal_run(app, points: Points, repo=None, first=False, before=(), expect_de
               ('delta_export', export_args(repo, '{{ result_%d.snapshot.uuid }}' % snap_index), False),
               ('backup_info', {'repository': repo, 'verify': True}, False)]
     results = run_play(app['ansible'], steps)
-    for result in results[offset:]:
+    for result in results:
         ok(result)
     for result in results[offset:]:
         if 'problems' in result:
@@ -150,7 +151,7 @@ def test_snapshot_faults(app, small_fs, cell):
     names = points.names()
     app['sim'].control.fail_next('VM.snapshot', ['SR_BACKEND_FAILURE_44', '', 'injected: insufficient space'])
     msg = failed(run_play(app['ansible'], [('vm_snapshot', JOB, True)])[0])
-    assert 'SR_BACKEND_FAILURE_44' in msg, msg
+    assert 'snapshot of VM app01' in msg and 'out of space' in msg, msg
     assert len(snapshots_of(app)) == 1
     settle(app, points, names)
     cell('snapshot', 'XAPI error')
@@ -184,7 +185,7 @@ def test_export_stream_faults(app, small_fs, cell):
     names, files = points.names(), real_files(repo)
     app['sim'].control.fail_next('export_raw_vdi', ['VDI_IO_ERROR', 'injected device error'])
     results = run_play(app['ansible'], [('vm_snapshot', JOB, False), ('delta_export', export_args(repo), True)])
-    assert 'VDI_IO_ERROR' in failed(results[1]), results[1]['msg']
+    assert 'injected device error' in failed(results[1]) and results[1]['xapi_error']['code'] == 'VDI_IO_ERROR', results[1]['msg']
     settle(app, points, names, files=files)
     cell('export stream', 'XAPI error')
     # stream cut at seeded random offsets: in the VHD header, early in a block, late in a block
@@ -447,7 +448,7 @@ def test_restore_import_faults(app, cell):
         points.assert_intact()
 
     app['sim'].control.fail_next('import_raw_vdi', ['VDI_IO_ERROR', 'injected'])
-    attempt([restore_step(repo, True)], 'VDI_IO_ERROR')
+    attempt([restore_step(repo, True)], 'transfer failed on the host (injected)')
     cell('restore import', 'XAPI error')
     offsets = [rng.randrange(1, 4096), rng.randrange(4096, 2 * MIB), rng.randrange(2 * MIB, 5 * MIB)]
     for offset in offsets:
