@@ -55,16 +55,16 @@ class RepoBuilder:
         self.last = [None] * disks                         # (snapshot vdi uuid, timestamp) of the newest file
         self.counter = 0
 
-    def add_point(self, full: bool = False, changed_blocks: int = 4) -> str:
+    def add_point(self, full: bool = False, changed_blocks: int = 4, only=None) -> str:
+        """One backup run; ``only`` limits it to some disk numbers (a disk detached from the VM)."""
         self.counter += 1
         timestamp = '202601%02dT010000Z' % self.counter
         vhds, differencing, sha, sizes, vdis = {}, {}, {}, {}, {}
         for disk, live in enumerate(self.live):
+            if only is not None and disk not in only:
+                continue
             blocks = self.size // BLOCK
-            if full and not self.content[disk]:
-                touched = sorted(self.rng.sample(range(blocks), changed_blocks))
-            else:
-                touched = sorted(self.rng.sample(range(blocks), changed_blocks))
+            touched = sorted(self.rng.sample(range(blocks), changed_blocks))
             for index in touched:
                 self.content[disk][index] = self.rng.getrandbits(30)
             snap = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -88,7 +88,7 @@ class RepoBuilder:
             vdis[ref] = {'uuid': snap, 'name_label': 'disk %d' % disk, 'name_description': '', '$snapshot_of$uuid': live,
                          'virtual_size': str(self.size), 'type': 'user'}
             self.last[disk] = (snap, timestamp)
-        self.truth[timestamp] = [dict(c) for c in self.content]
+        self.truth[timestamp] = [dict(c) if only is None or number in only else None for number, c in enumerate(self.content)]
         metadata = build_metadata(JOB, SCHEDULE, 1767229200000 + self.counter, {'uuid': self.vm, 'name_label': 'vm1'},
                                   {'uuid': str(uuid.uuid4())}, {}, {}, vdis, vhds, differencing, size=0, sha256=sha, virtual_sizes=sizes)
         self.repo.write_metadata(self.vm, timestamp, metadata)
@@ -120,11 +120,11 @@ def assert_points_restorable(builder: RepoBuilder, timestamps: list) -> None:
     checksums = retention.recorded_checksums(list(points.values()))
     for timestamp in timestamps:
         point = points[timestamp]
-        for position, disk in enumerate(sorted(point.disks, key=lambda d: builder.live.index(d.vdi_uuid))):
+        for disk in point.disks:
             chain = repo.vhd_chain(point, disk)
             checked = retention.verify_chain(chain, os.path.dirname(point.metadata_path), checksums, 'test')
             assert not checked['unverified']
-            assert chain_sha(repo, point, disk) == builder.expected_disk(timestamp, position)
+            assert chain_sha(repo, point, disk) == builder.expected_disk(timestamp, builder.live.index(disk.vdi_uuid))
 
 
 @pytest.fixture
@@ -250,3 +250,19 @@ def test_unfinished_merge_blocks_readers(history, tmp_path):
         json.dump({'parent': '20260101T010000Z.vhd', 'children': []}, handle)
     with pytest.raises(retention.UnfinishedMergeError, match='backup_merge'):
         retention.refuse_unfinished_merges(history.repo, VM)
+
+
+def test_disks_added_and_removed_between_points(tmp_path):
+    builder = RepoBuilder(str(tmp_path / 'repo'), disks=3)
+    builder.add_point(full=True, only={0, 1})
+    builder.add_point(only={0, 1})
+    builder.add_point(only={0, 2})      # disk 1 detached, disk 2 new (a full)
+    builder.add_point(only={0, 2})
+    stamps = sorted(builder.truth)
+    report = retention.apply_retention(builder.repo, VM, JOB, 2)
+    assert report['kept_points'] == stamps[2:]
+    assert sorted(m['vdi_uuid'] for m in report['merged']) == [builder.live[0]]
+    gone = builder.repo.vdi_dir(VM, JOB, builder.live[1])
+    assert os.listdir(gone) == []
+    assert len(report['removed_files']) == 2
+    assert_points_restorable(builder, stamps[2:])
