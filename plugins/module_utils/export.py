@@ -34,7 +34,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
-    BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, next_snapshot_time, reference_snapshot,
+    BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, mark_exporting, next_snapshot_time, reference_snapshot,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import vhd_timestamp
@@ -288,6 +288,8 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], job
         for repository in sorted(repositories, key=lambda repo: repo.root):
             locks.enter_context(repository.lock(vm_uuid, job))
         cleaned = {repository.root: repository.cleanup_incomplete(vm_uuid) for repository in repositories}
+        # A concurrent vm_snapshot of the same job must not prune the snapshot while it streams.
+        mark_exporting(xapi, plan.snapshot, True)
         try:
             disks = [_export_disk(xapi, plan, disk_plan, repositories, job_id, written, timeout) for disk_plan in plan.disks]
             records = _metadata_records(xapi, plan)
@@ -304,6 +306,8 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], job
                 written.append(metadata_path)
         except BaseException:
             _remove_quietly(written)
+            with contextlib.suppress(XapiError):
+                mark_exporting(xapi, plan.snapshot, False)
             raise
     mark_exported(xapi, plan.snapshot, plan.chain_length)
     elapsed = max(time.monotonic() - started, 1e-6)

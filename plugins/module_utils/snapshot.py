@@ -14,6 +14,9 @@ next delta and is never removed. Snapshots without our job's tags are never touc
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import socket
 from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
@@ -27,6 +30,10 @@ KEY_EXPORTED = 'xo:backup:exported'
 KEY_CHAIN_LENGTH = 'xo:backup:deltaChainLength'
 KEY_CONTENT = 'xo:backup:contentKey'
 KEY_JOB_NAME = 'xapi_delta_backup:job_name'
+# Set on the snapshot VM by delta_export while it streams the snapshot: {"host", "pid", "started"} as JSON.
+KEY_EXPORTING = 'xapi_delta_backup:exporting'
+# An export marker from another host is trusted this long (a longer transfer would have timed out).
+EXPORTING_MAX_AGE = datetime.timedelta(hours=24)
 # Xen Orchestra writes the datetime tag with colons (file names have none).
 DATETIME_TAG_FORMAT = '%Y%m%dT%H:%M:%SZ'
 # Our own name so an operator can tell backup snapshots apart in any client.
@@ -72,6 +79,7 @@ class BackupSnapshot:
     exported: bool
     chain_length: int
     disks: list[SnapshotDisk] = field(default_factory=list)
+    exporting: dict | None = None
 
     @property
     def datetime_tag(self) -> str:
@@ -110,8 +118,42 @@ def _load_snapshot(xapi, ref: str, record: dict) -> BackupSnapshot | None:
         chain_length = int(other.get(KEY_CHAIN_LENGTH, 0))
     except ValueError:
         chain_length = 0
+    try:
+        exporting = json.loads(other[KEY_EXPORTING]) if other.get(KEY_EXPORTING) else None
+    except ValueError:
+        exporting = None
     return BackupSnapshot(ref=ref, uuid=record['uuid'], name_label=record.get('name_label', ''), taken_at=taken_at,
-                          exported=other.get(KEY_EXPORTED) == 'true' and taken_at.year > 1970, chain_length=chain_length, disks=disks)
+                          exported=other.get(KEY_EXPORTED) == 'true' and taken_at.year > 1970, chain_length=chain_length, disks=disks,
+                          exporting=exporting if isinstance(exporting, dict) else None)
+
+
+def export_in_progress(snapshot: BackupSnapshot, now: datetime.datetime | None = None) -> bool:
+    """Whether a delta_export is streaming this snapshot now: its marker names a live process.
+
+    On this host the pid must still run; a marker from another host counts until EXPORTING_MAX_AGE.
+    A marker left by a killed run on this host does not protect the snapshot.
+    """
+    holder = snapshot.exporting
+    if not holder:
+        return False
+    if holder.get('host') == socket.gethostname():
+        pid = holder.get('pid')
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        started = datetime.datetime.fromisoformat(str(holder.get('started')))
+    except ValueError:
+        return False
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=datetime.timezone.utc)
+    return (now or datetime.datetime.now(datetime.timezone.utc)) - started < EXPORTING_MAX_AGE
 
 
 def job_snapshots(xapi, vm_record: dict, job_id: str) -> list[BackupSnapshot]:
@@ -136,8 +178,9 @@ def reference_snapshot(snapshots: list[BackupSnapshot]) -> BackupSnapshot | None
 
 
 def snapshots_to_prune(snapshots: list[BackupSnapshot], keep: list[BackupSnapshot | None]) -> list[BackupSnapshot]:
-    """Every job snapshot except the reference and those listed in ``keep``."""
+    """Every job snapshot except the reference, those listed in ``keep`` and those another run is exporting now."""
     kept = {snapshot.ref for snapshot in keep if snapshot is not None}
+    kept.update(snapshot.ref for snapshot in snapshots if export_in_progress(snapshot))
     reference = reference_snapshot(snapshots)
     if reference is not None:
         kept.add(reference.ref)
@@ -208,6 +251,22 @@ def mark_exported(xapi, snapshot: BackupSnapshot, chain_length: int) -> None:
         _set_other_config(xapi, cls, ref, KEY_EXPORTED, 'true')
     snapshot.exported = True
     snapshot.chain_length = chain_length
+    mark_exporting(xapi, snapshot, False)
+
+
+def mark_exporting(xapi, snapshot: BackupSnapshot, exporting: bool) -> None:
+    """Set (or clear) the marker that keeps a concurrent vm_snapshot from pruning the snapshot being exported."""
+    if exporting:
+        holder = {'host': socket.gethostname(), 'pid': os.getpid(),
+                  'started': datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        _set_other_config(xapi, 'VM', snapshot.ref, KEY_EXPORTING, json.dumps(holder, sort_keys=True))
+        snapshot.exporting = holder
+        return
+    try:
+        xapi.call('VM.remove_from_other_config', snapshot.ref, KEY_EXPORTING)
+    except XapiError:
+        pass
+    snapshot.exporting = None
 
 
 def _set_other_config(xapi, cls: str, ref: str, key: str, value: str) -> None:

@@ -182,6 +182,7 @@ def test_hand_edited_metadata_is_named_with_the_problem(app, tmp_path):
         (lambda data: dict(data, isVhdDifferencing={ref: 'yes' for ref in data['isVhdDifferencing']}), 'must be a boolean'),
         (None, 'not valid JSON'),
     ]
+    restore_refusals = []
     for edit, problem in edits:
         with open(middle, 'w', encoding='utf-8') as handle:
             if edit is None:
@@ -201,14 +202,16 @@ def test_hand_edited_metadata_is_named_with_the_problem(app, tmp_path):
             assert 'backup metadata %s is invalid' % middle in msg and problem in msg, msg
         info = results[0]
         assert any(middle in text and problem in text for text in info.get('problems', [info.get('msg', '')])), info
-        # the restore of another point may go on or refuse, but must name the file if it refuses
+        # the restore of another point may go on or refuse, but must name the file if it refuses (checked last)
         if results[2].get('failed'):
-            assert middle in results[2]['msg'], results[2]['msg']
+            restore_refusals.append((problem, results[2]['msg']))
         assert tree(repo) == before
     with open(middle, 'w', encoding='utf-8') as handle:
         handle.write(original)
     for export, truth in exports:
         assert_point_matches_truth(app, repo, export, truth)
+    for problem, msg in restore_refusals:
+        assert middle in msg and problem in msg, 'vm_restore hides the invalid metadata (%s): %s' % (problem, msg)
 
 
 PATH_POOL = """

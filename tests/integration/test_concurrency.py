@@ -115,10 +115,12 @@ def test_twenty_vms_two_jobs_forks_five_share_one_repository(ansible, pool, tmp_
     path, inventory = fleet_play(ansible, str(repo), str(tmp_path))
     command = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', inventory, '--forks', '5', path]
     truths = {}
+    # snapshots copy disk names: guest writes address the live disks by uuid
+    live = {number: pool.control.record('VDI', 'vm%02d-root' % number)['uuid'] for number in range(1, VMS + 1)}
     for round_number in range(2):
         if round_number:
             for number in range(1, VMS + 1):
-                pool.control.write_vdi('vm%02d-root' % number, number * 4096, length=64 * 1024, seed=1000 + number)
+                pool.control.write_vdi(live[number], number * 4096, length=64 * 1024, seed=1000 + number)
         started = time.monotonic()
         done = subprocess.run(command, env=ansible.env, cwd=ansible.workdir, capture_output=True, text=True, timeout=900, check=False)
         elapsed = time.monotonic() - started
