@@ -179,18 +179,18 @@ def test_killed_merges_leave_every_kept_point_restorable(app):
     killed = False
     for _attempt in range(3):
         try:
-            merge(app, 1, expect_failure=True, env={KILL_ENV: str(rng.randint(2, 25))})
+            merge(app, 2, expect_failure=True, env={KILL_ENV: str(rng.randint(2, 25))})
         except TaskFailed:
             continue  # that run got through before its kill point: nothing left half done
         killed = True
-        # Straight after the kill (SIGKILL of the module process): the kept point restores exactly;
-        # vm_restore finishes the interrupted merge itself, under the VM lock.
-        result = restore(app, backup='latest')
-        app.assert_restored(result, stamps[-1])
+        # Straight after the kill (SIGKILL of the module process): the oldest kept point, whose chain was
+        # being merged, restores exactly; vm_restore finishes the interrupted merge itself, under the VM lock.
+        result = restore(app, backup=stamps[1])
+        app.assert_restored(result, stamps[1])
         break
     assert killed
-    done = merge(app, 1)
-    assert done['vms'][0]['kept_points'] == stamps[-1:]
+    done = merge(app, 2)
+    assert done['vms'][0]['kept_points'] == stamps[1:]
     # The original VM and its disks are gone: the backup alone is enough.
     session = xenapi(app.sim)
     try:
