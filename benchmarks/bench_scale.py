@@ -218,7 +218,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         # full: download first (page cache warm for both), then the module code
         snap = mods.manage_job_snapshots(xapi, 'big', job_id, JOB, take=True)
         snap_vdi = api.VDI.get_by_uuid(snap['snapshot']['disks'][0]['vdi_uuid'])
-        nbytes, seconds = min((download_rate(running, session.handle, snap_vdi) for _ in range(args.repeat)), key=lambda item: item[1])
+        nbytes, seconds = min((download_rate(running, session.handle, snap_vdi) for _number in range(args.repeat)), key=lambda item: item[1])
         began = time.perf_counter()
         full = mods.export_vm(xapi, [repo_path], 'big', JOB, job_id, snapshot_uuid=snap['snapshot']['uuid'])
         export_seconds = time.perf_counter() - began
@@ -228,7 +228,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         control.write_vdi(live, 1 * GIB, length=args.big_mib // 2 * MIB, seed=7)
         snap2 = mods.manage_job_snapshots(xapi, 'big', job_id, JOB, take=True)
         snap2_vdi = api.VDI.get_by_uuid(snap2['snapshot']['disks'][0]['vdi_uuid'])
-        nbytes, seconds = min((download_rate(running, session.handle, snap2_vdi, snap_vdi) for _ in range(args.repeat)),
+        nbytes, seconds = min((download_rate(running, session.handle, snap2_vdi, snap_vdi) for _number in range(args.repeat)),
                               key=lambda item: item[1])
         began = time.perf_counter()
         delta = mods.export_vm(xapi, [repo_path], 'big', JOB, job_id, snapshot_uuid=snap2['snapshot']['uuid'])
@@ -355,7 +355,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix='bench-scale-', dir=args.workdir)
     started = time.perf_counter()
     try:
-        with start_server(pool_config(args), https=True, data_dir=os.path.join(workdir, 'sim')) as running:
+        with start_server(pool_config(args), https=True, data_dir=os.path.join(workdir, 'sim'), timeout=180) as running:
             args.big_live = running.control.record('VDI', 'big-disk')['uuid']
             repo_path = os.path.join(workdir, 'repo')
             os.makedirs(repo_path)

@@ -132,7 +132,7 @@ def run_and_kill(ansible: AnsibleRunner, module: str, args: dict, rng: random.Ra
                 killed = True
             except ProcessLookupError:
                 pass
-        output, _ = process.communicate(timeout=max(1, deadline - time.monotonic()))
+        output, _unused = process.communicate(timeout=max(1, deadline - time.monotonic()))
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
