@@ -74,7 +74,7 @@ pytest: layout
 	  $(BIN)/python -m pytest -p no:cacheprovider -n 2 --timeout 900 $(PYTEST_SUITES)
 
 test: sysdeps venv
-	$(MAKE) --no-print-directory $(TEST_STEPS)
+	$(MAKE) --no-print-directory --keep-going $(TEST_STEPS)
 	@echo "make test: every suite passed"
 
 demo:
