@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -266,3 +268,28 @@ def test_disks_added_and_removed_between_points(tmp_path):
     assert os.listdir(gone) == []
     assert len(report['removed_files']) == 2
     assert_points_restorable(builder, stamps[2:])
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_sigkill_at_a_random_time_anywhere_in_the_run(tmp_path, seed):
+    """Not only inside the engine: metadata rewrites, removals and reconciliation can be cut too."""
+    builder = RepoBuilder(str(tmp_path / 'repo'), disks=2, seed=100 + seed)
+    for number in range(5):
+        builder.add_point(full=number == 0, changed_blocks=8)
+    stamps = sorted(builder.truth)
+    # How long a whole run takes here, measured on a copy, so the kill lands inside the run.
+    rehearsal = str(tmp_path / 'rehearsal')
+    shutil.copytree(builder.repo.root, rehearsal)
+    began = time.monotonic()
+    subprocess.run([sys.executable, '-c', KILL_SCRIPT, rehearsal, VM, JOB, '2'], check=True, capture_output=True)
+    duration = time.monotonic() - began
+    process = subprocess.Popen([sys.executable, '-c', KILL_SCRIPT, builder.repo.root, VM, JOB, '2'],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=random.Random(seed).uniform(0.4, 1.0) * duration)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    process.wait()
+    # whatever instant it died at, the kept points read exactly once the next run has finished
+    retention.apply_retention(builder.repo, VM, JOB, 2)
+    assert_points_restorable(builder, stamps[3:])
