@@ -184,7 +184,6 @@ duration:
   sample: 2.7
 """
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import connection_argument_spec
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
 from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import resolve_backup_vm
@@ -202,9 +201,8 @@ def merge_backups(module) -> dict:
 
 
 def main():
-    # The connection options are accepted (and ignored) so that group/xapi module_defaults apply.
-    spec = connection_argument_spec()
-    spec.update(
+    # new_module adds the connection options (accepted, ignored) so that group/xapi module_defaults apply.
+    spec = dict(
         repository=dict(type='path', required=True),
         job=dict(type='str', required=True),
         vm=dict(type='str'),

@@ -168,36 +168,21 @@ throughput_mib_s:
   sample: 81.9
 """
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import connection_argument_spec
-from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, new_module, run
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
 from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils.seed import seed_copy
-
-
-def octal_mode(value, option: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        mode = value
-    else:
-        try:
-            mode = int(str(value).strip(), 8)
-        except ValueError:
-            raise ModuleFailure("%s must be octal permissions such as '0600', got %r" % (option, value)) from None
-    if not 0 <= mode <= 0o7777:
-        raise ModuleFailure("%s must be octal permissions such as '0600', got %r" % (option, value))
-    return mode
 
 
 def copy_backups(module) -> dict:
     params = module.params
     return seed_copy(params['source'], params['destination'], vms=params['vms'],
                      job_id=job_id_for(params['job']) if params['job'] else None, check_mode=module.check_mode,
-                     file_mode=octal_mode(params['file_mode'], 'file_mode'), dir_mode=octal_mode(params['dir_mode'], 'dir_mode'))
+                     file_mode=parse_mode(params['file_mode'], 'file_mode'), dir_mode=parse_mode(params['dir_mode'], 'dir_mode'))
 
 
 def main():
-    # The connection options are accepted (and ignored) so that group/xapi module_defaults apply.
-    spec = connection_argument_spec()
-    spec.update(
+    # new_module adds the connection options (accepted, ignored) so that group/xapi module_defaults apply.
+    spec = dict(
         source=dict(type='path', required=True),
         destination=dict(type='path', required=True),
         vms=dict(type='list', elements='str', default=[]),

@@ -187,6 +187,9 @@ def test_corrupted_or_truncated_file_is_refused_naming_it(history):
     assert victim in str(caught.value)
 
 
+# ansible-test makes the collection importable through sys.path, not PYTHONPATH: hand it down to the child.
+CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+
 KILL_SCRIPT = r'''
 import sys
 from ansible_collections.xapi.delta_backup.plugins.module_utils import retention
@@ -203,7 +206,7 @@ def test_killed_merge_is_finished_by_the_next_run(tmp_path, seed):
     stamps = sorted(builder.truth)
     kill_after = random.Random(seed).randint(1, 60)
     completed = subprocess.run([sys.executable, '-c', KILL_SCRIPT, builder.repo.root, VM, JOB, '2'],
-                               env=dict(os.environ, **{KILL_ENV: str(kill_after)}), capture_output=True, check=False)
+                               env=dict(CHILD_ENV, **{KILL_ENV: str(kill_after)}), capture_output=True, check=False)
     assert completed.returncode in (0, -9), completed.stderr
     report = retention.apply_retention(builder.repo, VM, JOB, 2)
     assert report['kept_points'] == stamps[3:]
@@ -281,9 +284,9 @@ def test_sigkill_at_a_random_time_anywhere_in_the_run(tmp_path, seed):
     rehearsal = str(tmp_path / 'rehearsal')
     shutil.copytree(builder.repo.root, rehearsal)
     began = time.monotonic()
-    subprocess.run([sys.executable, '-c', KILL_SCRIPT, rehearsal, VM, JOB, '2'], check=True, capture_output=True)
+    subprocess.run([sys.executable, '-c', KILL_SCRIPT, rehearsal, VM, JOB, '2'], env=CHILD_ENV, check=True, capture_output=True)
     duration = time.monotonic() - began
-    process = subprocess.Popen([sys.executable, '-c', KILL_SCRIPT, builder.repo.root, VM, JOB, '2'],
+    process = subprocess.Popen([sys.executable, '-c', KILL_SCRIPT, builder.repo.root, VM, JOB, '2'], env=CHILD_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         process.wait(timeout=random.Random(seed).uniform(0.4, 1.0) * duration)
