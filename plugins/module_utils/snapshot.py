@@ -34,6 +34,9 @@ KEY_JOB_NAME = 'xapi_delta_backup:job_name'
 KEY_EXPORTING = 'xapi_delta_backup:exporting'
 # An export marker from another host is trusted this long (a longer transfer would have timed out).
 EXPORTING_MAX_AGE = datetime.timedelta(hours=24)
+# An untagged snapshot with our name is a leftover of a vm_snapshot killed while XAPI took it only when it
+# is this much older (host clock) than the snapshot just taken: tagging follows VM.snapshot at once.
+ORPHAN_MIN_AGE = datetime.timedelta(seconds=5)
 # Xen Orchestra writes the datetime tag with colons (file names have none).
 DATETIME_TAG_FORMAT = '%Y%m%dT%H:%M:%SZ'
 # Our own name so an operator can tell backup snapshots apart in any client.
@@ -297,6 +300,40 @@ def destroy_snapshot_vm(xapi, snapshot_ref: str) -> list[str]:
     return removed
 
 
+def _xapi_time(value) -> datetime.datetime | None:
+    """A XAPI DateTime (``20261126T02:00:00Z``, the Z sometimes missing) as an aware datetime."""
+    text = str(getattr(value, 'value', value) or '')
+    return parse_datetime_tag(text if text.endswith('Z') else text + 'Z')
+
+
+def orphaned_snapshots(xapi, vm_record: dict, name_label: str, newest_ref: str) -> list[tuple[str, dict]]:
+    """Snapshots a vm_snapshot of this job left untagged when it was killed while XAPI took them.
+
+    They carry the job's exact snapshot name, no job tag, and were taken (host clock) at least
+    ORPHAN_MIN_AGE before the snapshot this run just took and tagged: no later prune could find them.
+    """
+    newest_time = _xapi_time(xapi.call('VM.get_record', newest_ref).get('snapshot_time'))
+    if newest_time is None:
+        return []
+    found = []
+    for ref in vm_record.get('snapshots') or []:
+        if ref == newest_ref:
+            continue
+        try:
+            record = xapi.call('VM.get_record', ref)
+        except XapiError as error:
+            if error.code == 'HANDLE_INVALID':
+                continue
+            raise
+        other = record.get('other_config') or {}
+        if not record.get('is_a_snapshot') or record.get('name_label') != name_label or KEY_JOB in other:
+            continue
+        taken = _xapi_time(record.get('snapshot_time'))
+        if taken is not None and taken <= newest_time - ORPHAN_MIN_AGE:
+            found.append((ref, record))
+    return found
+
+
 def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, check_mode: bool = False,
                          timeout: float | None = None) -> dict:
     """Take (``take``) the job's snapshot of the VM, then remove the job's snapshots except the reference.
@@ -326,4 +363,9 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
         result['removed_snapshots'].append(stale.uuid)
         if not check_mode:
             destroy_snapshot_vm(xapi, stale.ref)
+    if new_snapshot is not None:
+        name = SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', vm_record['uuid']))
+        for ref, record in orphaned_snapshots(xapi, vm_record, name, new_snapshot.ref):
+            result['removed_snapshots'].append(record['uuid'])
+            destroy_snapshot_vm(xapi, ref)
     return result

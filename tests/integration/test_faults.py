@@ -155,15 +155,18 @@ def test_snapshot_faults(app, small_fs, cell):
     assert len(snapshots_of(app)) == 1
     settle(app, points, names)
     cell('snapshot', 'XAPI error')
-    # kill -9 while XAPI takes the snapshot
+    # kill -9 while XAPI takes the snapshot: once the snapshot task exists, before it completes
     for _attempt in range(2):
         writes(app, rng)
         names = points.names()
-        app['sim'].control.delay(0.8, 'VM.snapshot')
-        killed = run_and_kill(app['ansible'], 'vm_snapshot', JOB, rng, (0.1, 0.6))
+        tasks = app['sim'].control.info()['counts'].get('task', 0)
+        app['sim'].control.delay(1.0, 'VM.snapshot')
+        killed = run_and_kill(app['ansible'], 'vm_snapshot', JOB, rng, (0.0, 0.7),
+                              on_start=lambda tasks=tasks: wait_for(lambda: app['sim'].control.info()['counts'].get('task', 0) > tasks))
         app['sim'].control.delay(0, 'VM.snapshot')
-        time.sleep(0.9)   # the snapshot task finishes on the host after the client died
+        time.sleep(1.2)   # the snapshot task finishes on the host after the client died
         expire_orphan_sessions(app['sim'], 1)
+        time.sleep(4)     # the next run must see the leftover as older than ORPHAN_MIN_AGE (5 s)
         settle(app, points, names)
         left = len(snapshots_of(app))
         # reference + the new snapshot; a third one is a snapshot the killed run never tagged
