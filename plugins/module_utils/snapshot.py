@@ -334,6 +334,20 @@ def orphaned_snapshots(xapi, vm_record: dict, name_label: str, newest_ref: str) 
     return found
 
 
+def orphaned_snapshot_vdis(xapi, vm_uuid: str, job_id: str) -> list[tuple[str, dict]]:
+    """Snapshot VDIs of the job whose snapshot VM is gone: a prune killed between VM.destroy and VDI.destroy.
+
+    Tagged with our job and VM, a snapshot, attached to nothing (no VBD): no snapshot VM lists them any more.
+    """
+    records = xapi.call('VDI.get_all_records_where', 'field "is_a_snapshot" = "true"')
+    found = []
+    for ref, record in sorted(records.items()):
+        other = record.get('other_config') or {}
+        if other.get(KEY_JOB) == job_id and other.get(KEY_VM) == vm_uuid and not record.get('VBDs'):
+            found.append((ref, record))
+    return found
+
+
 def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, check_mode: bool = False,
                          timeout: float | None = None) -> dict:
     """Take (``take``) the job's snapshot of the VM, then remove the job's snapshots except the reference.
@@ -347,7 +361,7 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
     _refs, excluded = excluded_vdis(xapi, vm_record)
     result = {'changed': False, 'vm': {'uuid': vm_record['uuid'], 'name_label': vm_record.get('name_label', '')}, 'job_id': job_id,
               'snapshot': None, 'reference_snapshot': reference.as_result() if reference else None, 'removed_snapshots': [],
-              'excluded_disks': excluded}
+              'removed_orphan_disks': [], 'excluded_disks': excluded}
     new_snapshot = None
     if take:
         taken_at = next_snapshot_time(snapshots)
@@ -368,4 +382,13 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
         for ref, record in orphaned_snapshots(xapi, vm_record, name, new_snapshot.ref):
             result['removed_snapshots'].append(record['uuid'])
             destroy_snapshot_vm(xapi, ref)
+    for ref, record in orphaned_snapshot_vdis(xapi, vm_record['uuid'], job_id):
+        result['changed'] = True
+        result['removed_orphan_disks'].append(record['uuid'])
+        if not check_mode:
+            try:
+                xapi.call('VDI.destroy', ref, what='removal of orphaned snapshot disk %s' % record['uuid'])
+            except XapiError as error:
+                if error.code != 'HANDLE_INVALID':
+                    raise
     return result

@@ -164,6 +164,14 @@ removed_snapshots:
   type: list
   elements: str
   sample: ["9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"]
+removed_orphan_disks:
+  description:
+    - uuids of snapshot VDIs of the job whose snapshot VM is gone (a prune interrupted between removing the VM and
+      its disks), removed (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 excluded_disks:
   description: The VM's disks left out because their name contains C([NOBAK]).
   returned: always

@@ -300,13 +300,16 @@ def test_snapshot_prune_faults(app, small_fs, cell):
     # kill -9 while XAPI removes the old snapshot (VM.destroy, then its VDIs)
     for _attempt in range(2):
         names = points.names()
-        app['sim'].control.delay(0.6, 'VM.destroy')
-        killed = run_and_kill(app['ansible'], 'vm_snapshot', dict(JOB, state='pruned'), rng, (0.05, 0.9))
+        # VM.destroy answers 1.5 s late: a kill 0.2 to 1 s after the module logged in lands between it and VDI.destroy
+        app['sim'].control.delay(1.5, 'VM.destroy')
+        killed = run_and_kill(app['ansible'], 'vm_snapshot', dict(JOB, state='pruned'), rng, (0.2, 1.0),
+                              on_start=lambda: wait_for(lambda: app['sim'].control.session_count() > 0))
         app['sim'].control.delay(0, 'VM.destroy')
-        time.sleep(0.7)
+        time.sleep(1.6)
         expire_orphan_sessions(app['sim'], 1)
         writes(app, rng)
         settle(app, points, names)
+        # the normal run's vm_snapshot removed the disks the killed prune left without their snapshot VM
         leaked = orphan_snapshot_vdis(app) - orphans
         cell('snapshot prune', 'kill -9', 'ok' if killed['killed'] and not leaked else
              'LEAKED %d snapshot VDIs' % leaked if leaked else 'finished before kill')
