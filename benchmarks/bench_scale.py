@@ -435,8 +435,9 @@ def report_throughput(figures):
     row = put['restore']
     print('RESTORE %.1f MiB stream: restore %6.0f MiB/s, plain upload %6.0f MiB/s, RATIO %.2f'
           % (row['bytes'] / MIB, row['restore'] / MIB, row['upload'] / MIB, row['restore'] / row['upload']))
+    modules = ', '.join('%s %.0f MiB' % item for item in sorted(figures['rss_modules_mib'].items())) or 'skipped'
     print('PEAK RSS: bulk benchmark process %.0f MiB; module processes %s'
-          % (figures.get('rss_bulk_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), ', '.join('%s %.0f MiB' % item for item in sorted(figures['rss_modules_mib'].items())) or 'skipped'))
+          % (figures.get('rss_bulk_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), modules))
     print('TOTAL %.1f s' % figures['total_seconds'])
 
 
