@@ -470,15 +470,32 @@ def test_restore_import_faults(app, cell):
     assert pool_counts(app) == (vms, vdis)
     attempt([], '')
     cell('restore import', 'full SR')
-    # kill -9 during the import: the pool keeps what was created so far, marked as an unfinished restore
+    # kill -9 during the import (once the VM exists): the pool keeps what was created so far, marked as an unfinished restore
     vms, vdis = pool_counts(app)
-    app['sim'].control.delay(0.5, 'import_raw_vdi')
-    killed = run_and_kill(app['ansible'], 'vm_restore', restore_step(repo)[1], rng, (0.1, 0.9))
+    app['sim'].control.delay(1.0, 'import_raw_vdi')
+    killed = run_and_kill(app['ansible'], 'vm_restore', restore_step(repo)[1], rng, (0.0, 0.6),
+                          on_start=lambda: wait_for(lambda: pool_counts(app)[0] > vms))
     app['sim'].control.delay(0, 'import_raw_vdi')
+    time.sleep(1.2)
     expire_orphan_sessions(app['sim'], 1)
     leftover_vms = pool_counts(app)[0] - vms
+    assert leftover_vms <= 1
+    if leftover_vms:
+        # the half-restored VM cannot be started by mistake and says why
+        records = [app['sim'].control.record('VM', ref) for ref in all_vms(app)]
+        leftover = [record for record in records if record['name_label'] == 'restored' and record['blocked_operations']]
+        assert leftover and leftover[0]['blocked_operations'].get('start') == 'xapi.delta_backup vm_restore in progress', leftover
     assert real_files(repo) == files
     points.assert_intact()
     attempt([], '')
     cell('restore import', 'kill -9', ('ok' if not leftover_vms else 'ok, half-restored VM left (start blocked)')
          if killed['killed'] else 'finished before kill')
+
+
+def all_vms(app) -> list:
+    session = app['sim'].xenapi_session()
+    session.xenapi.login_with_password('root', 'secret', '1.0', 'fault-tests')
+    try:
+        return session.xenapi.VM.get_all()
+    finally:
+        session.xenapi.session.logout()
