@@ -44,6 +44,18 @@ class _Source:
         self.position += len(data)
         return data
 
+    def readinto(self, view):
+        """Fill some of ``view``; 0 at the end. Uses the source's readinto when it has one (no new objects)."""
+        readinto = getattr(self.fileobj, "readinto", None)
+        if readinto is not None:
+            count = readinto(view) or 0
+        else:
+            data = self.fileobj.read(len(view))
+            count = len(data)
+            view[:count] = data
+        self.position += count
+        return count
+
     def read_exact(self, size, structure, field):
         parts = []
         got = 0
@@ -63,7 +75,8 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
     The footer (both copies) gets ``unique_id``; for a differencing disk the header gets the
     ``parent`` :class:`~.writer.ParentLink` (unique id, timestamp, relative name) and loses its
     parent locators.  Checksums are recomputed.  ``on_write(chunk)`` receives every byte written,
-    in order, so the file can be hashed as it is written.  The stream is validated on the way
+    in order, so the file can be hashed as it is written.  Both ``dst.write`` and ``on_write`` may get
+    a memoryview of a reused buffer: consume it during the call, never keep it.  The stream is validated on the way
     (cookies, checksums, BAT inside the stream, end footer equal to the head copy); any problem
     raises :class:`VhdError` and ``dst`` then holds a partial copy the caller must discard.
     """
@@ -128,16 +141,24 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
                            f"block at {entry * SECTOR} overlaps the header or BAT")
         data_end = max(data_end, entry * SECTOR + span)
 
-    # Pass the rest through, holding back the last 512 bytes: they are the end footer.
-    held = b""
+    # Pass the rest through, holding back the last 512 bytes: they are the end footer. One buffer is
+    # reused for the whole disk (a new 1 MiB object per chunk costs more than the copy itself), so
+    # ``dst.write`` and ``on_write`` get views that are only valid during the call.
+    buffer = bytearray(CHUNK_SIZE + FOOTER_SIZE)
+    view = memoryview(buffer)
+    held = 0
     while True:
-        chunk = source.read_some(CHUNK_SIZE)
-        if not chunk:
+        count = source.readinto(view[held:])
+        if not count:
             break
-        held += chunk
-        if len(held) > FOOTER_SIZE:
-            emit(held[:-FOOTER_SIZE])
-            held = held[-FOOTER_SIZE:]
+        filled = held + count
+        if filled > FOOTER_SIZE:
+            emit(view[:filled - FOOTER_SIZE])
+            buffer[:FOOTER_SIZE] = buffer[filled - FOOTER_SIZE:filled]
+            held = FOOTER_SIZE
+        else:
+            held = filled
+    held = bytes(view[:held])
     if source.position < data_end + FOOTER_SIZE:
         raise VhdError(name, "BAT", "entries", header.table_offset,
                        f"stream of {source.position} bytes ends before its last block (needs {data_end + FOOTER_SIZE})")
