@@ -19,9 +19,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 # What `make test` runs, in order. Each step fails loudly.
-TEST_STEPS := sanity units pytest
+TEST_STEPS := sanity units pytest lint molecule
 
-.PHONY: help venv sysdeps layout sanity units pytest test demo clean lock
+.PHONY: help venv sysdeps layout sanity units pytest lint molecule test demo clean lock
 
 help:
 	@echo "make test   - set up everything and run every test suite (sanity, units, pytest suites)"
@@ -72,6 +72,14 @@ pytest: layout
 	@if [ -z "$(PYTEST_SUITES)" ]; then echo "no pytest suites yet"; exit 0; fi
 	cd $(COLLECTION) && PYTHONPATH=$(COLLECTIONS_ROOT):$(COLLECTION)/tests ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) \
 	  $(BIN)/python -m pytest -p no:cacheprovider -n 2 --timeout 900 $(PYTEST_SUITES)
+
+# ansible-lint (production profile) on what users run, offline.
+lint: layout
+	cd $(COLLECTION) && PATH=$(BIN):$$PATH $(BIN)/ansible-lint --offline roles playbooks extensions awx/project
+
+# Molecule scenarios of the roles (delegated driver on localhost; each starts its own simulator).
+molecule: layout
+	cd $(COLLECTION) && PATH=$(BIN):$$PATH ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) $(BIN)/molecule test --all
 
 test: sysdeps venv
 	$(MAKE) --no-print-directory --keep-going $(TEST_STEPS)

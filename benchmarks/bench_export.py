@@ -141,8 +141,8 @@ def main() -> int:
             ours_rate = ours['bytes'] / ours['seconds'] / 1e6
             curl_rate = size / seconds / 1e6
             rss = '%.1f' % ours['peak_rss_mib'] if ours['peak_rss_mib'] else '(<= above)'
-            print('%-6s %-6s %12d %12.0f %12.0f %8.2f %14s' % (round_name, ours['mode'], ours['bytes'], ours_rate, curl_rate,
-                                                              ours_rate / curl_rate, rss))
+            print('%-6s %-6s %12d %12.0f %12.0f %8.2f %14s'
+                  % (round_name, ours['mode'], ours['bytes'], ours_rate, curl_rate, ours_rate / curl_rate, rss))
         print('goals: ratio >= 0.9, peak RSS <= 100 MiB')
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
