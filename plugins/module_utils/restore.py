@@ -356,17 +356,20 @@ def resolve_backup_vm(repo, vm: str) -> str:
     vms = repo.list_vms()
     if vm.lower() in vms:
         return vm.lower()
-    matches = []
+    matches, unreadable = [], []
     for vm_uuid in vms:
         try:
             points = repo.list_backups(vm_uuid)
-        except RepositoryError:
+        except RepositoryError as error:
+            # The VM may be the one asked for: say why it could not be looked at.
+            unreadable.append(str(error))
             continue
         if points and (points[-1].metadata.get('vm') or {}).get('name_label') == vm:
             matches.append(vm_uuid)
     if len(matches) != 1:
-        raise RestoreError('%s backed-up VM named or with uuid %r in %s%s' % (
-            'no' if not matches else '%d' % len(matches), vm, repo.root, ': give the uuid (%s)' % ', '.join(matches) if matches else ''))
+        raise RestoreError('%s backed-up VM named or with uuid %r in %s%s%s' % (
+            'no' if not matches else '%d' % len(matches), vm, repo.root, ': give the uuid (%s)' % ', '.join(matches) if matches else '',
+            '; some backups could not be read: %s' % '; '.join(unreadable) if unreadable and not matches else ''))
     return matches[0]
 
 
