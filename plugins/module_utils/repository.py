@@ -394,7 +394,8 @@ def describe_lock_holder(holder: dict) -> str:
     return 'job %r (pid %s on host %s, since %s)' % (holder.get('job'), holder.get('pid'), holder.get('host'), holder.get('started'))
 
 
-def _process_is_alive(pid: int) -> bool:
+def process_is_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (locks and export markers name their owner by pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -411,7 +412,7 @@ def lock_is_stale(holder: dict, hostname: str | None = None) -> bool:
     pid = holder.get('pid')
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
-    return not _process_is_alive(pid)
+    return not process_is_alive(pid)
 
 
 class RepositoryLock:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import process_is_alive
 
 KEY_JOB = 'xo:backup:job'
 KEY_SCHEDULE = 'xo:backup:schedule'
@@ -141,15 +142,7 @@ def export_in_progress(snapshot: BackupSnapshot, now: datetime.datetime | None =
         return False
     if holder.get('host') == socket.gethostname():
         pid = holder.get('pid')
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and process_is_alive(pid)
     try:
         started = datetime.datetime.fromisoformat(str(holder.get('started')))
     except ValueError:
