@@ -422,6 +422,11 @@ def _grow_bat(parent, needed):
         parent.set_entry(index, start)
         parent.write_bat_range(index, index)
         parent.io.fsync(parent.fd)
+    if parent.file_size() < new_end + FOOTER_SIZE:
+        # The grown table would cover the end footer (no block lies past the old table): copy the
+        # footer past the new table end first, so the file has a valid end footer at every instant.
+        parent.io.pwrite(parent.fd, parent.end_footer(), new_end)
+        parent.io.fsync(parent.fd)
     old_entries = header.max_table_entries
     fill = bat_pack([BAT_UNUSED] * (needed - old_entries))
     parent.io.pwrite(parent.fd, fill.ljust(new_bytes - old_entries * 4, b"\xff"), header.table_offset + old_entries * 4)

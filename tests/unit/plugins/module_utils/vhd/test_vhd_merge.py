@@ -239,3 +239,14 @@ def test_merge_again_after_a_crash_resumes(tmp_path):
     for point in (2, 3):
         assert _read(model.paths[point]) == model.points[point]
     assert not [n for n in os.listdir(tmp_path / "again") if n.startswith(".")]
+
+
+def test_growing_the_table_of_a_parent_without_blocks_keeps_its_end_footer(tmp_path):
+    """Found by hypothesis: the grown BAT of an empty delta covered its end footer, so the merge could not reopen it."""
+    from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.test_vhd_property import _build, _read
+
+    model = _build(str(tmp_path), (64 * 1024, 5317120, [], [([], 3000, False), ([], 3000, False)]))
+    assert merge_chain(model.paths[1], model.paths[2:3]) == model.paths[2]
+    for point in (0, 2):
+        assert _read(model.paths[point]) == model.points[point]
+    assert check_chain(model.paths[2]) == []
