@@ -75,18 +75,6 @@ def _repository(directory, size_gib, base_gib, changed_gib):
     return repo, job, built
 
 
-def _cp_seconds(source, directory):
-    copy = os.path.join(directory, 'copy.bin')
-    started = time.perf_counter()
-    subprocess.run(['cp', '--sparse=never', source, copy], check=True)
-    fd = os.open(copy, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    elapsed = time.perf_counter() - started
-    os.unlink(copy)
-    return elapsed
-
-
 def bench_merge(args, workdir):
     from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import apply_retention  # pylint: disable=import-error
 
@@ -97,7 +85,7 @@ def bench_merge(args, workdir):
             directory = os.path.join(workdir, 'merge-%g-%d' % (size_gib, number))
             repo, job, built = _repository(directory, size_gib, 1.0, args.changed_gib)
             subprocess.run(['sync', '-f', built['delta']], check=True)
-            copies.append(_cp_seconds(built['delta'], workdir))
+            copies.append(bench_vhd.cp_fsync_seconds(built['delta'], workdir))
             started = time.perf_counter()
             report = apply_retention(repo, VM, job, 1)
             totals.append(time.perf_counter() - started)

@@ -205,18 +205,6 @@ def download_rate(running, session_ref, vdi_ref, base_ref=None, sink_path=None) 
     return total, time.perf_counter() - began
 
 
-def cp_seconds(source, directory) -> float:
-    copy = os.path.join(directory, 'cp-copy.bin')
-    began = time.perf_counter()
-    subprocess.run(['cp', '--sparse=never', source, copy], check=True)
-    fd = os.open(copy, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    elapsed = time.perf_counter() - began
-    os.unlink(copy)
-    return elapsed
-
-
 def throughput(args, running, xapi, mods, workdir) -> dict:
     """export / download, merge / cp, restore / upload on the big VM, best of --repeat where it can be repeated."""
     control = running.control
@@ -281,7 +269,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         out['restore'] = {'bytes': uploaded, 'restore': best_restore, 'upload': best_upload}
         # merge (keep 1 folds the delta into the full) vs cp of the delta file
         subprocess.run(['sync'], check=True)
-        copy = cp_seconds(delta_file, workdir)
+        copy = bench_vhd.cp_fsync_seconds(delta_file, workdir)
         delta_size = os.path.getsize(delta_file)
         report = mods.apply_retention(repo, vm_uuid, job_id, 1)
         out['merge'] = {'bytes': delta_size, 'merge': report['merge_seconds'], 'cp': copy,

@@ -37,6 +37,19 @@ BLOCK = 2 * MIB
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cp_fsync_seconds(source, directory):
+    """The physical limit the merge is compared with: `cp` of the changed bytes, made durable (fsync)."""
+    copy = os.path.join(directory, "cp-baseline.bin")
+    started = time.perf_counter()
+    subprocess.run(["cp", "--sparse=never", source, copy], check=True)
+    fd = os.open(copy, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    elapsed = time.perf_counter() - started
+    os.unlink(copy)
+    return elapsed
+
+
 def _importable():
     """Symlink this checkout as ansible_collections/xapi/delta_backup under a temp dir and put it on sys.path."""
     root = tempfile.mkdtemp(prefix="vhdbench-col-")
@@ -176,16 +189,9 @@ def _measure(args, directory):
 
     # Merge rounds, each on a fresh copy of the chain, interleaved with the baseline: copying the
     # changed bytes (the delta file) and making them durable.
-    copy = os.path.join(directory, "copy.bin")
     cp_runs, merges = [], []
     for number in range(args.repeat):
-        started = time.perf_counter()
-        subprocess.run(["cp", "--sparse=never", delta, copy], check=True)
-        fd = os.open(copy, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        cp_runs.append(time.perf_counter() - started)
-        os.unlink(copy)
+        cp_runs.append(cp_fsync_seconds(delta, directory))
         round_dir = os.path.join(directory, f"merge{number}")
         os.mkdir(round_dir)
         round_full, round_delta = (os.path.join(round_dir, os.path.basename(p)) for p in (full, delta))
