@@ -27,6 +27,7 @@ import secrets
 import shutil
 import socket
 import struct
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -390,7 +391,7 @@ class BackupPoint:
 
 def describe_lock_holder(holder: dict) -> str:
     if not holder:
-        return 'an unknown holder (no readable owner file)'
+        return 'a holder that names no owner but keeps the lock fresh (Xen Orchestra, or a run taking it right now)'
     return 'job %r (pid %s on host %s, since %s)' % (holder.get('job'), holder.get('pid'), holder.get('host'), holder.get('started'))
 
 
@@ -415,11 +416,24 @@ def lock_is_stale(holder: dict, hostname: str | None = None) -> bool:
     return not process_is_alive(pid)
 
 
+# Xen Orchestra locks with proper-lockfile: an empty ``<vm uuid>.lock`` folder made by mkdir whose
+# mtime its holder refreshes every 5 s, and which anyone may break once the mtime is 10 s old.
+# We take the same folder the same way and keep its mtime fresh, so XO and this collection
+# exclude each other on a shared repository.
+LOCK_HEARTBEAT_SECONDS = 5.0
+OWNERLESS_LOCK_STALE_SECONDS = 10.0
+
+
 class RepositoryLock:
     """Exclusive lock of one VM in one repository: the ``<vm uuid>.lock/`` folder, made with mkdir.
 
     The owner file inside names host, pid, start time and job so that a refused run can say who
-    holds the lock. A lock left by a dead process on this host is taken over.
+    holds the lock. A heartbeat thread refreshes the folder's mtime while it is held.
+
+    A lock is broken only when its holder is provably gone: an owner on this host whose pid no
+    longer runs, or a folder without owner (Xen Orchestra's, or ours killed between mkdir and the
+    owner write) whose mtime stayed unchanged for ``OWNERLESS_LOCK_STALE_SECONDS``. A lock owned
+    on another host is never broken: the error says which host and how to clear it.
     """
 
     def __init__(self, repository: 'BackupRepository', vm_uuid: str, job: str):
@@ -430,7 +444,11 @@ class RepositoryLock:
         self.owner = {'host': socket.gethostname(), 'pid': os.getpid(), 'job': job,
                       'started': datetime.datetime.now(datetime.timezone.utc).isoformat(), 'token': secrets.token_hex(8)}
         self.held = False
-        self.took_over = None
+        self.took_over = None  # the owner record of a stale lock broken to get this one ({} if it had none)
+        self.heartbeat_seconds = LOCK_HEARTBEAT_SECONDS
+        self.ownerless_stale_seconds = OWNERLESS_LOCK_STALE_SECONDS
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat = None
 
     def __enter__(self) -> 'RepositoryLock':
         self.acquire()
@@ -439,58 +457,119 @@ class RepositoryLock:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
 
-    def read_holder(self) -> dict:
+    def read_holder(self, lock_path: str | None = None) -> dict:
         try:
-            with open(self.owner_path, 'rb') as source:
+            with open(os.path.join(lock_path or self.path, LOCK_OWNER_FILE), 'rb') as source:
                 holder = json.loads(source.read().decode('utf-8'))
         except (OSError, ValueError):
             return {}
         return holder if isinstance(holder, dict) else {}
 
     def acquire(self) -> None:
-        for attempt in range(2):
+        for attempt in range(3):
             try:
                 os.mkdir(self.path, self.repository.dir_mode)
             except FileExistsError:
                 holder = self.read_holder()
-                if attempt == 0 and lock_is_stale(holder):
-                    self._remove_stale(holder)
+                if attempt < 2 and (lock_is_stale(holder) or (not holder and self._ownerless_lock_is_abandoned())):
+                    self._break_stale(holder)
                     continue
-                raise RepositoryLockedError(self.path, holder) from None
+                raise RepositoryLockedError(self.path, self.read_holder() or holder) from None
             except OSError as exc:
                 raise RepositoryError('cannot create lock %s: %s' % (self.path, exc.strerror or exc)) from exc
-            os.chmod(self.path, self.repository.dir_mode)
-            write_file_atomically(self.owner_path, json.dumps(self.owner, indent=1).encode('utf-8'), mode=self.repository.file_mode)
+            self._write_owner()
             self.held = True
+            self._start_heartbeat()
+            self._sweep_broken_locks()
             return
 
-    def _remove_stale(self, holder: dict) -> None:
-        # Move it aside under a unique name first, so two runs that both saw the stale owner
-        # cannot both delete: the second rename finds nothing (or a fresh owner, which it keeps).
-        if self.read_holder() != holder:
-            return
-        aside = os.path.join(self.repository.backup_dir, '.%s.stale-%s' % (self.vm_uuid + LOCK_SUFFIX, secrets.token_hex(4)))
+    def _write_owner(self) -> None:
+        # No temporary file and no fsync: the window between mkdir and this write is when a kill
+        # leaves an ownerless lock, so it is kept to one small write. A reader that finds the file
+        # empty or half-written treats the lock as ownerless, which is never broken while fresh.
+        fd = os.open(self.owner_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), self.repository.file_mode)
+        try:
+            os.write(fd, json.dumps(self.owner, indent=1).encode('utf-8'))
+        finally:
+            os.close(fd)
+        os.chmod(self.path, self.repository.dir_mode)
+
+    def _lock_mtime(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _ownerless_lock_is_abandoned(self) -> bool:
+        """Wait until an ownerless lock's mtime is one stale period old; False if anyone refreshes it."""
+        first_seen = self._lock_mtime()
+        while first_seen is not None:
+            age = time.time() - first_seen
+            if age >= self.ownerless_stale_seconds:
+                return True
+            self._stop_heartbeat.wait(min(self.ownerless_stale_seconds - age + 0.05, 1.0))
+            if self._lock_mtime() != first_seen or self.read_holder():
+                return False  # refreshed by a live holder, or our own kind finished taking it
+        return True  # gone meanwhile: the next mkdir decides
+
+    def _break_stale(self, holder: dict) -> None:
+        # Move the folder aside under a unique name, then look at what was moved: if it is not
+        # the lock judged stale (a live run re-took it in between), put it back.
+        aside = os.path.join(self.repository.backup_dir, '.%s%s.broken-%s' % (self.vm_uuid, LOCK_SUFFIX, secrets.token_hex(4)))
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return
+        moved = self.read_holder(aside)
+        if moved != holder:
+            with contextlib.suppress(OSError):
+                os.rename(aside, self.path)
+            return
         self.took_over = holder
         shutil.rmtree(aside, ignore_errors=True)
+
+    def _sweep_broken_locks(self) -> None:
+        """Remove folders that a killed run moved aside (they are no longer locks of anyone)."""
+        prefix = '.%s%s.' % (self.vm_uuid, LOCK_SUFFIX)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.repository.backup_dir):
+                if name.startswith(prefix) and ('.broken-' in name or '.released-' in name):
+                    shutil.rmtree(os.path.join(self.repository.backup_dir, name), ignore_errors=True)
+
+    def _start_heartbeat(self) -> None:
+        self._stop_heartbeat.clear()
+
+        def beat():
+            while not self._stop_heartbeat.wait(self.heartbeat_seconds):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    return  # the folder is gone: release, or broken by someone else
+        self._heartbeat = threading.Thread(target=beat, name='lock-heartbeat-%s' % self.vm_uuid, daemon=True)
+        self._heartbeat.start()
+
+    def _stop(self) -> None:
+        self._stop_heartbeat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
 
     def release(self) -> None:
         """Remove the lock if it is still ours (a lock taken over meanwhile is left alone)."""
         if not self.held:
             return
         self.held = False
+        self._stop()
         if self.read_holder().get('token') != self.owner['token']:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.owner_path)
-        for name in os.listdir(self.path) if os.path.isdir(self.path) else []:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.path, name))
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self.path)
+        # One rename makes the lock disappear at once: a kill during the removal that follows
+        # leaves a hidden folder the next run sweeps, never an ownerless lock.
+        released = os.path.join(self.repository.backup_dir, '.%s%s.released-%s' % (self.vm_uuid, LOCK_SUFFIX, secrets.token_hex(4)))
+        try:
+            os.rename(self.path, released)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(released, ignore_errors=True)
 
 
 # -- the repository ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -338,10 +339,76 @@ def test_lock_from_another_host_is_never_stale(repo):
         repo.lock(VM, 'nightly').acquire()
 
 
-def test_lock_without_owner_file_is_held(repo):
-    os.mkdir(os.path.join(repo.backup_dir, VM + '.lock'))
-    with pytest.raises(RepositoryLockedError, match='unknown holder'):
-        repo.lock(VM, 'nightly').acquire()
+def quick_lock(repo, job='nightly'):
+    lock = repo.lock(VM, job)
+    lock.ownerless_stale_seconds = 1.0
+    lock.heartbeat_seconds = 0.2
+    return lock
+
+
+def test_ownerless_lock_kept_fresh_is_held(repo):
+    # Xen Orchestra's lock: an empty folder whose mtime its holder refreshes.
+    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
+    os.mkdir(lock_dir)
+    stop = threading.Event()
+
+    def xo_heartbeat():
+        while not stop.wait(0.3):
+            os.utime(lock_dir)
+    refresher = threading.Thread(target=xo_heartbeat)
+    refresher.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RepositoryLockedError, match='names no owner but keeps the lock fresh'):
+            quick_lock(repo).acquire()
+        assert time.monotonic() - started < 1.5
+    finally:
+        stop.set()
+        refresher.join()
+    assert os.path.isdir(lock_dir) and os.listdir(lock_dir) == []
+
+
+def test_ownerless_lock_left_unchanged_is_broken(repo):
+    # A run killed between mkdir and the owner write leaves an empty folder nobody refreshes.
+    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
+    os.mkdir(lock_dir)
+    started = time.monotonic()
+    with quick_lock(repo) as lock:
+        assert lock.took_over == {}
+        assert json.load(open(lock.owner_path))['token'] == lock.owner['token']
+    waited = time.monotonic() - started
+    assert 0.9 <= waited < 3.0
+    assert not os.path.exists(lock_dir)
+
+
+def test_old_ownerless_lock_is_broken_at_once(repo):
+    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
+    os.mkdir(lock_dir)
+    os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
+    started = time.monotonic()
+    with repo.lock(VM, 'nightly') as lock:
+        assert lock.took_over == {}
+    assert time.monotonic() - started < 0.5
+
+
+def test_held_lock_mtime_is_refreshed(repo):
+    with quick_lock(repo) as lock:
+        os.utime(lock.path, (time.time() - 3600, time.time() - 3600))
+        time.sleep(0.6)
+        assert time.time() - os.stat(lock.path).st_mtime < 1.0
+        # so neither Xen Orchestra nor our ownerless rule would ever call it stale
+    assert not os.path.exists(lock.path)
+
+
+def test_release_and_break_leave_nothing_behind(repo):
+    # A run killed while removing a released or broken lock leaves a hidden folder: the next
+    # holder sweeps it, and listings never show it.
+    for leftover in ('.%s.lock.released-0000' % VM, '.%s.lock.broken-1111' % VM):
+        os.makedirs(os.path.join(repo.backup_dir, leftover, 'x'))
+    assert repo.list_vms() == []
+    with repo.lock(VM, 'nightly'):
+        pass
+    assert os.listdir(repo.backup_dir) == []
 
 
 def test_release_leaves_a_lock_taken_over_by_someone_else(repo):
