@@ -36,6 +36,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
     BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, mark_exporting, next_snapshot_time, reference_snapshot,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import vhd_timestamp
 
@@ -265,8 +266,11 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], job_id, disk.live_vdi_uuid, plan.timestamp))
                    for repository in repositories]
         stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
-        result = rewrite_identity(stream, _FanOut(writers), unique_id=disk.vdi_uuid, parent=parent,
-                                  name='export of %s (%s)' % (disk.name_label, disk.vdi_uuid))
+        # Files are written and hashed on a second thread while this one receives and rewrites.
+        # Leaving the block waits for every chunk, so the files commit only once all is written.
+        with WriteBehind(_FanOut(writers)) as sink:
+            result = rewrite_identity(stream, sink, unique_id=disk.vdi_uuid, parent=parent,
+                                      name='export of %s (%s)' % (disk.name_label, disk.vdi_uuid))
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):
             raise XapiError('export of %s sent data after the end of its VHD' % disk.vdi_uuid, code='LONG_STREAM')

@@ -9,7 +9,8 @@ on the pool before all of them pass. Then, as Xen Orchestra does, the VM is crea
 backed-up record with its start blocked, each disk gets a new VDI of the point's virtual size and
 its chain is streamed as ONE dynamic VHD to ``/import_raw_vdi`` (exact Content-Length, one block in
 memory at a time), VBDs and VIFs are recreated, and the start is unblocked. Whatever was created is
-destroyed again if a step fails. The VM's repository lock is held throughout, so no merge rewrites
+destroyed again if a step fails; what a killed restore left (marked with the run's host and pid) is
+destroyed by the next restore. The VM's repository lock is held throughout, so no merge rewrites
 a file being read; a merge that a crash left unfinished is finished first (as backup_merge would).
 """
 
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
+import os
+import socket
 import time
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
-    TIMESTAMP_PATTERN, RepositoryError, validate_uuid,
+    TIMESTAMP_PATTERN, RepositoryError, lock_is_stale, validate_uuid,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
@@ -31,6 +35,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdCh
 MIB = 1024 * 1024
 RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'
 BLOCK_REASON = 'xapi.delta_backup vm_restore in progress'
+# On the VM and VDIs of a restore until it finishes: names the run (host, pid) so that a later
+# vm_restore can tell a restore killed half-way from one still running, and remove the former.
+IN_PROGRESS_KEY = 'xapi_delta_backup:restore_in_progress'
 # Fields of the backed-up VM record that VM.create takes; the rest are server-owned or per host.
 VM_CREATE_FIELDS = (
     'name_description', 'user_version', 'memory_static_max', 'memory_dynamic_max', 'memory_dynamic_min', 'memory_static_min',
@@ -182,6 +189,64 @@ def _clean_other_config(other) -> dict:
     return {key: value for key, value in (other or {}).items() if not str(key).startswith(BACKUP_KEY_PREFIXES)}
 
 
+def in_progress_marker() -> str:
+    return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                       'started': datetime.datetime.now(datetime.timezone.utc).isoformat()}, sort_keys=True)
+
+
+def _marker_of(record) -> dict | None:
+    text = (record.get('other_config') or {}).get(IN_PROGRESS_KEY)
+    if text is None:
+        return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def find_abandoned_restores(xapi) -> dict:
+    """VMs and VDIs of restores whose process died (on this host) before finishing.
+
+    A marker from another host, or whose pid still runs, is left alone: that restore may be
+    running. The disks of an abandoned VM are those it was restoring (same ``restored_from``).
+    """
+    vms, vdis = {}, {}
+    vdi_records = xapi.call('VDI.get_all_records')
+    for ref, record in xapi.call('VM.get_all_records').items():
+        marker = _marker_of(record)
+        if marker is None or record.get('is_a_snapshot') or not lock_is_stale(marker):
+            continue
+        vms[ref] = record
+        origin = (record.get('other_config') or {}).get(RESTORED_FROM_KEY)
+        for vbd_ref in record.get('VBDs') or []:
+            with contextlib.suppress(XapiError):
+                vdi_ref = xapi.call('VBD.get_VDI', vbd_ref)
+                vdi_record = vdi_records.get(vdi_ref)
+                if vdi_record and origin and (vdi_record.get('other_config') or {}).get(RESTORED_FROM_KEY) == origin:
+                    vdis[vdi_ref] = vdi_record
+    for ref, record in vdi_records.items():
+        marker = _marker_of(record)
+        if marker is not None and lock_is_stale(marker):
+            vdis[ref] = record
+    return {'vms': vms, 'vdis': vdis}
+
+
+def remove_abandoned_restores(xapi, abandoned: dict, check_mode: bool = False) -> dict:
+    """Destroy what ``find_abandoned_restores`` found (VMs first: their VBDs go with them)."""
+    removed = {'vms': [], 'vdis': [], 'problems': []}
+    for kind, destroy in (('vms', 'VM.destroy'), ('vdis', 'VDI.destroy')):
+        for ref, record in abandoned[kind].items():
+            try:
+                if not check_mode:
+                    xapi.call(destroy, ref)
+                removed[kind].append({'uuid': record.get('uuid'), 'name_label': record.get('name_label'),
+                                      'restored_from': (record.get('other_config') or {}).get(RESTORED_FROM_KEY)})
+            except XapiError as error:
+                removed['problems'].append('%s %s: %s' % (kind[:-1].upper(), record.get('uuid'), error))
+    return removed
+
+
 def vm_create_record(point, name_label: str) -> dict:
     source = point.metadata.get('vm') or {}
     record = {field: source[field] for field in VM_CREATE_FIELDS if field in source and source[field] is not None}
@@ -189,7 +254,7 @@ def vm_create_record(point, name_label: str) -> dict:
         record.setdefault(field, default)
     record.update(name_label=name_label, is_a_template=False,
                   other_config=dict(_clean_other_config(source.get('other_config')),
-                                    **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp)}),
+                                    **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
                   blocked_operations={'start': BLOCK_REASON, 'start_on': BLOCK_REASON})
     return record
 
@@ -271,6 +336,8 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
         source_vm = chosen.metadata.get('vm') or {}
         vm_name = name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid
         vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map)
+        # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
+        leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         result = {
             'changed': True,
             'backup': {'vm_uuid': vm_uuid, 'timestamp': chosen.timestamp, 'job_id': chosen.job_id,
@@ -284,6 +351,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
             'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'matched_by')} for vif in vifs],
             'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
             'finished_merges': plan['finished_merges'],
+            'removed_leftovers': leftovers,
             'bytes_transferred': 0,
         }
         if check_mode:
@@ -318,7 +386,7 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
             'name_label': entry['name_label'], 'name_description': record.get('name_description', ''), 'SR': sr_ref,
             'virtual_size': str(item['virtual_size']), 'type': 'user', 'sharable': False, 'read_only': False,
             'other_config': dict(_clean_other_config(record.get('other_config')),
-                                 **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp)}),
+                                 **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
             'sm_config': {}, 'xenstore_data': {}, 'tags': []})
         created.vdi_refs.append(vdi_ref)
         entry['vdi_uuid'] = xapi.call('VDI.get_uuid', vdi_ref)
@@ -334,6 +402,10 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
                 'VM': created.vm_ref, 'VDI': vdi_ref, 'userdevice': entry['userdevice'] or 'autodetect',
                 'bootable': bool(vbd.get('bootable', entry['userdevice'] == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
                 'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': bool(vbd.get('unpluggable', False))})
+    # Markers go before the start is unblocked: a kill in between leaves a finished but blocked VM
+    # (kept), never an unblocked one that the next restore would take for abandoned.
+    for vdi_ref in created.vdi_refs:
+        xapi.call('VDI.remove_from_other_config', vdi_ref, IN_PROGRESS_KEY)
     if disk_only:
         return
     for vif in vifs:
@@ -342,6 +414,7 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
                                  'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
     source = point.metadata.get('vm') or {}
     blocked = dict(source.get('blocked_operations') or {})
+    xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
     if start:
         xapi.call('VM.start', created.vm_ref, False, False)
@@ -373,4 +446,4 @@ def resolve_backup_vm(repo, vm: str) -> str:
     return matches[0]
 
 
-__all__ = ['RestoreError', 'resolve_backup_vm', 'select_point', 'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']
+__all__ = ['RestoreError', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point', 'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']

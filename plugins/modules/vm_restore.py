@@ -22,6 +22,10 @@ description:
   - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
     is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
     created is destroyed again and the error says why.
+  - Until it finishes, a restore marks its VM and VDIs with its host and process id (other_config key
+    C(xapi_delta_backup:restore_in_progress)), and the VM's start stays blocked. A restore killed midway (kill -9, lost control node)
+    cannot clean up after itself, so each run first destroys the VMs and VDIs of restores from this host whose process is gone
+    (RV(removed_leftovers)). Those of another host, or of a process still running, are left alone.
   - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored. A merge that a crash left unfinished
     (see M(xapi.delta_backup.backup_merge)) is finished first, so every backup that the interrupted retention was keeping restores.
 author:
@@ -223,6 +227,15 @@ finished_merges:
   type: list
   elements: str
   sample: []
+removed_leftovers:
+  description:
+    - VMs (C(vms)) and VDIs (C(vdis)) of restores killed before they finished, destroyed before this restore (in check mode, those
+      that would be). Each names its uuid, name and the backup it was restoring (C(restored_from), C(<vm uuid>@<timestamp>)).
+    - C(problems) lists those XAPI refused to destroy; the restore goes on regardless.
+  returned: always
+  type: dict
+  sample: {"vms": [{"uuid": "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d", "name_label": "web01", "restored_from": "8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a@20261124T020000Z"}],
+           "vdis": [], "problems": []}
 bytes_transferred:
   description: Bytes streamed to the pool (0 in check mode).
   returned: always

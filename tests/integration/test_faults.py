@@ -470,7 +470,8 @@ def test_restore_import_faults(app, cell):
     assert pool_counts(app) == (vms, vdis)
     attempt([], '')
     cell('restore import', 'full SR')
-    # kill -9 during the import (once the VM exists): the pool keeps what was created so far, marked as an unfinished restore
+    # kill -9 during the import (once the VM exists): the pool keeps what was created so far, marked
+    # as an unfinished restore of a dead process; the next restore removes it before it starts.
     vms, vdis = pool_counts(app)
     app['sim'].control.delay(1.0, 'import_raw_vdi')
     killed = run_and_kill(app['ansible'], 'vm_restore', restore_step(repo)[1], rng, (0.0, 0.6),
@@ -478,17 +479,24 @@ def test_restore_import_faults(app, cell):
     app['sim'].control.delay(0, 'import_raw_vdi')
     time.sleep(1.2)
     expire_orphan_sessions(app['sim'], 1)
-    leftover_vms = pool_counts(app)[0] - vms
+    leftover_vms, leftover_vdis = pool_counts(app)[0] - vms, pool_counts(app)[1] - vdis
     assert leftover_vms <= 1
     if leftover_vms:
         # the half-restored VM cannot be started by mistake and says why
         records = [app['sim'].control.record('VM', ref) for ref in all_vms(app)]
         leftover = [record for record in records if record['name_label'] == 'restored' and record['blocked_operations']]
         assert leftover and leftover[0]['blocked_operations'].get('start') == 'xapi.delta_backup vm_restore in progress', leftover
+        assert 'xapi_delta_backup:restore_in_progress' in leftover[0]['other_config']
     assert real_files(repo) == files
     points.assert_intact()
-    attempt([], '')
-    cell('restore import', 'kill -9', ('ok' if not leftover_vms else 'ok, half-restored VM left (start blocked)')
+    restored = ok(run_play(app['ansible'], [restore_step(repo)])[0])
+    assert_restored(app, points, restored)
+    removed = restored['removed_leftovers']
+    assert (len(removed['vms']), len(removed['vdis']), removed['problems']) == (leftover_vms, leftover_vdis, []), removed
+    # exactly the new VM and its two disks remain: nothing of the killed run
+    assert pool_counts(app) == (vms + 1, vdis + 2)
+    assert real_files(repo) == files
+    cell('restore import', 'kill -9', ('ok' if not leftover_vms else 'ok, half-restored VM removed by the next run')
          if killed['killed'] else 'finished before kill')
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from harness import TaskFailed
 
 MIB = 1024 * 1024
+IN_PROGRESS_KEY = 'xapi_delta_backup:restore_in_progress'
 KILL_ENV = 'XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER'
 POOL = """
 pool: {name: restore-pool}
@@ -273,3 +277,54 @@ def test_import_cut_midway_removes_what_was_created(app):
     assert 'removed' in failed['msg']
     assert pool_objects(app.sim) == counts
     app.assert_restored(restore(app), stamps[0])
+
+
+def test_leftovers_of_killed_restores_are_removed_by_the_next(app):
+    """Only restores provably dead (this host, pid gone) lose their VM and disks; others are kept."""
+    stamps = app.build(1)
+    first, second, third = (restore(app, name='restored-%d' % number) for number in range(3))
+    lone = restore(app, disk='app01-data', name='lone disk')
+    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)
+    markers = {
+        'dead': {'host': socket.gethostname(), 'pid': dead_pid},
+        'elsewhere': {'host': 'other-control-node.example', 'pid': dead_pid},
+        'alive': {'host': socket.gethostname(), 'pid': os.getpid()},
+    }
+    session = xenapi(app.sim)
+    try:
+        for result, marker in zip((first, second, third), markers.values()):
+            vm_ref = session.xenapi.VM.get_by_uuid(result['vm']['uuid'])
+            session.xenapi.VM.add_to_other_config(vm_ref, IN_PROGRESS_KEY, json.dumps(marker))
+        # a lone disk of a killed disk-only restore
+        lone_ref = session.xenapi.VDI.get_by_uuid(lone['disks'][0]['vdi_uuid'])
+        session.xenapi.VDI.add_to_other_config(lone_ref, IN_PROGRESS_KEY, json.dumps(markers['dead']))
+    finally:
+        session.xenapi.session.logout()
+    counts = pool_objects(app.sim)
+    dead_disks = sorted([disk['vdi_uuid'] for disk in first['disks']] + [lone['disks'][0]['vdi_uuid']])
+
+    planned = restore(app, check=True)
+    assert [vm['uuid'] for vm in planned['removed_leftovers']['vms']] == [first['vm']['uuid']]
+    assert sorted(vdi['uuid'] for vdi in planned['removed_leftovers']['vdis']) == dead_disks
+    assert pool_objects(app.sim) == counts   # check mode destroys nothing
+
+    result = restore(app)
+    app.assert_restored(result, stamps[0])
+    removed = result['removed_leftovers']
+    assert [vm['uuid'] for vm in removed['vms']] == [first['vm']['uuid']] and removed['problems'] == []
+    assert removed['vms'][0]['restored_from'] == '%s@%s' % (app.vm_uuid, stamps[0])
+    assert sorted(vdi['uuid'] for vdi in removed['vdis']) == dead_disks
+    # one VM and two disks more, one VM and three disks fewer
+    assert pool_objects(app.sim) == (counts[0] + 1 - 1, counts[1] + 2 - 3)
+    session = xenapi(app.sim)
+    try:
+        remaining = {record['uuid'] for record in session.xenapi.VM.get_all_records().values()}
+        assert second['vm']['uuid'] in remaining and third['vm']['uuid'] in remaining and first['vm']['uuid'] not in remaining
+        # the new VM carries no in-progress marker once finished, and may start
+        record = session.xenapi.VM.get_record(session.xenapi.VM.get_by_uuid(result['vm']['uuid']))
+        assert IN_PROGRESS_KEY not in record['other_config'] and record['blocked_operations'] == {}
+        for disk in result['disks']:
+            assert IN_PROGRESS_KEY not in session.xenapi.VDI.get_other_config(session.xenapi.VDI.get_by_uuid(disk['vdi_uuid']))
+    finally:
+        session.xenapi.session.logout()

@@ -1,0 +1,105 @@
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+
+import pytest
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import AtomicFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
+
+
+class Recorder:
+    """A target that keeps what it got, optionally slowly or failing at a given byte count."""
+
+    def __init__(self, fail_after=None, gate=None):
+        self.received = bytearray()
+        self.fail_after = fail_after
+        self.gate = gate
+        self.threads = set()
+
+    def write(self, data):
+        if self.gate is not None:
+            self.gate.wait()
+        self.threads.add(threading.get_ident())
+        if self.fail_after is not None and len(self.received) + len(data) > self.fail_after:
+            raise OSError(28, 'No space left on device')
+        self.received += data
+        return len(data)
+
+
+def test_bytes_arrive_in_order_even_when_the_caller_reuses_its_buffer():
+    rng = random.Random(3)
+    target = Recorder()
+    expected = bytearray()
+    reused = bytearray(3 * 1024 * 1024)
+    with WriteBehind(target, buffers=2, buffer_size=64 * 1024) as sink:
+        for _number in range(200):
+            length = rng.choice([1, 511, 512, 65535, 65536, 65537, 200000, 3 * 1024 * 1024])
+            reused[:length] = rng.randbytes(length)
+            expected += reused[:length]
+            assert sink.write(memoryview(reused)[:length]) == length
+    assert target.received == expected
+    assert target.threads and threading.get_ident() not in target.threads
+
+
+def test_memory_is_bounded_by_the_ring():
+    # The writer is stuck: the producer may queue at most `buffers` chunks, then it waits.
+    gate = threading.Event()
+    target = Recorder(gate=gate)
+    sink = WriteBehind(target, buffers=3, buffer_size=1024)
+    queued = []
+
+    def produce():
+        for number in range(10):
+            sink.write(bytes([number]) * 1024)
+            queued.append(number)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(0.5)
+    assert producer.is_alive() and len(queued) <= 4  # three in the ring, one held by the stuck writer
+    gate.set()
+    producer.join()
+    sink.close()
+    assert bytes(target.received) == b''.join(bytes([number]) * 1024 for number in range(10))
+
+
+def test_a_failing_target_is_raised_to_the_writer_and_on_close():
+    target = Recorder(fail_after=100 * 1024)
+    sink = WriteBehind(target, buffers=2, buffer_size=16 * 1024)
+    with pytest.raises(OSError, match='No space left'):
+        for _number in range(1000):
+            sink.write(b'x' * 16 * 1024)
+    with pytest.raises(OSError, match='No space left'):
+        sink.close()
+    assert len(target.received) <= 100 * 1024
+
+
+def test_leaving_on_an_exception_drops_the_queue_and_stops_the_thread():
+    gate = threading.Event()
+    target = Recorder(gate=gate)
+    with pytest.raises(RuntimeError):
+        with WriteBehind(target, buffers=4, buffer_size=1024) as sink:
+            for _number in range(3):
+                sink.write(b'y' * 1024)
+            gate.set()
+            raise RuntimeError('the stream was cut')
+    assert not sink._thread.is_alive()  # pylint: disable=protected-access
+    assert len(target.received) <= 3 * 1024
+
+
+def test_atomic_file_through_write_behind_hashes_what_it_wrote(tmp_path):
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    path = str(tmp_path / 'disk.vhd')
+    with AtomicFile(path) as target:
+        with WriteBehind(target) as sink:
+            for start in range(0, len(data), 777777):
+                sink.write(data[start:start + 777777])
+    with open(path, 'rb') as written:
+        assert written.read() == data
+    assert target.sha256 == hashlib.sha256(data).hexdigest()
