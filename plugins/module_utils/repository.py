@@ -32,6 +32,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdError, VhdFile
+
 BACKUP_DIR = 'xo-vm-backups'
 VDIS_DIR = 'vdis'
 LOCK_SUFFIX = '.lock'
@@ -718,22 +720,35 @@ class BackupRepository:
     def vhd_chain(self, point: BackupPoint, disk: BackupDisk) -> list[str]:
         """VHD paths needed to read ``disk`` at ``point``: newest (the point's own VHD) to the full.
 
-        Walks back through the disk folder's older files while the current one is differencing
-        (as its footer says); files without a JSON of their own may still be links of the chain.
+        Follows each differencing file's parent name (relative to the child, as XO links them) to
+        an older file of the same folder, until a dynamic or fixed one. Files without a JSON of
+        their own may be links; a stray file between two links is not (a time-order walk would
+        read it into the disk).
         """
         folder = os.path.dirname(disk.path)
-        names = self.disk_files(point.vm_uuid, disk.job_id, disk.vdi_uuid)
-        own_name = os.path.basename(disk.path)
-        if own_name not in names:
+        names = set(self.disk_files(point.vm_uuid, disk.job_id, disk.vdi_uuid))
+        name = os.path.basename(disk.path)
+        if name not in names:
             raise RepositoryError('backup %s of VM %s references %s, which is missing' % (point.timestamp, point.vm_uuid, disk.relative_path))
-        older = list(reversed(names[:names.index(own_name) + 1]))
         chain = []
-        for name in older:
+        while True:
             path = os.path.join(folder, name)
             chain.append(path)
-            if vhd_disk_type(path) != VHD_TYPE_DIFFERENCING:
-                return chain
-        raise RepositoryError('the chain of %s is broken: no full VHD before %s in %s' % (disk.relative_path, os.path.basename(chain[-1]), folder))
+            try:
+                with VhdFile(path) as vhd:
+                    if not vhd.is_differencing:
+                        return chain
+                    parent_path = vhd.parent_path()
+            except (VhdError, OSError) as error:
+                raise RepositoryError('cannot read the chain of %s: %s' % (disk.relative_path, error)) from error
+            parent = os.path.basename(parent_path) if parent_path else None
+            if parent_path is None or os.path.dirname(parent_path) != os.path.normpath(os.path.abspath(folder)) or parent not in names:
+                raise RepositoryError('the chain of %s is broken: %s names parent %r, which is not a backup file of its folder %s'
+                                      % (disk.relative_path, name, vhd.header.parent_name, folder))
+            if parent >= name:
+                raise RepositoryError('the chain of %s is broken: %s names parent %s, which is not older (a parent sorts first)'
+                                      % (disk.relative_path, name, parent))
+            name = parent
 
     # cleaning up after interrupted runs
 

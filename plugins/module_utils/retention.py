@@ -278,7 +278,13 @@ def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
         for disk in point.disks:
             if disk.job_id != job_id:
                 continue
-            chain = repo.vhd_chain(point, disk)
+            try:
+                chain = repo.vhd_chain(point, disk)
+            except RepositoryError as error:
+                if isinstance(error.__cause__, VhdError):  # a damaged link: name the file, as the checksum check does
+                    raise IntegrityError('refusing to merge the chain of disk %s of backup %s' % (disk.vdi_uuid, point.timestamp),
+                                         [str(error.__cause__)]) from error
+                raise
             needed.update(chain)
             folder = os.path.dirname(disk.path)
             if folder in seen_folders:

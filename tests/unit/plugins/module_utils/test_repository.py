@@ -11,11 +11,11 @@ import json
 import os
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -24,6 +24,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
     AtomicFile, BackupRepository, MetadataError, RepositoryError, RepositoryLockedError, build_metadata, format_timestamp,
     job_id_for, open_repository, validate_timestamp, validate_uuid, vhd_relative_path,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream
 
 VM = '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c'
 VDI_A = '11111111-2222-4333-8444-555555555555'
@@ -33,16 +34,17 @@ JOB = job_id_for('nightly')
 T1, T2, T3, T4 = '20260101T010000Z', '20260102T010000Z', '20260103T010000Z', '20260104T010000Z'
 
 
-def fake_vhd(kind: int, body: bytes = b'') -> bytes:
-    """Enough of a VHD for the chain walk: the footer copy with cookie and disk type."""
-    footer = bytearray(512)
-    footer[0:8] = b'conectix'
-    footer[60:64] = struct.pack('>I', kind)
-    return bytes(footer) + body
+FULL, DELTA = 'full', 'delta'
+DISK_SIZE = 4 * 1024 * 1024
 
 
-FULL = fake_vhd(repo_mod.VHD_TYPE_DYNAMIC)
-DELTA = fake_vhd(repo_mod.VHD_TYPE_DIFFERENCING)
+def real_vhd(kind: str, parent_name: str | None, seed: int) -> bytes:
+    """A small real VHD: a full, or a delta naming its parent file (relative, as XO writes it)."""
+    data = bytes([seed % 251 + 1]) * 4096
+    parent = ParentLink(unique_id=uuid.UUID(int=seed).bytes, timestamp=0, name=parent_name) if kind == DELTA else None
+    stream = VhdStream(DISK_SIZE, [0], lambda index: (None, data), disk_type=DISK_DIFFERENCING if kind == DELTA else DISK_DYNAMIC,
+                       unique_id=uuid.UUID(int=seed + 1).bytes, parent=parent)
+    return b''.join(stream)
 
 
 @pytest.fixture
@@ -53,17 +55,22 @@ def repo(tmp_path):
 def add_backup(repo: BackupRepository, timestamp: str, disks: dict, vm: str = VM, write_json: bool = True) -> dict:
     """Write one run: {vdi uuid: vhd bytes}; the JSON last, as the modules will."""
     vhds, differencing, sha, sizes = {}, {}, {}, {}
-    for index, (vdi_uuid, content) in enumerate(sorted(disks.items())):
+    sizes_written = 0
+    for index, (vdi_uuid, kind) in enumerate(sorted(disks.items())):
         ref = 'OpaqueRef:snap-vdi-%d' % index
+        # A delta's parent is the newest older file of its folder, or the T1 file when there is none (a broken chain).
+        older = [name for name in repo.disk_files(vm, JOB, vdi_uuid) if name < timestamp + '.vhd']
+        content = kind if isinstance(kind, bytes) else real_vhd(kind, older[-1] if older else T1 + '.vhd', int(timestamp[:8]))
+        sizes_written += len(content)
         with repo.open_vhd_writer(vm, JOB, vdi_uuid, timestamp) as target:
             target.write(content)
         relative = vhd_relative_path(JOB, vdi_uuid, timestamp)
         vhds[ref] = relative
-        differencing[ref] = content[60:64] == struct.pack('>I', repo_mod.VHD_TYPE_DIFFERENCING)
+        differencing[ref] = kind == DELTA
         sha[relative] = target.sha256
         sizes[ref] = 10 * 1024 ** 3
     metadata = build_metadata(JOB, SCHEDULE, 1767229200000, {'uuid': vm}, {'uuid': 'snap'}, {}, {}, {}, vhds, differencing,
-                              size=sum(len(c) for c in disks.values()), sha256=sha, virtual_sizes=sizes)
+                              size=sizes_written, sha256=sha, virtual_sizes=sizes)
     if write_json:
         repo.write_metadata(vm, timestamp, metadata)
     return metadata
@@ -240,7 +247,38 @@ def test_broken_chain_is_reported(repo):
         repo.vhd_chain(point, point.disks[0])
     with open(point.disks[0].path, 'wb') as garbage:
         garbage.write(b'not a vhd at all')
-    with pytest.raises(RepositoryError, match='is not a VHD file'):
+    with pytest.raises(RepositoryError, match='cannot read the chain of .*footer'):
+        repo.vhd_chain(point, point.disks[0])
+
+
+def test_chain_follows_parent_names_not_time_order(repo):
+    # T3's delta names T2 as parent; a stray delta T2b (a run that died before its JSON) lies in
+    # between by name. It is not part of T3's disk, and clean-up removes it.
+    add_backup(repo, T1, {VDI_A: FULL})
+    add_backup(repo, T2, {VDI_A: DELTA})
+    add_backup(repo, T3, {VDI_A: DELTA})
+    stray = '20260102T120000Z'
+    assert T2 < stray < T3
+    with open(repo.vhd_path(VM, JOB, VDI_A, stray), 'wb') as vhd:
+        vhd.write(real_vhd(DELTA, T2 + '.vhd', 99))
+    point = [p for p in repo.list_backups(VM) if p.timestamp == T3][0]
+    assert [os.path.basename(p) for p in repo.vhd_chain(point, point.disks[0])] == [T3 + '.vhd', T2 + '.vhd', T1 + '.vhd']
+    assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == [repo.vhd_path(VM, JOB, VDI_A, stray)]
+
+
+@pytest.mark.parametrize('parent_name, problem', [
+    ('../../../../etc/passwd', 'not a backup file of its folder'),
+    ('20250101T000000Z.vhd', 'not a backup file of its folder'),
+    (T4 + '.vhd', 'which is not older'),
+])
+def test_chain_refuses_parents_outside_the_folder_or_newer(repo, parent_name, problem):
+    add_backup(repo, T1, {VDI_A: FULL})
+    add_backup(repo, T2, {VDI_A: DELTA})
+    add_backup(repo, T4, {VDI_A: FULL})
+    with open(repo.vhd_path(VM, JOB, VDI_A, T2), 'wb') as vhd:
+        vhd.write(real_vhd(DELTA, parent_name, 7))
+    point = [p for p in repo.list_backups(VM) if p.timestamp == T2][0]
+    with pytest.raises(RepositoryError, match=problem):
         repo.vhd_chain(point, point.disks[0])
 
 
