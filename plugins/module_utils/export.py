@@ -194,18 +194,6 @@ def _all_full(plan: ExportPlan, reason: str) -> ExportPlan:
     return plan
 
 
-class _FanOut:
-    """A write target that copies every chunk to several files."""
-
-    def __init__(self, targets):
-        self.targets = targets
-
-    def write(self, data) -> int:
-        for target in self.targets:
-            target.write(data)
-        return len(data)
-
-
 def _jsonable(value):
     """XAPI records as JSON: DateTime becomes XAPI's text form."""
     if isinstance(value, xmlrpc.client.DateTime):
@@ -266,9 +254,9 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], job_id, disk.live_vdi_uuid, plan.timestamp))
                    for repository in repositories]
         stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
-        # Files are written and hashed on a second thread while this one receives and rewrites.
+        # Files are written, and hashed, on threads of their own while this one receives and rewrites.
         # Leaving the block waits for every chunk, so the files commit only once all is written.
-        with WriteBehind(_FanOut(writers)) as sink:
+        with WriteBehind(*[writer.write_data for writer in writers], *[writer.update_hash for writer in writers]) as sink:
             result = rewrite_identity(stream, sink, unique_id=disk.vdi_uuid, parent=parent,
                                       name='export of %s (%s)' % (disk.name_label, disk.vdi_uuid))
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.

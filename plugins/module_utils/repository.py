@@ -186,10 +186,18 @@ class AtomicFile:
         return self
 
     def write(self, data) -> int:
-        self._file.write(data)
-        self._hash.update(data)
-        self.size += len(data)
+        self.write_data(data)
+        self.update_hash(data)
         return len(data)
+
+    # The two halves of write, for a caller that runs them on two threads (transfer.WriteBehind):
+    # each must see every chunk, in order.
+    def write_data(self, data) -> None:
+        self._file.write(data)
+        self.size += len(data)
+
+    def update_hash(self, data) -> None:
+        self._hash.update(data)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:

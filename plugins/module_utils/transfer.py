@@ -4,9 +4,10 @@
 
 """Pieces of the byte pipeline between XAPI and the repository.
 
-``WriteBehind`` lets one thread receive and rewrite a stream while a second one writes and hashes
-what came before, so an export costs about the slower of the two instead of their sum (the control
-node has at least two cores; file writes, sha256 and socket reads all release the GIL).
+``WriteBehind`` lets one thread receive and rewrite a stream while other threads consume what came
+before: one per consumer, so writing a file and hashing it run side by side. An export then costs
+about its slowest stage instead of the sum of all (file writes, sha256 and socket reads all release
+the GIL, and a control node has at least two cores).
 """
 
 from __future__ import annotations
@@ -19,26 +20,33 @@ WRITE_BEHIND_BUFFER_SIZE = 1 << 20
 
 
 class WriteBehind:
-    """A write target that hands each chunk to a writer thread and returns at once.
+    """A write target that hands each chunk to every consumer, each on its own thread, and returns.
 
-    Chunks are copied into a small ring of preallocated buffers, so the caller may reuse its own
-    buffer (``rewrite_identity`` does) and memory stays bounded: at most ``buffers`` chunks wait.
-    A failure of the target is raised by the next ``write`` or by ``close``. Use as a context
-    manager: leaving normally waits for every chunk to be written; leaving on an exception drops
-    what is still queued and waits for the thread, so the caller can discard its files safely.
+    ``consumers`` are callables taking a bytes-like chunk (``file.write``, ``hash.update``); each
+    sees every chunk, in order. Chunks are copied into a small ring of preallocated buffers, so the
+    caller may reuse its own buffer (``rewrite_identity`` does) and memory stays bounded: at most
+    ``buffers`` chunks are in flight; a buffer returns to the ring once every consumer is done
+    with it. A consumer's failure is raised by the next ``write`` or by ``close``. Use as a context
+    manager: leaving normally waits for every chunk to be consumed; leaving on an exception drops
+    what is still queued and waits for the threads, so the caller can discard its files safely.
     """
 
-    def __init__(self, target, buffers: int = WRITE_BEHIND_BUFFERS, buffer_size: int = WRITE_BEHIND_BUFFER_SIZE):
-        self.target = target
+    def __init__(self, *consumers, buffers: int = WRITE_BEHIND_BUFFERS, buffer_size: int = WRITE_BEHIND_BUFFER_SIZE):
+        if not consumers:
+            raise ValueError('WriteBehind needs at least one consumer')
         self.buffer_size = buffer_size
         self._free = queue.Queue()
         for _number in range(buffers):
             self._free.put(bytearray(buffer_size))
-        self._pending = queue.Queue()
+        self._users = {}  # id(buffer) -> consumers still to see it
+        self._users_lock = threading.Lock()
         self._error = None
         self._discard = False
-        self._thread = threading.Thread(target=self._drain, name='write-behind', daemon=True)
-        self._thread.start()
+        self._queues = [queue.Queue() for _consumer in consumers]
+        self._threads = [threading.Thread(target=self._drain, args=(consumer, pending), name='write-behind-%d' % number, daemon=True)
+                         for number, (consumer, pending) in enumerate(zip(consumers, self._queues))]
+        for thread in self._threads:
+            thread.start()
 
     def write(self, data) -> int:
         self._raise_error()
@@ -47,39 +55,49 @@ class WriteBehind:
             piece = view[start:start + self.buffer_size]
             buffer = self._free.get()
             buffer[:len(piece)] = piece
-            self._pending.put((buffer, len(piece)))
+            with self._users_lock:
+                self._users[id(buffer)] = len(self._queues)
+            for pending in self._queues:
+                pending.put((buffer, len(piece)))
         return len(view)
 
-    def _drain(self) -> None:
+    def _drain(self, consumer, pending) -> None:
         while True:
-            item = self._pending.get()
+            item = pending.get()
             if item is None:
                 return
             buffer, length = item
             if self._error is None and not self._discard:
                 try:
-                    self.target.write(memoryview(buffer)[:length])
+                    consumer(memoryview(buffer)[:length])
                 except BaseException as error:  # pylint: disable=broad-except
                     self._error = error  # handed to the producer thread, which raises it
-            self._free.put(buffer)
+            with self._users_lock:
+                self._users[id(buffer)] -= 1
+                done = not self._users[id(buffer)]
+            if done:
+                self._free.put(buffer)
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
 
+    def _stop(self) -> None:
+        for pending, thread in zip(self._queues, self._threads):
+            if thread.is_alive():
+                pending.put(None)
+        for thread in self._threads:
+            thread.join()
+
     def close(self) -> None:
-        """Wait until every chunk is written; raise the target's failure if there was one."""
-        if self._thread.is_alive():
-            self._pending.put(None)
-            self._thread.join()
+        """Wait until every chunk is consumed; raise a consumer's failure if there was one."""
+        self._stop()
         self._raise_error()
 
     def abort(self) -> None:
-        """Drop what is queued and stop the thread (never raises)."""
+        """Drop what is queued and stop the threads (never raises)."""
         self._discard = True
-        if self._thread.is_alive():
-            self._pending.put(None)
-            self._thread.join()
+        self._stop()
 
     def __enter__(self) -> 'WriteBehind':
         return self

@@ -38,7 +38,7 @@ def test_bytes_arrive_in_order_even_when_the_caller_reuses_its_buffer():
     target = Recorder()
     expected = bytearray()
     reused = bytearray(3 * 1024 * 1024)
-    with WriteBehind(target, buffers=2, buffer_size=64 * 1024) as sink:
+    with WriteBehind(target.write, buffers=2, buffer_size=64 * 1024) as sink:
         for _number in range(200):
             length = rng.choice([1, 511, 512, 65535, 65536, 65537, 200000, 3 * 1024 * 1024])
             reused[:length] = rng.randbytes(length)
@@ -52,7 +52,7 @@ def test_memory_is_bounded_by_the_ring():
     # The writer is stuck: the producer may queue at most `buffers` chunks, then it waits.
     gate = threading.Event()
     target = Recorder(gate=gate)
-    sink = WriteBehind(target, buffers=3, buffer_size=1024)
+    sink = WriteBehind(target.write, buffers=3, buffer_size=1024)
     queued = []
 
     def produce():
@@ -71,7 +71,7 @@ def test_memory_is_bounded_by_the_ring():
 
 def test_a_failing_target_is_raised_to_the_writer_and_on_close():
     target = Recorder(fail_after=100 * 1024)
-    sink = WriteBehind(target, buffers=2, buffer_size=16 * 1024)
+    sink = WriteBehind(target.write, buffers=2, buffer_size=16 * 1024)
     with pytest.raises(OSError, match='No space left'):
         for _number in range(1000):
             sink.write(b'x' * 16 * 1024)
@@ -84,12 +84,12 @@ def test_leaving_on_an_exception_drops_the_queue_and_stops_the_thread():
     gate = threading.Event()
     target = Recorder(gate=gate)
     with pytest.raises(RuntimeError):
-        with WriteBehind(target, buffers=4, buffer_size=1024) as sink:
+        with WriteBehind(target.write, buffers=4, buffer_size=1024) as sink:
             for _number in range(3):
                 sink.write(b'y' * 1024)
             gate.set()
             raise RuntimeError('the stream was cut')
-    assert not sink._thread.is_alive()  # pylint: disable=protected-access
+    assert not any(thread.is_alive() for thread in sink._threads)  # pylint: disable=protected-access
     assert len(target.received) <= 3 * 1024
 
 
@@ -97,9 +97,32 @@ def test_atomic_file_through_write_behind_hashes_what_it_wrote(tmp_path):
     data = os.urandom(5 * 1024 * 1024 + 123)
     path = str(tmp_path / 'disk.vhd')
     with AtomicFile(path) as target:
-        with WriteBehind(target) as sink:
+        with WriteBehind(target.write_data, target.update_hash) as sink:
             for start in range(0, len(data), 777777):
                 sink.write(data[start:start + 777777])
     with open(path, 'rb') as written:
         assert written.read() == data
     assert target.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_every_consumer_sees_every_chunk_and_a_slow_one_holds_the_ring():
+    gate = threading.Event()
+    fast, slow = Recorder(), Recorder(gate=gate)
+    sink = WriteBehind(fast.write, slow.write, buffers=2, buffer_size=1024)
+    queued = []
+
+    def produce():
+        for number in range(8):
+            sink.write(bytes([number]) * 1024)
+            queued.append(number)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(0.5)
+    # the fast consumer cannot run ahead by more than the ring: buffers wait for the slow one
+    assert producer.is_alive() and len(queued) <= 3 and len(fast.received) <= 2 * 1024
+    gate.set()
+    producer.join()
+    sink.close()
+    expected = b''.join(bytes([number]) * 1024 for number in range(8))
+    assert bytes(fast.received) == bytes(slow.received) == expected
+    assert fast.threads.isdisjoint(slow.threads)
