@@ -6,7 +6,7 @@
 
 Every disk chain of the point is checked first (structure and recorded sha256): nothing is created
 on the pool before all of them pass. Then, as Xen Orchestra does, the VM is created from the
-backed-up record with its start blocked, each disk gets a new VDI of the point's virtual size and
+backed-up record with its start blocked (its CD drives come back empty), each disk gets a new VDI of the point's virtual size and
 its chain is streamed as ONE dynamic VHD to ``/import_raw_vdi`` (exact Content-Length, one block in
 memory at a time), VBDs and VIFs are recreated, and the start is unblocked. Whatever was created is
 destroyed again if a step fails; what a killed restore left (marked with the run's host and pid) is
@@ -100,6 +100,16 @@ def _vbd_of(point, vdi_ref: str) -> dict:
         if isinstance(vbd, dict) and vbd.get('VDI') == vdi_ref:
             return vbd
     return {}
+
+
+def cd_drives(point) -> list:
+    """The backed-up VM's CD drives (userdevice, bootable, and whether a disc was in), in device order."""
+    drives = []
+    for vbd in (point.metadata.get('vbds') or {}).values():
+        if isinstance(vbd, dict) and vbd.get('type') == 'CD':
+            drives.append({'userdevice': str(vbd.get('userdevice', '')), 'bootable': bool(vbd.get('bootable', False)),
+                           'had_disc': not vbd.get('empty', True)})
+    return sorted(drives, key=lambda drive: (len(drive['userdevice']), drive['userdevice']))
 
 
 def _vdi_record(point, vdi_ref: str) -> dict:
@@ -352,6 +362,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
             'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
             'finished_merges': plan['finished_merges'],
             'removed_leftovers': leftovers,
+            'cd_drives': [] if disk_only else cd_drives(chosen),
             'bytes_transferred': 0,
         }
         if check_mode:
@@ -408,6 +419,12 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         xapi.call('VDI.remove_from_other_config', vdi_ref, IN_PROGRESS_KEY)
     if disk_only:
         return
+    for drive in result['cd_drives']:
+        # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
+        xapi.call('VBD.create', {
+            'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
+            'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
+            'unpluggable': True})
     for vif in vifs:
         xapi.call('VIF.create', {'device': vif['device'], 'network': vif['network_ref'], 'VM': created.vm_ref,
                                  'MAC': vif['mac'] if keep_mac and vif['mac'] else '', 'MTU': str(vif['mtu'] or 1500),
@@ -446,4 +463,5 @@ def resolve_backup_vm(repo, vm: str) -> str:
     return matches[0]
 
 
-__all__ = ['RestoreError', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point', 'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']
+__all__ = ['RestoreError', 'cd_drives', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
+           'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']

@@ -14,8 +14,8 @@ description:
   - Creates a new VM from a backup in a repository, as the VM was at the chosen backup. The original VM and its SR may be gone.
   - Each disk's chain (newest delta down to the full) is streamed as one VHD to a new VDI of the backup's virtual size. The stream
     goes through XAPI's C(/import_raw_vdi) with its exact length and holds one block in memory at a time.
-  - The VM is created from the backed-up record with its start blocked. Its disks, VBDs and VIFs are then recreated, the start is
-    unblocked, and the VM is started when O(start=true).
+  - The VM is created from the backed-up record with its start blocked. Its disks, VBDs, CD drives (empty) and VIFs are then
+    recreated, the start is unblocked, and the VM is started when O(start=true).
   - VIFs join the network named in O(network_map). Otherwise they join the network with the backed-up uuid, then the only network
     with the backed-up name, then the pool's first network.
   - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
@@ -227,6 +227,14 @@ finished_merges:
   type: list
   elements: str
   sample: []
+cd_drives:
+  description:
+    - CD drives recreated on the new VM, as the backed-up VM had them (empty in every case; C(had_disc) says whether a disc was
+      inserted at the backup, which you may insert again). In check mode, those that would be. Empty with O(disk).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"userdevice": "3", "bootable": false, "had_disc": true}]
 removed_leftovers:
   description:
     - VMs (C(vms)) and VDIs (C(vdis)) of restores killed before they finished, destroyed before this restore (in check mode, those
@@ -234,8 +242,13 @@ removed_leftovers:
     - C(problems) lists those XAPI refused to destroy; the restore goes on regardless.
   returned: always
   type: dict
-  sample: {"vms": [{"uuid": "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d", "name_label": "web01", "restored_from": "8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a@20261124T020000Z"}],
-           "vdis": [], "problems": []}
+  sample:
+    vms:
+      - uuid: 5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d
+        name_label: web01
+        restored_from: 8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a@20261124T020000Z
+    vdis: []
+    problems: []
 bytes_transferred:
   description: Bytes streamed to the pool (0 in check mode).
   returned: always

@@ -48,6 +48,7 @@ vms:
         data:
           - {offset: 4MiB, length: 4MiB, seed: 13}
     vifs: [{network: Network 0, mac: "02:16:3e:00:00:07"}]
+    cdrom: true
 """
 
 
@@ -170,10 +171,15 @@ def test_retention_keeps_every_retained_point_restorable(app):
         assert record['name_label'] == 'restored %d' % index
         assert record['blocked_operations'] == {}
         assert record['power_state'] == ('Running' if index == 1 else 'Halted')
+        # the CD drive comes back, empty, at its device
+        assert result['cd_drives'] == [{'userdevice': '3', 'bootable': False, 'had_disc': False}]
+        drives = [app.sim.control.record('VBD', ref) for ref in record['VBDs']]
+        assert [(vbd['userdevice'], vbd['empty'], vbd['mode']) for vbd in drives if vbd['type'] == 'CD'] == [('3', True, 'RO')]
+        assert sorted(vbd['userdevice'] for vbd in drives if vbd['type'] == 'Disk') == ['0', '1']
         assert sorted(app.sim.control.record('VDI', disk['vdi_uuid'])['virtual_size'] for disk in result['disks']) == [1 << 30, 2 << 30]
     # by index, and a single disk to a new unattached VDI
     single = restore(app, backup='-1', disk='app01-data', name='data copy')
-    assert single['vm'] is None and [disk['name_label'] for disk in single['disks']] == ['data copy']
+    assert single['vm'] is None and [disk['name_label'] for disk in single['disks']] == ['data copy'] and single['cd_drives'] == []
     app.assert_restored(single, stamps[-1])
 
 
