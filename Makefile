@@ -75,7 +75,7 @@ pytest: layout
 
 # ansible-lint (production profile) on what users run, offline.
 lint: layout
-	cd $(COLLECTION) && PATH=$(BIN):$$PATH $(BIN)/ansible-lint --offline roles playbooks extensions awx/project
+	cd $(COLLECTION) && PATH=$(BIN):$$PATH ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) $(BIN)/ansible-lint --offline roles playbooks extensions awx/project
 
 # Molecule scenarios of the roles (delegated driver on localhost; each starts its own simulator).
 molecule: layout

@@ -438,6 +438,51 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         result['vm']['started'] = True
 
 
+def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check_mode: bool = False) -> dict:
+    """Destroy a VM that vm_restore created, with the disks that restore created for it.
+
+    Anything else is refused: a VM without our ``restored_from`` mark (so a wrong uuid never
+    destroys a production VM), a template, a snapshot, the control domain, or, with ``name_label``,
+    a VM of another name. Disks the user attached later (without the same mark) are detached with
+    the VM but kept. An absent VM is not an error (already destroyed: nothing changes).
+    """
+    vm_uuid = validate_uuid(str(vm_uuid or '').strip().lower(), 'VM uuid')
+    try:
+        vm_ref = xapi.call('VM.get_by_uuid', vm_uuid)
+    except XapiError as error:
+        if error.code == 'UUID_INVALID':
+            return {'changed': False, 'vm': {'uuid': vm_uuid, 'existed': False}, 'destroyed_vdis': [], 'kept_vdis': []}
+        raise
+    record = xapi.call('VM.get_record', vm_ref)
+    if record.get('is_a_template') or record.get('is_a_snapshot') or record.get('is_control_domain'):
+        raise RestoreError('refusing to destroy VM %s: it is a template, a snapshot or the control domain' % vm_uuid)
+    origin = (record.get('other_config') or {}).get(RESTORED_FROM_KEY)
+    if not origin:
+        raise RestoreError('refusing to destroy VM %s (%s): it was not created by xapi.delta_backup.vm_restore (no %s in its other_config)'
+                           % (vm_uuid, record.get('name_label'), RESTORED_FROM_KEY))
+    if name_label is not None and record.get('name_label') != name_label:
+        raise RestoreError('refusing to destroy VM %s: it is named %r, not %r' % (vm_uuid, record.get('name_label'), name_label))
+    destroyed, kept = [], []
+    for vbd_ref in record.get('VBDs') or []:
+        vbd = xapi.call('VBD.get_record', vbd_ref)
+        if vbd.get('type') != 'Disk' or vbd.get('empty') or vbd.get('VDI') in (None, '', NULL_REF):
+            continue
+        vdi = xapi.call('VDI.get_record', vbd['VDI'])
+        ours = (vdi.get('other_config') or {}).get(RESTORED_FROM_KEY) == origin
+        (destroyed if ours else kept).append((vbd['VDI'], {'uuid': vdi.get('uuid'), 'name_label': vdi.get('name_label')}))
+    result = {'changed': True, 'vm': {'uuid': vm_uuid, 'name_label': record.get('name_label'), 'restored_from': origin,
+                                      'power_state': record.get('power_state'), 'existed': True},
+              'destroyed_vdis': [entry for _ref, entry in destroyed], 'kept_vdis': [entry for _ref, entry in kept]}
+    if check_mode:
+        return result
+    if record.get('power_state') != 'Halted':
+        xapi.call('VM.hard_shutdown', vm_ref)
+    xapi.call('VM.destroy', vm_ref)  # its VBDs and VIFs go with it
+    for vdi_ref, _entry in destroyed:
+        xapi.call('VDI.destroy', vdi_ref)
+    return result
+
+
 def resolve_backup_vm(repo, vm: str) -> str:
     """The uuid of a backed-up VM given its uuid or its name at its newest backup (the VM itself may be gone)."""
     vm = str(vm or '').strip()
@@ -463,5 +508,5 @@ def resolve_backup_vm(repo, vm: str) -> str:
     return matches[0]
 
 
-__all__ = ['RestoreError', 'cd_drives', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
+__all__ = ['RestoreError', 'cd_drives', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
            'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']

@@ -334,3 +334,52 @@ def test_leftovers_of_killed_restores_are_removed_by_the_next(app):
             assert IN_PROGRESS_KEY not in session.xenapi.VDI.get_other_config(session.xenapi.VDI.get_by_uuid(disk['vdi_uuid']))
     finally:
         session.xenapi.session.logout()
+
+
+def test_restored_vm_destroy_touches_only_what_vm_restore_created(app):
+    app.build(1)
+    restored = restore(app, name='restore test', start=True)
+    vm_uuid = restored['vm']['uuid']
+    restored_disks = sorted(disk['vdi_uuid'] for disk in restored['disks'])
+    # a disk the user attached by hand: detached with the VM, never destroyed
+    session = xenapi(app.sim)
+    try:
+        vm_ref = session.xenapi.VM.get_by_uuid(vm_uuid)
+        sr_ref = session.xenapi.SR.get_by_name_label('Local storage')[0]
+        extra_ref = session.xenapi.VDI.create({
+            'name_label': 'added by hand', 'name_description': '', 'SR': sr_ref, 'virtual_size': str(64 * MIB), 'type': 'user',
+            'sharable': False, 'read_only': False, 'other_config': {}, 'sm_config': {}, 'xenstore_data': {}, 'tags': []})
+        extra = session.xenapi.VDI.get_uuid(extra_ref)
+        session.xenapi.VBD.create({'VM': vm_ref, 'VDI': extra_ref, 'userdevice': '5', 'bootable': False, 'mode': 'RW', 'type': 'Disk',
+                                   'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
+        production = session.xenapi.VM.get_uuid(session.xenapi.VM.get_by_name_label('app01')[0])
+    finally:
+        session.xenapi.session.logout()
+    counts = pool_objects(app.sim)
+
+    def destroy(check=False, expect_failure=False, **args):
+        return app.ansible.run_task('restored_vm_destroy', args, check=check, expect_failure=expect_failure)
+
+    # never a VM vm_restore did not create, nor one of another name
+    refused = destroy(vm=production, expect_failure=True)
+    assert 'not created by xapi.delta_backup.vm_restore' in refused['msg'], refused['msg']
+    refused = destroy(vm=vm_uuid, name='something else', expect_failure=True)
+    assert "named 'restore test', not 'something else'" in refused['msg'], refused['msg']
+    assert "VM uuid 'not-a-uuid' is not a canonical lower-case uuid" in destroy(vm='not-a-uuid', expect_failure=True)['msg']
+    preview = destroy(vm=vm_uuid, name='restore test', check=True)
+    assert preview['changed'] is True and preview['vm']['power_state'] == 'Running'
+    assert sorted(vdi['uuid'] for vdi in preview['destroyed_vdis']) == restored_disks
+    assert [vdi['uuid'] for vdi in preview['kept_vdis']] == [extra]
+    assert pool_objects(app.sim) == counts
+
+    done = destroy(vm=vm_uuid, name='restore test')
+    assert done['changed'] is True and done['vm']['restored_from'] == '%s@%s' % (app.vm_uuid, restored['backup']['timestamp'])
+    assert pool_objects(app.sim) == (counts[0] - 1, counts[1] - 2)
+    session = xenapi(app.sim)
+    try:
+        assert session.xenapi.VDI.get_name_label(session.xenapi.VDI.get_by_uuid(extra)) == 'added by hand'
+        assert session.xenapi.VM.get_by_name_label('app01')
+    finally:
+        session.xenapi.session.logout()
+    again = destroy(vm=vm_uuid, name='restore test')
+    assert again['changed'] is False and again['vm'] == {'uuid': vm_uuid, 'existed': False}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -187,3 +188,6 @@ def test_seed_restore_health_check(lab):
     health = stats['xapi_delta_backup_health_check']
     assert health['failed'] == [] and health['results'][0]['status'] == 'ok'
     assert control.info()['counts']['VM'] == vms and control.info()['counts']['VDI'] == vdis
+    # the temporary disks the role destroyed are named by uuid, one per backed-up disk of alpha
+    destroyed = health['results'][0]['destroyed_vdis']
+    assert destroyed and len(set(destroyed)) == len(destroyed) and all(re.fullmatch('[0-9a-f-]{36}', uuid) for uuid in destroyed)
