@@ -79,9 +79,12 @@ class MetadataError(RepositoryError):
 class RepositoryLockedError(RepositoryError):
     """Another run holds the VM's lock; ``holder`` is its owner record (may be empty)."""
 
-    def __init__(self, lock_path: str, holder: dict):
-        super().__init__('%s is locked by %s: another backup of this VM is running; wait for it or, if it died on another host, remove %s'
-                         % (lock_path, describe_lock_holder(holder), lock_path))
+    def __init__(self, lock_path: str, holder: dict, idle_seconds: float | None = None):
+        idle = ''
+        if idle_seconds is not None and holder:
+            idle = ' (last refreshed %d s ago; a lock of another host idle for %d s is taken over)' % (idle_seconds, FOREIGN_LOCK_STALE_SECONDS)
+        super().__init__('%s is locked by %s: another backup of this VM is running; wait for it or, if it died on another host, remove %s%s'
+                         % (lock_path, describe_lock_holder(holder), lock_path, idle))
         self.lock_path = lock_path
         self.holder = holder
 
@@ -432,6 +435,10 @@ def lock_is_stale(holder: dict, hostname: str | None = None) -> bool:
 # exclude each other on a shared repository.
 LOCK_HEARTBEAT_SECONDS = 5.0
 OWNERLESS_LOCK_STALE_SECONDS = 10.0
+# A lock owned on another host cannot be checked by pid (and every AWX job runs on a new host name):
+# it is judged by its heartbeat, far more patiently than XO's 10 s, so that clock skew between
+# hosts or a stalled file server never breaks a live lock.
+FOREIGN_LOCK_STALE_SECONDS = 600.0
 
 
 class RepositoryLock:
@@ -440,10 +447,11 @@ class RepositoryLock:
     The owner file inside names host, pid, start time and job so that a refused run can say who
     holds the lock. A heartbeat thread refreshes the folder's mtime while it is held.
 
-    A lock is broken only when its holder is provably gone: an owner on this host whose pid no
-    longer runs, or a folder without owner (Xen Orchestra's, or ours killed between mkdir and the
-    owner write) whose mtime stayed unchanged for ``OWNERLESS_LOCK_STALE_SECONDS``. A lock owned
-    on another host is never broken: the error says which host and how to clear it.
+    A lock is broken only when its holder is gone: an owner on this host whose pid no longer runs;
+    a folder without owner (Xen Orchestra's, or ours killed between mkdir and the owner write)
+    whose mtime stayed unchanged for ``OWNERLESS_LOCK_STALE_SECONDS``; an owner on another host
+    whose heartbeat stopped ``FOREIGN_LOCK_STALE_SECONDS`` ago. Otherwise the error names the
+    holder, how long ago it was refreshed, and how to clear it.
     """
 
     def __init__(self, repository: 'BackupRepository', vm_uuid: str, job: str):
@@ -457,6 +465,7 @@ class RepositoryLock:
         self.took_over = None  # the owner record of a stale lock broken to get this one ({} if it had none)
         self.heartbeat_seconds = LOCK_HEARTBEAT_SECONDS
         self.ownerless_stale_seconds = OWNERLESS_LOCK_STALE_SECONDS
+        self.foreign_stale_seconds = FOREIGN_LOCK_STALE_SECONDS
         self._stop_heartbeat = threading.Event()
         self._heartbeat = None
 
@@ -481,10 +490,12 @@ class RepositoryLock:
                 os.mkdir(self.path, self.repository.dir_mode)
             except FileExistsError:
                 holder = self.read_holder()
-                if attempt < 2 and (lock_is_stale(holder) or (not holder and self._ownerless_lock_is_abandoned())):
+                if attempt < 2 and self._is_abandoned(holder):
                     self._break_stale(holder)
                     continue
-                raise RepositoryLockedError(self.path, self.read_holder() or holder) from None
+                holder = self.read_holder() or holder
+                foreign = bool(holder) and holder.get('host') != socket.gethostname()
+                raise RepositoryLockedError(self.path, holder, self._lock_idle_seconds() if foreign else None) from None
             except OSError as exc:
                 raise RepositoryError('cannot create lock %s: %s' % (self.path, exc.strerror or exc)) from exc
             self._write_owner()
@@ -503,6 +514,18 @@ class RepositoryLock:
         finally:
             os.close(fd)
         os.chmod(self.path, self.repository.dir_mode)
+
+    def _is_abandoned(self, holder: dict) -> bool:
+        if not holder:
+            return self._ownerless_lock_is_abandoned()
+        if holder.get('host') == socket.gethostname():
+            return lock_is_stale(holder)
+        idle = self._lock_idle_seconds()
+        return idle is not None and idle >= self.foreign_stale_seconds
+
+    def _lock_idle_seconds(self) -> float | None:
+        mtime = self._lock_mtime()
+        return None if mtime is None else max(time.time() - mtime, 0.0)
 
     def _lock_mtime(self) -> float | None:
         try:

@@ -368,13 +368,21 @@ def test_lock_of_another_process(repo):
     assert not os.path.exists(lock.path)
 
 
-def test_lock_from_another_host_is_never_stale(repo):
+def test_lock_from_another_host_is_kept_while_its_heartbeat_runs(repo):
     lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
     os.mkdir(lock_dir)
-    with open(os.path.join(lock_dir, 'owner.json'), 'w') as owner:
-        json.dump({'host': 'elsewhere.example', 'pid': 1, 'job': 'x', 'started': 'then'}, owner)
-    with pytest.raises(RepositoryLockedError, match='elsewhere.example'):
+    owner = {'host': 'elsewhere.example', 'pid': 1, 'job': 'x', 'started': 'then'}
+    with open(os.path.join(lock_dir, 'owner.json'), 'w') as owner_file:
+        json.dump(owner, owner_file)
+    # refreshed 9 minutes ago: its pid cannot be checked from here, so it is kept
+    os.utime(lock_dir, (time.time() - 540, time.time() - 540))
+    with pytest.raises(RepositoryLockedError, match=r'elsewhere\.example.*last refreshed 5[0-9]{2} s ago; .* idle for 600 s is taken over'):
         repo.lock(VM, 'nightly').acquire()
+    assert os.path.isdir(lock_dir)
+    # idle for 11 minutes: its run is gone (an AWX job killed with its container, say)
+    os.utime(lock_dir, (time.time() - 660, time.time() - 660))
+    with repo.lock(VM, 'nightly') as lock:
+        assert lock.took_over == owner
 
 
 def quick_lock(repo, job='nightly'):
