@@ -498,7 +498,12 @@ class RepositoryLock:
                 raise RepositoryLockedError(self.path, holder, self._lock_idle_seconds() if foreign else None) from None
             except OSError as exc:
                 raise RepositoryError('cannot create lock %s: %s' % (self.path, exc.strerror or exc)) from exc
-            self._write_owner()
+            try:
+                self._write_owner()
+            except OSError as exc:
+                # A full or read-only file system: leave no ownerless lock behind for the next run to wait on.
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise RepositoryError('cannot write the owner file of lock %s: %s' % (self.path, exc.strerror or exc)) from exc
             self.held = True
             self._start_heartbeat()
             self._sweep_broken_locks()

@@ -446,6 +446,18 @@ def test_held_lock_mtime_is_refreshed(repo):
     assert not os.path.exists(lock.path)
 
 
+def test_lock_whose_owner_cannot_be_written_is_not_left_behind(repo, monkeypatch):
+    def full_disk(fd, data):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(repo_mod.os, 'write', full_disk)
+    with pytest.raises(RepositoryError, match='cannot write the owner file of lock .*No space left on device'):
+        repo.lock(VM, 'nightly').acquire()
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(repo.backup_dir, VM + '.lock'))
+    with repo.lock(VM, 'nightly'):
+        pass
+
+
 def test_release_and_break_leave_nothing_behind(repo):
     # A run killed while removing a released or broken lock leaves a hidden folder: the next
     # holder sweeps it, and listings never show it.
