@@ -33,6 +33,23 @@ class Recorder:
         return len(data)
 
 
+def numbered_chunks(count: int) -> bytes:
+    return b''.join(bytes([number]) * 1024 for number in range(count))
+
+
+def start_producer(sink, count: int):
+    """A thread writing ``count`` 1 KiB chunks (chunk n is all n); returns it and the list of chunks it got rid of."""
+    queued = []
+
+    def produce():
+        for number in range(count):
+            sink.write(bytes([number]) * 1024)
+            queued.append(number)
+    producer = threading.Thread(target=produce)
+    producer.start()
+    return producer, queued
+
+
 def test_bytes_arrive_in_order_even_when_the_caller_reuses_its_buffer():
     rng = random.Random(3)
     target = Recorder()
@@ -53,20 +70,13 @@ def test_memory_is_bounded_by_the_ring():
     gate = threading.Event()
     target = Recorder(gate=gate)
     sink = WriteBehind(target.write, buffers=3, buffer_size=1024)
-    queued = []
-
-    def produce():
-        for number in range(10):
-            sink.write(bytes([number]) * 1024)
-            queued.append(number)
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, queued = start_producer(sink, 10)
     producer.join(0.5)
     assert producer.is_alive() and len(queued) <= 4  # three in the ring, one held by the stuck writer
     gate.set()
     producer.join()
     sink.close()
-    assert bytes(target.received) == b''.join(bytes([number]) * 1024 for number in range(10))
+    assert bytes(target.received) == numbered_chunks(10)
 
 
 def test_a_failing_target_is_raised_to_the_writer_and_on_close():
@@ -109,20 +119,12 @@ def test_every_consumer_sees_every_chunk_and_a_slow_one_holds_the_ring():
     gate = threading.Event()
     fast, slow = Recorder(), Recorder(gate=gate)
     sink = WriteBehind(fast.write, slow.write, buffers=2, buffer_size=1024)
-    queued = []
-
-    def produce():
-        for number in range(8):
-            sink.write(bytes([number]) * 1024)
-            queued.append(number)
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, queued = start_producer(sink, 8)
     producer.join(0.5)
     # the fast consumer cannot run ahead by more than the ring: buffers wait for the slow one
     assert producer.is_alive() and len(queued) <= 3 and len(fast.received) <= 2 * 1024
     gate.set()
     producer.join()
     sink.close()
-    expected = b''.join(bytes([number]) * 1024 for number in range(8))
-    assert bytes(fast.received) == bytes(slow.received) == expected
+    assert bytes(fast.received) == bytes(slow.received) == numbered_chunks(8)
     assert fast.threads.isdisjoint(slow.threads)
