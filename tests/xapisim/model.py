@@ -139,7 +139,7 @@ other_config map rw
 tags set rw
 resident_VMs inv:VM.resident_on dy
 PBDs inv:PBD.host dy
-PIFs set dy
+PIFs inv:PIF.host dy
 control_domain ref:VM dy
 """,
     'SR': COMMON + """
@@ -337,9 +337,53 @@ MTU int rw 1500
 other_config map rw
 tags set rw
 VIFs inv:VIF.network dy
-PIFs set dy
+PIFs inv:PIF.network dy
 allowed_operations set dy
 current_operations map dy
+""",
+    # PIF and VLAN after XAPI's datamodel (ocaml/idl/datamodel_*.ml, xenapi.json): a physical PIF has VLAN -1;
+    # a VLAN's untagged_PIF is the PIF on the VLAN's network, its tagged_PIF the physical one (ocaml/xapi/xapi_vlan.ml).
+    'PIF': COMMON + """
+device str ro
+network ref:network ro
+host ref:host ro
+MAC str ro
+MTU int ro
+VLAN int ro -1
+metrics ref:PIF_metrics dy
+physical bool dy
+currently_attached bool dy true
+ip_configuration_mode str dy None
+IP str dy
+netmask str dy
+gateway str dy
+DNS str dy
+bond_slave_of ref:Bond dy
+bond_master_of set dy
+VLAN_master_of ref:VLAN dy
+VLAN_slave_of inv:VLAN.tagged_PIF dy
+management bool dy
+other_config map rw
+disallow_unplug bool dy
+tunnel_access_PIF_of set dy
+tunnel_transport_PIF_of set dy
+ipv6_configuration_mode str dy None
+IPv6 set dy
+ipv6_gateway str dy
+primary_address_type str dy IPv4
+managed bool ro true
+properties map dy
+capabilities set dy
+igmp_snooping_status str dy unknown
+sriov_physical_PIF_of set dy
+sriov_logical_PIF_of set dy
+PCI ref:PCI dy
+""",
+    'VLAN': COMMON + """
+tagged_PIF ref:PIF ro
+untagged_PIF ref:PIF dy
+tag int ro -1
+other_config map rw
 """,
     'task': COMMON + """
 name_label str ro
