@@ -385,7 +385,7 @@ def test_event_from_star_and_del(xapi):
 
 
 def test_old_xapi_without_ignore_vdis(sim):
-    config = {'xapi': {'snapshot_ignore_vdis': False},
+    config = {'xapi': {'profile': 'xcp-ng-8.2'},
               'vms': [{'name': 'old', 'disks': [{'name': 'old-root', 'size': '4MiB'}]}]}
     sim.control.load_config(config)
     session = sim.xenapi_session()

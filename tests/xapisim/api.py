@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 
+from . import datamodel
 from .model import (FIELDS, NULL_REF, REQUIRED, RW, SRO, DRO, Expr, Store, XapiError, class_name,
                     coerce, new_ref, new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
@@ -80,8 +81,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.session_limit = 400
         self.originator_limit = 500
         self.auth_delay = 0.05
-        # XAPI before 21.4.0 has VM.snapshot(vm, new_name) only: sending ignore_vdis is an arity error.
-        self.snapshot_ignore_vdis = True
+        self.xapi_profile = self.xapi_version = self.api = None
+        self.select_xapi()
         self.users = {}
         self.master_address = '127.0.0.1'
         self.pool_ref = None
@@ -124,7 +125,41 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
             self.session_limit = 400
             self.originator_limit = 500
-            self.snapshot_ignore_vdis = True
+            self.select_xapi()
+
+    def select_xapi(self, profile=None, version=None):
+        """Answer as XAPI ``version`` would, or as the named product profile (default: the supplement's
+        default_profile).  ValueError for an unknown profile or a version that is not a release."""
+        model = datamodel.load()
+        if version is None:
+            profile = profile or model.default_profile
+            version = str(model.profile(profile)['xapi'])
+        elif profile is not None:
+            raise ValueError('xapi: give either profile or version, not both')
+        self.api = model.view(str(version))
+        self.xapi_profile, self.xapi_version = profile, str(version)
+
+    def software_version(self):
+        """host.software_version as a host of the selected XAPI reports it (keys: ocaml/xapi/xapi_globs.ml
+        software_version, ocaml/xapi/create_misc.ml make_software_version; values: datamodel/supplement.yml)."""
+        model = datamodel.load()
+        spec = model.profiles.get(self.xapi_profile) or {}
+        out = {str(k): str(v) for k, v in (spec.get('product') or {}).items()}
+        parts = self.xapi_version.split('.')
+        out['xapi'] = '.'.join(parts[:2])
+        if self.api.published(model.supplement['xapi_build_key_since']):
+            out['xapi_build'] = self.xapi_version
+        if spec.get('db_schema'):
+            out['db_schema'] = str(spec['db_schema'])
+        return out
+
+    def api_version(self):
+        """(major, minor) of host.API_version_* for the selected profile (2.21 when only a version is given
+        and it is numbered 21.x or later, 2.15 for 1.249, as the profiles say)."""
+        spec = datamodel.load().profiles.get(self.xapi_profile)
+        if spec:
+            return tuple(spec['api_version'])
+        return (2, 15) if self.xapi_version.startswith('1.') else (2, 21)
 
     # ------------------------------------------------------------------
     # dispatch
@@ -164,13 +199,13 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if is_async:
             if cls in NO_ASYNC_CLASSES or not (msg in ('create', 'destroy') or name in self.methods):
                 raise XapiError('Fault', 'No async mode for this operation (%s)' % name)
-            self._check_arity(name, func, args)
+            args = self._check_arity(name, func, args)
             return self._start_task('Async.' + name, func, args)
         self._delay(name)
         return self._check_call(name, func, args, session)
 
     def _check_call(self, name, func, args, session):
-        self._check_arity(name, func, args)
+        args = self._check_arity(name, func, args)
         self._maybe_fail(name)
         if _wants_session(func):
             args = [session] + list(args)
@@ -180,11 +215,19 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             return func(*args)
 
     def _check_arity(self, name, func, args):
-        required, total = getattr(func, 'arity', None) or _arity(func)
-        if name == 'VM.snapshot' and not self.snapshot_ignore_vdis:
-            total = required
-        if not required <= len(args) <= total:
+        cls, _sep, msg_name = name.partition('.')
+        msg = self.api.message(cls, msg_name)
+        if msg is not None:
+            # ocaml/idl/ocaml_backend/gen_server.ml: expected = parameters without default, session excluded.
+            required, most = self.api.arity(msg)
+        else:
+            required, most = getattr(func, 'arity', None) or _arity(func)
+        if len(args) < required or (most is not None and len(args) > most):
             raise XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', name, required, len(args))
+        if msg is not None:
+            # Surplus arguments after the defaulted ones are never read by XAPI.
+            return list(args[:len(self.api.params(msg))])
+        return list(args)
 
     def _delay(self, name):
         delays = self.faults['delay']
@@ -219,6 +262,10 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return None
 
     def _resolve(self, cls, msg, name):
+        class_def = self.api.class_def(cls)
+        if class_def is not None and msg in class_def.messages and self.api.message(cls, msg) is None:
+            # Published by a later XAPI than the selected one: that version does not know it.
+            raise XapiError('MESSAGE_METHOD_UNKNOWN', name)
         if name in self.methods:
             return self.methods[name]
         real = class_name(cls)
@@ -1132,10 +1179,10 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         host = new_ref()
         dom0 = new_ref()
         self.master_ref = host
+        major, minor = self.api_version()
         self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
-                                'software_version': {'product_brand': 'XCP-ng', 'product_version': '8.3.0',
-                                                     'xapi': '24.19', 'platform_name': 'XCP'},
-                                'control_domain': dom0}, ref=host)
+                                'software_version': self.software_version(), 'API_version_major': major,
+                                'API_version_minor': minor, 'control_domain': dom0}, ref=host)
         self.store.add('VM', {'name_label': 'Control domain on host: %s' % host_name, 'is_control_domain': True,
                               'power_state': 'Running', 'domid': 0, 'resident_on': host,
                               'memory_static_max': 4 << 30, 'memory_dynamic_max': 4 << 30,
@@ -1146,4 +1193,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
 
     def add_slave_host(self, host_name, address):
         """Create a pool member (not the coordinator)."""
-        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address})
+        major, minor = self.api_version()
+        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
+                                       'software_version': self.software_version(), 'API_version_major': major,
+                                       'API_version_minor': minor})
