@@ -52,7 +52,9 @@ def _vm_record(spec, name):
             'HVM_boot_policy': 'BIOS order', 'HVM_boot_params': {'order': 'cd'},
             'platform': {'device-model': 'qemu-upstream-compat', 'viridian': 'false'},
             'other_config': {str(k): str(v) for k, v in (spec.get('other_config') or {}).items()},
-            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm'}
+            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm',
+            # enum fields without a datamodel default: XAPI VMs get them from their template
+            'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart', 'actions_after_crash': 'restart'}
 
 
 def _select_xapi(sim, spec):

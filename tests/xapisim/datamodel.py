@@ -180,7 +180,8 @@ class FieldDef:
 class MessageDef:
     """One message: parameters in wire order (session_id first where present)."""
 
-    __slots__ = ('cls', 'name', 'params', 'result', 'release', 'state', 'implicit', 'defaults', 'param_since')
+    __slots__ = ('cls', 'name', 'params', 'result', 'release', 'state', 'implicit', 'defaults', 'param_since',
+                 'removed_in', 'has_async')
 
     def __init__(self, cls, raw, supplement):
         self.cls = cls
@@ -190,9 +191,21 @@ class MessageDef:
         self.release = raw['release']
         self.state = raw.get('state')
         self.implicit = raw.get('implicit', False)
-        extra = supplement.get('%s.%s' % (cls, self.name), {})
+        extra = (supplement.get('param_defaults') or {}).get('%s.%s' % (cls, self.name), {})
         self.defaults = {name: spec['default'] for name, spec in extra.items()}
         self.param_since = {name: str(spec['since']) for name, spec in extra.items() if 'since' in spec}
+        removed = [release for what, release in raw.get('changed', []) if what == 'removed']
+        self.removed_in = removed[0] if removed and self.state == 'Removed_s' else None
+        # gen_client.ml has_async: implicit messages only for create/destroy; explicit ones unless their
+        # flags lack `Async (supplement no_async).
+        if self.implicit:
+            self.has_async = self.name in ('create', 'destroy')
+        else:
+            self.has_async = self.name not in ((supplement.get('no_async') or {}).get(cls) or {})
+
+    def raw_params(self):
+        """The parameters as the JSON lists them."""
+        return [[name, typ.text] for name, typ in self.params]
 
     @property
     def has_session(self):
@@ -208,6 +221,13 @@ class ClassDef:
         self.fields = {f['name']: FieldDef(f) for f in raw['fields']}
         self.messages = {m['name']: MessageDef(name, m, supplement) for m in raw['messages']}
         self.enums = raw.get('enums', {})
+        everything = self.messages.get('get_all_records')
+        if everything is not None and 'get_all_records_where' not in self.messages:
+            # ocaml/idl/datamodel_utils.ml: get_all_records_where comes with get_all_records (hidden from docs,
+            # so absent from the JSON); one string parameter "expr".
+            self.messages['get_all_records_where'] = MessageDef(name, {
+                'name': 'get_all_records_where', 'params': everything.raw_params() + [['expr', 'string']],
+                'result': everything.result.text, 'release': everything.release, 'implicit': True}, supplement)
 
 
 class Datamodel:
@@ -217,8 +237,7 @@ class Datamodel:
         self.source = raw.get('source', '')
         self.supplement = supplement
         self.releases = Releases(supplement['release_order'])
-        param_defaults = supplement.get('param_defaults') or {}
-        self.classes = {name: ClassDef(name, body, param_defaults) for name, body in raw['classes'].items()}
+        self.classes = {name: ClassDef(name, body, supplement) for name, body in raw['classes'].items()}
         self.enums = {}
         for cls in self.classes.values():
             self.enums.update(cls.enums)
@@ -275,6 +294,10 @@ class VersionView:
         if msg is None or not self.published(msg.release):
             return None
         return msg
+
+    def removed(self, msg):
+        """True when this version answers the message with MESSAGE_REMOVED."""
+        return msg.removed_in is not None and self.published(msg.removed_in)
 
     def params(self, msg):
         """The message's parameters in this version (later additions dropped), without the session."""
