@@ -53,7 +53,18 @@ def _vm_record(spec, name):
             'HVM_boot_policy': 'BIOS order', 'HVM_boot_params': {'order': 'cd'},
             'platform': {'device-model': 'qemu-upstream-compat', 'viridian': 'false'},
             'other_config': {str(k): str(v) for k, v in (spec.get('other_config') or {}).items()},
-            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm'}
+            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm',
+            # enum fields without a datamodel default: XAPI VMs get them from their template
+            'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart', 'actions_after_crash': 'restart'}
+
+
+def _select_xapi(sim, spec):
+    """``xapi: {profile: xcp-ng-8.2}`` or ``xapi: {version: "1.249.41"}`` (default: the default profile)."""
+    unknown = set(spec) - {'profile', 'version'}
+    if unknown:
+        raise ValueError('xapi: unknown key(s) %s; use profile or version' % ', '.join(sorted(unknown)))
+    version = spec.get('version')
+    sim.select_xapi(profile=spec.get('profile'), version=None if version is None else str(version))
 
 
 def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
@@ -67,7 +78,7 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_limit = int(limits.get('sessions', 400))
         sim.originator_limit = int(limits.get('sessions_per_originator', 500))
         sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
-        sim.snapshot_ignore_vdis = bool((config.get('xapi') or {}).get('snapshot_ignore_vdis', True))
+        _select_xapi(sim, config.get('xapi') or {})
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
