@@ -71,6 +71,10 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
         names['host'][hosts[0]['name']] = sim.master_ref
+        # host.software_version['xapi']: before 21.4.0 VM.snapshot has no ignore_vdis (XCP-ng 8.2 LTS ships 1.249.x).
+        xapi_version = (config.get('xapi') or {}).get('xapi_version') or ('24.19' if sim.snapshot_ignore_vdis else '1.249.26')
+        sim.store.set('host', sim.master_ref, 'software_version',
+                      dict(sim.store.raw('host', sim.master_ref)['software_version'], xapi=str(xapi_version)))
         for host in hosts[1:]:
             names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
         default_sr = None
@@ -78,6 +82,8 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             ref = sim.add_sr(spec['name'], parse_size(spec.get('size', '100GiB')), spec.get('type', 'ext'),
                              bool(spec.get('shared', False)), spec.get('description', ''))
             names['SR'][spec['name']] = ref
+            # Seconds before the SR's garbage collector coalesces base copies (0: at once); see vhd_sr.Coalescer.
+            sim.coalescer.set_delay(ref, float(spec.get('coalesce_delay', 0)))
             if spec.get('default') or default_sr is None:
                 default_sr = ref
         sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)
