@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import socket
+import weakref
 from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
@@ -84,6 +85,8 @@ class BackupSnapshot:
     chain_length: int
     disks: list[SnapshotDisk] = field(default_factory=list)
     exporting: dict | None = None
+    # How [NOBAK] disks were left out when this run took it (EXCLUDED_BY_*), None otherwise.
+    excluded_by: str | None = None
 
     @property
     def datetime_tag(self) -> str:
@@ -204,21 +207,96 @@ def excluded_vdis(xapi, vm_record: dict) -> tuple[list[str], list[dict]]:
     return refs, described
 
 
+# XAPI release that added VM.snapshot's ignore_vdis (xapi-datamodel.json note; XCP-ng 8.2 LTS ships 1.249.x without it).
+IGNORE_VDIS_SINCE = (21, 4, 0)
+# How the [NOBAK] disks were left out of a snapshot, as the result reports it.
+EXCLUDED_BY_IGNORE_VDIS = 'ignore_vdis'
+EXCLUDED_BY_REMOVAL = 'removed_after_snapshot'
+# Per connection: does VM.snapshot take ignore_vdis? (None: not known yet.)
+_IGNORE_VDIS_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def parse_xapi_version(text) -> tuple[int, ...] | None:
+    """``'1.249.26'`` or ``'24.19.2'`` as a tuple of ints; None when it is not a dotted number."""
+    parts = str(text or '').strip().split('.')
+    if not parts or not all(part.isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
+def coordinator_xapi_version(xapi) -> tuple[int, ...] | None:
+    """The XAPI version of the pool coordinator (``host.software_version['xapi']``), None when unreadable."""
+    try:
+        pools = xapi.call('pool.get_all')
+        master = xapi.call('pool.get_master', pools[0])
+        return parse_xapi_version((xapi.call('host.get_software_version', master) or {}).get('xapi'))
+    except (XapiError, IndexError, AttributeError):
+        return None
+
+
+def snapshot_takes_ignore_vdis(xapi) -> bool | None:
+    """Whether VM.snapshot accepts ignore_vdis on this pool, decided once per connection; None when unknown."""
+    if xapi in _IGNORE_VDIS_SUPPORT:
+        return _IGNORE_VDIS_SUPPORT[xapi]
+    version = coordinator_xapi_version(xapi)
+    supported = None if version is None else version >= IGNORE_VDIS_SINCE
+    _IGNORE_VDIS_SUPPORT[xapi] = supported
+    return supported
+
+
+def _call_snapshot(xapi, vm_ref: str, name: str, ignored: list[str], timeout: float | None, what: str) -> tuple[str, str | None]:
+    """VM.snapshot, with ignore_vdis only when there is something to ignore and XAPI takes it.
+
+    Returns (snapshot ref, how [NOBAK] disks were left out: EXCLUDED_BY_IGNORE_VDIS, EXCLUDED_BY_REMOVAL
+    meaning the caller must remove them from the snapshot, or None when there are none).
+    """
+    if not ignored:
+        return xapi.call_async('VM.snapshot', vm_ref, name, timeout=timeout, what=what), None
+    if snapshot_takes_ignore_vdis(xapi) is not False:
+        try:
+            return xapi.call_async('VM.snapshot', vm_ref, name, ignored, timeout=timeout, what=what), EXCLUDED_BY_IGNORE_VDIS
+        except XapiError as error:
+            if error.code != 'MESSAGE_PARAMETER_COUNT_MISMATCH':
+                raise
+            # The version did not tell (or lied): XAPI refused the third argument before doing anything.
+            _IGNORE_VDIS_SUPPORT[xapi] = False
+    return xapi.call_async('VM.snapshot', vm_ref, name, timeout=timeout, what=what), EXCLUDED_BY_REMOVAL
+
+
+def remove_excluded_disks(xapi, snapshot_ref: str) -> list[str]:
+    """Destroy the [NOBAK] VBDs and VDIs of a fresh snapshot (XAPI without ignore_vdis), as Xen Orchestra does.
+
+    They are never exported: nothing but this run knows the snapshot yet. Returns the VDI uuids removed.
+    """
+    removed = []
+    for vbd_ref, _vbd, vdi_ref, vdi in vm_disks(xapi, xapi.call('VM.get_record', snapshot_ref)):
+        if not is_excluded_disk(vdi) or not vdi.get('is_a_snapshot'):
+            continue
+        xapi.call('VBD.destroy', vbd_ref, what='removal of the [NOBAK] disk %s from the snapshot' % vdi['uuid'])
+        xapi.call('VDI.destroy', vdi_ref, what='removal of the [NOBAK] snapshot disk %s' % vdi['uuid'])
+        removed.append(vdi['uuid'])
+    return removed
+
+
 def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job_id: str, job_name: str, taken_at: datetime.datetime,
                          timeout: float | None = None) -> BackupSnapshot:
     """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job."""
     ignored, _described = excluded_vdis(xapi, vm_record)
     name = SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', vm_record['uuid']))
     what = 'snapshot of VM %s (%s)' % (vm_record.get('name_label'), vm_record['uuid'])
-    snapshot_ref = xapi.call_async('VM.snapshot', vm_ref, name, ignored, timeout=timeout, what=what)
+    snapshot_ref, excluded_by = _call_snapshot(xapi, vm_ref, name, ignored, timeout, what)
     try:
+        if excluded_by == EXCLUDED_BY_REMOVAL:
+            remove_excluded_disks(xapi, snapshot_ref)
         tags = {KEY_JOB: job_id, KEY_SCHEDULE: job_id, KEY_VM: vm_record['uuid'], KEY_DATETIME: format_datetime_tag(taken_at),
                 KEY_JOB_NAME: job_name}
         snapshot_record = xapi.call('VM.get_record', snapshot_ref)
         _tag(xapi, 'VM', snapshot_ref, snapshot_record, tags)
         for _vbd_ref, _vbd, vdi_ref, vdi in vm_disks(xapi, snapshot_record):
             _tag(xapi, 'VDI', vdi_ref, vdi, dict(tags, **{KEY_CONTENT: vdi['uuid']}))
-        return _load_snapshot(xapi, snapshot_ref, xapi.call('VM.get_record', snapshot_ref))
+        snapshot = _load_snapshot(xapi, snapshot_ref, xapi.call('VM.get_record', snapshot_ref))
+        snapshot.excluded_by = excluded_by
+        return snapshot
     except BaseException:
         # An untagged snapshot would be invisible to every later prune: remove it now.
         destroy_snapshot_vm(xapi, snapshot_ref)
@@ -354,7 +432,7 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
     _refs, excluded = excluded_vdis(xapi, vm_record)
     result = {'changed': False, 'vm': {'uuid': vm_record['uuid'], 'name_label': vm_record.get('name_label', '')}, 'job_id': job_id,
               'snapshot': None, 'reference_snapshot': reference.as_result() if reference else None, 'removed_snapshots': [],
-              'removed_orphan_disks': [], 'excluded_disks': excluded}
+              'removed_orphan_disks': [], 'excluded_disks': excluded, 'excluded_by': None}
     new_snapshot = None
     if take:
         taken_at = next_snapshot_time(snapshots)
@@ -365,6 +443,7 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
         else:
             new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job_id, job_name, taken_at, timeout=timeout)
             result['snapshot'] = new_snapshot.as_result()
+            result['excluded_by'] = new_snapshot.excluded_by
     for stale in snapshots_to_prune(snapshots, keep=[new_snapshot]):
         result['changed'] = True
         result['removed_snapshots'].append(stale.uuid)
