@@ -35,7 +35,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
-    BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, mark_exporting, next_snapshot_time, reference_snapshot,
+    BackupSnapshot, SnapshotDisk, adopt_completed_snapshot, job_snapshots, mark_exported, mark_exporting, next_snapshot_time,
+    reference_snapshot,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
@@ -234,6 +235,8 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_
         snapshot = predicted_snapshot(xapi, vm_record, snapshots)
     else:
         snapshot = choose_snapshot(snapshots, snapshot_uuid, vm_record, job)
+    # A killed run may have written its point without marking its snapshot: the repositories tell.
+    adopt_completed_snapshot(xapi, snapshots, repositories, vm_record['uuid'], job_id, before=snapshot.taken_at, check_mode=check_mode)
     base = reference_snapshot([candidate for candidate in snapshots if candidate.taken_at < snapshot.taken_at])
     plan = ExportPlan(vm_record=vm_record, snapshot=snapshot, base=base, timestamp=format_timestamp(snapshot.taken_at),
                       mode='delta', reason='', disks=[DiskPlan(disk=disk) for disk in snapshot.disks])
