@@ -86,8 +86,9 @@ test: sysdeps venv
 	@echo "make test: every suite passed"
 
 # A whole backup lifecycle through the real playbooks against the bundled simulator (demo/run_demo.py).
+# `make demo POOL=my-pool.yml XAPI_PROFILE=xcp-ng-8.2` runs it on another pool file and XAPI version.
 demo: sysdeps layout
-	$(BIN)/python demo/run_demo.py --collections-root $(COLLECTIONS_ROOT)
+	$(BIN)/python demo/run_demo.py --collections-root $(COLLECTIONS_ROOT) $(if $(POOL),--pool $(POOL)) $(if $(XAPI_PROFILE),--xapi-profile $(XAPI_PROFILE))
 
 lock:
 	rm -rf $(BUILD)/lockvenv && $(PYTHON) -m venv $(BUILD)/lockvenv

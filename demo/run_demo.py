@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """`make demo`: a whole backup lifecycle, run by the collection's own playbooks against the bundled XAPI simulator.
 
-Steps: start the simulator with demo/pool.yml; a full backup of the demo VMs (a [NOBAK] disk left out, a VM tagged
+Steps: start the simulator with demo/pool.yml (or the pool given with --pool, on the XAPI version given with
+--xapi-profile: XCP-ng 8.2 LTS, 8.3 or XenServer 8, as the simulator's profiles describe them); a full backup of the demo VMs (a [NOBAK] disk left out, a VM tagged
 xo:no-bak skipped); guest writes and three delta backups, the last one applying retention (the oldest point is
 merged into the full); a seed of a far repository (verified copy, then a delta there); a restore of an earlier
 point to another SR; a health check; a verification of both repositories. Every restored disk is compared byte for byte (sha256 from the
@@ -76,13 +77,29 @@ class Demo:
         self.say('        ok: ' + message)
 
     # -- simulator -------------------------------------------------------------------------------
+    def pool_file(self) -> str:
+        """The pool description the simulator starts with: --pool, with the --xapi-profile applied to it."""
+        import yaml  # pylint: disable=import-outside-toplevel
+        with open(self.args.pool, encoding='utf-8') as handle:
+            pool = yaml.safe_load(handle)
+        missing = sorted(set(BACKED_UP) - {vm.get('name') for vm in pool.get('vms') or []})
+        if missing:
+            raise DemoFailure('the pool file %s lacks the demo VMs %s (start from demo/pool.yml)' % (self.args.pool, ', '.join(missing)))
+        if self.args.xapi_profile:
+            pool['xapi'] = {'profile': self.args.xapi_profile}
+        self.say('pool %s, XAPI profile %s' % (os.path.relpath(self.args.pool, ROOT), (pool.get('xapi') or {}).get('profile', 'default')))
+        path = os.path.join(self.work, 'pool.yml')
+        with open(path, 'w', encoding='utf-8') as handle:
+            yaml.safe_dump(pool, handle)
+        return path
+
     def start_simulator(self):
         sys.path.insert(0, os.path.join(ROOT, 'tests'))
         from xapisim.control import SimulatorControl  # pylint: disable=import-outside-toplevel
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, 'tests'))
         log = open(os.path.join(self.logs, 'xapisim.log'), 'w', encoding='utf-8')  # pylint: disable=consider-using-with
         self.sim = subprocess.Popen(  # pylint: disable=consider-using-with
-            [sys.executable, '-m', 'xapisim', '--config', os.path.join(HERE, 'pool.yml'), '--port', '0', '--slave-port', '-1',
+            [sys.executable, '-m', 'xapisim', '--config', self.pool_file(), '--port', '0', '--slave-port', '-1',
              '--data-dir', os.path.join(self.work, 'sim-data'), '--cert-dir', os.path.join(self.work, 'sim-tls')],
             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         info = {}
@@ -262,6 +279,8 @@ def main():
     parser.add_argument('--work-dir', default=os.path.join(ROOT, '.build', 'demo'), help='repositories, simulator data and logs (emptied first)')
     parser.add_argument('--collections-root', default=os.path.join(ROOT, '.build', 'collections'),
                         help='the folder holding ansible_collections/xapi/delta_backup (made by make layout)')
+    parser.add_argument('--pool', default=os.path.join(HERE, 'pool.yml'), help='pool description for the simulator (needs the VMs of demo/pool.yml)')
+    parser.add_argument('--xapi-profile', default='', help='XAPI version profile of the simulated pool, e.g. xcp-ng-8.2 (default: the pool file\'s)')
     args = parser.parse_args()
     collection = os.path.join(args.collections_root, 'ansible_collections', 'xapi', 'delta_backup')
     if not os.path.isdir(os.path.join(collection, 'playbooks')):

@@ -75,6 +75,24 @@ class AnsibleRunner:
         self.last_output = completed.stdout + completed.stderr
         return completed
 
+    def play_collection(self, name: str, extra_vars: dict, check: bool = False, expect_rc: int = 0) -> tuple[dict, str]:
+        """Run the collection playbook ``xapi.delta_backup.<name>``; return (custom stats, output).
+
+        The roles publish their results with set_stats; ANSIBLE_SHOW_CUSTOM_STATS prints them as one JSON line.
+        """
+        extra = dict(extra_vars, ansible_python_interpreter=sys.executable)
+        completed = self.run_playbook('xapi.delta_backup.%s' % name, extra, check=check, env={'ANSIBLE_SHOW_CUSTOM_STATS': 'true'})
+        output = completed.stdout + completed.stderr
+        if expect_rc == 0:
+            assert completed.returncode == 0, output[-6000:]
+        else:
+            assert completed.returncode != 0, output[-6000:]
+        stats = {}
+        for line in completed.stdout.splitlines():
+            if line.strip().startswith('RUN:'):
+                stats = json.loads(line.strip()[len('RUN:'):])
+        return stats, output
+
     def run_tasks(self, steps: list, check: bool = False, expect_failure: bool = False, env: dict | None = None) -> list:
         """Run several module tasks in one playbook (one ansible start-up), in order, stopping at the first failure.
 

@@ -56,12 +56,13 @@ def _assert_no_nobak_snapshot_disk(app):
     assert nobak == [], nobak
 
 
-@pytest.mark.parametrize('xapi_section, how', [
-    ('xapi: {snapshot_ignore_vdis: false}\n', 'host.software_version says xapi 1.249.26'),
-    ('xapi: {snapshot_ignore_vdis: false, xapi_version: "24.19"}\n', 'the version claims 24.19: the arity error tells'),
-])
-def test_nobak_disks_left_out_without_ignore_vdis(app, xapi_section, how):
-    _reload(app, xapi_section)
+@pytest.mark.parametrize('version_readable', [True, False], ids=['by-version', 'by-arity-error'])
+def test_nobak_disks_left_out_without_ignore_vdis(app, version_readable):
+    # XCP-ng 8.2 LTS: xapi 1.249, VM.snapshot(vm, name) only. Unreadable version: the 3-argument call's arity error tells.
+    _reload(app, 'xapi: {profile: xcp-ng-8.2}\n')
+    how = 'host.software_version' if version_readable else 'arity error'
+    if not version_readable:
+        app['sim'].control.fail_next('host.get_software_version', ['INTERNAL_ERROR', 'injected'])
     snap, full = backup(app)
     assert snap['excluded_by'] == 'removed_after_snapshot', how
     assert [disk['name_label'] for disk in snap['excluded_disks']] == ['app01-swap [NOBAK]']

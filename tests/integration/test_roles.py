@@ -9,10 +9,8 @@ from the simulator's control API.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
-import sys
 
 import pytest
 import yaml
@@ -74,19 +72,7 @@ def lab(ansible, pool, tmp_path):
 
 def play(lab, name, extra_vars, check=False, expect_rc=0):
     """Run the collection playbook; return (custom stats, output)."""
-    extra = dict(extra_vars, ansible_python_interpreter=sys.executable)
-    completed = lab['ansible'].run_playbook('xapi.delta_backup.%s' % name, extra, check=check,
-                                            env={'ANSIBLE_SHOW_CUSTOM_STATS': 'true'})
-    output = completed.stdout + completed.stderr
-    if expect_rc == 0:
-        assert completed.returncode == 0, output[-6000:]
-    else:
-        assert completed.returncode != 0, output[-6000:]
-    stats = {}
-    for line in completed.stdout.splitlines():
-        if line.strip().startswith('RUN:'):
-            stats = json.loads(line.strip()[len('RUN:'):])
-    return stats, output
+    return lab['ansible'].play_collection(name, extra_vars, check=check, expect_rc=expect_rc)
 
 
 def snapshots(lab, vm):

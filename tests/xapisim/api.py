@@ -14,38 +14,21 @@ import tempfile
 import threading
 import time
 
-from .model import (FIELDS, NULL_REF, REQUIRED, RW, SRO, DRO, Expr, Store, XapiError, class_name,
-                    coerce, new_ref, new_uuid, xapi_date)
+from . import datamodel
+from . import unmarshal
 from . import vhd_sr
+from .model import (FIELDS, MODELED, NULL_REF, RW, SRO, DRO, Expr, Store, XapiError, class_name, new_ref,
+                    new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
 from .wire import I4, encode_value
 
 MAX_VDI_SIZE = 2040 * 1024 ** 3
-NO_ASYNC_CLASSES = ('session', 'event', 'task')
-# StaticRO fields that have a custom setter in XAPI.
-EXTRA_SETTERS = {
-    'VM': {'other_config', 'platform', 'memory_static_max', 'memory_static_min', 'memory_dynamic_max',
-           'memory_dynamic_min', 'memory_target', 'VCPUs_max', 'VCPUs_at_startup', 'VCPUs_params',
-           'actions_after_shutdown', 'actions_after_reboot', 'actions_after_crash', 'PV_bootloader', 'PV_kernel',
-           'PV_ramdisk', 'PV_args', 'PV_bootloader_args', 'PV_legacy_args', 'HVM_boot_policy',
-           'HVM_boot_params', 'HVM_shadow_multiplier', 'domain_type', 'blocked_operations', 'order',
-           'start_delay', 'shutdown_delay', 'NVRAM', 'has_vendor_device', 'ha_restart_priority',
-           'hardware_platform_version', 'recommendations'},
-    'VDI': {'name_label', 'name_description', 'sharable', 'read_only', 'on_boot', 'allow_caching',
-            'sm_config', 'xenstore_data'},
-    'VBD': {'mode'},
-    'SR': {'physical_size', 'shared'},
-    'network': set(),
-}
 BAD_POWER = 'VM_BAD_POWER_STATE'
-
-
-def _arity(func):
-    params = list(inspect.signature(func).parameters.values())
-    if params and params[0].name == 'session':
-        params = params[1:]
-    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
-    return required, len(params)
+# ocaml/xapi/server_helpers.ml sync_ty_and_maybe_remove_prefix: the only asynchronous prefix on the wire.
+ASYNC_PREFIX = 'Async.'
+# Answer for a message XAPI has but the simulator does not implement: a simulator gap, never an XAPI error
+# (XAPI's own NOT_IMPLEMENTED is a different code).
+SIM_GAP = 'XAPISIM_NOT_IMPLEMENTED'
 
 
 def _wants_session(func):
@@ -86,8 +69,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.session_limit = 400
         self.originator_limit = 500
         self.auth_delay = 0.05
-        # XAPI before 21.4.0 has VM.snapshot(vm, new_name) only: sending ignore_vdis is an arity error.
-        self.snapshot_ignore_vdis = True
+        self.xapi_profile = self.xapi_version = self.api = None
+        self.select_xapi()
         self.users = {}
         self.master_address = '127.0.0.1'
         self.pool_ref = None
@@ -132,53 +115,128 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
             self.session_limit = 400
             self.originator_limit = 500
-            self.snapshot_ignore_vdis = True
+            self.select_xapi()
+
+    def select_xapi(self, profile=None, version=None):
+        """Answer as XAPI ``version`` would, or as the named product profile (default: the supplement's
+        default_profile).  ValueError for an unknown profile or a version that is not a release."""
+        model = datamodel.load()
+        if version is None:
+            profile = profile or model.default_profile
+            version = str(model.profile(profile)['xapi'])
+        elif profile is not None:
+            raise ValueError('xapi: give either profile or version, not both')
+        self.api = model.view(str(version))
+        self.xapi_profile, self.xapi_version = profile, str(version)
+
+    def software_version(self):
+        """host.software_version as a host of the selected XAPI reports it (keys: ocaml/xapi/xapi_globs.ml
+        software_version, ocaml/xapi/create_misc.ml make_software_version; values: datamodel/supplement.yml)."""
+        model = datamodel.load()
+        spec = model.profiles.get(self.xapi_profile) or {}
+        out = {str(k): str(v) for k, v in (spec.get('product') or {}).items()}
+        parts = self.xapi_version.split('.')
+        out['xapi'] = '.'.join(parts[:2])
+        if self.api.published(model.supplement['xapi_build_key_since']):
+            out['xapi_build'] = self.xapi_version
+        if spec.get('db_schema'):
+            out['db_schema'] = str(spec['db_schema'])
+        return out
+
+    def api_version(self):
+        """(major, minor) of host.API_version_* for the selected profile (2.21 when only a version is given
+        and it is numbered 21.x or later, 2.15 for 1.249, as the profiles say)."""
+        spec = datamodel.load().profiles.get(self.xapi_profile)
+        if spec:
+            return tuple(spec['api_version'])
+        return (2, 15) if self.xapi_version.startswith('1.') else (2, 21)
 
     # ------------------------------------------------------------------
     # dispatch
     # ------------------------------------------------------------------
-    @staticmethod
-    def split_method(method):
-        """(async?, class, message) from ``Async.VM.snapshot`` or ``VM_snapshot``."""
-        is_async = False
-        if method.startswith('Async.') or method.startswith('Async_'):
-            is_async = True
-            method = method[6:]
-        if '.' in method:
-            cls, _sep, msg = method.partition('.')
-        else:
-            cls, _sep, msg = method.partition('_')
-        return is_async, cls, msg
+    def _message(self, wire):
+        """The MessageDef a wire name (``VM.snapshot`` or ``VM_snapshot``) calls in the selected version."""
+        cls, dot, msg = wire.partition('.')
+        if dot:
+            return self.api.message(cls, msg)
+        # DU.alternative_wire_name: class and message joined by "_"; class names may hold "_" themselves.
+        for pos in [i for i, char in enumerate(wire) if char == '_']:
+            found = self.api.message(wire[:pos], wire[pos + 1:])
+            if found is not None:
+                return found
+        return None
 
     def call(self, method, params, slave=False):
-        """Run one API call; returns the Python value or raises XapiError."""
+        """Run one API call as XAPI's generated dispatcher does (ocaml/idl/ocaml_backend/gen_server.ml):
+        message lookup, arity, parameter unmarshalling, session check, async mode, then the body.
+        Returns the Python value or raises XapiError."""
         self.stats['calls'] += 1
-        is_async, cls, msg = self.split_method(method)
-        name = '%s.%s' % (cls, msg)
-        if cls == 'session' and msg in ('login_with_password', 'slave_local_login_with_password'):
-            if is_async:
-                raise XapiError('Fault', 'No async mode for this operation')
+        is_async = method.startswith(ASYNC_PREFIX)
+        wire = method[len(ASYNC_PREFIX):] if is_async else method
+        params = list(params)
+        msg = self._message(wire)
+        if msg is None:
+            # Unknown name: with a session it is tried as a host extension, which checks the session and then
+            # finds no extension (server_helpers.ml forward_extension, xapi_extensions.ml find_extension).
+            if params:
+                self._check_session(params[0])
+            raise XapiError('MESSAGE_METHOD_UNKNOWN', wire)
+        name = '%s.%s' % (msg.cls, msg.name)
+        values = self._unmarshal(name, msg, params)
+        session = values.pop(0) if msg.has_session else None
+        if name in ('session.login_with_password', 'session.slave_local_login_with_password'):
             self._delay(name)
+            if is_async:
+                raise XapiError('Fault', 'No async mode for this operation (rpc: %s)' % name)
             if slave:
                 raise XapiError('HOST_IS_SLAVE', self.master_address)
-            return self._check_call(name, self.m_session__login_with_password, params, None)
-        if not params:
-            raise XapiError('SESSION_INVALID', '')
-        session, args = params[0], list(params[1:])
+            return self._run(name, self.m_session__login_with_password, values, None)
+        if msg.has_session:
+            self._check_session(session)
+        if self.api.removed(msg):
+            raise XapiError('MESSAGE_REMOVED')
+        if is_async and not msg.has_async:
+            raise XapiError('Fault', 'No async mode for this operation (rpc: %s)' % name)
+        func = self._resolve(msg)
+        if is_async:
+            if _wants_session(func):
+                values = [session] + values
+            return self._start_task('Async.' + name, func, values)
+        self._delay(name)
+        return self._run(name, func, values, session)
+
+    def _check_session(self, session):
+        if not isinstance(session, str):
+            raise unmarshal.failure("Expected string, got '%s'" % unmarshal.rpc_text(session))
         with self.lock:
             if session not in self.sessions:
                 raise XapiError('SESSION_INVALID', session)
-        func = self._resolve(cls, msg, name)
-        if is_async:
-            if cls in NO_ASYNC_CLASSES or not (msg in ('create', 'destroy') or name in self.methods):
-                raise XapiError('Fault', 'No async mode for this operation (%s)' % name)
-            self._check_arity(name, func, args)
-            return self._start_task('Async.' + name, func, args)
-        self._delay(name)
-        return self._check_call(name, func, args, session)
 
-    def _check_call(self, name, func, args, session):
-        self._check_arity(name, func, args)
+    def _unmarshal(self, name, msg, params):
+        """Arity as gen_server.ml checks it, then each parameter converted to its datamodel type (defaults
+        filled in); the session, when the message has one, stays first."""
+        required, most = self.api.arity(msg)
+        has_session = 1 if msg.has_session else 0
+        got = len(params) - has_session
+        if got < required or (most is not None and got > most):
+            # gen_server.ml: received = parameters given minus one for the session (so -1 for none at all).
+            raise XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', name, required, got)
+        enums = self.api.model.enums
+        values = []
+        if has_session:
+            values.append(params[0])
+        for num, (pname, ptype) in enumerate(self.api.params(msg)):
+            if has_session + num < len(params):
+                raw = params[has_session + num]
+            else:
+                raw = msg.defaults[pname]
+            if ptype.kind == 'record' and msg.name == 'create':
+                values.append(unmarshal.constructor_record(self.api.fields(msg.cls), raw, enums))
+            else:
+                values.append(unmarshal.value_of(ptype, raw, enums))
+        return values
+
+    def _run(self, name, func, args, session):
         self._maybe_fail(name)
         if _wants_session(func):
             args = [session] + list(args)
@@ -186,13 +244,6 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             return func(*args)
         with self.lock:
             return func(*args)
-
-    def _check_arity(self, name, func, args):
-        required, total = getattr(func, 'arity', None) or _arity(func)
-        if name == 'VM.snapshot' and not self.snapshot_ignore_vdis:
-            total = required
-        if not required <= len(args) <= total:
-            raise XapiError('MESSAGE_PARAMETER_COUNT_MISMATCH', name, required, len(args))
 
     def _delay(self, name):
         delays = self.faults['delay']
@@ -226,61 +277,58 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                     return after
         return None
 
-    def _resolve(self, cls, msg, name):
+    def _resolve(self, msg):
+        """The simulator's body for a message of the selected version: an ``m_<Class>__<msg>`` method, the
+        class's create/destroy, or the generic implicit messages of a modelled class; else a simulator gap."""
+        name = '%s.%s' % (msg.cls, msg.name)
         if name in self.methods:
             return self.methods[name]
-        real = class_name(cls)
-        if real is None or real != cls:
-            raise XapiError('MESSAGE_METHOD_UNKNOWN', name)
-        func = self._generic(cls, msg)
-        if func is None:
-            raise XapiError('MESSAGE_METHOD_UNKNOWN', name)
-        return func
+        if msg.cls in MODELED:
+            if msg.name in ('create', 'destroy'):
+                func = getattr(self, '%s_%s' % (msg.name, msg.cls.lower()), None)
+                if func is not None:
+                    return func
+            func = self._generic(msg.cls, msg.name)
+            if func is not None:
+                return func
+        raise XapiError(SIM_GAP, name, 'the simulator does not implement this XAPI message (simulator gap)')
 
     def _generic(self, cls, msg):  # pylint: disable=too-many-return-statements
+        """Implicit messages over the store (the datamodel decides which exist; this only implements them)."""
         fields = FIELDS[cls]
-        setters = EXTRA_SETTERS.get(cls, set())
-
-        def wrap(func, required, total):
-            func.arity = (required, total)
-            return func
-
         if msg == 'get_all':
-            return wrap(lambda: self.store.refs(cls), 0, 0)
+            return lambda: self.store.refs(cls)
         if msg == 'get_all_records':
-            return wrap(lambda: {r: self.store.record(cls, r) for r in self.store.refs(cls)}, 0, 0)
+            return lambda: {r: self.record(cls, r) for r in self.store.refs(cls)}
         if msg == 'get_all_records_where':
-            return wrap(lambda expr: self._where(cls, expr), 1, 1)
+            return lambda expr: self._where(cls, expr)
         if msg == 'get_record':
-            return wrap(lambda ref: self.store.record(cls, ref), 1, 1)
+            return lambda ref: self.record(cls, ref)
         if msg == 'get_by_uuid':
-            return wrap(lambda value: self.store.ref_of_uuid(cls, value), 1, 1)
-        if msg == 'get_by_name_label' and 'name_label' in fields:
-            return wrap(lambda label: [r for r, o in self.store.objects[cls].items() if o['name_label'] == label],
-                        1, 1)
-        if msg in ('create', 'destroy') and cls in ('VM', 'VDI', 'VBD', 'VIF', 'network'):
-            return getattr(self, '%s_%s' % (msg, cls.lower()))
-        for prefix, required in (('get_', 1), ('set_', 2), ('add_to_', 3), ('remove_from_', 2), ('add_', 2),
-                                 ('remove_', 2)):
-            if not msg.startswith(prefix):
-                continue
-            field = fields.get(msg[len(prefix):])
+            return lambda value: self.store.ref_of_uuid(cls, value)
+        if msg == 'get_by_name_label':
+            return lambda label: [r for r, o in self.store.objects[cls].items() if o['name_label'] == label]
+        for prefix in ('get_', 'set_', 'add_to_', 'remove_from_', 'add_', 'remove_'):
+            field = fields.get(msg[len(prefix):]) if msg.startswith(prefix) else None
             if field is None:
                 continue
             if prefix == 'get_':
-                return wrap(lambda ref, f=field: self.store.get(cls, ref, f.name), 1, 1)
-            writable = field.qual == RW or field.name in setters or (cls, field.name) == ('VM', 'other_config')
-            if not writable or field.inverse:
+                return lambda ref, f=field: self.store.get(cls, ref, f.name)
+            if field.inverse:
                 return None
             if prefix == 'set_':
-                return wrap(lambda ref, value, f=field: self._set(cls, ref, f, value), 2, 2)
-            if prefix in ('add_to_', 'remove_from_') and field.kind == 'map':
-                func = self._map_add if prefix == 'add_to_' else self._map_remove
-                return wrap(lambda ref, *kv, f=field, fn=func: fn(cls, ref, f, *kv), required, required)
+                return lambda ref, value, f=field: self._set(cls, ref, f, value)
+            if prefix == 'add_to_' and field.kind == 'map':
+                return lambda ref, key, value, f=field: self._map_add(cls, ref, f, key, value)
+            if prefix == 'remove_from_' and field.kind == 'map':
+                return lambda ref, key, f=field: self._map_remove(cls, ref, f, key)
             if prefix in ('add_', 'remove_') and field.kind == 'set':
-                return wrap(lambda ref, value, f=field, add=(prefix == 'add_'): self._set_edit(cls, ref, f, value, add),
-                            2, 2)
+                return lambda ref, value, f=field, add=(prefix == 'add_'): self._set_edit(cls, ref, f, value, add)
         return None
+
+    def record(self, cls, ref):
+        """A record as the selected XAPI version returns it: exactly its fields for the class."""
+        return self.store.record(cls, ref, names=self.api.fields(cls))
 
     def _where(self, cls, text):
         try:
@@ -289,14 +337,14 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             raise XapiError('INTERNAL_ERROR', 'bad expression: %s' % exc) from None
         out = {}
         for ref in self.store.refs(cls):
-            rec = self.store.record(cls, ref)
+            rec = self.record(cls, ref)
             if expr.evaluate(rec):
                 out[ref] = rec
         return out
 
     def _set(self, cls, ref, field, value):
         self.store.raw(cls, ref)
-        self.store.set(cls, ref, field.name, coerce(field, value))
+        self.store.set(cls, ref, field.name, value)
         return ''
 
     def _map_add(self, cls, ref, field, key, value):
@@ -326,17 +374,14 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return ''
 
     def _construct(self, cls, record, extra=None):
-        if not isinstance(record, dict):
-            raise XapiError('FIELD_TYPE_ERROR', 'record')
-        for name in REQUIRED.get(cls, []):
-            if name not in record:
-                raise XapiError('INTERNAL_ERROR', 'Missing field %s in %s.create record' % (name, cls))
+        """Stored values from a create record: on the wire already checked and completed with defaults by
+        unmarshal.constructor_record; from the config loader a partial dict (the rest takes defaults)."""
         values = {}
         for name, value in record.items():
             field = FIELDS[cls].get(name)
             if field is None or field.qual == DRO or field.inverse:
                 continue
-            values[name] = coerce(field, value)
+            values[name] = value
         values.update(extra or {})
         return values
 
@@ -531,7 +576,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def _event(self, ev_id, cls, op, ref):
         event = {'id': ev_id, 'timestamp': '0.0', 'class': cls.lower(), 'operation': op, 'ref': ref}
         if op != 'del' and self.store.exists(cls, ref):
-            event['snapshot'] = self.store.record(cls, ref)
+            event['snapshot'] = self.record(cls, ref)
         elif op != 'del':
             event['operation'] = 'del'
         return event
@@ -1175,18 +1220,23 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         host = new_ref()
         dom0 = new_ref()
         self.master_ref = host
+        major, minor = self.api_version()
         self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
-                                'software_version': {'product_brand': 'XCP-ng', 'product_version': '8.3.0',
-                                                     'xapi': '24.19', 'platform_name': 'XCP'},
-                                'control_domain': dom0}, ref=host)
+                                'software_version': self.software_version(), 'API_version_major': major,
+                                'API_version_minor': minor, 'control_domain': dom0}, ref=host)
         self.store.add('VM', {'name_label': 'Control domain on host: %s' % host_name, 'is_control_domain': True,
                               'power_state': 'Running', 'domid': 0, 'resident_on': host,
                               'memory_static_max': 4 << 30, 'memory_dynamic_max': 4 << 30,
                               'memory_dynamic_min': 4 << 30, 'memory_static_min': 4 << 30,
-                              'memory_target': 4 << 30, 'VCPUs_max': 2, 'VCPUs_at_startup': 2}, ref=dom0)
+                              'memory_target': 4 << 30, 'VCPUs_max': 2, 'VCPUs_at_startup': 2,
+                              'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart',
+                              'actions_after_crash': 'restart'}, ref=dom0)
         self.pool_ref = self.store.add('pool', {'name_label': name, 'master': host})
         return self.pool_ref
 
     def add_slave_host(self, host_name, address):
         """Create a pool member (not the coordinator)."""
-        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address})
+        major, minor = self.api_version()
+        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
+                                       'software_version': self.software_version(), 'API_version_major': major,
+                                       'API_version_minor': minor})

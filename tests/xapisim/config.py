@@ -52,7 +52,18 @@ def _vm_record(spec, name):
             'HVM_boot_policy': 'BIOS order', 'HVM_boot_params': {'order': 'cd'},
             'platform': {'device-model': 'qemu-upstream-compat', 'viridian': 'false'},
             'other_config': {str(k): str(v) for k, v in (spec.get('other_config') or {}).items()},
-            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm'}
+            'tags': list(spec.get('tags') or []), 'domain_type': 'hvm',
+            # enum fields without a datamodel default: XAPI VMs get them from their template
+            'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart', 'actions_after_crash': 'restart'}
+
+
+def _select_xapi(sim, spec):
+    """``xapi: {profile: xcp-ng-8.2}`` or ``xapi: {version: "1.249.41"}`` (default: the default profile)."""
+    unknown = set(spec) - {'profile', 'version'}
+    if unknown:
+        raise ValueError('xapi: unknown key(s) %s; use profile or version' % ', '.join(sorted(unknown)))
+    version = spec.get('version')
+    sim.select_xapi(profile=spec.get('profile'), version=None if version is None else str(version))
 
 
 def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
@@ -66,15 +77,11 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_limit = int(limits.get('sessions', 400))
         sim.originator_limit = int(limits.get('sessions_per_originator', 500))
         sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
-        sim.snapshot_ignore_vdis = bool((config.get('xapi') or {}).get('snapshot_ignore_vdis', True))
+        _select_xapi(sim, config.get('xapi') or {})
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
         names['host'][hosts[0]['name']] = sim.master_ref
-        # host.software_version['xapi']: before 21.4.0 VM.snapshot has no ignore_vdis (XCP-ng 8.2 LTS ships 1.249.x).
-        xapi_version = (config.get('xapi') or {}).get('xapi_version') or ('24.19' if sim.snapshot_ignore_vdis else '1.249.26')
-        sim.store.set('host', sim.master_ref, 'software_version',
-                      dict(sim.store.raw('host', sim.master_ref)['software_version'], xapi=str(xapi_version)))
         for host in hosts[1:]:
             names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
         default_sr = None

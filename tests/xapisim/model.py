@@ -12,6 +12,8 @@ import time
 import uuid as uuidlib
 import xmlrpc.client
 
+from . import datamodel
+
 NULL_REF = 'OpaqueRef:NULL'
 RW, SRO, DRO = 'RW', 'StaticRO', 'DynamicRO'
 
@@ -48,332 +50,64 @@ NULL_DATE = xmlrpc.client.DateTime('19700101T00:00:00Z')
 
 
 class Field:
-    """One field: name, kind (str int float bool date ref set map), qualifier, default."""
+    """One field: name, kind (str int float bool date enum ref set map), qualifier, default, the datamodel
+    type, and for server-kept inverse fields the (class, field) pointing here."""
 
-    __slots__ = ('name', 'kind', 'qual', 'default', 'target', 'inverse')
+    __slots__ = ('name', 'kind', 'qual', 'default', 'target', 'inverse', 'type')
 
-    def __init__(self, name, kind, qual, default, target=None, inverse=None):
+    def __init__(self, name, kind, qual, default, target=None, inverse=None, typ=None):
         self.name = name
         self.kind = kind
         self.qual = qual
         self.default = default
         self.target = target
         self.inverse = inverse
+        self.type = typ
 
     def fresh_default(self):
         """A copy of the default (maps and sets are mutable)."""
         return copy.deepcopy(self.default)
 
 
-def _fields(spec):
+# Classes whose objects the simulator keeps.  For each, the Ref-set fields XAPI keeps as the inverse of a
+# reference held by other objects (ocaml/idl/datamodel.ml, all_relations): field -> (class, field pointing here).
+MODELED = {
+    'pool': {},
+    'host': {'resident_VMs': ('VM', 'resident_on'), 'PBDs': ('PBD', 'host')},
+    'SR': {'VDIs': ('VDI', 'SR'), 'PBDs': ('PBD', 'SR')},
+    'PBD': {},
+    'VM': {'snapshots': ('VM', 'snapshot_of'), 'children': ('VM', 'parent'), 'VBDs': ('VBD', 'VM'),
+           'VIFs': ('VIF', 'VM')},
+    'VBD': {},
+    'VDI': {'VBDs': ('VBD', 'VDI'), 'snapshots': ('VDI', 'snapshot_of')},
+    'VIF': {},
+    'network': {'VIFs': ('VIF', 'network')},
+    'task': {'subtasks': ('task', 'subtask_of')},
+}
+QUALIFIERS = {'RW': RW, 'RO/constructor': SRO, 'RO/runtime': DRO}
+KINDS = {'string': 'str', 'int': 'int', 'float': 'float', 'bool': 'bool', 'datetime': 'date', 'enum': 'enum',
+         'ref': 'ref', 'set': 'set', 'map': 'map'}
+
+
+def _stored_value(typ, value):
+    """A datamodel literal as the store keeps it (dates as xmlrpc DateTime)."""
+    if typ.kind == 'datetime':
+        return xmlrpc.client.DateTime(value)
+    return value
+
+
+def _class_fields(cls, inverses):
+    """Every field the datamodel gives ``cls`` in any release; records pick those of the selected version."""
     out = {}
-    for line in spec.strip().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        name, kind, qual = parts[0], parts[1], {'rw': RW, 'ro': SRO, 'dy': DRO}[parts[2]]
-        target = inverse = None
-        if kind.startswith('ref:'):
-            kind, target = 'ref', kind[4:]
-        elif kind.startswith('inv:'):
-            # inv:Class.field = set of refs of Class whose field points here
-            kind = 'set'
-            target, inverse = kind_target(parts[1])
-        default = {'str': '', 'int': 0, 'float': 0.0, 'bool': False, 'date': NULL_DATE, 'ref': NULL_REF,
-                   'set': [], 'map': {}}[kind]
-        if len(parts) > 3:
-            default = _parse_default(kind, ' '.join(parts[3:]))
-        out[name] = Field(name, kind, qual, default, target, inverse)
+    for name, fdef in datamodel.load().classes[cls].fields.items():
+        inverse = inverses.get(name)
+        out[name] = Field(name, KINDS.get(fdef.type.kind, 'str'), QUALIFIERS[fdef.qualifier],
+                          _stored_value(fdef.type, fdef.default), target=inverse[0] if inverse else fdef.type.name,
+                          inverse=inverse[1] if inverse else None, typ=fdef.type)
     return out
 
 
-def kind_target(text):
-    """Split ``inv:Class.field``."""
-    cls, field = text[4:].split('.')
-    return cls, field
-
-
-def _parse_default(kind, text):
-    if kind == 'int':
-        return int(text)
-    if kind == 'float':
-        return float(text)
-    if kind == 'bool':
-        return text == 'true'
-    if kind == 'str':
-        return '' if text == '""' else text
-    raise ValueError(kind)
-
-
-COMMON = """
-uuid str dy
-"""
-
-CLASSES = {
-    'pool': COMMON + """
-name_label str rw
-name_description str rw
-master ref:host dy
-default_SR ref:SR rw
-suspend_image_SR ref:SR rw
-crash_dump_SR ref:SR rw
-other_config map rw
-tags set rw
-ha_enabled bool dy
-wlb_enabled bool rw
-migration_compression bool rw
-""",
-    'host': COMMON + """
-name_label str rw
-name_description str rw
-hostname str rw
-address str rw
-enabled bool dy true
-API_version_major int dy 2
-API_version_minor int dy 21
-API_version_vendor str dy XenSource
-software_version map dy
-cpu_info map dy
-memory_overhead int dy
-other_config map rw
-tags set rw
-resident_VMs inv:VM.resident_on dy
-PBDs inv:PBD.host dy
-PIFs set dy
-control_domain ref:VM dy
-""",
-    'SR': COMMON + """
-name_label str rw
-name_description str rw
-physical_size int ro
-physical_utilisation int dy
-virtual_allocation int dy
-type str ro ext
-content_type str ro user
-shared bool rw
-other_config map rw
-sm_config map rw
-tags set rw
-VDIs inv:VDI.SR dy
-PBDs inv:PBD.SR dy
-allowed_operations set dy
-current_operations map dy
-clustered bool dy
-is_tools_sr bool dy
-""",
-    'PBD': COMMON + """
-host ref:host ro
-SR ref:SR ro
-device_config map ro
-currently_attached bool dy true
-other_config map rw
-""",
-    'VM': COMMON + """
-name_label str rw
-name_description str rw
-user_version int rw 1
-is_a_template bool rw
-is_default_template bool dy
-is_control_domain bool dy
-is_a_snapshot bool dy
-snapshot_of ref:VM dy
-snapshots inv:VM.snapshot_of dy
-snapshot_time date dy
-snapshot_info map dy
-snapshot_metadata str dy
-transportable_snapshot_id str dy
-parent ref:VM dy
-children inv:VM.parent dy
-power_state str dy Halted
-domid int dy -1
-resident_on ref:host dy
-affinity ref:host rw
-tags set rw
-other_config map ro
-platform map ro
-xenstore_data map rw
-blocked_operations map ro
-allowed_operations set dy
-current_operations map dy
-memory_overhead int dy
-memory_target int ro
-memory_static_max int ro
-memory_dynamic_max int ro
-memory_dynamic_min int ro
-memory_static_min int ro
-VCPUs_params map ro
-VCPUs_max int ro 1
-VCPUs_at_startup int ro 1
-actions_after_shutdown str ro destroy
-actions_after_reboot str ro restart
-actions_after_crash str ro restart
-actions_after_softreboot str ro soft_reboot
-PV_bootloader str ro
-PV_kernel str ro
-PV_ramdisk str ro
-PV_args str ro
-PV_bootloader_args str ro
-PV_legacy_args str ro
-HVM_boot_policy str ro
-HVM_boot_params map ro
-HVM_shadow_multiplier float ro 1.0
-PCI_bus str ro
-recommendations str ro
-ha_restart_priority str ro
-ha_always_run bool dy
-order int ro
-start_delay int ro
-shutdown_delay int ro
-has_vendor_device bool ro
-domain_type str ro hvm
-NVRAM map ro
-bios_strings map dy
-hardware_platform_version int ro
-generation_id str ro
-reference_label str ro
-suspend_VDI ref:VDI dy
-suspend_SR ref:SR rw
-version int ro
-VBDs inv:VBD.VM dy
-VIFs inv:VIF.VM dy
-VTPMs set dy
-VGPUs set dy
-VUSBs set dy
-attached_PCIs set dy
-consoles set dy
-crash_dumps set dy
-metrics ref:VM_metrics dy
-guest_metrics ref:VM_guest_metrics dy
-appliance ref:VM_appliance rw
-protection_policy ref:VMPP dy
-snapshot_schedule ref:VMSS rw
-is_snapshot_from_vmpp bool dy
-is_vmss_snapshot bool dy
-last_booted_record str dy
-last_boot_CPU_flags map dy
-""",
-    'VBD': COMMON + """
-VM ref:VM ro
-VDI ref:VDI ro
-device str dy
-userdevice str rw
-bootable bool rw
-mode str ro RW
-type str rw Disk
-unpluggable bool rw true
-storage_lock bool dy
-empty bool ro
-other_config map rw
-currently_attached bool dy
-status_code int dy
-status_detail str dy
-runtime_properties map dy
-qos_algorithm_type str rw
-qos_algorithm_params map rw
-qos_supported_algorithms set dy
-metrics ref:VBD_metrics dy
-allowed_operations set dy
-current_operations map dy
-""",
-    'VDI': COMMON + """
-name_label str ro
-name_description str ro
-SR ref:SR ro
-VBDs inv:VBD.VDI dy
-crash_dumps set dy
-virtual_size int ro
-physical_utilisation int dy
-type str ro user
-sharable bool ro
-read_only bool ro
-other_config map rw
-storage_lock bool dy
-location str dy
-managed bool dy true
-missing bool dy
-parent ref:VDI dy
-xenstore_data map ro
-sm_config map ro
-is_a_snapshot bool dy
-snapshot_of ref:VDI dy
-snapshots inv:VDI.snapshot_of dy
-snapshot_time date dy
-tags set rw
-allow_caching bool ro
-on_boot str ro persist
-metadata_of_pool ref:pool dy
-metadata_latest bool dy
-is_tools_iso bool dy
-cbt_enabled bool dy
-allowed_operations set dy
-current_operations map dy
-""",
-    'VIF': COMMON + """
-device str ro
-network ref:network ro
-VM ref:VM ro
-MAC str ro
-MTU int ro 1500
-MAC_autogenerated bool dy
-other_config map rw
-currently_attached bool dy
-status_code int dy
-status_detail str dy
-runtime_properties map dy
-qos_algorithm_type str rw
-qos_algorithm_params map rw
-locking_mode str ro network_default
-ipv4_allowed set ro
-ipv6_allowed set ro
-allowed_operations set dy
-current_operations map dy
-""",
-    'network': COMMON + """
-name_label str rw
-name_description str rw
-bridge str ro
-managed bool ro true
-MTU int rw 1500
-other_config map rw
-tags set rw
-VIFs inv:VIF.network dy
-PIFs set dy
-allowed_operations set dy
-current_operations map dy
-""",
-    'task': COMMON + """
-name_label str ro
-name_description str ro
-created date dy
-finished date dy
-status str dy pending
-resident_on ref:host dy
-progress float dy
-type str dy
-result str dy
-error_info set dy
-other_config map rw
-subtask_of ref:task dy
-subtasks inv:task.subtask_of dy
-backtrace str dy
-allowed_operations set dy
-current_operations map dy
-""",
-}
-
-FIELDS = {cls: _fields(spec) for cls, spec in CLASSES.items()}
-
-# Constructor arguments that must be present (others default).
-REQUIRED = {
-    'VM': ['name_label', 'memory_static_max', 'memory_dynamic_max', 'memory_dynamic_min', 'memory_static_min',
-           'VCPUs_max', 'VCPUs_at_startup'],
-    'VDI': ['name_label', 'SR', 'virtual_size', 'type', 'sharable', 'read_only'],
-    'VBD': ['VM', 'VDI', 'userdevice', 'bootable', 'mode', 'type', 'empty'],
-    'VIF': ['device', 'network', 'VM'],
-    'network': ['name_label'],
-}
-
-# Fields accepted in constructors although not RW (StaticRO ones are constructor fields).
+FIELDS = {cls: _class_fields(cls, inverses) for cls, inverses in MODELED.items()}
 LOWER = {cls.lower(): cls for cls in FIELDS}
 
 
@@ -382,35 +116,6 @@ def class_name(name):
     if name in FIELDS:
         return name
     return LOWER.get(name.lower())
-
-
-def coerce(field, value, cls='', where=''):
-    """Turn a wire value into the field's Python type."""
-    kind = field.kind
-    try:
-        if kind == 'int':
-            return int(value)
-        if kind == 'float':
-            return float(value)
-        if kind == 'bool':
-            if isinstance(value, str):
-                return value.lower() == 'true'
-            return bool(value)
-        if kind == 'map':
-            if not isinstance(value, dict):
-                raise TypeError
-            return {str(k): str(v) if not isinstance(v, str) else v for k, v in value.items()}
-        if kind == 'set':
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            return list(value)
-        if kind == 'date':
-            if isinstance(value, xmlrpc.client.DateTime):
-                return value
-            return xmlrpc.client.DateTime(str(value))
-        return str(value)
-    except (TypeError, ValueError):
-        raise XapiError('FIELD_TYPE_ERROR', field.name) from None
 
 
 class Store:
@@ -457,11 +162,13 @@ class Store:
             return [r for r, o in self.objects[field.target].items() if o.get(field.inverse) == ref]
         return copy.deepcopy(obj[name])
 
-    def record(self, cls, ref):
-        """A full record with inverses filled in."""
+    def record(self, cls, ref, names=None):
+        """A full record with inverses filled in (only the fields ``names`` when given)."""
         obj = self.raw(cls, ref)
         rec = {}
         for name, field in FIELDS[cls].items():
+            if names is not None and name not in names:
+                continue
             if field.inverse:
                 rec[name] = [r for r, o in self.objects[field.target].items() if o.get(field.inverse) == ref]
             else:
