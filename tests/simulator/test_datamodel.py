@@ -96,6 +96,7 @@ def test_version_key_and_bad_profile(sim):
         assert _fail(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
         version = _host(api)['software_version']
         assert version['xapi'] == '21.3' and 'xapi_build' not in version  # xapi_build came in 22.9.0
+        assert _host(api)['API_version_minor'] == '16'  # datamodel_common.ml from v1.250.0 to v22.5.0
     with pytest.raises(ControlError, match='unknown xapi profile'):
         sim.control.load_config({'xapi': {'profile': 'xcp-ng-9.9'}})
     with pytest.raises(ControlError, match='unknown key'):
