@@ -177,12 +177,16 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return out
 
     def api_version(self):
-        """(major, minor) of host.API_version_* for the selected profile (2.21 when only a version is given
-        and it is numbered 21.x or later, 2.15 for 1.249, as the profiles say)."""
-        spec = datamodel.load().profiles.get(self.xapi_profile)
+        """(major, minor) of host.API_version_*: the profile's, else by release (supplement api_version_since)."""
+        model = datamodel.load()
+        spec = model.profiles.get(self.xapi_profile)
         if spec:
             return tuple(spec['api_version'])
-        return (2, 15) if self.xapi_version.startswith('1.') else (2, 21)
+        found = (2, 15)
+        for release, major, minor in model.supplement['api_version_since']:
+            if self.api.published(str(release)):
+                found = (major, minor)
+        return found
 
     # ------------------------------------------------------------------
     # dispatch
