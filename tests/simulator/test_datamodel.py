@@ -243,7 +243,7 @@ def test_removed_async_and_gap_answers(sim):
             'Fault', 'No async mode for this operation (rpc: task.create)']
         task = call('Async.VM.snapshot', session, vm, 'async')
         assert task.startswith('OpaqueRef:')
-        assert call('PIF.get_all', session)[:2] == ['XAPISIM_NOT_IMPLEMENTED', 'PIF.get_all']
+        assert call('Bond.get_all', session)[:2] == ['XAPISIM_NOT_IMPLEMENTED', 'Bond.get_all']
 
 
 def test_record_fields_follow_the_version(sim):
