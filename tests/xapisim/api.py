@@ -481,7 +481,12 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     # garbage collection of tasks and sessions (ocaml/xapi/db_gc.ml, db_gc_util.ml)
     # ------------------------------------------------------------------
     def _gc_loop(self):
-        while not self._closed.wait(max(0.05, float(self.gc_interval))):
+        # Wakes often so that a shorter gc_interval set by a test takes effect at once.
+        last = time.monotonic()
+        while not self._closed.wait(min(0.5, max(0.02, self.gc_interval / 2))):
+            if time.monotonic() - last < self.gc_interval:
+                continue
+            last = time.monotonic()
             try:
                 self.collect_garbage()
             except Exception:  # pylint: disable=broad-except
