@@ -309,6 +309,17 @@ def test_argument_spec_env_fallbacks_and_defaults(monkeypatch):
     assert 'pw' in result._no_log_values  # pylint: disable=protected-access
 
 
+def test_doc_fragment_documents_every_connection_option_with_its_default():
+    import yaml  # pylint: disable=import-outside-toplevel
+    from ansible_collections.xapi.delta_backup.plugins.doc_fragments.connection import ModuleDocFragment  # pylint: disable=import-outside-toplevel
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['options']
+    spec = connection_argument_spec()
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        assert documented[name]['type'] == option['type'] and documented[name].get('default') == option.get('default'), name
+    assert documented['operation_timeout']['version_added'] == '0.2.0'
+
+
 def test_argument_spec_task_value_beats_env(monkeypatch):
     monkeypatch.setenv('XENSERVER_HOST', 'env.example')
     params = ArgumentSpecValidator(connection_argument_spec()).validate({'pool': 'task.example'}).validated_parameters
