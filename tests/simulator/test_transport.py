@@ -293,3 +293,13 @@ def test_sr_on_an_unknown_host_is_refused(sim):
     with pytest.raises(Exception) as err:
         sim.control.load_config(pool)
     assert 'unknown host xcp-host9' in str(err.value)
+
+
+def test_host_get_server_certificate_gives_each_host_its_own(msim, xapi, tmp_path):
+    pems = {xapi.xenapi.host.get_name_label(host): xapi.xenapi.host.get_server_certificate(host) for host in xapi.xenapi.host.get_all()}
+    assert set(pems) == {'xcp-host1', 'xcp-host2'} and pems['xcp-host1'] != pems['xcp-host2']
+    with open(msim.ca_path, encoding='ascii') as handle:
+        assert pems['xcp-host1'].strip() == handle.read().strip()
+    bundle = tmp_path / 'bundle.pem'
+    bundle.write_text(pems['xcp-host1'] + pems['xcp-host2'])
+    assert _peer_certificate(msim.slave_url, str(bundle))['subject']

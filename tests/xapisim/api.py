@@ -102,6 +102,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.master_address = '127.0.0.1'
         self.member_address = None
         self.member_refs = []
+        self.certificate_pems = ('', '')
         self.pool_ref = None
         self.master_ref = None
         self.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
@@ -663,6 +664,13 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     # ------------------------------------------------------------------
     # pool / host / SR
     # ------------------------------------------------------------------
+    def m_host__get_server_certificate(self, host):
+        """host.get_server_certificate: the PEM of the host's own TLS certificate (xapi_host.ml; '' over plain HTTP).
+        Every pool member shares the member listener, hence its certificate."""
+        self.store.raw('host', host)
+        coordinator, member = self.certificate_pems
+        return coordinator if host == self.master_ref else member
+
     def m_pool__get_master(self, pool):
         """pool.get_master"""
         return self.store.get('pool', pool, 'master')

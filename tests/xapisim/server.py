@@ -573,6 +573,7 @@ class SimServer:
                 member_context = self._server_context(self.member_cert_path, member_key)
                 certs.append(self.member_cert_path)
             self.ca_bundle_path = write_bundle(os.path.join(directory, 'pool-bundle.pem'), certs)
+            self._publish_certificates()
         self.master = _HTTPServer(('127.0.0.1', port), sim, self, context=master_context, verbose=verbose)
         self.slave = None
         if slave_port is not None:
@@ -585,6 +586,16 @@ class SimServer:
         sim.master_address = '127.0.0.1:%d' % self.port
         sim.member_address = '127.0.0.1:%d' % self.slave.server_address[1] if self.slave else None
         self.threads = []
+
+    def _publish_certificates(self):
+        """host.get_server_certificate answers with these (the member's PEM for every non-coordinator host)."""
+        with open(self.cert_path, encoding='ascii') as handle:
+            coordinator = handle.read()
+        member = coordinator
+        if self.member_cert_path:
+            with open(self.member_cert_path, encoding='ascii') as handle:
+                member = handle.read()
+        self.sim.certificate_pems = (coordinator, member)
 
     def _host_name(self, ref, default):
         with self.sim.lock:
