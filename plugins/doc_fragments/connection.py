@@ -52,12 +52,19 @@ options:
     type: path
   timeout:
     description:
-      - Socket timeout in seconds for each request to the pool, and for each read or write of a disk transfer
-        (a transfer fails when no data moves for that long).
-      - Long operations have their own limits (O(operation_timeout), the modules' transfer and snapshot timeouts);
-        this only bounds a single unresponsive request.
+      - Socket timeout in seconds for each API request to the pool.
+      - Long operations have their own limits (O(operation_timeout), O(transfer_read_timeout), the modules' transfer
+        and snapshot timeouts); this only bounds a single unresponsive request.
     type: float
     default: 60
+  transfer_read_timeout:
+    description:
+      - Socket timeout in seconds for each read or write of a disk transfer (C(/export_raw_vdi), C(/import_raw_vdi));
+        a transfer fails when no data moves for that long.
+      - XAPI attaches the disk before it sends the first byte, which can take minutes on a busy SR.
+    type: float
+    default: 300
+    version_added: 0.2.0
   operation_timeout:
     description:
       - How long to wait, in seconds, for a long XAPI operation (VM start and shutdown, VM and VDI destroy,

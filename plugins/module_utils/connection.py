@@ -40,6 +40,8 @@ ORIGINATOR = 'xapi.delta_backup'
 XAPI_API_VERSION = '1.0'
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_OPERATION_TIMEOUT = 600.0
+# XAPI attaches the VDI (and its base) before the first byte of an export: minutes on a busy LVM SR.
+DEFAULT_TRANSFER_READ_TIMEOUT = 300.0
 # Calls that can outlast a socket timeout on a busy pool (a VM start waits for xenopsd, a VDI.destroy
 # for the SR). call() runs them as Async.* and waits for their task under operation_timeout instead.
 LONG_OPERATIONS = frozenset({'VM.start', 'VM.hard_shutdown', 'VM.clean_shutdown', 'VM.shutdown', 'VM.destroy',
@@ -68,6 +70,7 @@ def connection_argument_spec() -> dict:
         ca_path=dict(type='path', fallback=(env_fallback, ['XENSERVER_CA_PATH'])),
         timeout=dict(type='float', default=DEFAULT_TIMEOUT),
         operation_timeout=dict(type='float', default=DEFAULT_OPERATION_TIMEOUT),
+        transfer_read_timeout=dict(type='float', default=DEFAULT_TRANSFER_READ_TIMEOUT),
     )
 
 
@@ -226,8 +229,8 @@ def build_ssl_context(validate_certs: bool = True, ca_path: str | None = None) -
         raise XapiError('ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
 
 
-def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None) -> XapiError:
-    """Translate socket, TLS and HTTP errors into messages saying what to check."""
+def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None, option: str = 'timeout') -> XapiError:
+    """Translate socket, TLS and HTTP errors into messages saying what to check (``option`` names the timeout that ran out)."""
     where = endpoint.netloc
     if isinstance(exc, ssl.SSLCertVerificationError):
         return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
@@ -241,7 +244,7 @@ def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout
     if isinstance(exc, ConnectionRefusedError):
         return XapiError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return XapiError('no answer from %s within %s seconds: check the network or raise timeout' % (where, timeout))
+        return XapiError('no answer from %s within %s seconds: check the network or raise %s' % (where, timeout, option))
     if isinstance(exc, xmlrpc.client.ProtocolError):
         return XapiError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
     if isinstance(exc, xmlrpc.client.Fault) and 'valid session' in str(exc.faultString):
@@ -308,7 +311,8 @@ class XapiConnection:
 
     def __init__(self, hostname: str, username: str | None = 'root', password: str | None = '', validate_certs: bool = True,
                  ca_path: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, originator: str = ORIGINATOR,
-                 operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT):
+                 operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
+                 transfer_read_timeout: float | None = DEFAULT_TRANSFER_READ_TIMEOUT):
         if not HAS_XENAPI:
             raise XapiError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
         self.endpoint = parse_hostname(hostname)
@@ -323,6 +327,9 @@ class XapiConnection:
         self.operation_timeout = float(operation_timeout) if operation_timeout else DEFAULT_OPERATION_TIMEOUT
         if self.operation_timeout <= 0:
             raise XapiError('operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
+        self.transfer_read_timeout = float(transfer_read_timeout) if transfer_read_timeout else DEFAULT_TRANSFER_READ_TIMEOUT
+        if self.transfer_read_timeout <= 0:
+            raise XapiError('transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
         self.originator = originator
         self.ssl_context = build_ssl_context(self.validate_certs, self.ca_path) if self.endpoint.scheme == 'https' else None
         self._session = None
@@ -333,7 +340,7 @@ class XapiConnection:
         """Build from module params shaped like connection_argument_spec()."""
         return cls(hostname=params.get('hostname'), username=params.get('username'), password=params.get('password'),
                    validate_certs=params.get('validate_certs', True), ca_path=params.get('ca_path'), timeout=params.get('timeout'),
-                   operation_timeout=params.get('operation_timeout'))
+                   operation_timeout=params.get('operation_timeout'), transfer_read_timeout=params.get('transfer_read_timeout'))
 
     # -- session lifecycle ---------------------------------------------------------------------
 
@@ -571,8 +578,8 @@ class XapiConnection:
 
     def _http_connection(self, endpoint: HostEndpoint) -> http.client.HTTPConnection:
         if endpoint.scheme == 'https':
-            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=self.ssl_context)
-        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout, context=self.ssl_context)
+        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout)
 
     def _transfer_path(self, handler: str, query: dict) -> str:
         return '/%s?%s' % (handler, urlencode(query))
@@ -608,7 +615,7 @@ class XapiConnection:
                              'PEM bundle and give it as ca_path (see docs/connecting.md)'
                              % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED',
                              params=[endpoint.host])
-        return describe_transport_error(exc, endpoint, self.timeout)
+        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
     def open_export(self, vdi_ref: str, fmt: str = 'vhd', base_ref: str | None = None, timeout: float | None = None) -> 'ExportStream':
         """Start ``GET /export_raw_vdi`` and return a readable stream; read it to EOF.
@@ -642,7 +649,7 @@ class XapiConnection:
                 connection.close()
                 if attempt:
                     raise self._member_transport_error(exc, endpoint, label) from exc
-                raise describe_transport_error(exc, endpoint, self.timeout) from exc
+                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
             if response.status == 200:
                 return connection, response
             reason = response.reason
@@ -707,7 +714,7 @@ class XapiConnection:
             except ssl.SSLCertVerificationError as exc:
                 if attempt:
                     raise self._member_transport_error(exc, endpoint, label) from exc
-                raise describe_transport_error(exc, endpoint, self.timeout) from exc
+                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
             except TRANSPORT_ERRORS as exc:
                 raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
             finally:
@@ -721,7 +728,7 @@ class XapiConnection:
         without blocking to tell an answer from protocol housekeeping.
         """
         sock = connection.sock
-        deadline = time.monotonic() + min(self.timeout, EARLY_RESPONSE_WAIT)
+        deadline = time.monotonic() + min(self.transfer_read_timeout, EARLY_RESPONSE_WAIT)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -735,7 +742,7 @@ class XapiConnection:
             except (ssl.SSLWantReadError, BlockingIOError):
                 continue
             finally:
-                sock.settimeout(self.timeout)
+                sock.settimeout(self.transfer_read_timeout)
             if not first:
                 return None  # closed: sending the body fails and _import_broken says why
             return _read_response(connection, first)
@@ -762,7 +769,7 @@ class XapiConnection:
         error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
         if error.code and not error.code.startswith('HTTP_'):
             return error
-        return describe_transport_error(exc, endpoint, self.timeout)
+        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
 
 def _read_response(connection, first: bytes = b'') -> http.client.HTTPResponse:

@@ -60,7 +60,7 @@ class MiniXapi:
         self.tasks = {}
         self.snapshot_behaviour = 'succeed'  # or 'hang', 'fail'
         self.disk = os.urandom(3 * 1024 * 1024 + 123)
-        self.export_mode = 'ok'  # or 'cut' (task fails) or 'cut-pending' (task never finishes) or 'http-500'
+        self.export_mode = 'ok'  # or 'cut' (task fails) or 'cut-pending' (task never finishes) or 'http-500' or 'silent'
         self.imported = None
         self.import_headers = None
         self.import_mode = 'ok'  # or 'fail'
@@ -184,6 +184,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if query is None:
             return
         task, mode = query.get('task_id'), self.xapi.export_mode
+        if mode == 'silent':  # attaching the disk takes longer than the client waits
+            time.sleep(1.5)
+            self.close_connection = True
+            return
         if mode == 'http-500':
             with self.xapi.lock:
                 self.xapi.finish(task, error=['VDI_MISSING', 'sr', query.get('vdi')])
@@ -317,7 +321,16 @@ def test_doc_fragment_documents_every_connection_option_with_its_default():
     assert set(documented) == set(spec)
     for name, option in spec.items():
         assert documented[name]['type'] == option['type'] and documented[name].get('default') == option.get('default'), name
-    assert documented['operation_timeout']['version_added'] == '0.2.0'
+    assert documented['operation_timeout']['version_added'] == documented['transfer_read_timeout']['version_added'] == '0.2.0'
+
+
+def test_export_from_a_silent_host_names_the_transfer_timeout(connect, https_server):
+    https_server.xapi.export_mode = 'silent'
+    with connect(transfer_read_timeout=0.5) as xapi:
+        with pytest.raises(XapiError, match='no answer from .* within 0.5 seconds: check the network or raise transfer_read_timeout'):
+            with xapi.open_export('OpaqueRef:vdi') as stream:
+                stream.read()
+        assert not [t for t in https_server.xapi.tasks.values() if t['status'] == 'pending']
 
 
 def test_argument_spec_task_value_beats_env(monkeypatch):
