@@ -863,11 +863,11 @@ class ExportStream(io.RawIOBase):
         try:
             count = self._response.readinto(buffer)
         except TRANSPORT_ERRORS as exc:
-            gone = self._task_gone()
+            task_ref, gone = self.task_ref, self._task_gone()
             self._abandon()
             if gone:
                 raise XapiError('%s failed after %d bytes: %s' % (self.label, self.bytes_read, TASK_DESTROYED_ADVICE),
-                                code='TASK_DESTROYED', params=[self.task_ref or '']) from exc
+                                code='TASK_DESTROYED', params=[task_ref]) from exc
             raise XapiError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc), code='SHORT_STREAM') from exc
         if count:
             self.bytes_read += count
