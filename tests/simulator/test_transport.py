@@ -303,3 +303,27 @@ def test_host_get_server_certificate_gives_each_host_its_own(msim, xapi, tmp_pat
     bundle = tmp_path / 'bundle.pem'
     bundle.write_text(pems['xcp-host1'] + pems['xcp-host2'])
     assert _peer_certificate(msim.slave_url, str(bundle))['subject']
+
+
+def test_import_whose_task_is_destroyed_is_dropped(sim, xapi):
+    vdi = xapi.xenapi.VDI.get_by_name_label('db01-root')[0]
+    sim.control.lifetimes(task_lifetime=0.2, gc_interval=3600)
+    task = xapi.xenapi.task.create('import', '')
+    length = 64 << 20
+    conn = h.connection(sim)
+    conn.putrequest('PUT', '/import_raw_vdi?' + urllib.parse.urlencode({'session_id': xapi.handle, 'vdi': vdi, 'format': 'raw',
+                                                                       'task_id': task}))
+    conn.putheader('Content-Length', str(length))
+    conn.endheaders()
+    conn.send(b'\1' * (1 << 20))
+    time.sleep(0.3)  # the sender stalls: progress stops
+    sim.control.collect_garbage()
+    assert sim.control.collect_garbage()['tasks'] == [task]
+    with pytest.raises(OSError):
+        for _num in range(63):
+            conn.send(b'\2' * (1 << 20))
+    conn.close()
+    with pytest.raises(XenAPI.Failure) as err:
+        xapi.xenapi.task.get_status(task)
+    assert err.value.details[:2] == ['HANDLE_INVALID', 'task']
+    assert sim.control.read_vdi('db01-root', 2 << 20, 4096) != b'\2' * 4096

@@ -983,3 +983,30 @@ def test_sim_member_certificate_missing_from_ca_path_names_the_member(member_poo
     assert caught.value.code == 'CERTIFICATE_VERIFY_FAILED'
     assert 'certificate verify failed for pool member %s' % member in caught.value.message
     assert 'PEM bundle' in caught.value.message and 'ca_path' in caught.value.message
+
+
+def test_sim_import_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
+    sim.control.lifetimes(task_lifetime=0.2, gc_interval=3600)
+    length = 64 << 20
+
+    def slow_link():
+        yield b'\1' * (1 << 20)
+        time.sleep(0.3)  # the upload stalls: the task's progress stops
+        sim.control.collect_garbage()
+        removed = sim.control.collect_garbage()['tasks']
+        assert len(removed) == 1
+        for _num in range(63):
+            yield b'\2' * (1 << 20)
+
+    try:
+        with sim_connect(sim, timeout=30) as xapi:
+            sr = xapi.call('SR.get_by_name_label', 'Local storage')[0]
+            vdi = xapi.call('VDI.create', {'name_label': 'upload', 'SR': sr, 'virtual_size': length, 'type': 'user', 'sharable': False,
+                                           'read_only': False, 'other_config': {}})
+            with pytest.raises(XapiError) as caught:
+                xapi.import_stream(vdi, slow_link(), length, fmt='raw')
+            xapi.call('VDI.destroy', vdi)
+        assert caught.value.code == 'TASK_DESTROYED', caught.value.message
+        assert 'XAPI destroyed the task before the transfer finished' in caught.value.message and 'seed' in caught.value.message
+    finally:
+        sim.control.lifetimes(task_lifetime=86400, gc_interval=30)
