@@ -140,6 +140,8 @@ def _explain_failure(code: str, params: list, method: str | None) -> str:
 # XAPI's database GC (ocaml/xapi/db_gc_util.ml) destroys a pending task older than pending_task_timeout
 # (24 h by default) as soon as its progress stops moving between two passes, 30 s apart: a full export
 # of a large disk over a slow link, whose percentage moves less often than that, is cut this way.
+# Xen Orchestra meets the same event as "task has been destroyed before completion" (its xen-api
+# client, packages/xen-api/index.mjs, rejects a watched task that disappears unfinished).
 TASK_DESTROYED_ADVICE = ('XAPI destroyed the task before the transfer finished (its garbage collector removes tasks pending '
                          'for more than 24 hours whose progress stalls, e.g. a first full export over a slow link): make the '
                          'first full into a repository near the pool and move it with the seed procedure (role '
