@@ -78,6 +78,11 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_limit = int(limits.get('sessions', 400))
         sim.originator_limit = int(limits.get('sessions_per_originator', 500))
         sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
+        # Task and session lifetimes of the database GC (xapi_globs.ml, db_gc_util.ml): seconds.
+        sim.task_lifetime = float(limits.get('task_lifetime', sim.task_lifetime))
+        sim.completed_task_lifetime = float(limits.get('completed_task_lifetime', sim.completed_task_lifetime))
+        sim.session_timeout = float(limits.get('session_timeout', sim.session_timeout))
+        sim.gc_interval = float(limits.get('gc_interval', sim.gc_interval))
         _select_xapi(sim, config.get('xapi') or {})
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
@@ -87,8 +92,12 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
         default_sr = None
         for spec in config.get('srs') or DEFAULT_CONFIG['srs']:
+            host = spec.get('host')
+            if host is not None and host not in names['host']:
+                raise XapiError('INTERNAL_ERROR', 'SR %s: unknown host %s (hosts: %s)' % (spec['name'], host, ', '.join(names['host'])))
             ref = sim.add_sr(spec['name'], parse_size(spec.get('size', '100GiB')), spec.get('type', 'ext'),
-                             bool(spec.get('shared', False)), spec.get('description', ''))
+                             bool(spec.get('shared', False)), spec.get('description', ''),
+                             host=names['host'][host] if host is not None else None)
             names['SR'][spec['name']] = ref
             # Seconds before the SR's garbage collector coalesces base copies (0: at once); see vhd_sr.Coalescer.
             sim.coalescer.set_delay(ref, float(spec.get('coalesce_delay', 0)))
