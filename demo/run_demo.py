@@ -5,8 +5,8 @@
 Steps: start the simulator with demo/pool.yml (or the pool given with --pool, on the XAPI version given with
 --xapi-profile: XCP-ng 8.2 LTS, 8.3 or XenServer 8, as the simulator's profiles describe them); a full backup
 of the demo VMs (a [NOBAK] disk left out, a VM tagged xo:no-bak skipped); guest writes and three delta backups,
-the last one applying retention (the oldest point is merged into the full); a seed of a far repository (verified copy, then a delta there); a restore of an earlier
-point to another SR; a health check; a verification of both repositories. Every restored disk is compared byte for byte (sha256 from the
+the last one applying retention (the oldest point is merged into the full); a seed of a far repository (verified
+copy, then a delta there); a restore of an earlier point to another SR; a health check; a verification of both repositories. Every restored disk is compared byte for byte (sha256 from the
 simulator) with the source disk as it was at that point. The hash of each snapshot VDI is recorded right after
 its backup, because the next run prunes that snapshot.
 
