@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import time
 import uuid
 import xmlrpc.client
@@ -34,13 +35,77 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
-    BackupSnapshot, SnapshotDisk, job_snapshots, mark_exported, mark_exporting, next_snapshot_time, reference_snapshot,
+    BackupSnapshot, SnapshotDisk, adopt_completed_snapshot, job_snapshots, mark_exported, mark_exporting, next_snapshot_time,
+    reference_snapshot,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import vhd_timestamp
 
 MIB = 1024 * 1024
+# Every VHD, and so every VHD export, starts with its footer copy and this cookie.
+VHD_COOKIE = b'conectix'
+# How much of an error page is kept for the message.
+ERROR_PAGE_LIMIT = 64 * 1024
+
+
+class PrefixedStream:
+    """``read(n)`` over bytes already taken from a stream, then the stream itself."""
+
+    def __init__(self, prefix: bytes, stream):
+        self._prefix = prefix
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            if size is None or size < 0 or size >= len(self._prefix):
+                data, self._prefix = self._prefix, b''
+                return data
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return self._stream.read(size)
+
+
+def _read_up_to(stream, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        data = stream.read(size - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b''.join(parts)
+
+
+def error_page_text(page: bytes) -> str:
+    """The readable part of an HTML error page: tags dropped, whitespace folded, at most 500 characters."""
+    text = page.decode('utf-8', 'replace')
+    if '\r\n\r\n' in text:
+        text = text.split('\r\n\r\n', 1)[1]  # XAPI writes a whole HTTP response, headers included
+    text = ' '.join(re.sub(r'<[^>]*>', ' ', text).split())
+    return text[:500]
+
+
+def read_vhd_start(stream, label: str) -> bytes:
+    """The first bytes of an export, checked to start a VHD before anything parses them.
+
+    On a storage failure after the ``200 OK`` headers, XAPI sends a whole HTTP 500 error page as the body
+    (xen-api issue #4603). The export's task then holds the real error: reading to the end checks it and
+    raises it. Without a task error, the page's own text is reported.
+    """
+    head = _read_up_to(stream, len(VHD_COOKIE))
+    if head == VHD_COOKIE:
+        return head
+    shown = 'an empty body'
+    try:
+        page = head + _read_up_to(stream, ERROR_PAGE_LIMIT)
+        shown = error_page_text(page) or shown
+        while stream.read(MIB):
+            pass  # reaching the end verifies the task: a failed task raises its XAPI error here
+    except XapiError as error:
+        if error.code != 'SHORT_STREAM':
+            raise XapiError('%s (XAPI sent an error page instead of the VHD)' % error.message, code=error.code, params=error.params) from error
+    raise XapiError('%s: XAPI sent no VHD but %s' % (label, shown), code='EXPORT_NOT_VHD', params=[shown])
 
 
 @dataclass
@@ -143,8 +208,22 @@ def _repository_tip(repository: BackupRepository, vm_uuid: str, job_id: str, liv
     return os.path.basename(disk.path), ''
 
 
+def base_unusable(xapi, base_disk: SnapshotDisk) -> str | None:
+    """Why the reference snapshot's VDI cannot be the ``base=`` of a delta (gone, or not a VHD), else None."""
+    try:
+        sm_config = xapi.call('VDI.get_sm_config', base_disk.vdi_ref) or {}
+    except XapiError as error:
+        if error.code == 'HANDLE_INVALID':
+            return 'the reference snapshot disk %s is gone from the pool' % base_disk.vdi_uuid
+        raise
+    vdi_type = sm_config.get('vdi_type', 'vhd')
+    if vdi_type != 'vhd':
+        return 'the reference snapshot disk %s is not a VHD (vdi_type %s): XAPI exports no delta from it' % (base_disk.vdi_uuid, vdi_type)
+    return None
+
+
 def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_id: str, job: str, snapshot_uuid: str | None = None,
-                full_interval: int = 0, check_mode: bool = False) -> ExportPlan:
+                full_interval: int = 0, check_mode: bool = False, delta_only: bool = False) -> ExportPlan:
     """Decide full or delta for each disk of the snapshot to export, and say why.
 
     In check mode without a snapshot to export (vm_snapshot took none), the plan is for the
@@ -156,6 +235,8 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_
         snapshot = predicted_snapshot(xapi, vm_record, snapshots)
     else:
         snapshot = choose_snapshot(snapshots, snapshot_uuid, vm_record, job)
+    # A killed run may have written its point without marking its snapshot: the repositories tell.
+    adopt_completed_snapshot(xapi, snapshots, repositories, vm_record['uuid'], job_id, before=snapshot.taken_at, check_mode=check_mode)
     base = reference_snapshot([candidate for candidate in snapshots if candidate.taken_at < snapshot.taken_at])
     plan = ExportPlan(vm_record=vm_record, snapshot=snapshot, base=base, timestamp=format_timestamp(snapshot.taken_at),
                       mode='delta', reason='', disks=[DiskPlan(disk=disk) for disk in snapshot.disks])
@@ -179,6 +260,13 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_
             tips.add(tip)
         if len(tips) != 1:
             return _all_full(plan, 'the repositories end the chain in different files (%s)' % ', '.join(sorted(tips)))
+        unusable = base_unusable(xapi, base_disk)
+        if unusable:
+            if delta_only:
+                raise XapiError('no delta of %s is possible: %s (delta_only is set, so no full is exported instead)'
+                                % (disk_plan.disk.name_label, unusable), code='DELTA_NOT_POSSIBLE', params=[unusable])
+            disk_plan.reason = unusable
+            continue
         disk_plan.base_disk, disk_plan.parent_name = base_disk, tips.pop()
         disk_plan.reason = 'the repositories hold the reference snapshot %s' % base.datetime_tag
     if all(disk_plan.mode == 'full' for disk_plan in plan.disks):
@@ -268,11 +356,13 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], job_id, disk.live_vdi_uuid, plan.timestamp))
                    for repository in repositories]
         stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
+        label = 'export of %s (%s)' % (disk.name_label, disk.vdi_uuid)
+        head = read_vhd_start(stream, label)
         # Files are written, and hashed, on threads of their own while this one receives and rewrites.
         # Leaving the block waits for every chunk, so the files commit only once all is written.
+        # The ids are ours (XAPI's are random per export and name host files): footer = snapshot VDI uuid.
         with WriteBehind(*[writer.write_data for writer in writers], *[writer.update_hash for writer in writers]) as sink:
-            result = rewrite_identity(stream, sink, unique_id=disk.vdi_uuid, parent=parent,
-                                      name='export of %s (%s)' % (disk.name_label, disk.vdi_uuid))
+            result = rewrite_identity(PrefixedStream(head, stream), sink, unique_id=disk.vdi_uuid, parent=parent, name=label)
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):
             raise XapiError('export of %s sent data after the end of its VHD' % disk.vdi_uuid, code='LONG_STREAM')
@@ -344,23 +434,44 @@ def describe_plan(plan: ExportPlan) -> dict:
     }
 
 
+def error_names_a_base(plan: ExportPlan, error: XapiError) -> bool:
+    """Whether XAPI refused a delta because of its base: its error names a base VDI (XAPI errors carry the ref)."""
+    bases = set()
+    for disk_plan in plan.disks:
+        if disk_plan.base_disk is not None:
+            bases.update((disk_plan.base_disk.vdi_ref, disk_plan.base_disk.vdi_uuid))
+    return plan.mode == 'delta' and any(str(param) in bases for param in error.params)
+
+
 def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str, snapshot_uuid: str | None = None, full_interval: int = 0,
-              file_mode: int = 0o600, dir_mode: int = 0o700, check_mode: bool = False, timeout: float | None = None) -> dict:
+              file_mode: int = 0o600, dir_mode: int = 0o700, check_mode: bool = False, timeout: float | None = None,
+              delta_only: bool = False) -> dict:
     """The delta_export module's work: plan, then (unless check mode) export; return the module result."""
     if not repository_paths:
         raise RepositoryError('no repository given: set repositories to one or more backup repository paths')
     if len(set(os.path.abspath(path) for path in repository_paths)) != len(repository_paths):
         raise RepositoryError('the same repository is listed twice in repositories')
     repositories = [open_or_initialize(path, file_mode, dir_mode, check_mode) for path in repository_paths]
-    plan = plan_export(xapi, repositories, vm, job_id, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode)
-    result = dict(describe_plan(plan), changed=True, repositories=[os.path.abspath(path) for path in repository_paths])
+    plan = plan_export(xapi, repositories, vm, job_id, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode,
+                       delta_only=delta_only)
+    result = dict(describe_plan(plan), changed=True, repositories=[os.path.abspath(path) for path in repository_paths], delta_fallback=None)
     if check_mode:
         result.update(bytes_transferred=0, duration=0.0, throughput_mib_s=0.0,
                       disks=[{'vdi_uuid': disk_plan.disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk_plan.disk.vdi_uuid,
                               'name_label': disk_plan.disk.name_label, 'userdevice': disk_plan.disk.userdevice, 'mode': disk_plan.mode,
                               'reason': disk_plan.reason, 'virtual_size': disk_plan.disk.virtual_size} for disk_plan in plan.disks])
         return result
-    result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
+    try:
+        result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
+    except XapiError as error:
+        if not error_names_a_base(plan, error):
+            raise
+        if delta_only:
+            raise XapiError('%s (delta_only is set, so no full is exported instead)' % error.message, code=error.code, params=error.params) from error
+        # Nothing of the failed delta is left (run_export removed its files): export a full in the same run.
+        _all_full(plan, 'the delta export failed, so a full was exported instead: %s' % error.message)
+        result.update(describe_plan(plan), delta_fallback=error.message)
+        result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
     result['snapshot'] = plan.snapshot.as_result()
     result['exported_at'] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     return result

@@ -82,6 +82,14 @@ options:
       - Seconds to wait for XAPI to finish each disk's export task once its stream has ended.
     type: float
     default: 3600
+  delta_only:
+    description:
+      - When the delta from the reference snapshot cannot be made (its disk is gone from the pool, is not a VHD, or XAPI
+        refuses it as C(base=)), fail instead of exporting a full in the same run.
+      - Fulls chosen for other reasons (first backup, O(full_interval), a new or changed repository) are not affected.
+    type: bool
+    default: false
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -216,6 +224,14 @@ disks:
       description: MiB written per second for this disk (not in check mode).
       type: float
       sample: 27.6
+delta_fallback:
+  description:
+    - XAPI's error when the planned delta failed because of its base and a full was exported instead in the same run
+      (RV(mode) is then V(full) and RV(reason) says so); null otherwise.
+  returned: always
+  type: str
+  sample: null
+  version_added: 0.2.0
 bytes_transferred:
   description: Bytes received from the pool (0 in check mode).
   returned: always
@@ -250,7 +266,8 @@ def export(module) -> dict:
     with connect(module) as xapi:
         return export_vm(xapi, params['repositories'], params['vm'], params['job'], job_id_for(params['job']), snapshot_uuid=params['snapshot'],
                          full_interval=params['full_interval'], file_mode=parse_mode(params['file_mode'], 'file_mode'),
-                         dir_mode=parse_mode(params['dir_mode'], 'dir_mode'), check_mode=module.check_mode, timeout=params['transfer_timeout'])
+                         dir_mode=parse_mode(params['dir_mode'], 'dir_mode'), check_mode=module.check_mode, timeout=params['transfer_timeout'],
+                         delta_only=params['delta_only'])
 
 
 def main():
@@ -263,6 +280,7 @@ def main():
         file_mode=dict(type='raw', default='0600'),
         dir_mode=dict(type='raw', default='0700'),
         transfer_timeout=dict(type='float', default=3600),
+        delta_only=dict(type='bool', default=False),
     ))
     run(module, export)
 

@@ -12,7 +12,8 @@ short_description: Take a backup job's snapshot of a VM and keep only the job's 
 version_added: 0.1.0
 description:
   - With O(state=present), takes the job's backup snapshot of a VM. Disks whose name contains C([NOBAK])
-    are left out (XAPI's C(ignore_vdis)). The snapshot VM and its disks are tagged in C(other_config) with
+    are left out (XAPI's C(ignore_vdis); on XAPI before 21.4.0, which lacks it, their VBDs and VDIs are destroyed
+    in the snapshot right after it is taken, see RV(excluded_by)). The snapshot VM and its disks are tagged in C(other_config) with
     the job, the VM and the date and time (Xen Orchestra's C(xo:backup:*) keys).
   - Reports the job's B(reference snapshot), its newest snapshot marked exported by
     M(xapi.delta_backup.delta_export), which is the base of the next delta export.
@@ -59,6 +60,32 @@ options:
       - Seconds to wait for XAPI to take the snapshot; the XAPI task is cancelled after that.
     type: float
     default: 1800
+  repositories:
+    description:
+      - The job's backup repositories. The repository is the truth about what was exported; when the job's newest backup
+        in one of them holds a snapshot that is not marked exported (a run killed between writing the backup and marking
+        its snapshot), that snapshot becomes the reference snapshot instead of being removed, so the next export is a delta.
+      - Paths that hold no repository yet are ignored.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.2.0
+  block_migrations:
+    description:
+      - With O(state=present), block C(pool_migrate) and C(migrate_send) on the VM (XAPI C(blocked_operations), with a reason
+        naming the job) until O(state=pruned) runs for the job. O(state=pruned) removes the blocks of this job, also those
+        left by a killed run. Blocks set by anyone else are never changed or removed.
+    type: bool
+    default: true
+    version_added: 0.2.0
+  max_uncoalesced_vdis:
+    description:
+      - VDI chain protection, as Xen Orchestra's: with O(state=present), when a disk's VHD chain holds more than this many
+        base copies waiting for the SR to coalesce them (or is one snapshot away from the SR's chain limit of 30), no
+        snapshot is taken and RV(skipped) is true with RV(skip_reason). The default is Xen Orchestra's.
+    type: int
+    default: 1
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -178,18 +205,91 @@ excluded_disks:
   type: list
   elements: dict
   sample: [{"vdi_uuid": "4e5f6a7b-8c9d-4e0f-9a1b-2c3d4e5f6a7b", "name_label": "scratch [NOBAK]", "userdevice": "1"}]
+excluded_by:
+  description:
+    - How the C([NOBAK]) disks were left out of the snapshot taken. V(ignore_vdis) (XAPI 21.4.0 and later),
+      V(removed_after_snapshot) (older XAPI, such as XCP-ng 8.2 LTS, that has no C(ignore_vdis): their snapshot VBDs and
+      VDIs were destroyed right after the snapshot, as Xen Orchestra does), or null when there was none to leave out.
+  returned: always
+  type: str
+  sample: ignore_vdis
+  version_added: 0.2.0
+adopted_snapshot:
+  description:
+    - uuid of a job snapshot that was not marked exported but whose disks the newest backup of O(repositories) holds; it
+      was marked exported and is now the reference snapshot. Null when none.
+  returned: always
+  type: str
+  sample: null
+  version_added: 0.2.0
+removed_export_vbds:
+  description:
+    - Control-domain VBDs on the job's snapshot disks, left by an export that crashed, unplugged and destroyed (or that
+      would be, in check mode).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vbd_uuid:
+      description: uuid of the VBD.
+      type: str
+    vdi_uuid:
+      description: uuid of the snapshot VDI it plugged.
+      type: str
+    currently_attached:
+      description: Whether it was still plugged.
+      type: bool
+  sample: []
+  version_added: 0.2.0
+skipped:
+  description: True when VDI chain protection (O(max_uncoalesced_vdis)) kept the snapshot from being taken.
+  returned: always
+  type: bool
+  sample: false
+  version_added: 0.2.0
+skip_reason:
+  description: Why the snapshot was not taken (C(Job canceled to protect the VDI chain) and the disks concerned); null otherwise.
+  returned: always
+  type: str
+  sample: null
+  version_added: 0.2.0
+blocked_operations:
+  description: The operations blocked on the VM by this call (O(block_migrations)).
+  returned: always
+  type: list
+  elements: str
+  sample: [pool_migrate, migrate_send]
+  version_added: 0.2.0
+kept_blocked_operations:
+  description: Blocks of these operations set by someone else, left as they are (operation to reason).
+  returned: always
+  type: dict
+  sample: {}
+  version_added: 0.2.0
+unblocked_operations:
+  description: The operations this job had blocked and O(state=pruned) unblocked.
+  returned: always
+  type: list
+  elements: str
+  sample: [migrate_send, pool_migrate]
+  version_added: 0.2.0
 """
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
 from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import manage_job_snapshots
+from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import existing_repositories, manage_job_snapshots
 
 
 def snapshot_vm(module) -> dict:
     params = module.params
+    if params['max_uncoalesced_vdis'] < 0:
+        raise ModuleFailure('max_uncoalesced_vdis must be 0 or more (Xen Orchestra uses 1), got %d' % params['max_uncoalesced_vdis'])
+    repositories = existing_repositories(params['repositories'])
     with connect(module) as xapi:
         return manage_job_snapshots(xapi, params['vm'], job_id_for(params['job']), params['job'], take=params['state'] == 'present',
-                                    check_mode=module.check_mode, timeout=params['snapshot_timeout'])
+                                    check_mode=module.check_mode, timeout=params['snapshot_timeout'], repositories=repositories,
+                                    block_migrations_while_backing_up=params['block_migrations'],
+                                    max_uncoalesced_vdis=params['max_uncoalesced_vdis'])
 
 
 def main():
@@ -198,6 +298,9 @@ def main():
         job=dict(type='str', required=True),
         state=dict(type='str', choices=['present', 'pruned'], default='present'),
         snapshot_timeout=dict(type='float', default=1800),
+        repositories=dict(type='list', elements='path', default=[]),
+        block_migrations=dict(type='bool', default=True),
+        max_uncoalesced_vdis=dict(type='int', default=1),
     ))
     run(module, snapshot_vm)
 

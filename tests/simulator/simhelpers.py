@@ -108,3 +108,12 @@ def vhdi_read(path, size, parent=None):
     if parent_handle is not None:
         parent_handle.close()
     return data
+
+
+def with_parent_id(vhd, parent_id):
+    """A VHD stream whose dynamic header names ``parent_id`` as parent (header checksum recomputed)."""
+    header = bytearray(vhd[512:1536])
+    header[40:56] = parent_id
+    header[36:40] = bytes(4)
+    header[36:40] = ((~sum(header)) & 0xFFFFFFFF).to_bytes(4, 'big')
+    return vhd[:512] + bytes(header) + vhd[1536:]

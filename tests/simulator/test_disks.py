@@ -7,6 +7,7 @@ import base64
 import hashlib
 import struct
 import time
+import uuid
 
 import pytest
 import XenAPI
@@ -94,8 +95,12 @@ def test_delta_export_applies_byte_for_byte(hxapi, hsim, tmp_path):
     assert delta[60:64] == b'\x00\x00\x00\x04'
     assert [i for i, v in enumerate(_bat(delta)) if v != 0xFFFFFFFF] == [2, 7]
     full_base = h.export(hsim, hxapi.handle, base, 'vhd')[2]
+    # XAPI's ids are host file ids: the delta names the base's on-host VHD, the full export has a fresh id.
+    assert delta[512 + 40:512 + 56] == uuid.UUID(hsim.control.vdi_vhd_id(base)).bytes
+    assert full_base[68:84] != delta[512 + 40:512 + 56]
     (tmp_path / 'base.vhd').write_bytes(full_base)
-    (tmp_path / 'delta.vhd').write_bytes(delta)
+    # A backup tool chains the two files itself (the collection rewrites both ids): do that for libvhdi.
+    (tmp_path / 'delta.vhd').write_bytes(h.with_parent_id(delta, full_base[68:84]))
     truth = hsim.control.read_vdi(target, 0, 32 * MIB)
     assert h.vhdi_read(tmp_path / 'delta.vhd', 32 * MIB, parent=tmp_path / 'base.vhd') == truth[:32 * MIB]
     copy = _new_vdi(api, size, 'restore')

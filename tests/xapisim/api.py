@@ -18,6 +18,7 @@ import time
 
 from . import datamodel
 from . import unmarshal
+from . import vhd_sr
 from .model import (FIELDS, MODELED, NULL_REF, RW, SRO, DRO, Expr, Store, XapiError, class_name, new_ref,
                     new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
@@ -79,6 +80,11 @@ class Session:
         self.uuid = new_uuid()
 
 
+def new_faults():
+    """No pending fault: failures, delays, stream cuts, error pages and left-behind export VBDs."""
+    return {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': [], 'export_error_page': [], 'leave_export_vbd': []}
+
+
 class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-attributes
     """The whole simulated pool: object store, disks, sessions, faults."""
 
@@ -102,8 +108,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.master_address = '127.0.0.1'
         self.pool_ref = None
         self.master_ref = None
-        self.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
+        self.faults = new_faults()
         self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
+        self.coalescer = vhd_sr.Coalescer(self)
         self.methods = {}
         for name in dir(self):
             if name.startswith('m_'):
@@ -134,9 +141,10 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             self.disks.clear()
             self.cbt.clear()
             self.sessions.clear()
+            self.coalescer.reset()
             self.users.clear()
             self.pool_ref = self.master_ref = None
-            self.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
+            self.faults = new_faults()
             self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
             self.session_limit = 400
             self.originator_limit = 500
@@ -169,12 +177,16 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return out
 
     def api_version(self):
-        """(major, minor) of host.API_version_* for the selected profile (2.21 when only a version is given
-        and it is numbered 21.x or later, 2.15 for 1.249, as the profiles say)."""
-        spec = datamodel.load().profiles.get(self.xapi_profile)
+        """(major, minor) of host.API_version_*: the profile's, else by release (supplement api_version_since)."""
+        model = datamodel.load()
+        spec = model.profiles.get(self.xapi_profile)
         if spec:
             return tuple(spec['api_version'])
-        return (2, 15) if self.xapi_version.startswith('1.') else (2, 21)
+        found = (2, 15)
+        for release, major, minor in model.supplement['api_version_since']:
+            if self.api.published(str(release)):
+                found = (major, minor)
+        return found
 
     # ------------------------------------------------------------------
     # dispatch
@@ -728,7 +740,12 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return ''
 
     def _gc(self, sr):
-        """Coalesce hidden base copies with fewer than two children."""
+        """A VDI went: the SR's garbage collector coalesces now or after its delay (vhd_sr.Coalescer)."""
+        self.coalescer.garbage_appeared(sr)
+
+    def coalesce(self, sr):
+        """Coalesce hidden base copies with fewer than two children; return the uuids removed."""
+        removed = []
         changed = True
         while changed:
             changed = False
@@ -748,8 +765,10 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                         sm_config.pop('vhd-parent', None)
                     self.store.set('VDI', child, 'sm_config', sm_config)
                 self.store.remove('VDI', ref)
+                removed.append(obj['uuid'])
                 changed = True
                 break
+        return removed
 
     def _copy_vdi(self, vdi, snapshot, name=None):
         obj = self.store.raw('VDI', vdi)
@@ -760,6 +779,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         disk = self.disk(vdi)
         sr = obj['SR']
         store = self.stores[sr]
+        vhd_sr.check_snapshot_depth(self, vdi)
         try:
             store.check_room(1)
         except StoreFull as exc:
@@ -785,6 +805,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.store.add('VDI', base_values)
         leaf_sm = dict(obj['sm_config'])
         leaf_sm['vhd-parent'] = base_uuid
+        disk.new_leaf()
         self.store.set('VDI', vdi, 'sm_config', leaf_sm)
         values['sm_config'] = dict(sm_config, **{'vhd-parent': base_uuid})
         ref = new_ref()
@@ -1061,6 +1082,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         disks = [o['VDI'] for _r, o in vbds if o['type'] == 'Disk' and not o['empty'] and o['VDI'] not in ignore]
         for vdi in disks:
             sr = self.store.raw('VDI', vdi)['SR']
+            vhd_sr.check_snapshot_depth(self, vdi)
             try:
                 self.stores[sr].check_room(1)
             except StoreFull as exc:
@@ -1201,6 +1223,31 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         """VM.provision: nothing to do for templates without disks."""
         self.store.raw('VM', vm)
         return ''
+
+    def _assert_not_blocked(self, vm, obj, op):
+        # ocaml/xapi/xapi_vm_lifecycle.ml check_operation_error: a blocked operation is refused first,
+        # before the power state, with OPERATION_BLOCKED [vm ref; the value stored in blocked_operations].
+        reason = (obj.get('blocked_operations') or {}).get(op)
+        if reason is not None:
+            raise XapiError('OPERATION_BLOCKED', vm, reason)
+
+    def m_VM__pool_migrate(self, vm, host, options):
+        """VM.pool_migrate: blocked_operations honoured; otherwise the VM just lands on ``host`` (no real move)."""
+        del options
+        obj = self._vm(vm)
+        self._assert_not_blocked(vm, obj, 'pool_migrate')
+        self.store.raw('host', host)
+        if obj['power_state'] != 'Running':
+            raise XapiError(BAD_POWER, vm, 'running', obj['power_state'].lower())
+        self.store.set('VM', vm, 'resident_on', host)
+        return ''
+
+    def m_VM__migrate_send(self, vm, dest, live, vdi_map, vif_map, options, vgpu_map):
+        """VM.migrate_send: blocked_operations honoured; otherwise a no-op returning the VM (one simulated pool)."""
+        del dest, live, vdi_map, vif_map, options, vgpu_map
+        obj = self._vm(vm)
+        self._assert_not_blocked(vm, obj, 'migrate_send')
+        return vm
 
     def m_VM__clone(self, vm, new_name):
         """VM.clone: a copy of the VM with cloned disks (Halted)."""

@@ -90,6 +90,8 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             ref = sim.add_sr(spec['name'], parse_size(spec.get('size', '100GiB')), spec.get('type', 'ext'),
                              bool(spec.get('shared', False)), spec.get('description', ''))
             names['SR'][spec['name']] = ref
+            # Seconds before the SR's garbage collector coalesces base copies (0: at once); see vhd_sr.Coalescer.
+            sim.coalescer.set_delay(ref, float(spec.get('coalesce_delay', 0)))
             if spec.get('default') or default_sr is None:
                 default_sr = ref
         sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)

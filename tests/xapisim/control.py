@@ -16,7 +16,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import uuid as uuidlib
+
 from . import config as configmod
+from . import vhd_sr
+from .api import new_faults
 from .model import XapiError
 from .storage import StoreFull, pattern
 
@@ -133,7 +137,7 @@ def _op_delay(sim, seconds, method='*'):
 
 def _op_clear_faults(sim):
     with sim.lock:
-        sim.faults = {'fail': {}, 'delay': {}, 'cut_export': [], 'cut_import': []}
+        sim.faults = new_faults()
 
 
 def _op_fill_sr(sim, sr, free_bytes=0):
@@ -170,6 +174,56 @@ def _op_record(sim, cls, ident):
     return json.loads(json.dumps(rec, default=lambda v: getattr(v, 'value', str(v))))
 
 
+def _op_export_error_page(sim, vdi=None, error=None, count=1):
+    # xen-api issue #4603: a storage failure after the 200 OK headers were sent makes XAPI write a whole
+    # "HTTP/1.1 500" response (ocaml/libs/http-lib/http_svr.ml response_internal_error) as the body.
+    error = list(error or ['SR_BACKEND_FAILURE_46', '', 'The VDI is not available [opterr=VDI not detached cleanly]', ''])
+    with sim.lock:
+        target = find_ref(sim, 'VDI', vdi) if vdi else None
+        sim.faults['export_error_page'].extend([(target, error)] * int(count))
+
+
+def _op_leave_export_vbd(sim, vdi=None):
+    with sim.lock:
+        sim.faults['leave_export_vbd'].append((find_ref(sim, 'VDI', vdi) if vdi else None, True))
+
+
+def _srs(sim, sr):
+    return [find_ref(sim, 'SR', sr)] if sr else sorted(sim.stores)
+
+
+def _op_coalesce(sim, sr=None):
+    with sim.lock:
+        return sorted(uuid for ref in _srs(sim, sr) for uuid in sim.coalescer.run(ref))
+
+
+def _op_hold_coalesce(sim, sr=None, held=True):
+    with sim.lock:
+        for ref in _srs(sim, sr):
+            sim.coalescer.hold(ref, bool(held))
+
+
+def _op_coalesce_delay(sim, seconds, sr=None):
+    with sim.lock:
+        for ref in _srs(sim, sr):
+            sim.coalescer.set_delay(ref, seconds)
+
+
+def _op_waiting_base_copies(sim, sr=None):
+    with sim.lock:
+        return sorted(uuid for ref in _srs(sim, sr) for uuid in vhd_sr.waiting_base_copies(sim, ref))
+
+
+def _op_vdi_vhd_id(sim, vdi):
+    with sim.lock:
+        return str(uuidlib.UUID(bytes=sim.disk(find_ref(sim, 'VDI', vdi)).vhd_id))
+
+
+def _op_vdi_chain_depth(sim, vdi):
+    with sim.lock:
+        return vhd_sr.chain_depth(sim, find_ref(sim, 'VDI', vdi))
+
+
 def _op_set_power_state(sim, vm, state):
     ref = find_ref(sim, 'VM', vm)
     with sim.lock:
@@ -184,6 +238,9 @@ OPS = {
     'clear_faults': _op_clear_faults, 'fill_sr': _op_fill_sr, 'unfill_sr': _op_unfill_sr,
     'session_limit': _op_session_limit, 'find': _op_find, 'record': _op_record,
     'set_power_state': _op_set_power_state,
+    'export_error_page': _op_export_error_page, 'leave_export_vbd': _op_leave_export_vbd, 'coalesce': _op_coalesce,
+    'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
+    'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
 }
 
 
@@ -320,6 +377,39 @@ class SimulatorControl:
     def set_power_state(self, vm, state):
         """Force a VM's power_state (no side effects)."""
         return self.call('set_power_state', vm=vm, state=state)
+
+    def export_error_page(self, vdi=None, error=None, count=1):
+        """The next ``count`` exports (of ``vdi``, or any) answer 200 OK with an HTTP 500 error page as body
+        (xen-api issue #4603); their task fails with ``error`` (default SR_BACKEND_FAILURE_46)."""
+        return self.call('export_error_page', vdi=vdi, error=error, count=count)
+
+    def leave_export_vbd(self, vdi=None):
+        """The next export (of ``vdi``, or any) leaves its control-domain VBDs plugged, as a crashed export would."""
+        return self.call('leave_export_vbd', vdi=vdi)
+
+    def coalesce(self, sr=None):
+        """Run the garbage collector of ``sr`` (or every SR) now, held or not; uuids of base copies removed."""
+        return self.call('coalesce', sr=sr)
+
+    def hold_coalesce(self, sr=None, held=True):
+        """Stop (``held``) or restart the garbage collector of ``sr`` (or every SR)."""
+        return self.call('hold_coalesce', sr=sr, held=held)
+
+    def coalesce_delay(self, seconds, sr=None):
+        """Coalesce ``sr`` (or every SR) this many seconds after a VDI is destroyed (0: at once)."""
+        return self.call('coalesce_delay', seconds=seconds, sr=sr)
+
+    def waiting_base_copies(self, sr=None):
+        """Uuids of base copies a GC pass would coalesce now."""
+        return self.call('waiting_base_copies', sr=sr)
+
+    def vdi_vhd_id(self, vdi):
+        """The unique id of the VDI's VHD file on the host (not the VDI uuid)."""
+        return self.call('vdi_vhd_id', vdi=vdi)
+
+    def vdi_chain_depth(self, vdi):
+        """Depth of the VDI's VHD chain on its SR (1 without parent)."""
+        return self.call('vdi_chain_depth', vdi=vdi)
 
 
 class ControlError(Exception):

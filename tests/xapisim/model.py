@@ -176,7 +176,9 @@ class Store:
             if field.inverse:
                 rec[name] = [r for r, o in self.objects[field.target].items() if o.get(field.inverse) == ref]
             else:
-                rec[name] = copy.deepcopy(obj[name])
+                value = obj[name]
+                # Only containers can be changed in place by a caller; scalars and dates are never mutated.
+                rec[name] = copy.deepcopy(value) if isinstance(value, (list, dict)) else value
         return rec
 
     # --- mutation -----------------------------------------------------

@@ -14,10 +14,9 @@ import ssl
 import subprocess
 import threading
 import urllib.parse
-import uuid as uuidlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import control, wire
+from . import control, vhd_sr, wire
 from .model import NULL_REF, XapiError
 from .storage import BLOCK_SIZE, ZERO_BLOCK, StoreFull
 from .vhd_stream import BITMAP_FULL, ExportLayout, VhdError, import_vhd
@@ -329,31 +328,40 @@ class Handler(BaseHTTPRequestHandler):
             with self.sim.lock:
                 disk = self.sim.disk(vdi)
                 base = self.sim.disk(base_ref) if base_ref else None
-                vdi_uuid = self.sim.store.raw('VDI', vdi)['uuid']
                 if fmt == 'vhd' and base is not None:
                     wanted = disk.differing_blocks(base)
                     base_obj = self.sim.store.raw('VDI', base_ref)
-                    parent = (base_obj['uuid'], '/var/run/sr-mount/%s/%s.vhd' % (
+                    # The parent is the base's file on the host: its own VHD id, not the VDI uuid
+                    # (ocaml-vhd vhd_format/f.ml Vhd_input.vhd: parent_unique_id = from's footer uid).
+                    parent = (base.vhd_id, '/var/run/sr-mount/%s/%s.vhd' % (
                         self.sim.store.raw('SR', base_obj['SR'])['uuid'], base_obj['uuid']))
                 else:
                     wanted = sorted(disk.blocks)
                     parent = None
                 pinned = disk.pin()
                 cut = self.sim.take_cut('cut_export', vdi)
+                error_page = self.sim.take_cut('export_error_page', vdi)
+                leave_vbds = self.sim.take_cut('leave_export_vbd', vdi)
         except XapiError as exc:
             self._fail(task, owned, 500, exc.details)
             return
         body = None
+        vbds = []
         try:
+            # export_raw_vdi.ml sends the 200 OK headers first, then attaches the VDI(s) to dom0.
             self._start_stream(task, 'application/vhd' if fmt == 'vhd' else 'application/octet-stream')
+            if error_page:
+                self._send_error_page(task, error_page)
+                return
+            with self.sim.lock:
+                vbds = [vhd_sr.attach_to_control_domain(self.sim, ref) for ref in ([vdi, base_ref] if base_ref else [vdi])]
             body = _Body(self.connection, cut)
             store = disk.store
             size = disk.size
             if fmt == 'vhd':
-                # Footer id = the VDI's uuid, parent id = the base VDI's uuid, so a full
-                # export of the base and a delta chain for libvhdi (XAPI uses host file ids).
-                layout = ExportLayout(size, wanted, uuidlib.UUID(parent[0]).bytes if parent else None,
-                                      parent[1] if parent else '', unique_id=uuidlib.UUID(vdi_uuid).bytes)
+                # A fresh random footer id on every export (ocaml-vhd vhd_format/f.ml Footer.create:
+                # uid defaults to a new V4 uuid), so two exports of one VDI never share an id.
+                layout = ExportLayout(size, wanted, parent[0] if parent else None, parent[1] if parent else '')
                 body.write(layout.head)
                 for num, idx in enumerate(wanted):
                     slot = pinned.get(idx)
@@ -382,8 +390,26 @@ class Handler(BaseHTTPRequestHandler):
             self._abort_connection()
         finally:
             disk.unpin(pinned)
+            if not leave_vbds:
+                with self.sim.lock:
+                    vhd_sr.detach_from_control_domain(self.sim, vbds)
             if owned:
                 self._drop_task(task)
+
+    def _send_error_page(self, task, error):
+        """What XAPI sends when the storage fails after the 200 OK headers (xen-api issue #4603): a whole
+        HTTP 500 response as the body (ocaml/libs/http-lib/http_svr.ml response_internal_error); the task fails."""
+        html = ('<html><body><h1>HTTP 500 internal server error</h1>An unexpected error occurred; please wait a while and try '
+                'again. If the problem persists, please contact your support representative.<h1> Additional information </h1>'
+                '%s: [ %s ]</body></html>' % (error[0], '; '.join(str(item) for item in error[1:]))).encode()
+        page = (b'HTTP/1.1 500 Internal Error\r\ncontent-length: %d\r\ncontent-type:text/html\r\nconnection:close\r\n'
+                b'cache-control:no-cache, no-store\r\n\r\n' % len(html)) + html
+        self.sim.finish_task(task, error=list(error))
+        try:
+            self.connection.sendall(page)
+        except OSError:
+            pass
+        self._abort_connection()
 
     # --- /import_raw_vdi ---------------------------------------------------
     def _import(self, query):  # pylint: disable=too-many-branches,too-many-statements

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid as uuidlib
 
 BLOCK_SIZE = 2 * 1024 * 1024
 CBT_BLOCK = 64 * 1024
@@ -139,7 +140,13 @@ class BlockStore:
 
 
 class Disk:
-    """The content of one VDI: block index to slot, plus a virtual size."""
+    """The content of one VDI: block index to slot, plus a virtual size.
+
+    ``vhd_id`` is the unique id in the footer of the VDI's VHD file on the host. It is not the VDI
+    uuid: sm's FileSR/LVHDSR snapshot (xapi-project/sm libs/sm/drivers/FileSR.py, _snapshot) turns
+    the leaf into a hidden base copy and creates new leaf files, each with a fresh VHD id, for the
+    live VDI and for the snapshot. An export with ``base=`` names the base's VHD id as its parent.
+    """
 
     def __init__(self, store, size, blocks=None):
         self.store = store
@@ -147,6 +154,11 @@ class Disk:
         self.blocks = blocks if blocks is not None else {}
         self.lock = threading.RLock()
         self.on_write = None
+        self.vhd_id = uuidlib.uuid4().bytes
+
+    def new_leaf(self):
+        """A snapshot made this disk a new leaf file on the host: it gets a fresh VHD id."""
+        self.vhd_id = uuidlib.uuid4().bytes
 
     @property
     def nblocks(self):
