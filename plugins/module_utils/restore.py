@@ -32,6 +32,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.repository impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError
 from ansible_collections.xapi.delta_backup.plugins.module_utils.xapi_constructor import CONSTRUCTOR_FIELDS, REQUIRED
 
@@ -373,9 +374,17 @@ def vm_create_record(point, name_label: str, affinity: str = NULL_REF, keep_mac:
     return constructor_record('VM', given, 'the VM record of backup %s' % point.timestamp)
 
 
+def backed_up_blocked_operations(point) -> dict:
+    """The backed-up VM's blocked_operations without ours: the migration blocks of the backup run that took the
+    point (snapshot.BLOCK_REASON_PATTERN) and a restore's start block (a point taken of a restored VM)."""
+    blocked = (point.metadata.get('vm') or {}).get('blocked_operations') or {}
+    return {operation: reason for operation, reason in blocked.items()
+            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(str(reason or ''))}
+
+
 def blocked_while_restoring(point) -> dict:
     """The backed-up blocked_operations plus our start block, set right after VM.create (which ignores them)."""
-    return dict((point.metadata.get('vm') or {}).get('blocked_operations') or {}, start=BLOCK_REASON, start_on=BLOCK_REASON)
+    return dict(backed_up_blocked_operations(point), start=BLOCK_REASON, start_on=BLOCK_REASON)
 
 
 def vif_create_record(vif: dict, vm_ref: str, keep_mac: bool) -> dict:
@@ -467,9 +476,9 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
         vm_name = name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid
         vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map, allow_internal_networks)
         affinity = NULL_REF if disk_only else resolve_affinity(xapi, source_vm)
-        if start and not disk_only and 'start' in (source_vm.get('blocked_operations') or {}):
+        if start and not disk_only and 'start' in backed_up_blocked_operations(chosen):
             raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
-                               % source_vm['blocked_operations']['start'])
+                               % backed_up_blocked_operations(chosen)['start'])
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         result = {
@@ -559,10 +568,8 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, keep_mac))
         result_vif = next(entry for entry in result['vifs'] if entry['device'] == vif['device'])
         result_vif['mac'] = xapi.call('VIF.get_MAC', vif_ref)
-    source = point.metadata.get('vm') or {}
-    blocked = dict(source.get('blocked_operations') or {})
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
-    xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
+    xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(point))
     if start:
         xapi.call('VM.start', created.vm_ref, False, False)
         result['vm']['started'] = True

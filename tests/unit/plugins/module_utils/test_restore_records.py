@@ -99,6 +99,14 @@ def test_vm_record_keeps_seed_and_home_host_when_asked():
     assert restore.blocked_while_restoring(_point()) == {'destroy': 'protected', 'start': restore.BLOCK_REASON, 'start_on': restore.BLOCK_REASON}
 
 
+def test_our_own_blocks_are_not_restored():
+    """The backup run blocks migrations while it runs (so the live record carries them); a restore's start block is ours too."""
+    running = 'xapi.delta_backup: backup job nightly is running (since 2026-11-24T02:00:00Z)'
+    point = _point(_source_vm(blocked_operations={'pool_migrate': running, 'migrate_send': running, 'start': restore.BLOCK_REASON,
+                                                  'destroy': 'protected', 'clean_shutdown': 'xapi.delta_backup is great'}))
+    assert restore.backed_up_blocked_operations(point) == {'destroy': 'protected', 'clean_shutdown': 'xapi.delta_backup is great'}
+
+
 def test_a_required_field_missing_from_the_backup_is_named():
     vm = _source_vm()
     del vm['HVM_boot_policy'], vm['VCPUs_max']
