@@ -3,12 +3,13 @@
 """`make demo`: a whole backup lifecycle, run by the collection's own playbooks against the bundled XAPI simulator.
 
 Steps: start the simulator with demo/pool.yml (or the pool given with --pool, on the XAPI version given with
---xapi-profile: XCP-ng 8.2 LTS, 8.3 or XenServer 8, as the simulator's profiles describe them); a full backup of the demo VMs (a [NOBAK] disk left out, a VM tagged
-xo:no-bak skipped); guest writes and three delta backups, the last one applying retention (the oldest point is
-merged into the full); a seed of a far repository (verified copy, then a delta there); a restore of an earlier
-point to another SR; a health check; a verification of both repositories. Every restored disk is compared byte for byte (sha256 from the
-simulator) with the source disk as it was at that point. The hash of each snapshot VDI is recorded right after
-its backup, because the next run prunes that snapshot.
+--xapi-profile: XCP-ng 8.2 LTS, 8.3 or XenServer 8, as the simulator's profiles describe them); a full backup of
+the demo VMs (a [NOBAK] disk left out, a VM tagged xo:no-bak skipped); guest writes and three delta backups, the
+last one applying retention (the oldest point is merged into the full); a seed of a far repository (verified copy,
+then a delta there); a restore of an earlier point to another SR; a health check; a verification of both
+repositories. Every restored disk is compared byte for byte (sha256 from the simulator) with the source disk as it
+was at that point. The hash of each snapshot VDI is recorded right after its backup, because the next run prunes
+that snapshot.
 
 Each playbook runs as `ansible-playbook xapi.delta_backup.<name>` with ANSIBLE_COLLECTIONS_PATH set to the laid-out
 collection (.build/collections, made by `make layout`). Logs go to .build/demo/logs. Exit code 0 only when every

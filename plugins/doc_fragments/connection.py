@@ -44,17 +44,42 @@ options:
     description:
       - A PEM file (or a directory of hashed certificates) with the CA or self-signed certificate of the pool.
       - Used for both the XML-RPC API and the disk transfers.
+      - Every XCP-ng or XenServer host makes its own self-signed certificate on first boot. A disk on storage
+        that only one pool member sees (its local SR) is transferred with that member, to which XAPI redirects
+        the request; give then a bundle, one PEM file holding the certificate of every host of the pool
+        (see C(docs/connecting.md)). Pools with CA-signed certificates need only the CA.
       - If not set, the value of the E(XENSERVER_CA_PATH) environment variable is used, then the system trust store.
     type: path
   timeout:
     description:
-      - Socket timeout in seconds for each request to the pool.
-      - Long operations have their own wait options; this only bounds a single unresponsive request.
+      - Socket timeout in seconds for each API request to the pool.
+      - Long operations have their own limits (O(operation_timeout), O(transfer_read_timeout), the modules' transfer
+        and snapshot timeouts); this only bounds a single unresponsive request.
     type: float
     default: 60
+  transfer_read_timeout:
+    description:
+      - Socket timeout in seconds for each read or write of a disk transfer (C(/export_raw_vdi), C(/import_raw_vdi));
+        a transfer fails when no data moves for that long.
+      - XAPI attaches the disk before it sends the first byte, which can take minutes on a busy SR.
+    type: float
+    default: 300
+    version_added: 0.2.0
+  operation_timeout:
+    description:
+      - How long to wait, in seconds, for a long XAPI operation (VM start and shutdown, VM and VDI destroy,
+        VDI snapshot and clone). These run as XAPI tasks, so a busy host does not trip the socket O(timeout).
+      - When the wait runs out, the task is cancelled if XAPI can cancel it (VM start and shutdown, snapshots);
+        otherwise the error says that the operation may still complete.
+    type: float
+    default: 600
+    version_added: 0.2.0
 notes:
   - The modules run on the controller or in the execution environment (use C(delegate_to=localhost)), not on dom0.
   - Each run logs in with the session originator C(xapi.delta_backup) and always logs out, even on failure.
+  - A session that XAPI expired during a run (idle longer than its inactive session timeout, 24 hours by default)
+    is renewed by logging in again and the refused call is repeated; XAPI checks the session before it runs a call,
+    so this never runs a call twice. A session with an unfinished task, such as a running disk transfer, never expires.
 requirements:
   - XenAPI >= 26.21.1
 """

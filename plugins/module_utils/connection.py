@@ -39,6 +39,13 @@ else:
 ORIGINATOR = 'xapi.delta_backup'
 XAPI_API_VERSION = '1.0'
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_OPERATION_TIMEOUT = 600.0
+# XAPI attaches the VDI (and its base) before the first byte of an export: minutes on a busy LVM SR.
+DEFAULT_TRANSFER_READ_TIMEOUT = 300.0
+# Calls that can outlast a socket timeout on a busy pool (a VM start waits for xenopsd, a VDI.destroy
+# for the SR). call() runs them as Async.* and waits for their task under operation_timeout instead.
+LONG_OPERATIONS = frozenset({'VM.start', 'VM.hard_shutdown', 'VM.clean_shutdown', 'VM.shutdown', 'VM.destroy',
+                             'VDI.destroy', 'VDI.snapshot', 'VDI.clone', 'VM.snapshot', 'VM.clone'})
 # 2 MiB matches the VHD block size, so one chunk is one block on the wire.
 TRANSFER_CHUNK_SIZE = 2 * 1024 * 1024
 # event.from must return before the socket timeout fires, so its wait is capped.
@@ -62,6 +69,8 @@ def connection_argument_spec() -> dict:
         validate_certs=dict(type='bool', default=True, fallback=(env_fallback, ['XENSERVER_VALIDATE_CERTS'])),
         ca_path=dict(type='path', fallback=(env_fallback, ['XENSERVER_CA_PATH'])),
         timeout=dict(type='float', default=DEFAULT_TIMEOUT),
+        operation_timeout=dict(type='float', default=DEFAULT_OPERATION_TIMEOUT),
+        transfer_read_timeout=dict(type='float', default=DEFAULT_TRANSFER_READ_TIMEOUT),
     )
 
 
@@ -122,8 +131,26 @@ def _explain_failure(code: str, params: list, method: str | None) -> str:
         return 'host is a pool member, not the coordinator (%s): connect to the pool coordinator' % _param(params, 0)
     if code == 'SESSION_INVALID':
         return 'the XAPI session expired or was logged out (too many sessions on the pool?): retry'
+    if code == 'HANDLE_INVALID' and _param(params, 0) == 'task':
+        return TASK_DESTROYED_ADVICE
     detail = ', '.join(str(p) for p in params)
     return 'XAPI error %s%s' % (code, ' (%s)' % detail if detail else '')
+
+
+# XAPI's database GC (ocaml/xapi/db_gc_util.ml) destroys a pending task older than pending_task_timeout
+# (24 h by default) as soon as its progress stops moving between two passes, 30 s apart: a full export
+# of a large disk over a slow link, whose percentage moves less often than that, is cut this way.
+# Xen Orchestra meets the same event as "task has been destroyed before completion" (its xen-api
+# client, packages/xen-api/index.mjs, rejects a watched task that disappears unfinished).
+TASK_DESTROYED_ADVICE = ('XAPI destroyed the task before the transfer finished (its garbage collector removes tasks pending '
+                         'for more than 24 hours whose progress stalls, e.g. a first full export over a slow link): make the '
+                         'first full into a repository near the pool and move it with the seed procedure (role '
+                         'xapi.delta_backup.seed, module seed_copy); later runs then send only deltas')
+
+
+def is_task_gone(error: XapiError) -> bool:
+    """True when XAPI no longer knows the task (destroyed by its GC or by someone else)."""
+    return error.code == 'HANDLE_INVALID' and error.params[:1] == ['task']
 
 
 def xapi_error_from_failure(details, what: str | None = None, method: str | None = None) -> XapiError:
@@ -204,12 +231,14 @@ def build_ssl_context(validate_certs: bool = True, ca_path: str | None = None) -
         raise XapiError('ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
 
 
-def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None) -> XapiError:
-    """Translate socket, TLS and HTTP errors into messages saying what to check."""
+def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None, option: str = 'timeout') -> XapiError:
+    """Translate socket, TLS and HTTP errors into messages saying what to check (``option`` names the timeout that ran out)."""
     where = endpoint.netloc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false'
-                         % (endpoint.host, exc.verify_message or exc.reason or exc))
+        return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
+                         '(each host has its own self-signed certificate unless you installed CA-signed ones: a PEM bundle of '
+                         'every host\'s certificate as ca_path works for all of them, see docs/connecting.md)'
+                         % (endpoint.host, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED', params=[endpoint.host])
     if isinstance(exc, ssl.SSLError):
         return XapiError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
     if isinstance(exc, socket.gaierror):
@@ -217,9 +246,14 @@ def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout
     if isinstance(exc, ConnectionRefusedError):
         return XapiError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return XapiError('no answer from %s within %s seconds: check the network or raise timeout' % (where, timeout))
+        return XapiError('no answer from %s within %s seconds: check the network or raise %s' % (where, timeout, option))
     if isinstance(exc, xmlrpc.client.ProtocolError):
         return XapiError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
+    if isinstance(exc, xmlrpc.client.Fault) and 'valid session' in str(exc.faultString):
+        # XenAPI logs in again and repeats a call refused with SESSION_INVALID, three times.
+        return XapiError('the XAPI session on %s kept expiring: XenAPI logged in again three times and was refused each time; '
+                         'check the pool\'s session limits and that the account is still valid' % where,
+                         code='SESSION_INVALID', params=[str(exc.faultCode), exc.faultString])
     if isinstance(exc, xmlrpc.client.Fault):
         return XapiError('XML-RPC fault from %s: %s' % (where, exc.faultString), code='FAULT', params=[str(exc.faultCode), exc.faultString])
     if isinstance(exc, (http.client.HTTPException, xmlrpc.client.ResponseError)):
@@ -278,7 +312,9 @@ class XapiConnection:
     """
 
     def __init__(self, hostname: str, username: str | None = 'root', password: str | None = '', validate_certs: bool = True,
-                 ca_path: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, originator: str = ORIGINATOR):
+                 ca_path: str | None = None, timeout: float | None = DEFAULT_TIMEOUT, originator: str = ORIGINATOR,
+                 operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
+                 transfer_read_timeout: float | None = DEFAULT_TRANSFER_READ_TIMEOUT):
         if not HAS_XENAPI:
             raise XapiError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
         self.endpoint = parse_hostname(hostname)
@@ -290,6 +326,12 @@ class XapiConnection:
         self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
         if self.timeout <= 0:
             raise XapiError('timeout must be a positive number of seconds, got %s' % timeout)
+        self.operation_timeout = float(operation_timeout) if operation_timeout else DEFAULT_OPERATION_TIMEOUT
+        if self.operation_timeout <= 0:
+            raise XapiError('operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
+        self.transfer_read_timeout = float(transfer_read_timeout) if transfer_read_timeout else DEFAULT_TRANSFER_READ_TIMEOUT
+        if self.transfer_read_timeout <= 0:
+            raise XapiError('transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
         self.originator = originator
         self.ssl_context = build_ssl_context(self.validate_certs, self.ca_path) if self.endpoint.scheme == 'https' else None
         self._session = None
@@ -299,7 +341,8 @@ class XapiConnection:
     def from_params(cls, params: dict) -> 'XapiConnection':
         """Build from module params shaped like connection_argument_spec()."""
         return cls(hostname=params.get('hostname'), username=params.get('username'), password=params.get('password'),
-                   validate_certs=params.get('validate_certs', True), ca_path=params.get('ca_path'), timeout=params.get('timeout'))
+                   validate_certs=params.get('validate_certs', True), ca_path=params.get('ca_path'), timeout=params.get('timeout'),
+                   operation_timeout=params.get('operation_timeout'), transfer_read_timeout=params.get('transfer_read_timeout'))
 
     # -- session lifecycle ---------------------------------------------------------------------
 
@@ -375,7 +418,19 @@ class XapiConnection:
     # -- calls ---------------------------------------------------------------------------------
 
     def call(self, method: str, *args, what: str | None = None):
-        """Call ``Class.message`` (or ``Async.Class.message``) with the session; map errors to XapiError."""
+        """Call ``Class.message`` (or ``Async.Class.message``) with the session; map errors to XapiError.
+
+        A method of LONG_OPERATIONS runs as ``Async.`` and its task is awaited for operation_timeout
+        (then cancelled and destroyed). A session that expired meanwhile is renewed by XenAPI, which
+        logs in again and repeats the refused call: safe for every call, as XAPI checks the session
+        before running anything.
+        """
+        if method in LONG_OPERATIONS:
+            return self.call_async(method, *args, timeout=self.operation_timeout,
+                                   what=what or (('%s on %s' % (method, args[0])) if args and isinstance(args[0], str) else method))
+        return self._call(method, *args, what=what)
+
+    def _call(self, method: str, *args, what: str | None = None):
         self._require_session()
         target = self._session.xenapi
         for part in method.split('.'):
@@ -393,7 +448,7 @@ class XapiConnection:
     def call_async(self, method: str, *args, timeout: float | None = None, what: str | None = None):
         """Run ``Async.<method>``, wait for its task and return the decoded result."""
         label = what or method
-        task_ref = self.call('Async.' + method, *args, what=label)
+        task_ref = self._call('Async.' + method, *args, what=label)
         return self.wait_for_task(task_ref, timeout=timeout, what=label)
 
     def create_task(self, label: str, description: str = '') -> str:
@@ -409,13 +464,42 @@ class XapiConnection:
         try:
             status = self._wait_until_finished(task_ref, time.monotonic() + limit)
             if status in UNFINISHED_TASK_STATES:
-                self.cancel_task(task_ref)
-                raise XapiError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks)' % (label, limit),
-                                code='TIMEOUT', params=[task_ref])
+                status = self._cancel_after_timeout(task_ref, label, limit)
             return self._task_outcome(task_ref, status, label)
+        except XapiError as error:
+            if is_task_gone(error) and error.params[1:2] == [task_ref]:
+                raise XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref]) from error
+            raise
         finally:
             if destroy:
                 self.destroy_task(task_ref)
+
+    def _cancel_after_timeout(self, task_ref: str, label: str, limit: float) -> str:
+        """Cancel a task that outlived its wait and raise TIMEOUT saying whether XAPI stopped it.
+
+        XAPI lists ``cancel`` in a task's allowed_operations only when the operation can be stopped
+        (xenopsd VM operations, snapshots); a cancel of any other is recorded and ignored. A task that
+        finished during the cancel grace period returns its final status instead.
+        """
+        try:
+            cancellable = 'cancel' in (self.call('task.get_allowed_operations', task_ref) or [])
+        except XapiError:
+            cancellable = True
+        if cancellable:
+            self.cancel_task(task_ref)
+            try:
+                status = self.task_status(task_ref)
+            except XapiError:
+                status = 'cancelled'
+            if status in ('success', 'failure'):
+                return status
+            if status == 'cancelled':
+                raise XapiError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks or slow hosts)'
+                                % (label, limit), code='TIMEOUT', params=[task_ref])
+        else:
+            self.request_cancel(task_ref)
+        raise XapiError('%s did not finish within %s seconds; XAPI cannot cancel this operation, so it may still complete: '
+                        'check the object later, or raise the timeout' % (label, limit), code='TIMEOUT', params=[task_ref])
 
     def task_status(self, task_ref: str) -> str:
         return self.call('task.get_status', task_ref)
@@ -451,11 +535,31 @@ class XapiConnection:
         answer = self.call('event.from', ['task/%s' % task_ref], token, float(wait))
         return answer.get('token', token) if isinstance(answer, dict) else token
 
-    def cancel_task(self, task_ref: str) -> None:
-        """Ask XAPI to cancel the task and give it a moment to stop; errors are ignored (it may have finished)."""
+    def request_cancel(self, task_ref: str) -> bool:
+        """Send task.cancel; False when XAPI refused it (the task may have finished or be gone)."""
         try:
             self.call('task.cancel', task_ref)
         except XapiError:
+            return False
+        return True
+
+    def abandon_task(self, task_ref: str) -> None:
+        """End a task this client made with task.create for a transfer it gives up, then destroy it.
+
+        Nothing in XAPI completes such a task once no handler runs it any more, and task.destroy only
+        marks an unfinished task (XAPI's GC would keep it 24 hours), so it is set ``cancelled`` first.
+        """
+        self.request_cancel(task_ref)
+        try:
+            if self.task_status(task_ref) in UNFINISHED_TASK_STATES:
+                self.call('task.set_status', task_ref, 'cancelled')
+        except XapiError:
+            pass
+        self.destroy_task(task_ref)
+
+    def cancel_task(self, task_ref: str) -> None:
+        """Ask XAPI to cancel the task and give it a moment to stop; errors are ignored (it may have finished)."""
+        if not self.request_cancel(task_ref):
             return
         deadline = time.monotonic() + TASK_CANCEL_GRACE
         while time.monotonic() < deadline:
@@ -476,8 +580,8 @@ class XapiConnection:
 
     def _http_connection(self, endpoint: HostEndpoint) -> http.client.HTTPConnection:
         if endpoint.scheme == 'https':
-            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=self.ssl_context)
-        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout, context=self.ssl_context)
+        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout)
 
     def _transfer_path(self, handler: str, query: dict) -> str:
         return '/%s?%s' % (handler, urlencode(query))
@@ -499,9 +603,21 @@ class XapiConnection:
             status = self.task_status(task_ref)
             if status == 'failure':
                 return xapi_error_from_failure(self.call('task.get_error_info', task_ref), what=label)
-        except XapiError:
-            pass
+        except XapiError as error:
+            if is_task_gone(error):
+                return XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref])
         return XapiError('%s failed: HTTP %s %s' % (label, response_status, reason), code='HTTP_%s' % response_status)
+
+    def _member_transport_error(self, exc: BaseException, endpoint: HostEndpoint, label: str) -> XapiError:
+        """A transport error at the host a transfer was redirected to; a certificate failure says how to trust it."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return XapiError('%s: certificate verify failed for pool member %s (%s). XAPI redirected the transfer there because '
+                             'only that host sees the disk\'s SR, and every host has its own self-signed certificate: fetch each '
+                             'host\'s certificate (for example openssl s_client -connect HOST:443 -showcerts), put them all in one '
+                             'PEM bundle and give it as ca_path (see docs/connecting.md)'
+                             % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED',
+                             params=[endpoint.host])
+        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
     def open_export(self, vdi_ref: str, fmt: str = 'vhd', base_ref: str | None = None, timeout: float | None = None) -> 'ExportStream':
         """Start ``GET /export_raw_vdi`` and return a readable stream; read it to EOF.
@@ -520,8 +636,7 @@ class XapiConnection:
         try:
             connection, response = self._start_export(path, label, task_ref)
         except BaseException:
-            self.cancel_task(task_ref)
-            self.destroy_task(task_ref)
+            self.abandon_task(task_ref)
             raise
         return ExportStream(self, connection, response, task_ref, label, timeout)
 
@@ -534,7 +649,9 @@ class XapiConnection:
                 response = connection.getresponse()
             except TRANSPORT_ERRORS as exc:
                 connection.close()
-                raise describe_transport_error(exc, endpoint, self.timeout) from exc
+                if attempt:
+                    raise self._member_transport_error(exc, endpoint, label) from exc
+                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
             if response.status == 200:
                 return connection, response
             reason = response.reason
@@ -568,8 +685,8 @@ class XapiConnection:
             return result
         finally:
             if not finished and self.logged_in:
-                self.cancel_task(task_ref)
-            if self.logged_in:
+                self.abandon_task(task_ref)
+            elif self.logged_in:
                 self.destroy_task(task_ref)
 
     def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str) -> None:
@@ -596,6 +713,10 @@ class XapiConnection:
                 if response.status != 200:
                     raise self._failed_transfer(label, task_ref, response.status, response.reason)
                 return
+            except ssl.SSLCertVerificationError as exc:
+                if attempt:
+                    raise self._member_transport_error(exc, endpoint, label) from exc
+                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
             except TRANSPORT_ERRORS as exc:
                 raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
             finally:
@@ -609,7 +730,7 @@ class XapiConnection:
         without blocking to tell an answer from protocol housekeeping.
         """
         sock = connection.sock
-        deadline = time.monotonic() + min(self.timeout, EARLY_RESPONSE_WAIT)
+        deadline = time.monotonic() + min(self.transfer_read_timeout, EARLY_RESPONSE_WAIT)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -623,7 +744,7 @@ class XapiConnection:
             except (ssl.SSLWantReadError, BlockingIOError):
                 continue
             finally:
-                sock.settimeout(self.timeout)
+                sock.settimeout(self.transfer_read_timeout)
             if not first:
                 return None  # closed: sending the body fails and _import_broken says why
             return _read_response(connection, first)
@@ -650,7 +771,7 @@ class XapiConnection:
         error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
         if error.code and not error.code.startswith('HTTP_'):
             return error
-        return describe_transport_error(exc, endpoint, self.timeout)
+        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
 
 def _read_response(connection, first: bytes = b'') -> http.client.HTTPResponse:
@@ -744,7 +865,11 @@ class ExportStream(io.RawIOBase):
         try:
             count = self._response.readinto(buffer)
         except TRANSPORT_ERRORS as exc:
+            task_ref, gone = self.task_ref, self._task_gone()
             self._abandon()
+            if gone:
+                raise XapiError('%s failed after %d bytes: %s' % (self.label, self.bytes_read, TASK_DESTROYED_ADVICE),
+                                code='TASK_DESTROYED', params=[task_ref]) from exc
             raise XapiError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc), code='SHORT_STREAM') from exc
         if count:
             self.bytes_read += count
@@ -774,11 +899,19 @@ class ExportStream(io.RawIOBase):
             raise
         self.verified = True
 
+    def _task_gone(self) -> bool:
+        if not self.task_ref or not self._xapi.logged_in:
+            return False
+        try:
+            self._xapi.task_status(self.task_ref)
+        except XapiError as error:
+            return is_task_gone(error)
+        return False
+
     def _abandon(self) -> None:
         self._connection.close()
         if self._xapi.logged_in and self.task_ref:
-            self._xapi.cancel_task(self.task_ref)
-            self._xapi.destroy_task(self.task_ref)
+            self._xapi.abandon_task(self.task_ref)
         self.task_ref = None
 
     def close(self) -> None:

@@ -293,6 +293,20 @@ def _jsonable(value):
     return value
 
 
+def _network_vlan(xapi, network: dict) -> int | None:
+    """The VLAN tag of a network as Xen Orchestra records it (VLAN of its first PIF: -1 untagged); None without PIFs.
+
+    vm_restore maps a VIF to a network of the same tag when uuid and name do not match (another pool).
+    """
+    pifs = network.get('PIFs') or []
+    if not pifs:
+        return None
+    try:
+        return int(xapi.call('PIF.get_VLAN', pifs[0]))
+    except (XapiError, TypeError, ValueError):
+        return None
+
+
 def _metadata_records(xapi, plan: ExportPlan) -> dict:
     """The XAPI records a restore needs, shaped as XO stores them."""
     snapshot_record = xapi.call('VM.get_record', plan.snapshot.ref)
@@ -307,7 +321,7 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             network = {}
         vif['$network$uuid'] = network.get('uuid')
         vif['$network$name_label'] = network.get('name_label')
-        vif['$network$VLAN'] = None
+        vif['$network$VLAN'] = _network_vlan(xapi, network)
         vifs[vif_ref] = vif
     for disk_plan in plan.disks:
         disk = disk_plan.disk

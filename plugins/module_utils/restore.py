@@ -17,9 +17,11 @@ a file being read; a merge that a crash left unfinished is finished first (as ba
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import os
+import random
 import socket
 import time
 
@@ -31,6 +33,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError
+from ansible_collections.xapi.delta_backup.plugins.module_utils.xapi_constructor import CONSTRUCTOR_FIELDS, REQUIRED
 
 MIB = 1024 * 1024
 RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'
@@ -38,17 +41,16 @@ BLOCK_REASON = 'xapi.delta_backup vm_restore in progress'
 # On the VM and VDIs of a restore until it finishes: names the run (host, pid) so that a later
 # vm_restore can tell a restore killed half-way from one still running, and remove the former.
 IN_PROGRESS_KEY = 'xapi_delta_backup:restore_in_progress'
-# Fields of the backed-up VM record that VM.create takes; the rest are server-owned or per host.
-VM_CREATE_FIELDS = (
-    'name_description', 'user_version', 'memory_static_max', 'memory_dynamic_max', 'memory_dynamic_min', 'memory_static_min',
-    'VCPUs_params', 'VCPUs_max', 'VCPUs_at_startup', 'actions_after_shutdown', 'actions_after_reboot', 'actions_after_crash',
-    'PV_bootloader', 'PV_kernel', 'PV_ramdisk', 'PV_args', 'PV_bootloader_args', 'PV_legacy_args', 'HVM_boot_policy',
-    'HVM_boot_params', 'HVM_shadow_multiplier', 'platform', 'PCI_bus', 'recommendations', 'xenstore_data', 'tags',
-    'ha_restart_priority', 'order', 'start_delay', 'shutdown_delay', 'has_vendor_device', 'domain_type', 'NVRAM',
-    'hardware_platform_version', 'reference_label',
-)
-VM_CREATE_DEFAULTS = {'memory_static_max': '1073741824', 'memory_dynamic_max': '1073741824', 'memory_dynamic_min': '1073741824',
-                      'memory_static_min': '1073741824', 'VCPUs_max': '1', 'VCPUs_at_startup': '1'}
+# Fields of the backed-up VM that are its state, or its place in the source pool, rather than its configuration:
+# the new VM takes XAPI's default for them. Ref fields (objects of the source pool) are never copied either.
+# blocked_operations is ignored by VM.create (ocaml/xapi/xapi_vm.ml create) and set right after it.
+VM_STATE_FIELDS = ('power_state', 'last_boot_CPU_flags', 'last_booted_record', 'is_snapshot_from_vmpp', 'is_vmss_snapshot',
+                   'ha_always_run', 'blocked_operations')
+# XAPI derives the MACs of VIFs created with MAC "" from this VM other_config key and the device number
+# (ocaml/xapi/xapi_vif_helpers.ml gen_mac); VM.create adds a random one when it is absent (xapi_vm.ml).
+MAC_SEED_KEY = 'mac_seed'
+# Keys XAPI puts on the Host internal management network (ocaml/xapi/create_networks.ml).
+INTERNAL_NETWORK_KEYS = ('is_host_internal_management_network', 'is_guest_installer_network')
 # Tags of a backup run that must not follow the VM into its restored copy (they would make it look like a job snapshot).
 BACKUP_KEY_PREFIXES = ('xo:backup:', 'xo:base_delta_vdi', 'xo:copy_of', 'xapi_delta_backup:')
 
@@ -157,41 +159,83 @@ def resolve_sr(xapi, sr: str | None) -> tuple[str, dict]:
     return refs[0], xapi.call('SR.get_record', refs[0])
 
 
-def resolve_networks(xapi, point, network_map: dict | None) -> list:
-    """One entry per backed-up VIF: the network it will join and why (map, uuid, name, or the pool's first network)."""
-    networks = xapi.call('network.get_all_records')
-    by_uuid = {record.get('uuid'): ref for ref, record in networks.items()}
-    by_name = {}
-    for ref, record in networks.items():
-        by_name.setdefault(record.get('name_label'), []).append(ref)
+def _vlan_tag(value) -> int | None:
+    """A recorded VLAN tag (-1: a physical network) as an int; None when unknown (older metadata, no PIF)."""
+    if value in (None, ''):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def pool_networks(xapi) -> dict:
+    """The pool's networks: ref -> uuid, name_label, VLAN tag (of its first PIF, as XO records it) and whether it has PIFs."""
+    pifs = xapi.call('PIF.get_all_records')
+    networks = {}
+    for ref, record in xapi.call('network.get_all_records').items():
+        own = [pifs[pif] for pif in record.get('PIFs') or [] if pif in pifs]
+        other = record.get('other_config') or {}
+        networks[ref] = {'uuid': record.get('uuid'), 'name_label': record.get('name_label'), 'has_pifs': bool(own),
+                         'vlan': _vlan_tag(own[0].get('VLAN')) if own else None,
+                         'internal': any(str(other.get(key, '')).lower() == 'true' for key in INTERNAL_NETWORK_KEYS)}
+    return networks
+
+
+def _describe_network(network: dict) -> str:
+    vlan = network.get('vlan')
+    return '%r (uuid %s%s)' % (network.get('name_label'), network.get('uuid'),
+                               ', VLAN %d' % vlan if vlan is not None and vlan >= 0 else ', untagged' if vlan == -1 else '')
+
+
+def map_network(vif: dict, networks: dict, mapping: dict, allow_internal: bool) -> tuple[str, str]:
+    """(network ref, rule) for one backed-up VIF, as a careful operator would choose.
+
+    An explicit ``mapping`` entry (source uuid or name -> pool uuid or name) wins; else the network with the
+    same uuid, else the only one with the same name, else the only one with the same VLAN tag. The automatic
+    rules never choose a network without PIFs (a private network, the Host internal management network)
+    unless ``allow_internal``. Nothing matching raises RestoreError saying what to pass.
+    """
+    source = {'uuid': vif.get('$network$uuid'), 'name_label': vif.get('$network$name_label'), 'vlan': _vlan_tag(vif.get('$network$VLAN'))}
+    wanted = mapping.get(source['uuid']) if source['uuid'] in mapping else mapping.get(source['name_label'])
+    if wanted is not None:
+        found = [ref for ref, net in networks.items() if net['uuid'] == wanted] or \
+            [ref for ref, net in networks.items() if net['name_label'] == wanted]
+        if len(found) != 1:
+            raise RestoreError('network_map sends network %s to %r, which is %s network of this pool: give a network uuid or a unique name'
+                               % (_describe_network(source), wanted, 'not a' if not found else 'more than one'))
+        return found[0], 'map'
+    usable = {ref: net for ref, net in networks.items() if allow_internal or (net['has_pifs'] and not net['internal'])}
+    skipped = []
+    for rule, key in (('uuid', 'uuid'), ('name', 'name_label'), ('vlan', 'vlan')):
+        if source[key] is None:
+            continue
+        found = [ref for ref, net in networks.items() if net[key] == source[key]]
+        kept = [ref for ref in found if ref in usable]
+        skipped.extend(networks[ref] for ref in found if ref not in usable and networks[ref] not in skipped)
+        if len(kept) == 1:
+            return kept[0], rule
+    why = 'no network of this pool has its uuid, its name or its VLAN tag'
+    if skipped:
+        why = 'the only networks matching it, %s, have no PIFs (private or Host internal management networks), which a restore ' \
+              'joins only with allow_internal_networks=true' % ', '.join(_describe_network(net) for net in skipped)
+    elif source['vlan'] is not None and len([net for net in usable.values() if net['vlan'] == source['vlan']]) > 1:
+        why = 'several networks of this pool carry its VLAN tag'
+    raise RestoreError('VIF %s of the backup was on network %s: %s. Say where it goes with network_map, e.g. network_map: {%r: <network '
+                       'name or uuid of this pool>}' % (vif.get('device'), _describe_network(source), why, source['name_label'] or source['uuid']))
+
+
+def resolve_networks(xapi, point, network_map: dict | None, allow_internal: bool = False) -> list:
+    """One entry per backed-up VIF: the network it will join and the rule that chose it (see map_network)."""
+    networks = pool_networks(xapi)
     mapping = {str(k): str(v) for k, v in (network_map or {}).items()}
-
-    def lookup(ident):
-        if ident in by_uuid:
-            return by_uuid[ident]
-        refs = by_name.get(ident) or []
-        if len(refs) == 1:
-            return refs[0]
-        raise RestoreError('network_map target %r is %s network of the pool' % (ident, 'not a' if not refs else 'more than one'))
-
     result = []
-    vifs = sorted((point.metadata.get('vifs') or {}).values(), key=lambda vif: str(vif.get('device')))
-    fallback = sorted(networks, key=lambda ref: (networks[ref].get('name_label', ''), ref))
-    for vif in vifs:
-        source_uuid, source_name = vif.get('$network$uuid'), vif.get('$network$name_label')
-        if source_uuid in mapping or source_name in mapping:
-            ref, how = lookup(mapping.get(source_uuid, mapping.get(source_name))), 'map'
-        elif source_uuid in by_uuid:
-            ref, how = by_uuid[source_uuid], 'uuid'
-        elif len(by_name.get(source_name) or []) == 1:
-            ref, how = by_name[source_name][0], 'name'
-        elif fallback:
-            ref, how = fallback[0], 'first network'
-        else:
-            raise RestoreError('the pool has no network for VIF %s' % vif.get('device'))
-        result.append({'device': str(vif.get('device')), 'mac': vif.get('MAC', ''), 'mtu': vif.get('MTU'), 'network_ref': ref,
-                       'network_uuid': networks[ref].get('uuid'), 'network_name_label': networks[ref].get('name_label'),
-                       'source_network_uuid': source_uuid, 'matched_by': how})
+    for vif in sorted((point.metadata.get('vifs') or {}).values(), key=lambda vif: (len(str(vif.get('device'))), str(vif.get('device')))):
+        ref, how = map_network(vif, networks, mapping, allow_internal)
+        result.append({'device': str(vif.get('device')), 'mac': vif.get('MAC', ''), 'record': vif, 'network_ref': ref,
+                       'network_uuid': networks[ref]['uuid'], 'network_name_label': networks[ref]['name_label'],
+                       'source_network_uuid': vif.get('$network$uuid'), 'source_network_name_label': vif.get('$network$name_label'),
+                       'vlan': networks[ref]['vlan'], 'matched_by': how})
     return result
 
 
@@ -257,16 +301,92 @@ def remove_abandoned_restores(xapi, abandoned: dict, check_mode: bool = False) -
     return removed
 
 
-def vm_create_record(point, name_label: str) -> dict:
-    source = point.metadata.get('vm') or {}
-    record = {field: source[field] for field in VM_CREATE_FIELDS if field in source and source[field] is not None}
-    for field, default in VM_CREATE_DEFAULTS.items():
-        record.setdefault(field, default)
-    record.update(name_label=name_label, is_a_template=False,
-                  other_config=dict(_clean_other_config(source.get('other_config')),
-                                    **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
-                  blocked_operations={'start': BLOCK_REASON, 'start_on': BLOCK_REASON})
+def _wire_value(kind: str, value):
+    """A recorded value as XAPI's XML-RPC wants it (ints as decimal strings; metadata may hold numbers or strings)."""
+    if kind == 'int':
+        return str(int(value))
+    if kind == 'float':
+        return float(value)
+    if kind == 'bool' and not isinstance(value, bool):
+        return str(value).lower() in ('true', '1')
+    return value
+
+
+def constructor_record(cls: str, given: dict, what: str) -> dict:
+    """Every field ``<cls>.create`` reads: from ``given``, else XAPI's default (xapi_constructor.py, from XAPI's datamodel).
+
+    A field XAPI requires (no default) that ``given`` lacks raises RestoreError naming it: XAPI would refuse
+    the call with INTERNAL_ERROR Dispatcher_FieldNotFound.
+    """
+    record, missing = {}, []
+    for name, (kind, default, _release) in CONSTRUCTOR_FIELDS[cls].items():
+        if given.get(name) is not None:
+            record[name] = _wire_value(kind, given[name])
+        elif default is not REQUIRED:
+            record[name] = copy.deepcopy(default)
+        else:
+            missing.append(name)
+    if missing:
+        raise RestoreError('%s lacks %s, which XAPI needs to create the %s' % (what, ', '.join(missing), cls))
     return record
+
+
+def _recorded(cls: str, source: dict, skip=()) -> dict:
+    """The constructor fields of a backed-up record, without refs of the source pool and the fields in ``skip``."""
+    fields = CONSTRUCTOR_FIELDS[cls]
+    return {name: value for name, value in source.items() if name in fields and name not in skip and not fields[name][0].endswith(' ref')}
+
+
+def resolve_affinity(xapi, source_vm: dict) -> str:
+    """The backed-up VM's home host when this pool has it (same pool), else OpaqueRef:NULL."""
+    ref = source_vm.get('affinity')
+    if ref in (None, '', NULL_REF):
+        return NULL_REF
+    try:
+        xapi.call('host.get_uuid', ref)
+    except XapiError:
+        return NULL_REF
+    return ref
+
+
+def fresh_generation_id(current) -> str:
+    """A new VM generation id, as XAPI's import gives one (xapi_vm_helpers.ml fresh_genid): "" stays "", else two random int64."""
+    if current == '':
+        return ''
+    return '%d:%d' % (random.SystemRandom().randrange(1 << 63), random.SystemRandom().randrange(1 << 63))
+
+
+def vm_create_record(point, name_label: str, affinity: str = NULL_REF, keep_mac: bool = False) -> dict:
+    """The whole VM.create record: the backed-up configuration, XAPI's defaults for state, our markers.
+
+    Without ``keep_mac`` the backed-up other_config:mac_seed is dropped, so XAPI draws a new seed and
+    the VIFs (created with MAC "") get new MACs; with it, the seed stays.
+    """
+    source = point.metadata.get('vm') or {}
+    given = _recorded('VM', source, VM_STATE_FIELDS)
+    other = _clean_other_config(source.get('other_config'))
+    if not keep_mac:
+        other.pop(MAC_SEED_KEY, None)
+    other.update({RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()})
+    given.update(name_label=name_label, is_a_template=False, affinity=affinity, other_config=other,
+                 generation_id=fresh_generation_id(source.get('generation_id')))
+    return constructor_record('VM', given, 'the VM record of backup %s' % point.timestamp)
+
+
+def blocked_while_restoring(point) -> dict:
+    """The backed-up blocked_operations plus our start block, set right after VM.create (which ignores them)."""
+    return dict((point.metadata.get('vm') or {}).get('blocked_operations') or {}, start=BLOCK_REASON, start_on=BLOCK_REASON)
+
+
+def vif_create_record(vif: dict, vm_ref: str, keep_mac: bool) -> dict:
+    """VIF.create's record for one resolved VIF: its backed-up settings, the mapped network, MAC "" (new) unless ``keep_mac``."""
+    given = _recorded('VIF', vif.get('record') or {}, ('currently_attached',))
+    given.update(device=vif['device'], network=vif['network_ref'], VM=vm_ref, MAC=vif['mac'] if keep_mac and vif['mac'] else '',
+                 other_config=_clean_other_config(given.get('other_config')))
+    for name, fallback in (('MTU', '1500'), ('qos_algorithm_type', ''), ('qos_algorithm_params', {})):
+        if given.get(name) is None:
+            given[name] = fallback
+    return constructor_record('VIF', given, 'VIF %s of the backup' % vif['device'])
 
 
 # -- the restore -------------------------------------------------------------------------------
@@ -334,7 +454,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 
 def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
-            keep_mac: bool = False, transfer_timeout: float | None = None) -> dict:
+            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
@@ -345,7 +465,11 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
         disk_only = bool(disk)
         source_vm = chosen.metadata.get('vm') or {}
         vm_name = name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid
-        vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map)
+        vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map, allow_internal_networks)
+        affinity = NULL_REF if disk_only else resolve_affinity(xapi, source_vm)
+        if start and not disk_only and 'start' in (source_vm.get('blocked_operations') or {}):
+            raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
+                               % source_vm['blocked_operations']['start'])
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         result = {
@@ -353,12 +477,13 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
             'backup': {'vm_uuid': vm_uuid, 'timestamp': chosen.timestamp, 'job_id': chosen.job_id,
                        'vm_name_label': source_vm.get('name_label')},
             'sr': {'uuid': sr_record.get('uuid'), 'name_label': sr_record.get('name_label')},
-            'vm': None if disk_only else {'uuid': None, 'name_label': vm_name, 'started': False},
+            'vm': None if disk_only else {'uuid': None, 'name_label': vm_name, 'started': False, 'affinity_kept': affinity != NULL_REF},
             'disks': [{'source_vdi_uuid': item['disk'].vdi_uuid, 'vdi_uuid': None,
                        'name_label': name_label if disk_only and name_label else item['name_label'],
                        'userdevice': item['userdevice'], 'virtual_size': item['virtual_size'], 'bytes': item['length'],
                        'chain_length': len(item['chain'])} for item in plan['disks']],
-            'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'matched_by')} for vif in vifs],
+            'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'vlan', 'matched_by', 'source_network_uuid',
+                                                'source_network_name_label')} for vif in vifs],
             'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
             'finished_merges': plan['finished_merges'],
             'removed_leftovers': leftovers,
@@ -370,7 +495,8 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
             return result
         created = _Created(xapi)
         try:
-            _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start and not disk_only, keep_mac, transfer_timeout, disk_only)
+            _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start and not disk_only, keep_mac, transfer_timeout, disk_only,
+                        affinity)
         except BaseException as error:
             problems = created.rollback()
             if isinstance(error, (XapiError, RepositoryError, VhdError, OSError)):
@@ -386,19 +512,21 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
     return result
 
 
-def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_mac, timeout, disk_only) -> None:
+def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_mac, timeout, disk_only, affinity) -> None:
     point = plan['point']
     if not disk_only:
-        created.vm_ref = xapi.call('VM.create', vm_create_record(point, vm_name))
+        created.vm_ref = xapi.call('VM.create', vm_create_record(point, vm_name, affinity, keep_mac))
+        # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
+        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(point))
         result['vm']['uuid'] = xapi.call('VM.get_uuid', created.vm_ref)
     for item, entry in zip(plan['disks'], result['disks']):
         record = item['record']
-        vdi_ref = xapi.call('VDI.create', {
+        vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
             'name_label': entry['name_label'], 'name_description': record.get('name_description', ''), 'SR': sr_ref,
             'virtual_size': str(item['virtual_size']), 'type': 'user', 'sharable': False, 'read_only': False,
             'other_config': dict(_clean_other_config(record.get('other_config')),
                                  **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
-            'sm_config': {}, 'xenstore_data': {}, 'tags': []})
+            'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % entry['name_label']))
         created.vdi_refs.append(vdi_ref)
         entry['vdi_uuid'] = xapi.call('VDI.get_uuid', vdi_ref)
         began = time.monotonic()
@@ -409,10 +537,12 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         result['bytes_transferred'] += stream.length
         if not disk_only:
             vbd = item['vbd']
-            xapi.call('VBD.create', {
+            xapi.call('VBD.create', constructor_record('VBD', {
                 'VM': created.vm_ref, 'VDI': vdi_ref, 'userdevice': entry['userdevice'] or 'autodetect',
                 'bootable': bool(vbd.get('bootable', entry['userdevice'] == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
-                'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': bool(vbd.get('unpluggable', False))})
+                'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
+                'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': bool(vbd.get('unpluggable', False))},
+                'the VBD of disk %s' % entry['name_label']))
     # Markers go before the start is unblocked: a kill in between leaves a finished but blocked VM
     # (kept), never an unblocked one that the next restore would take for abandoned.
     for vdi_ref in created.vdi_refs:
@@ -421,14 +551,14 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         return
     for drive in result['cd_drives']:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
-        xapi.call('VBD.create', {
+        xapi.call('VBD.create', constructor_record('VBD', {
             'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
             'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
-            'unpluggable': True})
+            'unpluggable': True}, 'CD drive %s' % drive['userdevice']))
     for vif in vifs:
-        xapi.call('VIF.create', {'device': vif['device'], 'network': vif['network_ref'], 'VM': created.vm_ref,
-                                 'MAC': vif['mac'] if keep_mac and vif['mac'] else '', 'MTU': str(vif['mtu'] or 1500),
-                                 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
+        vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, keep_mac))
+        result_vif = next(entry for entry in result['vifs'] if entry['device'] == vif['device'])
+        result_vif['mac'] = xapi.call('VIF.get_MAC', vif_ref)
     source = point.metadata.get('vm') or {}
     blocked = dict(source.get('blocked_operations') or {})
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
@@ -508,5 +638,6 @@ def resolve_backup_vm(repo, vm: str) -> str:
     return matches[0]
 
 
-__all__ = ['RestoreError', 'cd_drives', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
+__all__ = ['RestoreError', 'blocked_while_restoring', 'cd_drives', 'constructor_record', 'map_network', 'pool_networks', 'vif_create_record',
+           'vm_create_record', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
            'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']

@@ -16,8 +16,14 @@ description:
     goes through XAPI's C(/import_raw_vdi) with its exact length and holds one block in memory at a time.
   - The VM is created from the backed-up record with its start blocked. Its disks, VBDs, CD drives (empty) and VIFs are then
     recreated, the start is unblocked, and the VM is started when O(start=true).
-  - VIFs join the network named in O(network_map). Otherwise they join the network with the backed-up uuid, then the only network
-    with the backed-up name, then the pool's first network.
+  - The VM is created with every field XAPI's C(VM.create) requires, from the backed-up record (XAPI's defaults for its power
+    state and for references to objects of the source pool). Its home host (affinity) is kept when this pool has that host.
+    The backed-up blocked operations are set again once the restore is done.
+  - Each VIF joins the network that O(network_map) names for its backed-up network. Otherwise it joins the network with the backed-up
+    uuid, else the only network with the backed-up name, else the only network with the backed-up VLAN tag (untagged networks
+    count as tag -1). These automatic rules never choose a network without PIFs (a private network, or the Host internal
+    management network) unless O(allow_internal_networks=true). When no network matches, the restore fails before creating
+    anything, naming the VIF and its network. RV(vifs) says which rule chose each network.
   - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
   - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
     is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
@@ -79,9 +85,19 @@ options:
       - Maps a backed-up network (uuid or name) to a network of the pool (uuid or name).
     type: dict
     default: {}
+  allow_internal_networks:
+    description:
+      - Let the automatic network rules choose a network without PIFs, such as the Host internal management network or a private
+        network. A network named in O(network_map) is always used.
+    type: bool
+    default: false
+    version_added: 0.2.0
   keep_mac:
     description:
-      - Give the VIFs the MAC addresses of the backup. By default XAPI generates new ones, so a restored copy can run beside the original.
+      - Give the VIFs the MAC addresses of the backup, and keep the backed-up C(mac_seed) of the VM's other_config.
+      - By default the C(mac_seed) is dropped and the VIFs are created without a MAC, so XAPI draws a new seed and gives them new MACs
+        (XAPI derives a MAC from the seed and the device number, so keeping the seed would give the original MACs again). A restored
+        copy can then run beside the original.
     type: bool
     default: false
   start:
@@ -115,6 +131,19 @@ EXAMPLES = r"""
       Pool-wide network associated with eth0: isolated-test-net
   delegate_to: localhost
   register: restored
+
+- name: Restore web01 into another pool, whose network on VLAN 20 has another name (matched by its VLAN tag)
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    name: web01 (DR copy)
+  delegate_to: localhost
+  register: restored
+
+- name: Show how each VIF was mapped
+  ansible.builtin.debug:
+    msg: "VIF {{ item.device }}: {{ item.source_network_name_label }} -> {{ item.network_name_label }} (by {{ item.matched_by }})"
+  loop: "{{ restored.vifs }}"
 
 - name: Restore only the data disk of the newest backup
   xapi.delta_backup.vm_restore:
@@ -165,7 +194,12 @@ vm:
       description: Whether it was started.
       type: bool
       sample: false
-  sample: {"uuid": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name_label": "web01 (restored)", "started": false}
+    affinity_kept:
+      description: Whether the new VM keeps the backed-up home host (affinity); false when this pool does not have that host.
+      type: bool
+      sample: false
+      version_added: 0.2.0
+  sample: {"uuid": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name_label": "web01 (restored)", "started": false, "affinity_kept": false}
 sr:
   description: The SR of the new disks.
   returned: always
@@ -214,8 +248,47 @@ vifs:
   returned: always
   type: list
   elements: dict
-  sample: [{"device": "0", "network_uuid": "b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e", "network_name_label": "Pool-wide network associated with eth0",
-            "matched_by": "uuid"}]
+  contains:
+    device:
+      description: Device number of the VIF.
+      type: str
+      sample: "0"
+    network_uuid:
+      description: uuid of the network it joins.
+      type: str
+      sample: b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e
+    network_name_label:
+      description: Name of that network.
+      type: str
+      sample: vlan20-test
+    vlan:
+      description: VLAN tag of that network (-1 untagged; null without PIFs).
+      type: int
+      sample: 20
+      version_added: 0.2.0
+    matched_by:
+      description:
+        - The rule that chose the network. V(map) (O(network_map)), V(uuid) (same network), V(name) (same name), V(vlan) (same VLAN tag).
+      type: str
+      sample: vlan
+    source_network_uuid:
+      description: uuid of the backed-up network.
+      type: str
+      sample: 0d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a
+      version_added: 0.2.0
+    source_network_name_label:
+      description: Name of the backed-up network.
+      type: str
+      sample: vlan20-prod
+      version_added: 0.2.0
+    mac:
+      description: MAC address of the new VIF (absent in check mode).
+      type: str
+      sample: "6e:3b:0a:91:5c:27"
+      version_added: 0.2.0
+  sample: [{"device": "0", "network_uuid": "b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e", "network_name_label": "vlan20-test", "vlan": 20,
+            "matched_by": "vlan", "source_network_uuid": "0d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a", "source_network_name_label": "vlan20-prod",
+            "mac": "6e:3b:0a:91:5c:27"}]
 checksums:
   description: VHD files whose sha256 matched the metadata (C(verified)), and files that had no recorded checksum (C(unverified)).
   returned: always
@@ -279,7 +352,7 @@ def restore_vm(module) -> dict:
         return restore(xapi, repo, vm_uuid, job_id=job_id_for(params['job']) if params['job'] else None, point=params['backup'],
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
-                       transfer_timeout=params['transfer_timeout'])
+                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'])
 
 
 def main():
@@ -292,6 +365,7 @@ def main():
         name=dict(type='str'),
         network_map=dict(type='dict', default={}),
         keep_mac=dict(type='bool', default=False),
+        allow_internal_networks=dict(type='bool', default=False),
         start=dict(type='bool', default=False),
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),

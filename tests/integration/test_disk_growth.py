@@ -13,11 +13,21 @@ from oracles import chain_of, chain_sha256
 from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdFile
 
 
-def resize_online(app, disk, new_size):
+def grow_disk(app, disk, new_size):
+    """Grow a disk of the running VM as an operator must on these XAPI versions.
+
+    VDI.resize_online was removed in inverness ("Online VDI resize is not supported by any of the storage
+    backends", ocaml/idl/datamodel.ml), and VDI.resize refuses an attached disk: the VM is shut down, the
+    disk resized, the VM started again.
+    """
     session = app['sim'].xenapi_session()
     session.xenapi.login_with_password('root', 'secret', '1.0', 'integration-tests')
     try:
-        session.xenapi.VDI.resize_online(session.xenapi.VDI.get_by_uuid(app['live'][disk]), str(new_size))
+        vdi = session.xenapi.VDI.get_by_uuid(app['live'][disk])
+        vm = session.xenapi.VBD.get_VM(session.xenapi.VDI.get_VBDs(vdi)[0])
+        session.xenapi.VM.hard_shutdown(vm)
+        session.xenapi.VDI.resize(vdi, str(new_size))
+        session.xenapi.VM.start(vm, False, False)
     finally:
         session.xenapi.session.logout()
 
@@ -63,7 +73,7 @@ def test_growth_keeps_deltas_and_every_point_restores_at_its_size(app):
     assert run_backup()['mode'] == 'delta'
 
     # +50%, with writes in the new area and in the old last block (which straddles nothing: 96 MiB is block aligned).
-    resize_online(app, 'app01-root', 144 * MIB)
+    grow_disk(app, 'app01-root', 144 * MIB)
     guest_write(app, 'app01-root', 120 * MIB + 512, 3000, 42)
     guest_write(app, 'app01-root', 95 * MIB, 8192, 43)
     grown = run_backup()
@@ -71,7 +81,7 @@ def test_growth_keeps_deltas_and_every_point_restores_at_its_size(app):
     assert {disk['name_label']: disk['virtual_size'] for disk in grown['disks']}['app01-root'] == 144 * MIB
 
     # A size that is not a multiple of 2 MiB rounds up (as SM does); write across the old end.
-    resize_online(app, 'app01-root', 201 * MIB)
+    grow_disk(app, 'app01-root', 201 * MIB)
     guest_write(app, 'app01-root', 143 * MIB, 3 * MIB, 44)
     regrown = run_backup()
     assert regrown['mode'] == 'delta', regrown['reason']

@@ -21,7 +21,8 @@ def main(argv=None):
     parser.add_argument('--config', help='pool description (YAML); defaults to a small empty pool')
     parser.add_argument('--port', type=int, default=0, help='coordinator port (0 = pick a free one)')
     parser.add_argument('--slave-port', type=int, default=0,
-                        help='port of the second pool member answering HOST_IS_SLAVE (0 = free one, -1 = none)')
+                        help='port of the second pool member: HOST_IS_SLAVE to logins, disk handlers for its SRs '
+                             '(0 = free one, -1 = none)')
     parser.add_argument('--http', action='store_true', help='plain HTTP instead of HTTPS')
     parser.add_argument('--data-dir', help='where VDI data lives (default: a temporary directory)')
     parser.add_argument('--cert-dir', help='where to keep/generate the CA and server certificate')
@@ -51,6 +52,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     if server.ca_path:
         print('XAPISIM CA %s' % server.ca_path)
+    if server.ca_bundle_path:
+        print('XAPISIM BUNDLE %s' % server.ca_bundle_path)
     if server.slave_url:
         print('XAPISIM SLAVE %s' % server.slave_url)
     print('XAPISIM READY %s' % server.url, flush=True)

@@ -7,8 +7,10 @@ wire layer calls ``Simulator.call(method, params)``."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import inspect
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,12 +25,58 @@ from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
 from .wire import I4, encode_value
 
 MAX_VDI_SIZE = 2040 * 1024 ** 3
+# ocaml/xapi/xapi_globs.ml mac_seed: the VM other_config key VIF MACs are derived from.
+MAC_SEED_KEY = 'mac_seed'
+# ocaml/xapi/helpers.ml is_valid_MAC: six pairs of hex digits separated by colons.
+MAC_PATTERN = re.compile(r'[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}')
+# ocaml/xapi/xapi_vlan.ml vlan_mac: the dummy MAC of a VLAN's untagged PIF.
+VLAN_MAC = 'fe:ff:ff:ff:ff:ff'
+
+
+def mac_from_seed(seed, device):
+    """The MAC XAPI gives VIF ``device`` of a VM with other_config:mac_seed ``seed``.
+
+    Same derivation as gen_mac in ocaml/xapi/xapi_vif_helpers.ml (written anew): MD5 applied
+    2 * device + 1 times to the seed; the first four bytes of that digest and bytes 1 and 2 of
+    its MD5 make the MAC, whose first byte gets the locally-administered bit set and the multicast
+    bit cleared (mac_from_int_array in ocaml/xapi-cli-server/record_util.ml).
+    """
+    digest = seed.encode('utf-8')
+    for _round in range(2 * device + 1):
+        digest = hashlib.md5(digest).digest()
+    second = hashlib.md5(digest).digest()
+    octets = [(digest[0] | 0x02) & ~0x01, digest[1], digest[2], digest[3], second[1], second[2]]
+    return ':'.join('%02x' % octet for octet in octets)
+
+
+def random_nic_mac():
+    """A MAC for a simulated physical NIC (locally administered, so it never looks like real hardware)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] | 0x02) & 0xFE
+    return ':'.join('%02x' % octet for octet in raw)
+
+
 BAD_POWER = 'VM_BAD_POWER_STATE'
 # ocaml/xapi/server_helpers.ml sync_ty_and_maybe_remove_prefix: the only asynchronous prefix on the wire.
 ASYNC_PREFIX = 'Async.'
 # Answer for a message XAPI has but the simulator does not implement: a simulator gap, never an XAPI error
 # (XAPI's own NOT_IMPLEMENTED is a different code).
 SIM_GAP = 'XAPISIM_NOT_IMPLEMENTED'
+# Operations whose task a client can cancel while they run (task allowed_operations = [cancel]).
+# VM.start and the shutdowns run as xenopsd tasks bound through Xapi_xenops.sync_with_task, whose
+# TaskHelper.register_task marks the task cancellable (ocaml/xapi/xapi_xenops.ml, taskHelper.ml);
+# VM.snapshot and VM.clone call TaskHelper.set_cancellable (ocaml/xapi/xapi_vm.ml). VDI.destroy and
+# VM.destroy never do: task.cancel only records the request (xapi_task.ml) and they end `success`.
+CANCELLABLE_METHODS = frozenset({'VM.start', 'VM.hard_shutdown', 'VM.clean_shutdown', 'VM.shutdown',
+                                 'VM.snapshot', 'VM.clone'})
+# Defaults of ocaml/xapi/xapi_globs.ml (pending_task_timeout, completed_task_timeout,
+# inactive_session_timeout) and the GC period of ocaml/xapi/db_gc.ml (db_GC_TIMER).
+PENDING_TASK_TIMEOUT = 86400.0
+COMPLETED_TASK_TIMEOUT = 3900.0
+INACTIVE_SESSION_TIMEOUT = 86400.0
+GC_INTERVAL = 30.0
+COMPLETED_STATUSES = ('success', 'failure', 'cancelled')
+
 
 
 def _wants_session(func):
@@ -45,6 +93,8 @@ class Session:
         self.originator = originator
         self.seq = seq
         self.uuid = new_uuid()
+        # Session.last_active: refreshed by every API call (session_check.ml), read by the GC.
+        self.last_active = time.time()
 
 
 def new_faults():
@@ -73,22 +123,38 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.select_xapi()
         self.users = {}
         self.master_address = '127.0.0.1'
+        self.member_address = None
+        self.member_refs = []
+        self.certificate_pems = ('', '')
         self.pool_ref = None
         self.master_ref = None
         self.faults = new_faults()
         self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
         self.coalescer = vhd_sr.Coalescer(self)
+        self._default_lifetimes()
+        # task ref -> {'created', 'finished' (unix time or None), 'session'}: what the GC needs.
+        self.task_meta = {}
+        self._gc_probation = {}
+        self._closed = threading.Event()
         self.methods = {}
         for name in dir(self):
             if name.startswith('m_'):
                 cls, _sep, msg = name[2:].partition('__')
                 self.methods['%s.%s' % (cls, msg)] = getattr(self, name)
+        threading.Thread(target=self._gc_loop, daemon=True, name='xapisim-gc').start()
+
+    def _default_lifetimes(self):
+        self.task_lifetime = PENDING_TASK_TIMEOUT
+        self.completed_task_lifetime = COMPLETED_TASK_TIMEOUT
+        self.session_timeout = INACTIVE_SESSION_TIMEOUT
+        self.gc_interval = GC_INTERVAL
 
     # ------------------------------------------------------------------
     # lifecycle
     # ------------------------------------------------------------------
     def close(self):
         """Release backing files (and the data dir when we made it)."""
+        self._closed.set()
         with self.lock:
             for store in self.stores.values():
                 store.close()
@@ -109,8 +175,12 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             self.cbt.clear()
             self.sessions.clear()
             self.coalescer.reset()
+            self.task_meta.clear()
+            self._gc_probation.clear()
+            self._default_lifetimes()
             self.users.clear()
             self.pool_ref = self.master_ref = None
+            self.member_refs = []
             self.faults = new_faults()
             self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
             self.session_limit = 400
@@ -144,12 +214,16 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return out
 
     def api_version(self):
-        """(major, minor) of host.API_version_* for the selected profile (2.21 when only a version is given
-        and it is numbered 21.x or later, 2.15 for 1.249, as the profiles say)."""
-        spec = datamodel.load().profiles.get(self.xapi_profile)
+        """(major, minor) of host.API_version_*: the profile's, else by release (supplement api_version_since)."""
+        model = datamodel.load()
+        spec = model.profiles.get(self.xapi_profile)
         if spec:
             return tuple(spec['api_version'])
-        return (2, 15) if self.xapi_version.startswith('1.') else (2, 21)
+        found = (2, 15)
+        for release, major, minor in model.supplement['api_version_since']:
+            if self.api.published(str(release)):
+                found = (major, minor)
+        return found
 
     # ------------------------------------------------------------------
     # dispatch
@@ -201,16 +275,14 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if is_async:
             if _wants_session(func):
                 values = [session] + values
-            return self._start_task('Async.' + name, func, values)
+            return self._start_task('Async.' + name, func, values, session)
         self._delay(name)
         return self._run(name, func, values, session)
 
     def _check_session(self, session):
         if not isinstance(session, str):
             raise unmarshal.failure("Expected string, got '%s'" % unmarshal.rpc_text(session))
-        with self.lock:
-            if session not in self.sessions:
-                raise XapiError('SESSION_INVALID', session)
+        self.touch_session(session)
 
     def _unmarshal(self, name, msg, params):
         """Arity as gen_server.ml checks it, then each parameter converted to its datamodel type (defaults
@@ -245,11 +317,26 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         with self.lock:
             return func(*args)
 
-    def _delay(self, name):
+    def _delay(self, name, task=None):
+        """Sleep the injected delay; with a cancellable ``task``, a cancel request ends it (TASK_CANCELLED)."""
         delays = self.faults['delay']
         seconds = delays.get(name, delays.get('*', 0))
-        if seconds:
-            time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while True:
+            if task is not None and self.task_cancelled(task):
+                raise XapiError('TASK_CANCELLED', task)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.05))
+
+    def touch_session(self, session):
+        """SESSION_INVALID for an unknown session; else refresh its last_active (session_check.ml)."""
+        with self.lock:
+            live = self.sessions.get(session)
+            if live is None:
+                raise XapiError('SESSION_INVALID', session)
+            live.last_active = time.time()
 
     def _maybe_fail(self, name):
         with self.lock:
@@ -388,11 +475,14 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     # ------------------------------------------------------------------
     # tasks
     # ------------------------------------------------------------------
-    def new_task(self, label, description=''):
-        """Create a pending task; returns its ref."""
-        return self.store.add('task', {'name_label': label, 'name_description': description, 'created': xapi_date(),
-                                       'status': 'pending', 'resident_on': self.master_ref or NULL_REF,
-                                       'type': '', 'progress': 0.0})
+    def new_task(self, label, description='', session=None):
+        """Create a pending task (owned by ``session`` when given); returns its ref."""
+        ref = self.store.add('task', {'name_label': label, 'name_description': description, 'created': xapi_date(),
+                                      'status': 'pending', 'resident_on': self.master_ref or NULL_REF,
+                                      'type': '', 'progress': 0.0})
+        with self.lock:
+            self.task_meta[ref] = {'created': time.time(), 'finished': None, 'session': session}
+        return ref
 
     def finish_task(self, task, result=None, error=None):
         """Complete a task with a value (stored as XML-RPC text) or an error list."""
@@ -402,35 +492,46 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             obj = self.store.raw('task', task)
             if obj['status'] not in ('pending', 'cancelling'):
                 return
+            # taskHelper.ml complete/failed/cancel_this: allowed_operations emptied at the end.
             if error is not None:
                 status = 'cancelled' if error[0] == 'TASK_CANCELLED' else 'failure'
                 self.store.update('task', task, status=status, error_info=[str(e) for e in error],
-                                  finished=xapi_date(), progress=1.0)
+                                  finished=xapi_date(), progress=1.0, allowed_operations=[])
             else:
                 self.store.update('task', task, status='success', progress=1.0, finished=xapi_date(),
-                                  result='' if result in (None, '') else encode_value(result))
+                                  result='' if result in (None, '') else encode_value(result), allowed_operations=[])
+            if task in self.task_meta:
+                self.task_meta[task]['finished'] = time.time()
 
     def task_cancelled(self, task):
-        """True when a cancel was requested."""
+        """True when a cancel was requested: task.cancel puts ``cancel`` in current_operations (xapi_task.ml)."""
         with self.lock:
-            return self.store.exists('task', task) and self.store.raw('task', task)['status'] == 'cancelling'
+            return (self.store.exists('task', task)
+                    and 'cancel' in self.store.raw('task', task)['current_operations'].values())
 
     def set_progress(self, task, value):
-        """Update a task's progress."""
+        """Update a task's progress; False when the task no longer exists (destroyed, e.g. by the GC)."""
         with self.lock:
-            if task and self.store.exists('task', task):
-                self.store.set('task', task, 'progress', float(value))
+            if not task or not self.store.exists('task', task):
+                return False
+            self.store.set('task', task, 'progress', float(value))
+            return True
 
-    def _start_task(self, label, func, args):
-        task = self.new_task(label)
+    def _start_task(self, label, func, args, session=None):
+        task = self.new_task(label, session=session)
         name = label[6:]
+        cancellable = name in CANCELLABLE_METHODS
+        if cancellable:
+            with self.lock:
+                self.store.set('task', task, 'allowed_operations', ['cancel'])
 
         def run():
             try:
-                self._delay(name)
+                # Only a cancellable operation notices a cancel request; the others run to their end.
+                self._delay(name, task if cancellable else None)
                 self._maybe_fail(name)
                 with self.lock:
-                    if self.task_cancelled(task):
+                    if cancellable and self.task_cancelled(task):
                         raise XapiError('TASK_CANCELLED', task)
                     value = func(*args)
                 self.finish_task(task, result=value)
@@ -442,22 +543,86 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         threading.Thread(target=run, daemon=True, name='task-%s' % name).start()
         return task
 
-    def m_task__create(self, label, description):
-        """task.create"""
-        return self.new_task(label, description)
+    def m_task__create(self, session, label, description):
+        """task.create: the task belongs to the caller's session (a session with pending tasks is kept)."""
+        return self.new_task(label, description, session=session)
 
     def m_task__cancel(self, task):
-        """task.cancel: pending tasks go to cancelling; the worker notices."""
+        """task.cancel: records the request in current_operations, status stays pending (xapi_task.ml cancel);
+        whether the operation stops is up to it (see CANCELLABLE_METHODS)."""
         obj = self.store.raw('task', task)
-        if obj['status'] == 'pending':
-            self.store.set('task', task, 'status', 'cancelling')
+        operations = dict(obj['current_operations'])
+        operations[new_ref()] = 'cancel'
+        self.store.set('task', task, 'current_operations', operations)
         return ''
 
     def m_task__destroy(self, task):
-        """task.destroy"""
-        self.store.raw('task', task)
-        self.store.remove('task', task)
+        """task.destroy: a finished task goes at once; an unfinished one is marked ``destroy`` and the GC
+        removes it once it has finished (xapi_task.ml destroy, db_gc_util.ml timeout_tasks)."""
+        obj = self.store.raw('task', task)
+        if obj['status'] in COMPLETED_STATUSES:
+            self.store.remove('task', task)
+            self.task_meta.pop(task, None)
+        else:
+            operations = dict(obj['current_operations'])
+            operations['task'] = 'destroy'
+            self.store.set('task', task, 'current_operations', operations)
         return ''
+
+    # ------------------------------------------------------------------
+    # garbage collection of tasks and sessions (ocaml/xapi/db_gc.ml, db_gc_util.ml)
+    # ------------------------------------------------------------------
+    def _gc_loop(self):
+        # Wakes often so that a shorter gc_interval set by a test takes effect at once.
+        last = time.monotonic()
+        while not self._closed.wait(min(0.5, max(0.02, self.gc_interval / 2))):
+            if time.monotonic() - last < self.gc_interval:
+                continue
+            last = time.monotonic()
+            try:
+                self.collect_garbage()
+            except Exception:  # pylint: disable=broad-except
+                pass  # a reset racing the pass; the next pass sees a consistent store
+
+    def collect_garbage(self):
+        """One pass of XAPI's database GC; returns {'tasks': [...], 'sessions': [...]} removed.
+
+        Tasks (timeout_tasks): a finished task marked ``destroy`` goes; a finished task goes
+        completed_task_lifetime after it finished; a pending task older than task_lifetime
+        (pending_task_timeout) goes when its progress has not moved since the previous pass
+        (the probation table), whatever is still using it. Sessions (timeout_sessions_common): a
+        session without pending tasks goes when its last_active is older than session_timeout.
+        XAPI also trims completed tasks beyond max_tasks (200); not simulated.
+        """
+        now = time.time()
+        removed = {'tasks': [], 'sessions': []}
+        with self.lock:
+            probation = {}
+            for ref, obj in list(self.store.objects['task'].items()):
+                meta = self.task_meta.get(ref) or {'created': now, 'finished': None}
+                if obj['status'] in COMPLETED_STATUSES:
+                    finished = meta['finished'] if meta['finished'] is not None else now
+                    if 'destroy' in obj['current_operations'].values() or finished < now - self.completed_task_lifetime:
+                        removed['tasks'].append(ref)
+                elif meta['created'] < now - self.task_lifetime:
+                    before = self._gc_probation.get(ref)
+                    if before is not None and obj['progress'] - before <= 0:
+                        removed['tasks'].append(ref)
+                    else:
+                        probation[ref] = obj['progress']
+            self._gc_probation = probation
+            for ref in removed['tasks']:
+                self.store.remove('task', ref)
+                self.task_meta.pop(ref, None)
+            busy = {meta['session'] for ref, meta in self.task_meta.items()
+                    if self.store.exists('task', ref) and self.store.raw('task', ref)['status'] not in COMPLETED_STATUSES}
+            for ref, session in list(self.sessions.items()):
+                if ref not in busy and session.last_active < now - self.session_timeout:
+                    del self.sessions[ref]
+                    removed['sessions'].append(ref)
+            for ref in [r for r in self.task_meta if not self.store.exists('task', r)]:
+                del self.task_meta[ref]
+        return removed
 
     def m_task__set_status(self, task, value):
         """task.set_status"""
@@ -590,12 +755,20 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     # ------------------------------------------------------------------
     # pool / host / SR
     # ------------------------------------------------------------------
+    def m_host__get_server_certificate(self, host):
+        """host.get_server_certificate: the PEM of the host's own TLS certificate (xapi_host.ml; '' over plain HTTP).
+        Every pool member shares the member listener, hence its certificate."""
+        self.store.raw('host', host)
+        coordinator, member = self.certificate_pems
+        return coordinator if host == self.master_ref else member
+
     def m_pool__get_master(self, pool):
         """pool.get_master"""
         return self.store.get('pool', pool, 'master')
 
-    def add_sr(self, name, size, sr_type='ext', shared=False, description=''):
-        """Create an SR with a block store of ``size`` bytes."""
+    def add_sr(self, name, size, sr_type='ext', shared=False, description='', host=None):
+        """Create an SR with a block store of ``size`` bytes, plugged on ``host`` only (a local SR of that
+        pool member) or on the coordinator when None."""
         ref = new_ref()
         self.stores[ref] = BlockStore(os.path.join(self.data_dir, 'sr-%s.blocks' % ref[10:]), size)
         self.store.add('SR', {'name_label': name, 'name_description': description, 'physical_size': int(size),
@@ -603,9 +776,22 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                               'sm_config': {'devserial': 'scsi-0'} if sr_type == 'lvm' else {},
                               'allowed_operations': ['vdi_create', 'vdi_destroy', 'vdi_snapshot', 'scan']},
                        ref=ref)
-        if self.master_ref:
-            self.store.add('PBD', {'host': self.master_ref, 'SR': ref, 'device_config': {'location': '/dev/sim'}})
+        if host or self.master_ref:
+            self.store.add('PBD', {'host': host or self.master_ref, 'SR': ref, 'device_config': {'location': '/dev/sim'},
+                                   'currently_attached': True})
         return ref
+
+    def hosts_seeing_sr(self, sr):
+        """Hosts with a plugged PBD of the SR: where XAPI serves its disks (importexport.ml check_sr_availability)."""
+        with self.lock:
+            return [o['host'] for o in self.store.objects['PBD'].values() if o['SR'] == sr and o['currently_attached']]
+
+    def host_address(self, host):
+        """Where a host's HTTP handlers answer in the simulator: the coordinator's or the member listener's
+        ``127.0.0.1:PORT`` (XAPI puts Host.address there, port 443 implied)."""
+        if host == self.master_ref:
+            return self.master_address
+        return self.member_address
 
     def sr_refresh(self, sr):
         """Recompute an SR's utilisation fields."""
@@ -964,11 +1150,22 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.store.raw('network', values['network'])
         if any(o['VM'] == values['VM'] and o['device'] == values['device'] for o in self.store.objects['VIF'].values()):
             raise XapiError('DEVICE_ALREADY_EXISTS', values['device'])
-        if not values.get('MAC'):
-            raw = os.urandom(3)
-            values['MAC'] = '02:00:00:%02x:%02x:%02x' % tuple(raw)
-            values['MAC_autogenerated'] = True
+        values['MAC'], values['MAC_autogenerated'] = self._vif_mac(values['VM'], values['device'], values.get('MAC', ''))
         return self.store.add('VIF', values)
+
+    def _vif_mac(self, vm, device, mac):
+        """(MAC, MAC_autogenerated) as ocaml/xapi/xapi_vif_helpers.ml create: ``""`` on a VM with
+        other_config:mac_seed derives the MAC from the seed and the device; without a seed ``""``
+        stays and fails the format check (MAC_INVALID), as does a malformed explicit MAC."""
+        if not device.isdigit():
+            raise XapiError('INVALID_DEVICE', device)
+        seed = self.store.raw('VM', vm)['other_config'].get(MAC_SEED_KEY)
+        autogenerated = seed is not None and mac == ''
+        if autogenerated:
+            mac = mac_from_seed(seed, int(device))
+        if not MAC_PATTERN.fullmatch(mac):
+            raise XapiError('MAC_INVALID', mac)
+        return mac, autogenerated
 
     def destroy_vif(self, vif):
         """VIF.destroy"""
@@ -996,6 +1193,11 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def create_vm(self, record):
         """VM.create"""
         values = self._construct('VM', record)
+        # ocaml/xapi/xapi_vm.ml create: blocked_operations is taken but ignored (stored empty: set it
+        # afterwards), and a random other_config:mac_seed (a uuid) is added unless one is given.
+        values['blocked_operations'] = {}
+        values['other_config'] = dict(values.get('other_config') or {})
+        values['other_config'].setdefault(MAC_SEED_KEY, new_uuid())
         values.update(power_state='Halted', domid=-1, resident_on=NULL_REF,
                       allowed_operations=['start', 'clone', 'copy', 'snapshot', 'export', 'destroy'])
         return self.store.add('VM', values)
@@ -1038,6 +1240,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         for name, field in FIELDS['VM'].items():
             if field.qual in (RW, SRO) and not field.inverse:
                 values[name] = obj[name]
+        # other_config (mac_seed included) and VIF MACs stay as they are: ocaml/xapi/xapi_vm_clone.ml
+        # keeps the seed for snapshots and copies VIFs with preserve_mac_address.
         values.update(name_label=new_name, is_a_snapshot=True, is_a_template=True, snapshot_of=vm,
                       snapshot_time=xapi_date(), power_state='Halted', domid=-1, resident_on=NULL_REF,
                       snapshot_info={'power-state-at-snapshot': obj['power_state'],
@@ -1200,8 +1404,17 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if obj['power_state'] != 'Halted':
             raise XapiError(BAD_POWER, vm, 'halted', obj['power_state'].lower())
         values = {n: obj[n] for n, f in FIELDS['VM'].items() if f.qual in (RW, SRO) and not f.inverse}
-        values.update(name_label=new_name, is_a_template=obj['is_a_template'] and not obj['is_a_snapshot'])
+        # ocaml/xapi/xapi_vm_clone.ml: a clone gets a fresh mac_seed (a snapshot keeps it, see VM.snapshot)
+        # and its VIFs are copied with MAC "" (xapi_vif_helpers.ml copy), so they get new MACs from it.
+        values.update(name_label=new_name, is_a_template=obj['is_a_template'] and not obj['is_a_snapshot'],
+                      other_config=dict(obj['other_config'], **{MAC_SEED_KEY: new_uuid()}))
         clone = self.store.add('VM', values)
+        for vif in [o for o in list(self.store.objects['VIF'].values()) if o['VM'] == vm]:
+            copy_vif = {k: vif[k] for k in ('device', 'network', 'MTU', 'other_config', 'qos_algorithm_type',
+                                            'qos_algorithm_params', 'locking_mode', 'ipv4_allowed', 'ipv6_allowed')}
+            copy_vif['MAC'], copy_vif['MAC_autogenerated'] = self._vif_mac(clone, vif['device'], '')
+            copy_vif['VM'] = clone
+            self.store.add('VIF', copy_vif)
         for vbd in [o for o in list(self.store.objects['VBD'].values()) if o['VM'] == vm]:
             vdi = vbd['VDI']
             if vbd['type'] == 'Disk' and not vbd['empty']:
@@ -1234,9 +1447,27 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.pool_ref = self.store.add('pool', {'name_label': name, 'master': host})
         return self.pool_ref
 
+    def add_physical_pif(self, host, network, device, mtu=1500):
+        """A physical NIC of ``host`` on ``network`` (VLAN -1), as XAPI introduces it at host start."""
+        return self.store.add('PIF', {'device': device, 'network': network, 'host': host, 'MTU': mtu, 'VLAN': -1,
+                                      'physical': True, 'currently_attached': True, 'MAC': random_nic_mac()})
+
+    def add_vlan(self, host, tagged_pif, network, tag):
+        """A VLAN on ``tagged_pif`` as ocaml/xapi/xapi_vlan.ml create_internal makes it: an untagged PIF
+        on ``network`` (same device, VLAN = tag, MAC fe:ff:ff:ff:ff:ff, not physical, MTU of the
+        tagged PIF) that is VLAN_master_of the new VLAN object."""
+        tagged = self.store.raw('PIF', tagged_pif)
+        untagged = self.store.add('PIF', {'device': tagged['device'], 'network': network, 'host': host, 'MAC': VLAN_MAC,
+                                          'MTU': tagged['MTU'], 'VLAN': tag, 'physical': False, 'currently_attached': True})
+        vlan = self.store.add('VLAN', {'tagged_PIF': tagged_pif, 'untagged_PIF': untagged, 'tag': tag})
+        self.store.set('PIF', untagged, 'VLAN_master_of', vlan)
+        return vlan
+
     def add_slave_host(self, host_name, address):
-        """Create a pool member (not the coordinator)."""
+        """Create a pool member (not the coordinator). The first one is served by the member listener."""
         major, minor = self.api_version()
-        return self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
-                                       'software_version': self.software_version(), 'API_version_major': major,
-                                       'API_version_minor': minor})
+        ref = self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
+                                      'software_version': self.software_version(), 'API_version_major': major,
+                                      'API_version_minor': minor})
+        self.member_refs.append(ref)
+        return ref

@@ -13,6 +13,7 @@ from .storage import pattern
 
 UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'kib': 1 << 10, 'm': 1 << 20, 'mib': 1 << 20, 'g': 1 << 30, 'gib': 1 << 30,
          't': 1 << 40, 'tib': 1 << 40}
+INTERNAL_NETWORK_NAME = 'Host internal management network'
 DEFAULT_CONFIG = {
     'pool': {'name': 'xapisim-pool'},
     'users': [{'name': 'root', 'password': 'secret'}],
@@ -77,6 +78,11 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_limit = int(limits.get('sessions', 400))
         sim.originator_limit = int(limits.get('sessions_per_originator', 500))
         sim.auth_delay = float(limits.get('auth_failure_delay', 0.05))
+        # Task and session lifetimes of the database GC (xapi_globs.ml, db_gc_util.ml): seconds.
+        sim.task_lifetime = float(limits.get('task_lifetime', sim.task_lifetime))
+        sim.completed_task_lifetime = float(limits.get('completed_task_lifetime', sim.completed_task_lifetime))
+        sim.session_timeout = float(limits.get('session_timeout', sim.session_timeout))
+        sim.gc_interval = float(limits.get('gc_interval', sim.gc_interval))
         _select_xapi(sim, config.get('xapi') or {})
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
@@ -86,24 +92,72 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
         default_sr = None
         for spec in config.get('srs') or DEFAULT_CONFIG['srs']:
+            host = spec.get('host')
+            if host is not None and host not in names['host']:
+                raise XapiError('INTERNAL_ERROR', 'SR %s: unknown host %s (hosts: %s)' % (spec['name'], host, ', '.join(names['host'])))
             ref = sim.add_sr(spec['name'], parse_size(spec.get('size', '100GiB')), spec.get('type', 'ext'),
-                             bool(spec.get('shared', False)), spec.get('description', ''))
+                             bool(spec.get('shared', False)), spec.get('description', ''),
+                             host=names['host'][host] if host is not None else None)
             names['SR'][spec['name']] = ref
             # Seconds before the SR's garbage collector coalesces base copies (0: at once); see vhd_sr.Coalescer.
             sim.coalescer.set_delay(ref, float(spec.get('coalesce_delay', 0)))
             if spec.get('default') or default_sr is None:
                 default_sr = ref
         sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)
-        for num, spec in enumerate(config.get('networks') or DEFAULT_CONFIG['networks']):
-            names['network'][spec['name']] = sim.create_network({
-                'name_label': spec['name'], 'bridge': spec.get('bridge', 'xenbr%d' % num),
-                'MTU': int(spec.get('mtu', 1500)), 'other_config': {}})
+        _make_networks(sim, config.get('networks') or DEFAULT_CONFIG['networks'], names)
         for spec in config.get('templates') or []:
             spec = dict(spec, template=True)
             names['VM'][spec['name']] = _make_vm(sim, spec, names, default_sr)
         for spec in config.get('vms') or []:
             names['VM'][spec['name']] = _make_vm(sim, spec, names, default_sr)
     return names
+
+
+def _make_networks(sim, specs, names):
+    """Networks with their PIFs on every host, then the Host internal management network.
+
+    A plain network gets a physical PIF (VLAN -1) per host on ``pif_device`` (default ``eth<n>``);
+    ``vlan: <tag>`` puts it on a VLAN of the physical PIF ``pif_device`` (default eth0), created with
+    a ``Pool-wide network associated with <device>`` when no network holds that PIF yet;
+    ``private: true`` gives a network without PIFs (a single-server private network).
+    """
+    hosts = list(names['host'].values())
+    physical = {}    # device -> {host: PIF}
+
+    def physical_pifs(device, network=None, mtu=1500):
+        if device not in physical:
+            if network is None:
+                network = sim.create_network({'name_label': 'Pool-wide network associated with %s' % device,
+                                              'bridge': 'xenbr%s' % device.lstrip('eth'), 'MTU': mtu, 'other_config': {}})
+                names['network'][sim.store.raw('network', network)['name_label']] = network
+            physical[device] = {host: sim.add_physical_pif(host, network, device, mtu) for host in hosts}
+        return physical[device]
+
+    created = []
+    for num, spec in enumerate(specs):
+        network = sim.create_network({
+            'name_label': spec['name'], 'name_description': spec.get('description', ''),
+            'bridge': spec.get('bridge', 'xenbr%d' % num), 'MTU': int(spec.get('mtu', 1500)),
+            'other_config': {str(k): str(v) for k, v in (spec.get('other_config') or {}).items()}})
+        names['network'][spec['name']] = network
+        created.append((spec, network))
+    plain = [(spec, net) for spec, net in created if not spec.get('private') and spec.get('vlan') is None]
+    for num, (spec, network) in enumerate(plain):
+        device = str(spec.get('pif_device', 'eth%d' % num))
+        if device in physical:
+            raise XapiError('INTERNAL_ERROR', 'config: two networks on the physical device %s' % device)
+        physical_pifs(device, network, int(spec.get('mtu', 1500)))
+    for spec, network in created:
+        if not spec.get('private') and spec.get('vlan') is not None:
+            for host, pif in physical_pifs(str(spec.get('pif_device', 'eth0'))).items():
+                sim.add_vlan(host, pif, network, int(spec['vlan']))
+    # ocaml/xapi/create_networks.ml: every host start makes sure the Host internal management network
+    # exists: bridge xenapi, these other_config keys, no PIF.
+    names['network'][INTERNAL_NETWORK_NAME] = sim.create_network({
+        'name_label': INTERNAL_NETWORK_NAME, 'MTU': 1500, 'bridge': 'xenapi',
+        'name_description': 'Network on which guests will be assigned a private link-local IP address which can be used to talk XenAPI',
+        'other_config': {'is_guest_installer_network': 'true', 'is_host_internal_management_network': 'true',
+                         'ip_begin': '169.254.0.1', 'ip_end': '169.254.255.254', 'netmask': '255.255.0.0'}})
 
 
 def _make_vm(sim, spec, names, default_sr):

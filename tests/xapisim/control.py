@@ -163,6 +163,21 @@ def _op_session_limit(sim, limit, per_originator=None):
             sim.originator_limit = int(per_originator)
 
 
+def _op_lifetimes(sim, task_lifetime=None, session_timeout=None, gc_interval=None, completed_task_lifetime=None):
+    """Change the GC's task/session lifetimes and period (seconds); returns the values in force."""
+    with sim.lock:
+        for name, value in (('task_lifetime', task_lifetime), ('session_timeout', session_timeout),
+                            ('gc_interval', gc_interval), ('completed_task_lifetime', completed_task_lifetime)):
+            if value is not None:
+                setattr(sim, name, float(value))
+        return {'task_lifetime': sim.task_lifetime, 'session_timeout': sim.session_timeout,
+                'gc_interval': sim.gc_interval, 'completed_task_lifetime': sim.completed_task_lifetime}
+
+
+def _op_collect_garbage(sim):
+    return sim.collect_garbage()
+
+
 def _op_find(sim, cls, ident):
     return find_ref(sim, cls, ident)
 
@@ -237,7 +252,7 @@ OPS = {
     'fail_next': _op_fail_next, 'cut_export': _op_cut_export, 'cut_import': _op_cut_import, 'delay': _op_delay,
     'clear_faults': _op_clear_faults, 'fill_sr': _op_fill_sr, 'unfill_sr': _op_unfill_sr,
     'session_limit': _op_session_limit, 'find': _op_find, 'record': _op_record,
-    'set_power_state': _op_set_power_state,
+    'set_power_state': _op_set_power_state, 'lifetimes': _op_lifetimes, 'collect_garbage': _op_collect_garbage,
     'export_error_page': _op_export_error_page, 'leave_export_vbd': _op_leave_export_vbd, 'coalesce': _op_coalesce,
     'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
     'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
@@ -365,6 +380,15 @@ class SimulatorControl:
     def session_limit(self, limit, per_originator=None):
         """Change the session limits."""
         return self.call('session_limit', limit=limit, per_originator=per_originator)
+
+    def lifetimes(self, task_lifetime=None, session_timeout=None, gc_interval=None, completed_task_lifetime=None):
+        """Change the GC's lifetimes (pending task, inactive session, finished task) and period, in seconds."""
+        return self.call('lifetimes', task_lifetime=task_lifetime, session_timeout=session_timeout,
+                         gc_interval=gc_interval, completed_task_lifetime=completed_task_lifetime)
+
+    def collect_garbage(self):
+        """Run one GC pass now; returns {'tasks': [...], 'sessions': [...]} it removed."""
+        return self.call('collect_garbage')
 
     def find(self, cls, ident):
         """Ref of an object by ref, uuid or unique name_label."""

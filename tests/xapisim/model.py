@@ -73,7 +73,7 @@ class Field:
 # reference held by other objects (ocaml/idl/datamodel.ml, all_relations): field -> (class, field pointing here).
 MODELED = {
     'pool': {},
-    'host': {'resident_VMs': ('VM', 'resident_on'), 'PBDs': ('PBD', 'host')},
+    'host': {'resident_VMs': ('VM', 'resident_on'), 'PBDs': ('PBD', 'host'), 'PIFs': ('PIF', 'host')},
     'SR': {'VDIs': ('VDI', 'SR'), 'PBDs': ('PBD', 'SR')},
     'PBD': {},
     'VM': {'snapshots': ('VM', 'snapshot_of'), 'children': ('VM', 'parent'), 'VBDs': ('VBD', 'VM'),
@@ -81,7 +81,11 @@ MODELED = {
     'VBD': {},
     'VDI': {'VBDs': ('VBD', 'VDI'), 'snapshots': ('VDI', 'snapshot_of')},
     'VIF': {},
-    'network': {'VIFs': ('VIF', 'network')},
+    'network': {'VIFs': ('VIF', 'network'), 'PIFs': ('PIF', 'network')},
+    # A physical PIF has VLAN -1; a VLAN's untagged_PIF is the PIF on the VLAN's network, its tagged_PIF the
+    # physical one, whose VLAN_slave_of lists the VLANs on it (ocaml/xapi/xapi_vlan.ml create_internal).
+    'PIF': {'VLAN_slave_of': ('VLAN', 'tagged_PIF')},
+    'VLAN': {},
     'task': {'subtasks': ('task', 'subtask_of')},
 }
 QUALIFIERS = {'RW': RW, 'RO/constructor': SRO, 'RO/runtime': DRO}
@@ -172,7 +176,9 @@ class Store:
             if field.inverse:
                 rec[name] = [r for r, o in self.objects[field.target].items() if o.get(field.inverse) == ref]
             else:
-                rec[name] = copy.deepcopy(obj[name])
+                value = obj[name]
+                # Only containers can be changed in place by a caller; scalars and dates are never mutated.
+                rec[name] = copy.deepcopy(value) if isinstance(value, (list, dict)) else value
         return rec
 
     # --- mutation -----------------------------------------------------

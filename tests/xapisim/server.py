@@ -24,26 +24,38 @@ from .vhd_stream import BITMAP_FULL, ExportLayout, VhdError, import_vhd
 CHUNK = 4 * 1024 * 1024
 
 
-def make_certificates(directory):
-    """Create (once) a CA and a server certificate for 127.0.0.1/localhost with
-    the openssl CLI.  Returns (ca_path, cert_path, key_path)."""
+# XAPI's gencert makes each host's certificate on first boot (ocaml/gencert/selfcert.ml ``host``):
+# self-signed, CN = the host name, subjectAltName = its DNS names and IP addresses, RSA 2048,
+# no CA extensions. Pool members do not share it, so a client needs every host's certificate.
+_MINIMAL_OPENSSL_CONFIG = '[req]\ndistinguished_name = dn\nprompt = no\n[dn]\n'
+
+
+def make_host_certificate(directory, name):
+    """Create (once) the self-signed certificate of host ``name`` for 127.0.0.1/localhost with the
+    openssl CLI.  Returns (cert_path, key_path)."""
     os.makedirs(directory, exist_ok=True)
-    ca_path = os.path.join(directory, 'ca.pem')
-    ca_key = os.path.join(directory, 'ca.key')
-    cert = os.path.join(directory, 'server.pem')
-    key = os.path.join(directory, 'server.key')
-    if all(os.path.exists(p) for p in (ca_path, cert, key)):
-        return ca_path, cert, key
-    curve = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '3650']
-    subprocess.run(['openssl', 'req', '-x509'] + curve + ['-subj', '/CN=xapisim test CA', '-keyout', ca_key,
-                                                          '-out', ca_path, '-addext', 'basicConstraints=critical,CA:TRUE',
-                                                          '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
+    safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
+    cert = os.path.join(directory, 'host-%s.pem' % safe)
+    key = os.path.join(directory, 'host-%s.key' % safe)
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    config = os.path.join(directory, 'openssl-minimal.cnf')
+    with open(config, 'w', encoding='ascii') as handle:
+        handle.write(_MINIMAL_OPENSSL_CONFIG)
+    subprocess.run(['openssl', 'req', '-x509', '-config', config, '-newkey', 'rsa:2048', '-nodes', '-days', '3650',
+                    '-subj', '/CN=%s' % name, '-keyout', key, '-out', cert,
+                    '-addext', 'subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1' % name],
                    check=True, capture_output=True)
-    subprocess.run(['openssl', 'req', '-x509', '-CA', ca_path, '-CAkey', ca_key] + curve +
-                   ['-subj', '/CN=127.0.0.1', '-keyout', key, '-out', cert,
-                    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-                    '-addext', 'basicConstraints=critical,CA:FALSE'], check=True, capture_output=True)
-    return ca_path, cert, key
+    return cert, key
+
+
+def write_bundle(path, cert_paths):
+    """Concatenate PEM certificates into one CA bundle file; returns ``path``."""
+    with open(path, 'w', encoding='ascii') as out:
+        for cert in cert_paths:
+            with open(cert, encoding='ascii') as handle:
+                out.write(handle.read().rstrip('\n') + '\n')
+    return path
 
 
 class StreamCut(Exception):
@@ -111,13 +123,17 @@ class _Body:
 
 class _LimitedReader:
     """``readinto`` over the request body, bounded by Content-Length and an
-    optional cut point."""
+    optional cut point; ``progress(fraction)`` is called at each new percent and
+    returns False when the task is gone, which ends the upload."""
 
-    def __init__(self, rfile, length, cut=None):
+    def __init__(self, rfile, length, cut=None, progress=None):
         self.rfile = rfile
+        self.length = length
         self.left = length
         self.cut = cut
         self.got = 0
+        self.progress = progress
+        self.percent = 0
 
     def readinto(self, view):
         """Read into ``view``; 0 at the end."""
@@ -131,6 +147,11 @@ class _LimitedReader:
         done = self.rfile.readinto(view[:count])
         self.left -= done
         self.got += done
+        percent = self.got * 100 // max(1, self.length)
+        if self.progress is not None and percent != self.percent:
+            self.percent = percent
+            if not self.progress(percent / 100.0):
+                raise StreamCut()
         return done
 
 
@@ -288,9 +309,42 @@ class Handler(BaseHTTPRequestHandler):
             if self.sim.store.exists('task', task):
                 self.sim.store.remove('task', task)
 
-    def _redirect(self):
-        target = '%s%s' % (self.server.owner.url, self.path)
-        self._reply(302, b'', headers={'Location': target}, close=True)
+    def _serving_host(self):
+        """The host this listener stands for: the coordinator, or the first pool member (None if the pool has none)."""
+        if not self.server.slave:
+            return self.sim.master_ref
+        return self.sim.member_refs[0] if self.sim.member_refs else None
+
+    def _redirect_to_sr_host(self, query, task, owned):
+        """Answer 302 when this host cannot see the VDI's SR; True when it did.
+
+        As export_raw_vdi.ml/import_raw_vdi.ml: after the credentials check, a host without a PBD of
+        the SR redirects to one that has it, Location = https://<Host.address><same path and query>
+        (importexport.ml return_302_redirect); the client's task stays pending for that host.
+        Deviation: the address carries the listener's port (all listeners are on 127.0.0.1)."""
+        try:
+            vdi = self.sim.resolve_vdi(query.get('vdi', ''))
+            with self.sim.lock:
+                sr = self.sim.store.raw('VDI', vdi)['SR']
+        except XapiError:
+            return False  # the handler reports the bad VDI itself
+        hosts = self.sim.hosts_seeing_sr(sr)
+        if not hosts or self._serving_host() in hosts:
+            return False
+        address = self.sim.host_address(hosts[0])
+        if address is None:
+            return False
+        if owned:
+            self._drop_task(task)
+        scheme = 'https' if self.server.owner.https else 'http'
+        self._reply(302, b'', headers={'Location': '%s://%s%s' % (scheme, address, self.path)}, close=True)
+        return True
+
+    def _progress_or_cut(self, task, fraction):
+        """Set the task's progress as vhd-tool's percentages do (vhd_tool_wrapper.ml update_task_progress);
+        a task destroyed meanwhile makes that write fail in XAPI and the handler drops the connection."""
+        if not self.sim.set_progress(task, fraction):
+            raise StreamCut()
 
     def _start_stream(self, task, ctype):
         self.send_response(200)
@@ -310,12 +364,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- /export_raw_vdi --------------------------------------------------
     def _export(self, query):  # pylint: disable=too-many-branches,too-many-statements
-        if self.server.slave:
-            self._redirect()
-            return
         task, owned = self._handler_task(query, 'VDI export')
         if self._auth(query) is None:
             self._fail(task, owned, 401, ['SESSION_INVALID', query.get('session_id', '')], b'Unauthorised\n')
+            return
+        if self._redirect_to_sr_host(query, task, owned):
             return
         fmt = query.get('format', 'raw')
         if fmt not in ('raw', 'vhd'):
@@ -363,6 +416,7 @@ class Handler(BaseHTTPRequestHandler):
                 # uid defaults to a new V4 uuid), so two exports of one VDI never share an id.
                 layout = ExportLayout(size, wanted, parent[0] if parent else None, parent[1] if parent else '')
                 body.write(layout.head)
+                percent = 0
                 for num, idx in enumerate(wanted):
                     slot = pinned.get(idx)
                     if slot is None:
@@ -370,17 +424,23 @@ class Handler(BaseHTTPRequestHandler):
                         body.write(ZERO_BLOCK)
                     else:
                         body.write_block(BITMAP_FULL, store, slot)
-                    if num % 64 == 0:
-                        self.sim.set_progress(task, num / max(1, len(wanted)))
+                    if (num + 1) * 100 // len(wanted) != percent:
+                        percent = (num + 1) * 100 // len(wanted)
+                        self._progress_or_cut(task, percent / 100.0)
                 body.write(layout.footer)
             else:
-                for idx in range((size + BLOCK_SIZE - 1) // BLOCK_SIZE):
+                blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+                percent = 0
+                for idx in range(blocks):
                     count = min(BLOCK_SIZE, size - idx * BLOCK_SIZE)
                     slot = pinned.get(idx)
                     if slot is None:
                         body.write(memoryview(ZERO_BLOCK)[:count])
                     else:
                         body.write_slot(store, slot, count)
+                    if (idx + 1) * 100 // blocks != percent:
+                        percent = (idx + 1) * 100 // blocks
+                        self._progress_or_cut(task, percent / 100.0)
             self.sim.finish_task(task, result='')
         except StreamCut:
             self.sim.finish_task(task, error=['VDI_IO_ERROR', 'Stream cut by fault injection'])
@@ -413,15 +473,14 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- /import_raw_vdi ---------------------------------------------------
     def _import(self, query):  # pylint: disable=too-many-branches,too-many-statements
-        if self.server.slave:
-            self._redirect()
-            return
         task, owned = self._handler_task(query, 'VDI import')
         if 'Transfer-Encoding' in self.headers:
             self._fail(task, owned, 404, ['INTERNAL_ERROR', 'Transfer-Encoding not supported'])
             return
         if self._auth(query) is None:
             self._fail(task, owned, 401, ['SESSION_INVALID', query.get('session_id', '')], b'Unauthorised\n')
+            return
+        if self._redirect_to_sr_host(query, task, owned):
             return
         fmt = query.get('format', 'raw')
         if fmt not in ('raw', 'vhd'):
@@ -446,7 +505,7 @@ class Handler(BaseHTTPRequestHandler):
             self._fail(task, owned, 500, exc.details)
             return
         self._start_stream(task, 'text/plain')
-        reader = _LimitedReader(self.rfile, length, cut)
+        reader = _LimitedReader(self.rfile, length, cut, progress=lambda fraction: self.sim.set_progress(task, fraction))
         try:
             if fmt == 'vhd':
                 import_vhd(reader.readinto, length, disk.size, disk.write)
@@ -524,23 +583,57 @@ class SimServer:
     def __init__(self, sim, port=0, https=True, slave_port=0, cert_dir=None, verbose=False):
         self.sim = sim
         self.https = https
-        self.ca_path = self.cert_path = None
-        context = None
+        # ca_path: the coordinator's own certificate (enough for the API and its disks);
+        # ca_bundle_path: every host's certificate, needed once a disk transfer is redirected to a member.
+        self.ca_path = self.cert_path = self.ca_bundle_path = self.member_cert_path = None
+        master_context = member_context = None
         if https:
-            self.ca_path, self.cert_path, key = make_certificates(cert_dir or os.path.join(sim.data_dir, 'tls'))
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.cert_path, key)
-        self.master = _HTTPServer(('127.0.0.1', port), sim, self, context=context, verbose=verbose)
+            directory = cert_dir or os.path.join(sim.data_dir, 'tls')
+            self.cert_path, key = make_host_certificate(directory, self._host_name(sim.master_ref, 'xcp-host1'))
+            self.ca_path = self.cert_path
+            master_context = self._server_context(self.cert_path, key)
+            certs = [self.cert_path]
+            if slave_port is not None:
+                member = sim.member_refs[0] if sim.member_refs else None
+                self.member_cert_path, member_key = make_host_certificate(directory, self._host_name(member, 'xcp-host2'))
+                member_context = self._server_context(self.member_cert_path, member_key)
+                certs.append(self.member_cert_path)
+            self.ca_bundle_path = write_bundle(os.path.join(directory, 'pool-bundle.pem'), certs)
+            self._publish_certificates()
+        self.master = _HTTPServer(('127.0.0.1', port), sim, self, context=master_context, verbose=verbose)
         self.slave = None
         if slave_port is not None:
-            self.slave = _HTTPServer(('127.0.0.1', slave_port), sim, self, slave=True, context=context,
+            self.slave = _HTTPServer(('127.0.0.1', slave_port), sim, self, slave=True, context=member_context,
                                      verbose=verbose)
         scheme = 'https' if https else 'http'
         self.port = self.master.server_address[1]
         self.url = '%s://127.0.0.1:%d' % (scheme, self.port)
         self.slave_url = '%s://127.0.0.1:%d' % (scheme, self.slave.server_address[1]) if self.slave else None
         sim.master_address = '127.0.0.1:%d' % self.port
+        sim.member_address = '127.0.0.1:%d' % self.slave.server_address[1] if self.slave else None
         self.threads = []
+
+    def _publish_certificates(self):
+        """host.get_server_certificate answers with these (the member's PEM for every non-coordinator host)."""
+        with open(self.cert_path, encoding='ascii') as handle:
+            coordinator = handle.read()
+        member = coordinator
+        if self.member_cert_path:
+            with open(self.member_cert_path, encoding='ascii') as handle:
+                member = handle.read()
+        self.sim.certificate_pems = (coordinator, member)
+
+    def _host_name(self, ref, default):
+        with self.sim.lock:
+            if ref and self.sim.store.exists('host', ref):
+                return self.sim.store.raw('host', ref)['name_label'] or default
+        return default
+
+    @staticmethod
+    def _server_context(cert, key):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        return context
 
     def start(self):
         """Serve in background threads."""
@@ -562,5 +655,6 @@ class SimServer:
 
     def info(self):
         """Addresses for clients."""
-        return {'url': self.url, 'slave_url': self.slave_url, 'ca_path': self.ca_path, 'https': self.https,
+        return {'url': self.url, 'slave_url': self.slave_url, 'ca_path': self.ca_path, 'ca_bundle_path': self.ca_bundle_path,
+                'member_cert_path': self.member_cert_path, 'https': self.https,
                 'master_address': self.sim.master_address, 'data_dir': self.sim.data_dir}

@@ -36,10 +36,12 @@ EXAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'examp
 class RunningSimulator:
     """Addresses and clients of a started simulator."""
 
-    def __init__(self, url, slave_url=None, ca_path=None, pid=None, data_dir=None, server=None):
+    def __init__(self, url, slave_url=None, ca_path=None, pid=None, data_dir=None, server=None, ca_bundle_path=None):
         self.url = url
         self.slave_url = slave_url
+        # ca_path trusts the coordinator only; ca_bundle_path holds every host's own certificate.
         self.ca_path = ca_path
+        self.ca_bundle_path = ca_bundle_path
         self.pid = pid
         self.data_dir = data_dir
         self.server = server
@@ -51,8 +53,8 @@ class RunningSimulator:
         return self.url.startswith('https')
 
     def ssl_context(self):
-        """An SSL context trusting the simulator's CA (None for HTTP)."""
-        return ssl.create_default_context(cafile=self.ca_path) if self.https else None
+        """An SSL context trusting every simulated host's certificate (None for HTTP)."""
+        return ssl.create_default_context(cafile=self.ca_bundle_path or self.ca_path) if self.https else None
 
     def transport(self):
         """An xmlrpc transport that verifies the simulator's certificate."""
@@ -120,7 +122,8 @@ def start_server(config=None, https=True, data_dir=None, timeout=10.0, extra_arg
             else:
                 raise RuntimeError('xapisim not ready in %s s' % timeout)
             threading.Thread(target=proc.stdout.read, daemon=True).start()
-            yield RunningSimulator(info['READY'], info.get('SLAVE'), info.get('CA'), proc.pid, data_dir)
+            yield RunningSimulator(info['READY'], info.get('SLAVE'), info.get('CA'), proc.pid, data_dir,
+                                   ca_bundle_path=info.get('BUNDLE'))
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -144,7 +147,8 @@ def start_in_process(config=None, https=False, data_dir=None):
     build(sim, load(config))
     server = SimServer(sim, https=https).start()
     try:
-        yield RunningSimulator(server.url, server.slave_url, server.ca_path, os.getpid(), sim.data_dir, server)
+        yield RunningSimulator(server.url, server.slave_url, server.ca_path, os.getpid(), sim.data_dir, server,
+                               ca_bundle_path=server.ca_bundle_path)
     finally:
         server.stop()
         sim.close()

@@ -60,7 +60,7 @@ class MiniXapi:
         self.tasks = {}
         self.snapshot_behaviour = 'succeed'  # or 'hang', 'fail'
         self.disk = os.urandom(3 * 1024 * 1024 + 123)
-        self.export_mode = 'ok'  # or 'cut' (task fails) or 'cut-pending' (task never finishes) or 'http-500'
+        self.export_mode = 'ok'  # or 'cut' (task fails) or 'cut-pending' (task never finishes) or 'http-500' or 'silent'
         self.imported = None
         self.import_headers = None
         self.import_mode = 'ok'  # or 'fail'
@@ -184,6 +184,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if query is None:
             return
         task, mode = query.get('task_id'), self.xapi.export_mode
+        if mode == 'silent':  # attaching the disk takes longer than the client waits
+            time.sleep(1.5)
+            self.close_connection = True
+            return
         if mode == 'http-500':
             with self.xapi.lock:
                 self.xapi.finish(task, error=['VDI_MISSING', 'sr', query.get('vdi')])
@@ -307,6 +311,26 @@ def test_argument_spec_env_fallbacks_and_defaults(monkeypatch):
     assert params['hostname'] == 'pool.example' and params['username'] == 'admin' and params['password'] == 'pw'
     assert params['validate_certs'] is False and params['ca_path'] == os.path.expanduser('~/ca.pem') and params['timeout'] == 60
     assert 'pw' in result._no_log_values  # pylint: disable=protected-access
+
+
+def test_doc_fragment_documents_every_connection_option_with_its_default():
+    import yaml  # pylint: disable=import-outside-toplevel
+    from ansible_collections.xapi.delta_backup.plugins.doc_fragments.connection import ModuleDocFragment  # pylint: disable=import-outside-toplevel
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['options']
+    spec = connection_argument_spec()
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        assert documented[name]['type'] == option['type'] and documented[name].get('default') == option.get('default'), name
+    assert documented['operation_timeout']['version_added'] == documented['transfer_read_timeout']['version_added'] == '0.2.0'
+
+
+def test_export_from_a_silent_host_names_the_transfer_timeout(connect, https_server):
+    https_server.xapi.export_mode = 'silent'
+    with connect(transfer_read_timeout=0.5) as xapi:
+        with pytest.raises(XapiError, match='no answer from .* within 0.5 seconds: check the network or raise transfer_read_timeout'):
+            with xapi.open_export('OpaqueRef:vdi') as stream:
+                stream.read()
+        assert not [t for t in https_server.xapi.tasks.values() if t['status'] == 'pending']
 
 
 def test_argument_spec_task_value_beats_env(monkeypatch):
@@ -785,7 +809,8 @@ def test_sim_untrusted_certificate(sim):
 def test_sim_host_is_slave_redirect(sim):
     assert sim.slave_url, 'the simulator should offer a pool member listener'
     count = sim.control.session_count()
-    with sim_connect(sim, url=sim.slave_url) as xapi:
+    # The member has its own certificate: the bundle of every host's certificate trusts both.
+    with sim_connect(sim, url=sim.slave_url, ca_path=sim.ca_bundle_path) as xapi:
         assert xapi.endpoint.url == sim.url.rstrip('/') + '/'
         assert xapi.call('VM.get_by_name_label', 'db01')
     assert sim.control.session_count() == count
@@ -845,3 +870,143 @@ def test_sim_cut_import_is_detected(sim):
         with pytest.raises(XapiError):
             xapi.import_stream(target, vhd, len(vhd))
         assert not [t for t in xapi.call('task.get_all_records').values() if 'import' in t['name_label']]
+
+
+# -- long operations, expiring tasks and sessions, pool members with their own certificates ------------
+
+
+def test_sim_long_call_goes_through_its_task_and_a_timeout_cancels_it(sim):
+    sim.control.delay(3, method='VM.start')
+    with sim_connect(sim, operation_timeout=0.5) as xapi:
+        vm = xapi.call('VM.get_by_name_label', 'db01')[0]
+        began = time.monotonic()
+        with pytest.raises(XapiError, match='VM.start on .* did not finish within 0.5 seconds; the task was cancelled') as caught:
+            xapi.call('VM.start', vm, False, False)
+        assert time.monotonic() - began < 2.5
+        assert caught.value.code == 'TIMEOUT'
+        assert caught.value.params[0] not in xapi.call('task.get_all')
+        assert xapi.call('VM.get_power_state', vm) == 'Halted'
+
+
+def test_sim_timeout_of_an_operation_xapi_cannot_cancel_says_so(sim):
+    with sim_connect(sim, operation_timeout=0.3) as xapi:
+        vdi = xapi.call('VDI.create', {'name_label': 'scratch', 'SR': xapi.call('SR.get_by_name_label', 'Small SR')[0],
+                                       'virtual_size': 2 << 20, 'type': 'user', 'sharable': False, 'read_only': False, 'other_config': {}})
+        sim.control.delay(1.0, method='VDI.destroy')
+        with pytest.raises(XapiError, match='XAPI cannot cancel this operation, so it may still complete'):
+            xapi.call('VDI.destroy', vdi)
+        deadline = time.monotonic() + 10
+        while vdi in xapi.call('VDI.get_all') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vdi not in xapi.call('VDI.get_all')
+
+
+def test_sim_expired_session_is_renewed_once(sim):
+    sim.control.lifetimes(session_timeout=0.2, gc_interval=3600)
+    try:
+        before = sim.control.sessions()
+        with sim_connect(sim) as xapi:
+            first = xapi.session_ref
+            time.sleep(0.3)
+            assert first in sim.control.collect_garbage()['sessions']
+            assert xapi.call('VM.get_by_name_label', 'db01')
+            assert xapi.session_ref != first
+        after = sim.control.sessions()
+        assert after['logins'] == before['logins'] + 2 and after['count'] == before['count']
+    finally:
+        sim.control.lifetimes(session_timeout=86400, gc_interval=30)
+
+
+def test_sim_export_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
+    sim.control.lifetimes(task_lifetime=0.2, gc_interval=3600)
+    try:
+        with sim_connect(sim, timeout=30) as xapi:
+            # Earlier tests snapshot db01: its snapshot disks share the name.
+            source = [v for v in xapi.call('VDI.get_by_name_label', 'db01-root') if not xapi.call('VDI.get_is_a_snapshot', v)][0]
+            sim.control.write_vdi(source, 0, seed=31, length=64 << 20)
+            with pytest.raises(XapiError) as caught:
+                with xapi.open_export(source) as stream:
+                    stream.read(1 << 20)
+                    time.sleep(0.3)  # a slow link: the reader stalls, the export's progress stops
+                    sim.control.collect_garbage()
+                    assert sim.control.collect_garbage()['tasks'] == [stream.task_ref]
+                    while stream.read(1 << 20):
+                        pass
+            assert caught.value.code == 'TASK_DESTROYED'
+            assert 'XAPI destroyed the task before the transfer finished' in caught.value.message
+            assert 'seed' in caught.value.message
+    finally:
+        sim.control.lifetimes(task_lifetime=86400, gc_interval=30)
+
+
+@pytest.fixture
+def member_pool(sim):
+    """A local SR on the pool member xcp-host2 holding the disk of VM app02; the example pool afterwards."""
+    testing = sys.modules['xapisim.testing']
+    with open(testing.EXAMPLE_CONFIG, encoding='utf-8') as handle:
+        example = handle.read()
+    import yaml  # pylint: disable=import-outside-toplevel
+    pool = yaml.safe_load(example)
+    pool['srs'].append({'name': 'Local storage xcp-host2', 'size': '10GiB', 'host': 'xcp-host2'})
+    pool['vms'].append({'name': 'app02', 'disks': [{'name': 'app02-root', 'size': '64MiB', 'sr': 'Local storage xcp-host2',
+                                                    'data': [{'offset': 0, 'length': '4MiB', 'seed': 11}]}]})
+    sim.control.load_config(pool)
+    yield sim
+    sim.control.load_config(example)
+
+
+def test_sim_transfers_follow_the_redirect_to_the_member_with_a_bundle(member_pool):
+    sim = member_pool
+    with sim_connect(sim, ca_path=sim.ca_bundle_path, timeout=30) as xapi:
+        vdi = xapi.call('VDI.get_by_name_label', 'app02-root')[0]
+        with xapi.open_export(vdi, 'raw') as stream:
+            data = stream.read()
+        assert stream.verified and data == sim.control.read_vdi('app02-root')
+        new = bytes(range(256)) * 8192
+        assert xapi.import_stream(vdi, new, len(new), fmt='raw') == vdi
+    assert sim.control.read_vdi('app02-root', 0, len(new)) == new
+
+
+@pytest.mark.parametrize('direction', ['export', 'import'])
+def test_sim_member_certificate_missing_from_ca_path_names_the_member(member_pool, direction):
+    sim = member_pool
+    member = urlsplit(sim.slave_url).netloc
+    with sim_connect(sim, ca_path=sim.ca_path, timeout=30) as xapi:
+        vdi = xapi.call('VDI.get_by_name_label', 'app02-root')[0]
+        with pytest.raises(XapiError) as caught:
+            if direction == 'export':
+                with xapi.open_export(vdi, 'raw') as stream:
+                    stream.read()
+            else:
+                xapi.import_stream(vdi, b'\0' * 512, 512, fmt='raw')
+        assert not [t for t in xapi.call('task.get_all_records').values() if t['name_label'].startswith('xapi.delta_backup')]
+    assert caught.value.code == 'CERTIFICATE_VERIFY_FAILED'
+    assert 'certificate verify failed for pool member %s' % member in caught.value.message
+    assert 'PEM bundle' in caught.value.message and 'ca_path' in caught.value.message
+
+
+def test_sim_import_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
+    sim.control.lifetimes(task_lifetime=0.2, gc_interval=3600)
+    length = 64 << 20
+
+    def slow_link():
+        yield b'\1' * (1 << 20)
+        time.sleep(0.3)  # the upload stalls: the task's progress stops
+        sim.control.collect_garbage()
+        removed = sim.control.collect_garbage()['tasks']
+        assert len(removed) == 1
+        for _num in range(63):
+            yield b'\2' * (1 << 20)
+
+    try:
+        with sim_connect(sim, timeout=30) as xapi:
+            sr = xapi.call('SR.get_by_name_label', 'Local storage')[0]
+            vdi = xapi.call('VDI.create', {'name_label': 'upload', 'SR': sr, 'virtual_size': length, 'type': 'user', 'sharable': False,
+                                           'read_only': False, 'other_config': {}})
+            with pytest.raises(XapiError) as caught:
+                xapi.import_stream(vdi, slow_link(), length, fmt='raw')
+            xapi.call('VDI.destroy', vdi)
+        assert caught.value.code == 'TASK_DESTROYED', caught.value.message
+        assert 'XAPI destroyed the task before the transfer finished' in caught.value.message and 'seed' in caught.value.message
+    finally:
+        sim.control.lifetimes(task_lifetime=86400, gc_interval=30)
