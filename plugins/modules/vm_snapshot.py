@@ -80,7 +80,7 @@ options:
     version_added: 0.2.0
   max_uncoalesced_vdis:
     description:
-      - VDI chain protection, as Xen Orchestra's: with O(state=present), when a disk's VHD chain holds more than this many
+      - VDI chain protection, as in Xen Orchestra. With O(state=present), when a disk's VHD chain holds more than this many
         base copies waiting for the SR to coalesce them (or is one snapshot away from the SR's chain limit of 30), no
         snapshot is taken and RV(skipped) is true with RV(skip_reason). The default is Xen Orchestra's.
     type: int
@@ -208,7 +208,7 @@ excluded_disks:
 excluded_by:
   description:
     - How the C([NOBAK]) disks were left out of the snapshot taken. V(ignore_vdis) (XAPI 21.4.0 and later),
-      V(removed_after_snapshot) (older XAPI, such as XCP-ng 8.2 LTS, that has no C(ignore_vdis): their snapshot VBDs and
+      V(removed_after_snapshot) (older XAPI, such as XCP-ng 8.2 LTS, has no C(ignore_vdis), so their snapshot VBDs and
       VDIs were destroyed right after the snapshot, as Xen Orchestra does), or null when there was none to leave out.
   returned: always
   type: str

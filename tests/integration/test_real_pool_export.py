@@ -235,3 +235,26 @@ def _wait_for(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, 'condition not met in time'
         time.sleep(0.02)
+
+
+def test_backup_role_reports_a_vm_kept_back_by_chain_protection_as_skipped(app):
+    app['sim'].control.hold_coalesce()
+    extra = {'backup_job': 'nightly', 'backup_repositories': [app['repo']], 'backup_vms': ['app01']}
+    for _round in range(2):
+        guest_write(app, 'app01-root', 0, MIB, 50 + _round)
+        stats, _output = app['ansible'].play_collection('backup', extra)
+        assert stats['xapi_delta_backup_backup']['results'][0]['status'] == 'ok'
+    session = _xenapi(app)
+    try:
+        vm = session.xenapi.VM.get_by_name_label('app01')[0]
+        # Migrations were blocked during each run and unblocked at its end.
+        assert session.xenapi.VM.get_blocked_operations(vm) == {}
+    finally:
+        session.xenapi.session.logout()
+    # The second run's prune left one base copy waiting: with a tolerance of 0 the VM is skipped, not failed.
+    stats, output = app['ansible'].play_collection('backup', dict(extra, backup_max_uncoalesced_vdis=0))
+    result = stats['xapi_delta_backup_backup']['results'][0]
+    assert result['status'] == 'skipped' and result['mode'] is None, result
+    assert result['reason'].startswith('Job canceled to protect the VDI chain'), result
+    assert stats['xapi_delta_backup_backup']['skipped'] == ['app01'] and stats['xapi_delta_backup_backup']['failed'] == []
+    assert 'Job canceled to protect the VDI chain' in output
