@@ -78,7 +78,6 @@ GC_INTERVAL = 30.0
 COMPLETED_STATUSES = ('success', 'failure', 'cancelled')
 
 
-
 def _wants_session(func):
     params = list(inspect.signature(func).parameters)
     return bool(params) and params[0] == 'session'
