@@ -43,7 +43,8 @@ def test_exports_carry_host_vhd_ids_not_vdi_uuids(hxapi, hsim):
     base_id = hsim.control.vdi_vhd_id(base)
     assert len({live_id_before, live_id, base_id}) == 3
     assert base_id != api.VDI.get_uuid(base)
-    first, second = (h.export(hsim, hxapi.handle, base, 'vhd')[2] for _ in range(2))
+    first = h.export(hsim, hxapi.handle, base, 'vhd')[2]
+    second = h.export(hsim, hxapi.handle, base, 'vhd')[2]
     # Every export gets a fresh footer id (both copies of the footer agree within one export).
     assert first[68:84] != second[68:84]
     assert first[68:84] == first[-512 + 68:-512 + 84]
