@@ -15,7 +15,11 @@ import XenAPI
 import yaml
 
 import simhelpers as h
-from conftest import EXAMPLE_TEXT
+from xapisim.testing import EXAMPLE_CONFIG
+
+# Not imported from conftest: pytest runs this suite with tests/integration, whose conftest has the same module name.
+with open(EXAMPLE_CONFIG, encoding='utf-8') as _handle:
+    EXAMPLE_TEXT = _handle.read()
 
 MEMBER_POOL = yaml.safe_load(EXAMPLE_TEXT)
 MEMBER_POOL['srs'].append({'name': 'Local storage xcp-host2', 'size': '10GiB', 'host': 'xcp-host2'})
