@@ -101,7 +101,8 @@ class Demo:
         log = open(os.path.join(self.logs, 'xapisim.log'), 'w', encoding='utf-8')  # pylint: disable=consider-using-with
         self.sim = subprocess.Popen(  # pylint: disable=consider-using-with
             [sys.executable, '-m', 'xapisim', '--config', self.pool_file(), '--port', '0', '--slave-port', '-1',
-             '--data-dir', os.path.join(self.work, 'sim-data'), '--cert-dir', os.path.join(self.work, 'sim-tls')],
+             '--data-dir', os.path.join(self.work, 'sim-data'), '--cert-dir', os.path.join(self.work, 'sim-tls'),
+             '--parent-pid', str(os.getpid())],
             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         info = {}
         deadline = time.monotonic() + 20

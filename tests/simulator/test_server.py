@@ -46,6 +46,36 @@ def test_command_ready_pid_file_and_sigterm(tmp_path):
             proc.wait()
 
 
+# A test process that starts a simulator and is then killed outright (SIGKILL: no fixture teardown runs).
+KILLED_PARENT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from xapisim.testing import start_server
+with start_server(https=False) as sim:
+    print(sim.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_simulator_dies_with_the_process_that_started_it():
+    parent = subprocess.run([sys.executable, '-c', KILLED_PARENT, TESTS_DIR], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr
+    sim_pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(sim_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(sim_pid), 'the simulator %d outlived the test process that started it' % sim_pid
+
+
 def test_in_process_helper():
     with start_in_process(https=False) as running:
         sim = running.server.sim

@@ -28,6 +28,8 @@ def main(argv=None):
     parser.add_argument('--cert-dir', help='where to keep/generate the CA and server certificate')
     parser.add_argument('--pid-file', help='write the process id here')
     parser.add_argument('--verbose', action='store_true', help='log every HTTP request on stderr')
+    parser.add_argument('--parent-pid', type=int, help='stop when this process is gone (so a simulator dies with the test that '
+                                                        'started it, however that test ends)')
     args = parser.parse_args(argv)
 
     sim = Simulator(args.data_dir)
@@ -58,7 +60,10 @@ def main(argv=None):
         print('XAPISIM SLAVE %s' % server.slave_url)
     print('XAPISIM READY %s' % server.url, flush=True)
     while not stop.wait(0.5):
-        pass
+        # A parent killed outright never sends SIGTERM: its death re-parents us, and we stop too.
+        if args.parent_pid and os.getppid() != args.parent_pid:
+            print('XAPISIM PARENT %d GONE' % args.parent_pid, flush=True)
+            break
     server.stop()
     sim.close()
     if args.pid_file:

@@ -100,7 +100,8 @@ def start_server(config=None, https=True, data_dir=None, timeout=10.0, extra_arg
     with tempfile.TemporaryDirectory(prefix='xapisim-run-') as tmp:
         path = _config_path(config, tmp)
         cmd = [sys.executable, '-m', 'xapisim', '--config', path, '--port', '0',
-               '--data-dir', data_dir or os.path.join(tmp, 'data'), '--cert-dir', os.path.join(tmp, 'tls')]
+               '--data-dir', data_dir or os.path.join(tmp, 'data'), '--cert-dir', os.path.join(tmp, 'tls'),
+               '--parent-pid', str(os.getpid())]
         if not https:
             cmd.append('--http')
         cmd.extend(extra_args)
