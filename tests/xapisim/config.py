@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import yaml
@@ -58,8 +59,15 @@ def _vm_record(spec, name):
             'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart', 'actions_after_crash': 'restart'}
 
 
+# A pool description without an ``xapi:`` section gets this profile when the variable is set: one suite can
+# then run every pool it loads on another XAPI version (make test runs the integration suites on XCP-ng 8.2 too).
+PROFILE_VARIABLE = 'XAPISIM_PROFILE'
+
+
 def _select_xapi(sim, spec):
-    """``xapi: {profile: xcp-ng-8.2}`` or ``xapi: {version: "1.249.41"}`` (default: the default profile)."""
+    """``xapi: {profile: xcp-ng-8.2}`` or ``xapi: {version: "1.249.41"}`` (default: $XAPISIM_PROFILE, else the default profile)."""
+    if not spec and os.environ.get(PROFILE_VARIABLE):
+        spec = {'profile': os.environ[PROFILE_VARIABLE]}
     unknown = set(spec) - {'profile', 'version'}
     if unknown:
         raise ValueError('xapi: unknown key(s) %s; use profile or version' % ', '.join(sorted(unknown)))
