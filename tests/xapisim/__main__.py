@@ -28,8 +28,8 @@ def main(argv=None):
     parser.add_argument('--cert-dir', help='where to keep/generate the CA and server certificate')
     parser.add_argument('--pid-file', help='write the process id here')
     parser.add_argument('--verbose', action='store_true', help='log every HTTP request on stderr')
-    parser.add_argument('--parent-pid', type=int, help='stop when this process is gone (so a simulator dies with the test that '
-                                                        'started it, however that test ends)')
+    parser.add_argument('--parent-pid', type=int,
+                        help='stop when this process is gone (a simulator dies with the test that started it, however that test ends)')
     args = parser.parse_args(argv)
 
     sim = Simulator(args.data_dir)
