@@ -113,12 +113,15 @@ def test_delta_export_plugs_the_base_too_and_a_left_vbd_blocks_vdi_destroy(hxapi
 
 
 def _chain(api, vdi):
-    by_uuid = {api.VDI.get_uuid(r): r for r in api.VDI.get_all()}
+    # One get_all_records call: the SR garbage collector may remove a base copy between
+    # separate get_all and get_uuid calls, as it may on a real pool.
+    records = api.VDI.get_all_records()
+    by_uuid = {record['uuid']: record for record in records.values()}
     chain = []
-    parent = api.VDI.get_sm_config(vdi).get('vhd-parent')
+    parent = records[vdi]['sm_config'].get('vhd-parent')
     while parent in by_uuid:
         chain.append(parent)
-        parent = api.VDI.get_sm_config(by_uuid[parent]).get('vhd-parent')
+        parent = by_uuid[parent]['sm_config'].get('vhd-parent')
     return chain
 
 
