@@ -46,10 +46,10 @@ JOB = 'bench-export'
 # then (after curl's first download of the same export) it is exported.
 CHILD = r'''
 import json, sys, time
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiConnection
-from ansible_collections.xapi.delta_backup.plugins.module_utils.export import export_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import manage_job_snapshots
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
 step, url, ca, repository, job, snapshot_uuid = sys.argv[1:7]
 with XapiConnection(url, 'root', 'secret', ca_path=ca or None, validate_certs=bool(ca)) as xapi:
     if step == 'snapshot':

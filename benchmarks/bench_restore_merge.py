@@ -52,8 +52,8 @@ VM_RECORD = {'uuid': VM, 'name_label': 'bench', 'memory_static_max': str(GIB), '
 def _repository(directory, size_gib, base_gib, changed_gib):
     """A repository holding two backups of one disk: the full and a delta, with our checksums."""
     # pylint: disable=import-error,import-outside-toplevel
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import build_metadata, job_id_for, open_repository
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import relative_to_vm, sha256_file
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import build_metadata, job_id_for, open_repository
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import relative_to_vm, sha256_file
 
     os.makedirs(directory)
     repo = open_repository(directory, create=True)
@@ -76,7 +76,7 @@ def _repository(directory, size_gib, base_gib, changed_gib):
 
 
 def bench_merge(args, workdir):
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import apply_retention  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import apply_retention  # pylint: disable=import-error
 
     rows = []
     for size_gib in args.sizes:
@@ -100,9 +100,9 @@ def bench_merge(args, workdir):
 
 def bench_restore(args, workdir):
     # pylint: disable=import-error,import-outside-toplevel
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiConnection
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import restore
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain
 
     repo, _job, built = _repository(os.path.join(workdir, 'restore'), 4, args.restore_gib, args.restore_gib)
     stream_path = os.path.join(workdir, 'stream.vhd')

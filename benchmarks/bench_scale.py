@@ -332,7 +332,7 @@ class Modules:
 
     def __init__(self):
         # pylint: disable=import-error,import-outside-toplevel
-        from ansible_collections.xapi.delta_backup.plugins.module_utils import export, repository, restore, retention, snapshot, vhd
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, repository, restore, retention, snapshot, vhd
         self.export_vm = export.export_vm
         self.open_repository = repository.open_repository
         self.job_id_for = repository.job_id_for
@@ -358,7 +358,7 @@ def main():
     args = parser.parse_args()
     collections = bench_vhd._importable()
     mods = Modules()
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiConnection  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection  # pylint: disable=import-error
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix='bench-scale-', dir=args.workdir)
     started = time.perf_counter()

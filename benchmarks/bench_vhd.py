@@ -61,7 +61,7 @@ def _importable():
 
 def _build(args, directory):
     """Write the full and the delta (in a child process, so the parent stays small)."""
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (  # pylint: disable=import-error
         DISK_DIFFERENCING, ParentLink, VhdStream, write_stream,
     )
 
@@ -89,7 +89,7 @@ def _build(args, directory):
 
 
 def _stream(delta):
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain  # pylint: disable=import-error
 
     started = time.perf_counter()
     total = 0
@@ -102,7 +102,7 @@ def _stream(delta):
 
 
 def _merge(full, delta):
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import merge_chain  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import merge_chain  # pylint: disable=import-error
 
     started = time.perf_counter()
     merge_chain(full, [delta])

@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Write plugins/module_utils/xapi_constructor.py: the constructor fields of the classes we create, from XAPI's datamodel.
+"""Write plugins/module_utils/_xapi/constructor.py: the constructor fields of the classes we create, from XAPI's datamodel.
 
 XAPI's generated server (ocaml/idl/ocaml_backend/gen_server.ml, fields from gen_client.ml ctor_fields) reads
 every RW and RO/constructor field of <Class>.create's record: one with a default may be left out, one
@@ -23,7 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLLECTION = os.path.dirname(HERE)
 DATAMODEL = os.path.join(COLLECTION, 'tests', 'xapisim', 'datamodel', 'xapi-datamodel.json')
-TABLE = os.path.join(COLLECTION, 'plugins', 'module_utils', 'xapi_constructor.py')
+TABLE = os.path.join(COLLECTION, 'plugins', 'module_utils', '_xapi', 'constructor.py')
 CLASSES = ('VM', 'VDI', 'VBD', 'VIF')
 CONSTRUCTOR_QUALIFIERS = ('RW', 'RO/constructor')
 

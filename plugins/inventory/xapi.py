@@ -146,8 +146,8 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.vars import combine_vars
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiConnection, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import PoolSnapshotOfRecords
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import PoolSnapshotOfRecords
 
 INVALID_GROUP_CHARACTERS = re.compile(r'[^A-Za-z0-9_]')
 # Options whose blank value (AWX injects '' for unset credential fields) must mean "not set".
@@ -185,7 +185,7 @@ def disk_vars(disk: dict) -> dict:
 
 
 def host_vars(vm: dict, pool: dict) -> dict:
-    """The host variables of one described VM (see module_utils/pool.py describe_vm)."""
+    """The host variables of one described VM (see module_utils/_ops/pool.py describe_vm)."""
     return {
         'xapi_vm_uuid': vm['uuid'],
         'xapi_vm_name': vm.get('name_label', ''),

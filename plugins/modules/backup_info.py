@@ -184,9 +184,9 @@ files_verified:
   sample: 12
 """
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.catalog import describe_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 
 
 def list_backups(module) -> dict:

@@ -185,9 +185,9 @@ duration:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for, open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import resolve_backup_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import job_vms, retention_for_vms
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 
 
 def merge_backups(module) -> dict:

@@ -107,7 +107,7 @@ kept_vdis:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import destroy_restored_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import destroy_restored_vm
 
 
 def destroy(module) -> dict:

@@ -169,8 +169,8 @@ throughput_mib_s:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
-from ansible_collections.xapi.delta_backup.plugins.module_utils.seed import seed_copy
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 
 
 def copy_backups(module) -> dict:

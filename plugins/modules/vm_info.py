@@ -186,7 +186,7 @@ vms:
 import traceback
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import PoolSnapshotOfRecords, select_vms
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import PoolSnapshotOfRecords, select_vms
 
 try:
     import jmespath

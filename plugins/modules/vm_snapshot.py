@@ -276,8 +276,8 @@ unblocked_operations:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import job_id_for
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import existing_repositories, manage_job_snapshots
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import existing_repositories, manage_job_snapshots
 
 
 def snapshot_vm(module) -> dict:

@@ -10,7 +10,7 @@ import os
 from lifecycle import MIB, backup, ground_truth, guest_write
 from oracles import chain_of, chain_sha256
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdFile
 
 
 def grow_disk(app, disk, new_size):

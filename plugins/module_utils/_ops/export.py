@@ -29,18 +29,18 @@ import uuid
 import xmlrpc.client
 from dataclasses import dataclass, field
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import find_vm, is_excluded_disk, vm_disks
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     BackupSnapshot, SnapshotDisk, adopt_completed_snapshot, job_snapshots, mark_exported, mark_exporting, next_snapshot_time,
     reference_snapshot,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import ParentLink, VhdChain, VhdError, rewrite_identity
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import vhd_timestamp
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import ParentLink, VhdChain, VhdError, rewrite_identity
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import vhd_timestamp
 
 MIB = 1024 * 1024
 # Every VHD, and so every VHD export, starts with its footer copy and this cookie.

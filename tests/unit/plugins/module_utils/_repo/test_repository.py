@@ -19,12 +19,12 @@ import uuid
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils import repository as repo_mod
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import store as repo_mod
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     AtomicFile, BackupRepository, MetadataError, RepositoryError, RepositoryLockedError, build_metadata, format_timestamp,
     job_id_for, open_repository, validate_timestamp, validate_uuid, vhd_relative_path,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream
 
 VM = '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c'
 VDI_A = '11111111-2222-4333-8444-555555555555'
@@ -351,7 +351,7 @@ def test_lock_contention_names_the_holder(repo):
 def test_lock_of_another_process(repo):
     # A real second process, still alive, holds the lock: we must be refused.
     code = ('import sys, time; sys.path[:0] = %r\n'
-            'from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import open_repository\n'
+            'from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository\n'
             'lock = open_repository(%r).lock(%r, "other-job"); lock.acquire(); print("held", flush=True); time.sleep(30)\n'
             % (sys.path, repo.root, VM))
     child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     OWN_FIELD, BackupRepository, RepositoryError, job_id_for,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import recorded_checksums, sha256_file
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import check_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import recorded_checksums, sha256_file
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
 
 
 def _file_size(path: str) -> int | None:

@@ -22,9 +22,9 @@ import socket
 import weakref
 from dataclasses import dataclass, field
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.pool import find_vm, is_excluded_disk, vm_disks
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import BACKUP_DIR, open_repository, process_is_alive
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BACKUP_DIR, open_repository, process_is_alive
 
 KEY_JOB = 'xo:backup:job'
 KEY_SCHEDULE = 'xo:backup:schedule'

@@ -30,8 +30,8 @@ XenAPI = pytest.importorskip('XenAPI')
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: E402
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils import connection as conn_mod  # noqa: E402
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import (  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import session as conn_mod  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (  # noqa: E402
     HostEndpoint, XapiConnection, XapiError, build_ssl_context, connection_argument_spec, decode_task_result, parse_hostname,
     xapi_error_from_failure,
 )
@@ -749,7 +749,7 @@ def test_import_failure_in_task(connect, https_server):
 # -- against the shared XAPI simulator (tests/xapisim) -------------------------------------------
 
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 
 
 @pytest.fixture(scope='module')

@@ -14,12 +14,12 @@ import sys
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiConnection
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     EXCLUDED_BY_IGNORE_VDIS, EXCLUDED_BY_REMOVAL, manage_job_snapshots,
 )
 
-TESTS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+TESTS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
 POOL = """
 pool: {name: calls-pool}
 hosts: [{name: host1, address: 127.0.0.1}]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils import restore
-from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import IntegrityError
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.test_retention import JOB, VM, RepoBuilder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import JOB, VM, RepoBuilder
 
 
 @pytest.fixture

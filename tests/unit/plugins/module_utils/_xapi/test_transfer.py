@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import AtomicFile
-from ansible_collections.xapi.delta_backup.plugins.module_utils.transfer import WriteBehind
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import AtomicFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
 
 
 class Recorder:

@@ -14,10 +14,10 @@ import types
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils import restore
-from ansible_collections.xapi.delta_backup.plugins.module_utils.xapi_constructor import CONSTRUCTOR_FIELDS, REQUIRED, SOURCE
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED, SOURCE
 
-COLLECTION = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+COLLECTION = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))))
 DATAMODEL = os.path.join(COLLECTION, 'tests', 'xapisim', 'datamodel', 'xapi-datamodel.json')
 NULL = 'OpaqueRef:NULL'
 

@@ -16,11 +16,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdFile, check_chain, merge_chain, resume_merge,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.merge import KILL_ENV, MergeState
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import KILL_ENV, MergeState
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     ChainModel, libvhdi_read, poke_past_end,
 )
 
@@ -123,7 +123,7 @@ def _crash_scenario(directory):
 
 _CHILD = """
 import sys
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import merge_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import merge_chain
 print("ready", flush=True)
 merge_chain(sys.argv[1], sys.argv[2:])
 """
@@ -243,7 +243,7 @@ def test_merge_again_after_a_crash_resumes(tmp_path):
 
 def test_growing_the_table_of_a_parent_without_blocks_keeps_its_end_footer(tmp_path):
     """Found by hypothesis: the grown BAT of an empty delta covered its end footer, so the merge could not reopen it."""
-    from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.test_vhd_property import _build, _read
+    from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.test_vhd_property import _build, _read
 
     model = _build(str(tmp_path), (64 * 1024, 5317120, [], [([], 3000, False), ([], 3000, False)]))
     assert merge_chain(model.paths[1], model.paths[2:3]) == model.paths[2]

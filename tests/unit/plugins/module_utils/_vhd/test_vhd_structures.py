@@ -13,13 +13,13 @@ import uuid
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, Footer, Header, ParentLink, VhdChain, VhdError, VhdFile, check_file, merge_chain,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (
     bitmap_to_mask, checksum, chs_geometry, mask_runs, mask_to_bitmap,
 )
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import (
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     QEMU_IMG, QEMU_IO, pattern, qemu_raw, write_vhd,
 )
 

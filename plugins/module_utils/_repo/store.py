@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdError, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
 
 BACKUP_DIR = 'xo-vm-backups'
 VDIS_DIR = 'vdis'

@@ -34,11 +34,11 @@ import json
 import os
 import time
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
     validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
 )
 

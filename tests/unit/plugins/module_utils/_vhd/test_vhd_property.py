@@ -10,10 +10,10 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdFile, check_chain, merge_chain, write_stream,
 )
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import ChainModel
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import ChainModel
 
 KIB = 1024
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdError, VhdFile, check_chain, rewrite_identity,
 )
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import (
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     TrickleReader, libvhdi_read, pattern, xapi_stream_bytes,
 )
 

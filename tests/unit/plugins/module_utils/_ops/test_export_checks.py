@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.export import PrefixedStream, error_page_text, read_vhd_start
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import PrefixedStream, error_page_text, read_vhd_start
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     BLOCK_REASON_FORMAT, IGNORE_VDIS_SINCE, _block_holder, parse_xapi_version,
 )
 

@@ -21,14 +21,14 @@ import uuid
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils import retention
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     build_metadata, job_id_for, open_repository, vhd_relative_path,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdStream,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.merge import KILL_ENV
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import KILL_ENV
 
 BLOCK = 2 * 1024 * 1024
 JOB_NAME = 'nightly'
@@ -192,8 +192,8 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.pat
 
 KILL_SCRIPT = r'''
 import sys
-from ansible_collections.xapi.delta_backup.plugins.module_utils import retention
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 retention.apply_retention(open_repository(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]))
 '''
 

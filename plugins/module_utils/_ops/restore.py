@@ -25,16 +25,16 @@ import random
 import socket
 import time
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.connection import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     TIMESTAMP_PATTERN, RepositoryError, lock_is_stale, validate_uuid,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.snapshot import BLOCK_REASON_PATTERN
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdChain, VhdError
-from ansible_collections.xapi.delta_backup.plugins.module_utils.xapi_constructor import CONSTRUCTOR_FIELDS, REQUIRED
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
 
 MIB = 1024 * 1024
 RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'

@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import uuid
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream, write_stream,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
 
 QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 QEMU_IO = shutil.which("qemu-io") or "/usr/bin/qemu-io"
@@ -123,7 +123,7 @@ def libvhdi_read(paths, length=None):
 
 def poke_past_end(path):
     """Store non-zero bytes (bitmap bits set) past the virtual end in the file's last block, as some writers do."""
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import VhdFile  # pylint: disable=import-outside-toplevel
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile  # pylint: disable=import-outside-toplevel
 
     with VhdFile(path) as vhd:
         last = vhd.block_count - 1
@@ -145,7 +145,7 @@ def xapi_stream_bytes(size, blocks, disk_type, parent_id=None, parent_path="/var
 
     ``blocks`` maps block index -> 2 MiB of data.  A delta gets one MacX locator pointing at 1536.
     """
-    from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd.structures import (  # pylint: disable=import-outside-toplevel
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (  # pylint: disable=import-outside-toplevel
         Footer, Header, ParentLocator, bat_pack, chs_geometry,
     )
 

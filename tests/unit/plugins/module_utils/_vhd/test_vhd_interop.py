@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdFile, check_chain, check_file, stream_file, write_stream,
 )
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils.vhd.vhd_testlib import (
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     QEMU_IMG, QEMU_IO, ChainModel, libvhdi_read, poke_past_end, qemu_raw,
 )
 

@@ -26,14 +26,14 @@ import os
 import re
 import time
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils.repository import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     BACKUP_DIR, VHD_RELATIVE_PATTERN, RepositoryError, fsync_directory, open_repository, write_file_atomically,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.restore import resolve_backup_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils.retention import (
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
     IntegrityError, disk_folders, job_points, recorded_checksums, refuse_unfinished_merges, relative_to_vm, sha256_file,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils.vhd import check_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
 
 COPY_CHUNK = 4 * 1024 * 1024
 MIB = 1024 * 1024
