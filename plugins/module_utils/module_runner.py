@@ -14,6 +14,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (
     HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec, fail_json_with_xapi_error,
 )
@@ -21,12 +22,13 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError
 
 
-class ModuleFailure(Exception):
+class ModuleFailure(DeltaBackupError):
     """A failure the module reports as is (bad input, a refused operation)."""
+
+    error_code = 'module_failure'
 
     def __init__(self, message: str, **details):
         super().__init__(message)
-        self.message = message
         self.details = details
 
 

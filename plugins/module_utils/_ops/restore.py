@@ -59,6 +59,8 @@ BACKUP_KEY_PREFIXES = ('xo:backup:', 'xo:base_delta_vdi', 'xo:copy_of', 'xapi_de
 class RestoreError(RepositoryError):
     """A restore that cannot start or did not finish (whatever it created is removed again)."""
 
+    error_code = 'restore_failed'
+
 
 # -- choosing what to restore ------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from urllib.parse import urlencode, urlsplit
 
 from ansible.module_utils.basic import env_fallback
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
+
 try:
     import XenAPI
 except ImportError:
@@ -74,16 +76,17 @@ def connection_argument_spec() -> dict:
     )
 
 
-class XapiError(Exception):
+class XapiError(DeltaBackupError):
     """A failed XAPI interaction, with a message a pool operator can act on.
 
     ``code`` and ``params`` keep the raw XAPI error (None for transport errors)
     so that modules can return them as ``xapi_error``.
     """
 
+    error_code = 'xapi_error'
+
     def __init__(self, message: str, code: str | None = None, params: list | tuple | None = None):
         super().__init__(message)
-        self.message = message
         self.code = code
         self.params = list(params or [])
 
