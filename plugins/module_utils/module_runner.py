@@ -16,10 +16,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (
-    HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec, fail_json_with_xapi_error,
+    HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import RepositoryError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError
 
 
 class ModuleFailure(DeltaBackupError):
@@ -56,18 +54,41 @@ def connect(module: AnsibleModule) -> XapiConnection:
     return XapiConnection.from_params(module.params)
 
 
+# error_code of failures that are no error of ours: the OS refused a file operation, or a bug.
+OS_ERROR_CODE = 'os_error'
+UNEXPECTED_ERROR_CODE = 'unexpected_error'
+
+
+def failure_result(error: BaseException) -> dict:
+    """What a module returns for ``error``: msg, error_code, xapi_error (XAPI's own error only) and details."""
+    if isinstance(error, DeltaBackupError):
+        result = {'msg': error.message, 'error_code': error.error_code}
+        if isinstance(error, XapiError) and error.as_result() is not None:
+            result['xapi_error'] = error.as_result()
+        if isinstance(error, ModuleFailure):
+            result.update(error.details)
+        return result
+    if isinstance(error, OSError):
+        return {'msg': '%s: %s' % (error.strerror or error, error.filename or ''), 'error_code': OS_ERROR_CODE}
+    return {'msg': 'unexpected %s: %s. This is a bug of the xapi.delta_backup collection: please report it with the '
+                   'task\'s output at -vvv (the traceback)' % (type(error).__name__, error),
+            'error_code': UNEXPECTED_ERROR_CODE}
+
+
 def run(module: AnsibleModule, body) -> None:
-    """Run the module body and leave through exit_json or fail_json, never a bare exception."""
+    """Run the module body and leave through exit_json or fail_json, never a bare exception.
+
+    Every failure carries ``error_code`` (docs/errors.md); only a ModuleFailure, which reports bad
+    input or a refused operation as is, comes without a traceback.
+    """
     try:
         result = body(module)
-    except XapiError as error:
-        fail_json_with_xapi_error(module, error)
-    except ModuleFailure as failure:
-        module.fail_json(msg=failure.message, **failure.details)
-    except (VhdError, RepositoryError) as error:
-        module.fail_json(msg=str(error), exception=traceback.format_exc())
-    except OSError as error:
-        module.fail_json(msg='%s: %s' % (error.strerror or error, error.filename or ''), exception=traceback.format_exc())
+    except Exception as error:  # pylint: disable=broad-except
+        # One exit path: anything escaping the body still leaves as a module failure with an error_code.
+        failure = failure_result(error)
+        if not isinstance(error, ModuleFailure):
+            failure['exception'] = traceback.format_exc()
+        module.fail_json(**failure)
     module.exit_json(**result)
 
 

@@ -514,7 +514,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
                 message = 'restore of VM %s backup %s failed, everything it created was removed%s: %s' % (
                     vm_uuid, chosen.timestamp, ' except: %s' % '; '.join(problems) if problems else '', error)
                 if isinstance(error, XapiError):
-                    raise XapiError(message, code=error.code, params=error.params) from error
+                    raise error.reworded(message) from error
                 raise RestoreError(message) from error
             raise
     elapsed = max(time.monotonic() - started, 1e-6)

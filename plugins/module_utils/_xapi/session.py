@@ -25,7 +25,10 @@ from urllib.parse import urlencode, urlsplit
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (
+    CertificateVerifyError, ConnectionOptionError, TaskTimeoutError, TransferCutError, TransferError, TransferTooLongError, XapiError,
+    XapiTransportError, XenApiMissingError, error_param, is_task_gone, task_destroyed_error, xapi_error_from_failure,
+)
 
 try:
     import XenAPI
@@ -76,98 +79,6 @@ def connection_argument_spec() -> dict:
     )
 
 
-class XapiError(DeltaBackupError):
-    """A failed XAPI interaction, with a message a pool operator can act on.
-
-    ``code`` and ``params`` keep the raw XAPI error (None for transport errors)
-    so that modules can return them as ``xapi_error``.
-    """
-
-    error_code = 'xapi_error'
-
-    def __init__(self, message: str, code: str | None = None, params: list | tuple | None = None):
-        super().__init__(message)
-        self.code = code
-        self.params = list(params or [])
-
-    def as_result(self) -> dict:
-        return {'code': self.code, 'params': self.params}
-
-
-def fail_json_with_xapi_error(module, error: XapiError, **result) -> None:
-    """Leave a module through fail_json with the mapped message, the raw XAPI error and the traceback."""
-    module.fail_json(msg=error.message, xapi_error=error.as_result(), exception=traceback.format_exc(), **result)
-
-
-def _param(params: list, index: int, default: str = '?') -> str:
-    return str(params[index]) if len(params) > index else default
-
-
-def _explain_failure(code: str, params: list, method: str | None) -> str:
-    """Operator-facing explanation of one XAPI error code (ansible-conventions.md, section 5)."""
-    if code == 'SESSION_AUTHENTICATION_FAILED':
-        return 'login failed for user %s: check username and password' % _param(params, 0)
-    if code == 'HANDLE_INVALID':
-        return '%s %s does not exist (any more): it was deleted or the reference is stale; look it up again' % (_param(params, 0), _param(params, 1))
-    if code == 'UUID_INVALID':
-        return 'no %s with uuid %s exists: check the uuid' % (_param(params, 0), _param(params, 1))
-    if code == 'VM_BAD_POWER_STATE':
-        return 'VM %s is %s but must be %s for this operation: change its power state first' % (_param(params, 0), _param(params, 2), _param(params, 1))
-    if code in ('SR_FULL', 'SR_BACKEND_FAILURE_44'):
-        return 'the SR is out of space: free space on it (delete old snapshots, wait for coalesce) or use another SR'
-    if code == 'SR_BACKEND_FAILURE_109':
-        return 'the VDI snapshot chain is too long: wait for the SR garbage collector to coalesce it (or rescan the SR), then retry'
-    if code == 'VDI_IN_USE':
-        return 'VDI %s is in use (%s): retry later' % (_param(params, 0), _param(params, 1))
-    if code == 'OTHER_OPERATION_IN_PROGRESS':
-        return '%s %s is busy with another operation (%s): retry later' % (_param(params, 0), _param(params, 1), _param(params, 2, 'unknown'))
-    if code == 'VDI_IO_ERROR':
-        return 'the disk transfer failed on the host (%s): check the SR and the host logs, then retry' % _param(params, 0, 'no detail')
-    if code == 'MESSAGE_PARAMETER_COUNT_MISMATCH':
-        called = _param(params, 0, method or '?')
-        if called in ('VM.snapshot', 'Async.VM.snapshot'):
-            return 'this XAPI is too old for VM.snapshot with ignore_vdis (added in XAPI 21.4.0): update the pool or exclude no disks'
-        return 'XAPI expected %s parameters for %s but got %s: client and pool versions do not match' % (_param(params, 1), called, _param(params, 2))
-    if code == 'TASK_CANCELLED':
-        return 'the task was cancelled'
-    if code == 'HOST_IS_SLAVE':
-        return 'host is a pool member, not the coordinator (%s): connect to the pool coordinator' % _param(params, 0)
-    if code == 'SESSION_INVALID':
-        return 'the XAPI session expired or was logged out (too many sessions on the pool?): retry'
-    if code == 'HANDLE_INVALID' and _param(params, 0) == 'task':
-        return TASK_DESTROYED_ADVICE
-    detail = ', '.join(str(p) for p in params)
-    return 'XAPI error %s%s' % (code, ' (%s)' % detail if detail else '')
-
-
-# XAPI's database GC (ocaml/xapi/db_gc_util.ml) destroys a pending task older than pending_task_timeout
-# (24 h by default) as soon as its progress stops moving between two passes, 30 s apart: a full export
-# of a large disk over a slow link, whose percentage moves less often than that, is cut this way.
-# Xen Orchestra meets the same event as "task has been destroyed before completion" (its xen-api
-# client, packages/xen-api/index.mjs, rejects a watched task that disappears unfinished).
-TASK_DESTROYED_ADVICE = ('XAPI destroyed the task before the transfer finished (its garbage collector removes tasks pending '
-                         'for more than 24 hours whose progress stalls, e.g. a first full export over a slow link): make the '
-                         'first full into a repository near the pool and move it with the seed procedure (role '
-                         'xapi.delta_backup.seed, module seed_copy); later runs then send only deltas')
-
-
-def is_task_gone(error: XapiError) -> bool:
-    """True when XAPI no longer knows the task (destroyed by its GC or by someone else)."""
-    return error.code == 'HANDLE_INVALID' and error.params[:1] == ['task']
-
-
-def xapi_error_from_failure(details, what: str | None = None, method: str | None = None) -> XapiError:
-    """Build a XapiError from a XAPI ErrorDescription list (or XenAPI.Failure.details).
-
-    ``what`` names the action or object ("VM.snapshot on OpaqueRef:..") and prefixes the message.
-    """
-    details = [str(d) for d in (details or [])] or ['INTERNAL_ERROR', 'empty error description']
-    code, params = details[0], details[1:]
-    explanation = _explain_failure(code, params, method)
-    message = '%s failed: %s' % (what, explanation) if what else explanation
-    return XapiError(message, code=code, params=params)
-
-
 @dataclass(frozen=True)
 class HostEndpoint:
     """Where XAPI listens: scheme, host name or address, port."""
@@ -193,7 +104,7 @@ def parse_hostname(value: str | None, default_scheme: str = 'https', default_por
     """Turn the hostname option into an endpoint. https unless the value says ``http://``."""
     text = (value or '').strip()
     if not text:
-        raise XapiError('no pool to connect to: set hostname or the XENSERVER_HOST environment variable')
+        raise ConnectionOptionError('hostname', 'no pool to connect to: set hostname or the XENSERVER_HOST environment variable')
     if '://' not in text:
         # A bare IPv6 address has several colons and needs brackets in a URL.
         if text.count(':') > 1 and not text.startswith('['):
@@ -202,15 +113,15 @@ def parse_hostname(value: str | None, default_scheme: str = 'https', default_por
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        raise XapiError('hostname %s: unsupported scheme %s, use https:// (default) or http://' % (value, scheme))
+        raise ConnectionOptionError('hostname', 'hostname %s: unsupported scheme %s, use https:// (default) or http://' % (value, scheme))
     if parts.path not in ('', '/') or parts.query or parts.fragment or parts.username or parts.password:
-        raise XapiError('hostname %s: give only a host name or address, optionally with scheme and port' % value)
+        raise ConnectionOptionError('hostname', 'hostname %s: give only a host name or address, optionally with scheme and port' % value)
     try:
         port = parts.port
     except ValueError:
-        raise XapiError('hostname %s: invalid port' % value) from None
+        raise ConnectionOptionError('hostname', 'hostname %s: invalid port' % value) from None
     if not parts.hostname:
-        raise XapiError('hostname %s: no host name found' % value)
+        raise ConnectionOptionError('hostname', 'hostname %s: no host name found' % value)
     return HostEndpoint(scheme, parts.hostname, port or default_port or DEFAULT_PORTS[scheme])
 
 
@@ -225,43 +136,43 @@ def build_ssl_context(validate_certs: bool = True, ca_path: str | None = None) -
     if not ca_path:
         return ssl.create_default_context()
     if not os.path.exists(ca_path):
-        raise XapiError('ca_path %s does not exist: give the path of the pool CA certificate (PEM)' % ca_path)
+        raise ConnectionOptionError('ca_path', 'ca_path %s does not exist: give the path of the pool CA certificate (PEM)' % ca_path)
     try:
         if os.path.isdir(ca_path):
             return ssl.create_default_context(capath=ca_path)
         return ssl.create_default_context(cafile=ca_path)
     except (ssl.SSLError, OSError) as exc:
-        raise XapiError('ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
+        raise ConnectionOptionError('ca_path', 'ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
 
 
 def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None, option: str = 'timeout') -> XapiError:
     """Translate socket, TLS and HTTP errors into messages saying what to check (``option`` names the timeout that ran out)."""
     where = endpoint.netloc
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
+        return CertificateVerifyError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
                          '(each host has its own self-signed certificate unless you installed CA-signed ones: a PEM bundle of '
                          'every host\'s certificate as ca_path works for all of them, see docs/connecting.md)'
-                         % (endpoint.host, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED', params=[endpoint.host])
+                         % (endpoint.host, exc.verify_message or exc.reason or exc), endpoint.host)
     if isinstance(exc, ssl.SSLError):
-        return XapiError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
+        return XapiTransportError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
     if isinstance(exc, socket.gaierror):
-        return XapiError('cannot resolve host %s: %s; check hostname' % (endpoint.host, exc.strerror or exc))
+        return XapiTransportError('cannot resolve host %s: %s; check hostname' % (endpoint.host, exc.strerror or exc))
     if isinstance(exc, ConnectionRefusedError):
-        return XapiError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
+        return XapiTransportError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return XapiError('no answer from %s within %s seconds: check the network or raise %s' % (where, timeout, option))
+        return XapiTransportError('no answer from %s within %s seconds: check the network or raise %s' % (where, timeout, option))
     if isinstance(exc, xmlrpc.client.ProtocolError):
-        return XapiError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
+        return XapiTransportError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
     if isinstance(exc, xmlrpc.client.Fault) and 'valid session' in str(exc.faultString):
         # XenAPI logs in again and repeats a call refused with SESSION_INVALID, three times.
         return XapiError('the XAPI session on %s kept expiring: XenAPI logged in again three times and was refused each time; '
                          'check the pool\'s session limits and that the account is still valid' % where,
                          code='SESSION_INVALID', params=[str(exc.faultCode), exc.faultString])
     if isinstance(exc, xmlrpc.client.Fault):
-        return XapiError('XML-RPC fault from %s: %s' % (where, exc.faultString), code='FAULT', params=[str(exc.faultCode), exc.faultString])
+        return XapiTransportError('XML-RPC fault from %s: %s' % (where, exc.faultString), )
     if isinstance(exc, (http.client.HTTPException, xmlrpc.client.ResponseError)):
-        return XapiError('bad HTTP answer from %s: %s' % (where, exc or type(exc).__name__))
-    return XapiError('cannot talk to %s: %s' % (where, exc))
+        return XapiTransportError('bad HTTP answer from %s: %s' % (where, exc or type(exc).__name__))
+    return XapiTransportError('cannot talk to %s: %s' % (where, exc))
 
 
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException, xmlrpc.client.Error, ssl.SSLError)
@@ -319,7 +230,7 @@ class XapiConnection:
                  operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
                  transfer_read_timeout: float | None = DEFAULT_TRANSFER_READ_TIMEOUT):
         if not HAS_XENAPI:
-            raise XapiError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
+            raise XenApiMissingError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
         self.endpoint = parse_hostname(hostname)
         # AWX surveys send '' for unset fields: treat blank as unset.
         self.username = (username or '').strip() or 'root'
@@ -328,13 +239,13 @@ class XapiConnection:
         self.ca_path = ca_path or None
         self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
         if self.timeout <= 0:
-            raise XapiError('timeout must be a positive number of seconds, got %s' % timeout)
+            raise ConnectionOptionError('timeout', 'timeout must be a positive number of seconds, got %s' % timeout)
         self.operation_timeout = float(operation_timeout) if operation_timeout else DEFAULT_OPERATION_TIMEOUT
         if self.operation_timeout <= 0:
-            raise XapiError('operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
+            raise ConnectionOptionError('operation_timeout', 'operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
         self.transfer_read_timeout = float(transfer_read_timeout) if transfer_read_timeout else DEFAULT_TRANSFER_READ_TIMEOUT
         if self.transfer_read_timeout <= 0:
-            raise XapiError('transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
+            raise ConnectionOptionError('transfer_read_timeout', 'transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
         self.originator = originator
         self.ssl_context = build_ssl_context(self.validate_certs, self.ca_path) if self.endpoint.scheme == 'https' else None
         self._session = None
@@ -379,7 +290,7 @@ class XapiConnection:
         except XapiError as error:
             if error.code != 'HOST_IS_SLAVE':
                 raise
-            self.endpoint = parse_hostname(_param(error.params, 0, ''), default_scheme=self.endpoint.scheme, default_port=self.endpoint.port)
+            self.endpoint = parse_hostname(error_param(error.params, 0, ''), default_scheme=self.endpoint.scheme, default_port=self.endpoint.port)
             self._login_to(self.endpoint)
         if not self._atexit_registered:
             # Last resort if a caller forgets the context manager: sessions are a scarce pool-wide resource.
@@ -471,7 +382,7 @@ class XapiConnection:
             return self._task_outcome(task_ref, status, label)
         except XapiError as error:
             if is_task_gone(error) and error.params[1:2] == [task_ref]:
-                raise XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref]) from error
+                raise task_destroyed_error(label, task_ref) from error
             raise
         finally:
             if destroy:
@@ -497,12 +408,12 @@ class XapiConnection:
             if status in ('success', 'failure'):
                 return status
             if status == 'cancelled':
-                raise XapiError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks or slow hosts)'
-                                % (label, limit), code='TIMEOUT', params=[task_ref])
+                raise TaskTimeoutError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks or slow hosts)'
+                                       % (label, limit), task_ref)
         else:
             self.request_cancel(task_ref)
-        raise XapiError('%s did not finish within %s seconds; XAPI cannot cancel this operation, so it may still complete: '
-                        'check the object later, or raise the timeout' % (label, limit), code='TIMEOUT', params=[task_ref])
+        raise TaskTimeoutError('%s did not finish within %s seconds; XAPI cannot cancel this operation, so it may still complete: '
+                               'check the object later, or raise the timeout' % (label, limit), task_ref)
 
     def task_status(self, task_ref: str) -> str:
         return self.call('task.get_status', task_ref)
@@ -594,7 +505,7 @@ class XapiConnection:
         location = response.getheader('Location') or ''
         parts = urlsplit(location)
         if not parts.hostname:
-            raise XapiError('redirect from %s without a usable Location header (%r)' % (self.endpoint.netloc, location))
+            raise TransferError('redirect from %s without a usable Location header (%r)' % (self.endpoint.netloc, location))
         endpoint = parse_hostname(parts.hostname if ':' not in parts.hostname else '[%s]' % parts.hostname,
                                   default_scheme=parts.scheme or self.endpoint.scheme, default_port=parts.port or self.endpoint.port)
         new_path = (parts.path or path.split('?', 1)[0]) + '?' + (parts.query or path.split('?', 1)[1])
@@ -608,18 +519,17 @@ class XapiConnection:
                 return xapi_error_from_failure(self.call('task.get_error_info', task_ref), what=label)
         except XapiError as error:
             if is_task_gone(error):
-                return XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref])
-        return XapiError('%s failed: HTTP %s %s' % (label, response_status, reason), code='HTTP_%s' % response_status)
+                return task_destroyed_error(label, task_ref)
+        return TransferError('%s failed: HTTP %s %s' % (label, response_status, reason), http_status=response_status)
 
     def _member_transport_error(self, exc: BaseException, endpoint: HostEndpoint, label: str) -> XapiError:
         """A transport error at the host a transfer was redirected to; a certificate failure says how to trust it."""
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return XapiError('%s: certificate verify failed for pool member %s (%s). XAPI redirected the transfer there because '
+            return CertificateVerifyError('%s: certificate verify failed for pool member %s (%s). XAPI redirected the transfer there because '
                              'only that host sees the disk\'s SR, and every host has its own self-signed certificate: fetch each '
                              'host\'s certificate (for example openssl s_client -connect HOST:443 -showcerts), put them all in one '
                              'PEM bundle and give it as ca_path (see docs/connecting.md)'
-                             % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED',
-                             params=[endpoint.host])
+                                          % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), endpoint.host)
         return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
     def open_export(self, vdi_ref: str, fmt: str = 'vhd', base_ref: str | None = None, timeout: float | None = None) -> 'ExportStream':
@@ -664,7 +574,7 @@ class XapiConnection:
                 continue
             connection.close()
             raise self._failed_transfer(label, task_ref, response.status, reason)
-        raise XapiError('%s failed: redirected more than once' % label)
+        raise TransferError('%s failed: redirected more than once' % label)
 
     def import_stream(self, vdi_ref: str, source, length: int, fmt: str = 'vhd', timeout: float | None = None):
         """``PUT /import_raw_vdi`` streaming exactly ``length`` bytes from ``source``; return the task result (VDI ref).
@@ -724,7 +634,7 @@ class XapiConnection:
                 raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
             finally:
                 connection.close()
-        raise XapiError('%s failed: redirected more than once' % label)
+        raise TransferError('%s failed: redirected more than once' % label)
 
     def _early_response(self, connection):
         """The response if the server answered the headers within a short wait, else None.
@@ -756,11 +666,11 @@ class XapiConnection:
         sent = 0
         for chunk in chunks:
             if sent + len(chunk) > length:
-                raise XapiError('%s failed: the source holds more than the announced %d bytes' % (label, length), code='LONG_STREAM')
+                raise TransferTooLongError('%s failed: the source holds more than the announced %d bytes' % (label, length))
             connection.send(chunk)
             sent += len(chunk)
         if sent < length:
-            raise XapiError('%s failed: the source ended after %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
+            raise TransferCutError('%s failed: the source ended after %d of %d bytes' % (label, sent, length))
         return sent
 
     def _import_broken(self, exc: BaseException, connection, label: str, task_ref: str, endpoint: HostEndpoint) -> XapiError:
@@ -772,8 +682,8 @@ class XapiConnection:
         except TRANSPORT_ERRORS:
             pass
         error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
-        if error.code and not error.code.startswith('HTTP_'):
-            return error
+        if not isinstance(error, TransferError):
+            return error  # the task's XAPI error, or its destruction, says more than the broken connection
         return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
 
@@ -871,9 +781,8 @@ class ExportStream(io.RawIOBase):
             task_ref, gone = self.task_ref, self._task_gone()
             self._abandon()
             if gone:
-                raise XapiError('%s failed after %d bytes: %s' % (self.label, self.bytes_read, TASK_DESTROYED_ADVICE),
-                                code='TASK_DESTROYED', params=[task_ref]) from exc
-            raise XapiError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc), code='SHORT_STREAM') from exc
+                raise task_destroyed_error(self.label, task_ref, after=' after %d bytes' % self.bytes_read) from exc
+            raise TransferCutError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc)) from exc
         if count:
             self.bytes_read += count
             return count
@@ -892,7 +801,7 @@ class ExportStream(io.RawIOBase):
         self._connection.close()
         task_ref, self.task_ref = self.task_ref, None
         if task_ref is None:
-            raise XapiError('%s: the stream was already abandoned' % self.label, code='SHORT_STREAM')
+            raise TransferCutError('%s: the stream was already abandoned' % self.label)
         try:
             # wait_for_task destroys the task whatever the outcome.
             self.result = self._xapi.wait_for_task(task_ref, timeout=self.timeout, what=self.label)
