@@ -15,19 +15,38 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ConnectionOptionError, XenApiMissingError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (
     HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec,
 )
 
 
 class ModuleFailure(DeltaBackupError):
-    """A failure the module reports as is (bad input, a refused operation)."""
+    """A failure the module reports as is (bad input, a refused operation); ``details`` join the result.
 
-    error_code = 'module_failure'
+    ``error_code`` defaults to invalid_input; a module gives another documented one when the failure
+    is of another kind (a check that found problems, a missing library).
+    """
 
-    def __init__(self, message: str, **details):
+    error_code = 'invalid_input'
+
+    def __init__(self, message: str, error_code: str | None = None, **details):
         super().__init__(message)
+        if error_code:
+            self.error_code = error_code
         self.details = details
+
+
+# error_code of options that fail Ansible's own validation (missing, unsupported, wrong type or choice).
+INVALID_OPTION_CODE = 'invalid_option'
+
+
+class DeltaBackupModule(AnsibleModule):
+    """An AnsibleModule whose every failure carries an error_code, including the argument spec's own checks."""
+
+    def fail_json(self, msg, **kwargs):
+        kwargs.setdefault('error_code', INVALID_OPTION_CODE)
+        super().fail_json(msg, **kwargs)
 
 
 def new_module(argument_spec: dict, with_connection: bool = True, **kwargs) -> AnsibleModule:
@@ -40,12 +59,13 @@ def new_module(argument_spec: dict, with_connection: bool = True, **kwargs) -> A
     spec = dict(connection_argument_spec())
     spec.update(argument_spec)
     kwargs.setdefault('supports_check_mode', True)
-    module = AnsibleModule(argument_spec=spec, **kwargs)
+    module = DeltaBackupModule(argument_spec=spec, **kwargs)
     if with_connection:
         if not HAS_XENAPI:
-            module.fail_json(msg=missing_required_lib('XenAPI'), exception=XENAPI_IMPORT_ERROR)
+            module.fail_json(msg=missing_required_lib('XenAPI'), exception=XENAPI_IMPORT_ERROR, error_code=XenApiMissingError.error_code)
         if not module.params.get('hostname'):
-            module.fail_json(msg='no pool given: set hostname (or the XENSERVER_HOST environment variable) to the pool coordinator')
+            module.fail_json(msg='no pool given: set hostname (or the XENSERVER_HOST environment variable) to the pool coordinator',
+                             error_code=ConnectionOptionError.error_code)
     return module
 
 

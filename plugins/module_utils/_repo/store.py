@@ -303,6 +303,9 @@ def validate_metadata(data, path: str) -> dict:
     if own is not None:
         if not isinstance(own, dict) or not isinstance(own.get('sha256', {}), dict) or not isinstance(own.get('virtual_sizes', {}), dict):
             raise MetadataError(path, 'field %r must be an object with sha256 and virtual_sizes objects' % OWN_FIELD)
+        bad_sizes = {ref: size for ref, size in own.get('virtual_sizes', {}).items() if not isinstance(size, int) or isinstance(size, bool) or size < 0}
+        if bad_sizes:
+            raise MetadataError(path, '%s.virtual_sizes must map VDI refs to sizes in bytes, got %r' % (OWN_FIELD, bad_sizes))
     return data
 
 

@@ -59,7 +59,7 @@ class ConnectionOptionError(XapiError):
 class XenApiMissingError(XapiError):
     """The XenAPI Python library is not installed where the module or plugin runs."""
 
-    error_code = 'xenapi_missing'
+    error_code = 'missing_library'
 
 
 class XapiTransportError(XapiError):
