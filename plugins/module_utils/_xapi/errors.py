@@ -13,8 +13,6 @@ went wrong talking to the pool" keeps catching them.
 
 from __future__ import annotations
 
-import copy
-
 from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 
 
@@ -40,7 +38,9 @@ class XapiError(DeltaBackupError):
 
     def reworded(self, message: str) -> 'XapiError':
         """The same error (same class, code and params) with another message, for callers that add context."""
-        error = copy.copy(self)
+        # Not copy.copy: that rebuilds the exception from its args, which subclasses' constructors do not take.
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
         error.message = message
         error.args = (message,)
         return error

@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils import module_runner
 from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import VmNotFoundError, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import TaskTimeoutError, VmNotFoundError, XapiError
 
 COLLECTION = pathlib.Path(__file__).resolve().parents[4]
 MODULE_UTILS = COLLECTION / 'plugins' / 'module_utils'
@@ -127,3 +127,15 @@ def test_an_unexpected_exception_still_leaves_with_an_error_code():
     assert module.failed['error_code'] == 'unexpected_error'
     assert 'unexpected ValueError: a chain needs at least one VHD file' in module.failed['msg'] and 'report it' in module.failed['msg']
     assert 'Traceback' in module.failed['exception']
+
+
+@pytest.mark.parametrize('error', [
+    XapiError('VDI.destroy failed', 'VDI_IN_USE', ['OpaqueRef:1']),
+    TaskTimeoutError('VM.start did not finish within 1 seconds', 'OpaqueRef:task'),
+    VmNotFoundError("no VM named 'x'", ['x']),
+])
+def test_a_reworded_xapi_error_keeps_its_class_and_details(error):
+    reworded = error.reworded('restore failed: %s' % error.message)
+    assert type(reworded) is type(error) and reworded.__dict__ == dict(error.__dict__, message='restore failed: %s' % error.message)
+    assert str(reworded) == 'restore failed: %s' % error.message and reworded.error_code == error.error_code
+    assert module_runner.failure_result(reworded)['msg'] == 'restore failed: %s' % error.message
