@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ConnectionOptionError, XenApiMissingError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (
-    HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec,
+    DEFAULT_OPERATION_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TRANSFER_READ_TIMEOUT, HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError,
 )
 
 
@@ -35,6 +35,20 @@ class ModuleFailure(DeltaBackupError):
         if error_code:
             self.error_code = error_code
         self.details = details
+
+
+def connection_argument_spec() -> dict:
+    """Options shared by every module that talks to a pool (see the connection doc fragment)."""
+    return dict(
+        hostname=dict(type='str', aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
+        username=dict(type='str', aliases=['user', 'admin'], default='root', fallback=(env_fallback, ['XENSERVER_USER'])),
+        password=dict(type='str', aliases=['pass', 'pwd'], no_log=True, fallback=(env_fallback, ['XENSERVER_PASSWORD'])),
+        validate_certs=dict(type='bool', default=True, fallback=(env_fallback, ['XENSERVER_VALIDATE_CERTS'])),
+        ca_path=dict(type='path', fallback=(env_fallback, ['XENSERVER_CA_PATH'])),
+        timeout=dict(type='float', default=DEFAULT_TIMEOUT),
+        operation_timeout=dict(type='float', default=DEFAULT_OPERATION_TIMEOUT),
+        transfer_read_timeout=dict(type='float', default=DEFAULT_TRANSFER_READ_TIMEOUT),
+    )
 
 
 # error_code of options that fail Ansible's own validation (missing, unsupported, wrong type or choice).

@@ -30,15 +30,15 @@ XenAPI = pytest.importorskip('XenAPI')
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: E402
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import session as conn_mod  # noqa: E402
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (  # noqa: E402
-    HostEndpoint, XapiConnection, XapiError, build_ssl_context, connection_argument_spec, decode_task_result, parse_hostname,
-    xapi_error_from_failure,
-)
-from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import failure_result  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import http as http_mod  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import tasks as tasks_mod  # noqa: E402
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (  # noqa: E402
-    CertificateVerifyError, TaskDestroyedError, TaskTimeoutError, TransferCutError, TransferTooLongError,
+    CertificateVerifyError, TaskDestroyedError, TaskTimeoutError, TransferCutError, TransferTooLongError, XapiError, xapi_error_from_failure,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import HostEndpoint, build_ssl_context, parse_hostname  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import decode_task_result  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connection_argument_spec, failure_result  # noqa: E402
 
 PASSWORD = 'secret'
 
@@ -601,7 +601,7 @@ def test_wait_falls_back_to_polling_without_events(connect, https_server, monkey
             raise Fail('PERMISSION_DENIED', 'event.from')
         return original(self, method, params)
     monkeypatch.setattr(MiniXapi, 'call', no_events)
-    monkeypatch.setattr(conn_mod, 'TASK_POLL_INTERVAL', 0.05)
+    monkeypatch.setattr(tasks_mod, 'TASK_POLL_INTERVAL', 0.05)
     with connect() as xapi:
         assert xapi.call_async('VM.snapshot', 'OpaqueRef:vm', 'snap', timeout=5) == 'OpaqueRef:snap'
 
@@ -706,7 +706,7 @@ def test_import_source_of_wrong_length_fails(connect, https_server, source, leng
 
 
 def test_import_to_a_server_that_answers_after_the_body(connect, https_server, monkeypatch):
-    monkeypatch.setattr(conn_mod, 'EARLY_RESPONSE_WAIT', 0.2)
+    monkeypatch.setattr(http_mod, 'EARLY_RESPONSE_WAIT', 0.2)
     https_server.xapi.import_answers_first = False
     payload = os.urandom(3 * 1024 * 1024)
     with connect() as xapi:
