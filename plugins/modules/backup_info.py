@@ -194,7 +194,7 @@ error_code:
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
 
 
 def list_backups(module) -> dict:

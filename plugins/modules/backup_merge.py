@@ -193,7 +193,7 @@ error_code:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 

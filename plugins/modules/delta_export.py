@@ -280,7 +280,7 @@ xapi_error:
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
 
 
 def export(module) -> dict:

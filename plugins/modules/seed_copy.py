@@ -177,7 +177,7 @@ error_code:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 
 

@@ -364,7 +364,7 @@ xapi_error:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm, restore
 
 
