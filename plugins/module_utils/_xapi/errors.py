@@ -177,7 +177,8 @@ def _explain_failure(code: str, params: list, method: str | None) -> str:
     if code == 'UUID_INVALID':
         return 'no %s with uuid %s exists: check the uuid' % (error_param(params, 0), error_param(params, 1))
     if code == 'VM_BAD_POWER_STATE':
-        return 'VM %s is %s but must be %s for this operation: change its power state first' % (error_param(params, 0), error_param(params, 2), error_param(params, 1))
+        return 'VM %s is %s but must be %s for this operation: change its power state first' % (
+            error_param(params, 0), error_param(params, 2), error_param(params, 1))
     if code in ('SR_FULL', 'SR_BACKEND_FAILURE_44'):
         return 'the SR is out of space: free space on it (delete old snapshots, wait for coalesce) or use another SR'
     if code == 'SR_BACKEND_FAILURE_109':
