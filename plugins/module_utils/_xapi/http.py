@@ -5,8 +5,8 @@
 """Raw HTTP of XAPI hosts: endpoints, TLS (ca_path bundles), transport errors, and the streaming disk
 transfers ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi`` with their redirects to pool members.
 
-``RawVdiTransfers`` is a part of ``session.XapiConnection``: it relies on its session, tasks and
-``transfer_read_timeout``. ``transfer.WriteBehind`` consumes what an export yields.
+``RawVdiTransfers`` (on top of ``tasks.XapiTasks``) is a base of ``session.XapiConnection``, which
+provides the session. ``transfer.WriteBehind`` consumes what an export yields.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors imp
     CertificateVerifyError, ConnectionOptionError, TransferCutError, TransferError, TransferTooLongError, XapiError,
     XapiTransportError, is_task_gone, task_destroyed_error, xapi_error_from_failure,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import XapiTasks
 
 # 2 MiB matches the VHD block size, so one chunk is one block on the wire.
 TRANSFER_CHUNK_SIZE = 2 * 1024 * 1024
@@ -136,8 +137,23 @@ def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException, xmlrpc.client.Error, ssl.SSLError)
 
 
-class RawVdiTransfers:
-    """Streaming disk transfers of a XAPI connection (mixed into XapiConnection)."""
+class RawVdiTransfers(XapiTasks):
+    """Streaming disk transfers of a XAPI connection; ``session.XapiConnection`` provides the session."""
+
+    endpoint: HostEndpoint
+    ssl_context: ssl.SSLContext | None
+    transfer_read_timeout: float
+
+    @property
+    def logged_in(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def session_ref(self) -> str:
+        raise NotImplementedError
+
+    def _require_session(self) -> None:
+        raise NotImplementedError
 
     def _http_connection(self, endpoint: HostEndpoint) -> http.client.HTTPConnection:
         if endpoint.scheme == 'https':

@@ -21,7 +21,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors imp
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import (
     NULL_REF, TRANSPORT_ERRORS, HostEndpoint, RawVdiTransfers, build_ssl_context, describe_transport_error, parse_hostname,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import LONG_OPERATIONS, XapiTasks
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import LONG_OPERATIONS
 
 try:
     import XenAPI
@@ -71,7 +71,7 @@ class _TimeoutSafeTransport(xmlrpc.client.SafeTransport):
         return connection
 
 
-class XapiConnection(XapiTasks, RawVdiTransfers):
+class XapiConnection(RawVdiTransfers):
     """One XAPI session, used as a context manager so it is always logged out.
 
     >>> with XapiConnection.from_params(module.params) as xapi:

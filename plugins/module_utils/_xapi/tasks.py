@@ -4,7 +4,7 @@
 
 """XAPI tasks: Async calls, waiting for a task (event.from, else polling), cancelling, destroying.
 
-``XapiTasks`` is a part of ``session.XapiConnection``: it relies on its ``call``, ``timeout`` and
+``XapiTasks`` is a base of ``session.XapiConnection``, which provides ``call``, ``timeout`` and
 ``originator``.
 """
 
@@ -43,7 +43,18 @@ def decode_task_result(text) -> object:
 
 
 class XapiTasks:
-    """Task handling of a XAPI connection (mixed into XapiConnection)."""
+    """Task handling of a XAPI connection; ``session.XapiConnection`` provides the session and the calls."""
+
+    timeout: float
+    originator: str
+
+    def call(self, method: str, *args, what: str | None = None):
+        """Call a XAPI method (long operations as Async tasks); see XapiConnection.call."""
+        raise NotImplementedError
+
+    def _call(self, method: str, *args, what: str | None = None):
+        """Call a XAPI method as is; see XapiConnection._call."""
+        raise NotImplementedError
 
     def call_async(self, method: str, *args, timeout: float | None = None, what: str | None = None):
         """Run ``Async.<method>``, wait for its task and return the decoded result."""
