@@ -4,8 +4,9 @@
 
 """What every module shell shares: the argument spec with connection options, and one exit path.
 
-A module body is a function ``body(module) -> dict``; whatever it raises of our own error
-types leaves through ``fail_json`` with a message that says what was wrong and what to do.
+A module body is a function ``body(module) -> dict``; whatever it raises leaves through
+``fail_json`` with a message that says what was wrong and what to do, and an ``error_code``
+(docs/errors.md); ``xapi_error`` carries XAPI's own error when XAPI sent one.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class DeltaBackupModule(AnsibleModule):
     """An AnsibleModule whose every failure carries an error_code, including the argument spec's own checks."""
 
     def fail_json(self, msg, **kwargs):
+        # Only AnsibleModule's own checks call this without an error_code: run() always gives one.
         kwargs.setdefault('error_code', INVALID_OPTION_CODE)
         super().fail_json(msg, **kwargs)
 

@@ -175,7 +175,7 @@ def select_vms(vms: list[dict], wanted: list[str] | None, tags: list[str] | None
         unmatched = [item for item in wanted if not any(item.lower() == vm['uuid'] or item == vm['name_label'] for vm in vms)]
         if unmatched:
             raise VmNotFoundError('no VM named or with uuid %s in the pool (templates, snapshots and the control domain are never selected)'
-                            % ', '.join(repr(item) for item in unmatched), unmatched)
+                                  % ', '.join(repr(item) for item in unmatched), unmatched)
         selected = [vm for vm in vms if vm['uuid'] in [item.lower() for item in wanted] or vm['name_label'] in wanted]
     if tags:
         selected = [vm for vm in selected if set(tags) <= set(vm['tags'])]

@@ -109,9 +109,9 @@ def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout
     where = endpoint.netloc
     if isinstance(exc, ssl.SSLCertVerificationError):
         return CertificateVerifyError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
-                         '(each host has its own self-signed certificate unless you installed CA-signed ones: a PEM bundle of '
-                         'every host\'s certificate as ca_path works for all of them, see docs/connecting.md)'
-                         % (endpoint.host, exc.verify_message or exc.reason or exc), endpoint.host)
+                                      '(each host has its own self-signed certificate unless you installed CA-signed ones: a PEM bundle of '
+                                      'every host\'s certificate as ca_path works for all of them, see docs/connecting.md)'
+                                      % (endpoint.host, exc.verify_message or exc.reason or exc), endpoint.host)
     if isinstance(exc, ssl.SSLError):
         return XapiTransportError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
     if isinstance(exc, socket.gaierror):
@@ -128,7 +128,7 @@ def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout
                          'check the pool\'s session limits and that the account is still valid' % where,
                          code='SESSION_INVALID', params=[str(exc.faultCode), exc.faultString])
     if isinstance(exc, xmlrpc.client.Fault):
-        return XapiTransportError('XML-RPC fault from %s: %s' % (where, exc.faultString), )
+        return XapiTransportError('XML-RPC fault from %s: %s' % (where, exc.faultString))
     if isinstance(exc, (http.client.HTTPException, xmlrpc.client.ResponseError)):
         return XapiTransportError('bad HTTP answer from %s: %s' % (where, exc or type(exc).__name__))
     return XapiTransportError('cannot talk to %s: %s' % (where, exc))
@@ -189,9 +189,9 @@ class RawVdiTransfers(XapiTasks):
         """A transport error at the host a transfer was redirected to; a certificate failure says how to trust it."""
         if isinstance(exc, ssl.SSLCertVerificationError):
             return CertificateVerifyError('%s: certificate verify failed for pool member %s (%s). XAPI redirected the transfer there because '
-                             'only that host sees the disk\'s SR, and every host has its own self-signed certificate: fetch each '
-                             'host\'s certificate (for example openssl s_client -connect HOST:443 -showcerts), put them all in one '
-                             'PEM bundle and give it as ca_path (see docs/connecting.md)'
+                                          'only that host sees the disk\'s SR, and every host has its own self-signed certificate: fetch each '
+                                          'host\'s certificate (for example openssl s_client -connect HOST:443 -showcerts), put them all in one '
+                                          'PEM bundle and give it as ca_path (see docs/connecting.md)'
                                           % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), endpoint.host)
         return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
 
