@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Connection options shared by every module; they mirror connection_argument_spec() in module_utils/_xapi/session.py."""
+    """Connection options shared by every module; they mirror connection_argument_spec() in module_utils/module_runner.py."""
 
     DOCUMENTATION = r"""
 options:

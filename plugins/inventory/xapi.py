@@ -137,8 +137,6 @@ cache_timeout: 600
 
 import os
 import re
-import socket
-import ssl
 
 from ansible.config.manager import ensure_type
 from ansible.errors import AnsibleParserError
@@ -146,9 +144,18 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 from ansible.utils.vars import combine_vars
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (
+    CertificateVerifyError, ConnectionOptionError, XapiError, XapiTransportError,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import PoolSnapshotOfRecords
 
+# Where each connection option can be set, for errors that name the option to fix.
+OPTION_HINTS = {
+    'hostname': ' (option hostname or XENSERVER_HOST)',
+    'ca_path': ' (option ca_path or XENSERVER_CA_PATH)',
+    'timeout': ' (option timeout)',
+}
 INVALID_GROUP_CHARACTERS = re.compile(r'[^A-Za-z0-9_]')
 # Options whose blank value (AWX injects '' for unset credential fields) must mean "not set".
 BLANK_MEANS_UNSET = ('hostname', 'username', 'password', 'validate_certs', 'ca_path')
@@ -316,15 +323,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     @staticmethod
     def _hint(error: XapiError) -> str:
-        cause = error.__cause__
+        """The options to look at, chosen by the kind of error (never by its message)."""
         if error.code == 'SESSION_AUTHENTICATION_FAILED':
             return ' (options username and password, or XENSERVER_USER and XENSERVER_PASSWORD)'
-        if isinstance(cause, ssl.SSLCertVerificationError):
+        if isinstance(error, CertificateVerifyError):
             return ' (option ca_path or XENSERVER_CA_PATH; validate_certs or XENSERVER_VALIDATE_CERTS)'
-        if isinstance(cause, (OSError, socket.timeout)) or error.message.startswith('hostname ') or error.message.startswith('no pool'):
-            return ' (option hostname or XENSERVER_HOST)'
-        if error.message.startswith('ca_path '):
-            return ' (option ca_path or XENSERVER_CA_PATH)'
+        if isinstance(error, ConnectionOptionError):
+            return OPTION_HINTS.get(error.option, ' (option %s)' % error.option)
+        if isinstance(error, XapiTransportError):
+            return OPTION_HINTS['hostname']
         return ''
 
     @staticmethod

@@ -182,11 +182,19 @@ files_verified:
   returned: always
   type: int
   sample: 12
+error_code:
+  description:
+    - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
+      the message (for example C(invalid_option), C(repository_locked), C(invalid_vhd)).
+    - The collection's C(docs/errors.md) lists every code, what it means and what to do.
+  returned: failure
+  type: str
+  sample: integrity_check_failed
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
 
 
 def list_backups(module) -> dict:
@@ -195,7 +203,7 @@ def list_backups(module) -> dict:
     result['changed'] = False
     if params['verify'] and result['problems'] and params['fail_on_problems']:
         raise ModuleFailure('%d problem(s) found in %s: %s' % (len(result['problems']), result['repository'], '; '.join(result['problems'])),
-                            **result)
+                            error_code='integrity_check_failed', **result)
     return result
 
 

@@ -182,10 +182,18 @@ duration:
   returned: always
   type: float
   sample: 2.7
+error_code:
+  description:
+    - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
+      the message (for example C(invalid_option), C(repository_locked), C(invalid_vhd)).
+    - The collection's C(docs/errors.md) lists every code, what it means and what to do.
+  returned: failure
+  type: str
+  sample: repository_locked
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 

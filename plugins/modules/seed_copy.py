@@ -166,10 +166,18 @@ throughput_mib_s:
   returned: always
   type: float
   sample: 81.9
+error_code:
+  description:
+    - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
+      the message (for example C(invalid_option), C(repository_locked), C(invalid_vhd)).
+    - The collection's C(docs/errors.md) lists every code, what it means and what to do.
+  returned: failure
+  type: str
+  sample: seed_conflict
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 
 

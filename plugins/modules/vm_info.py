@@ -181,6 +181,30 @@ vms:
           description: Name of the network.
           type: str
           sample: Pool-wide network associated with eth0
+error_code:
+  description:
+    - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
+      the message (for example C(invalid_option), C(repository_locked), C(invalid_vhd)).
+    - The collection's C(docs/errors.md) lists every code, what it means and what to do.
+  returned: failure
+  type: str
+  sample: vm_not_found
+xapi_error:
+  description:
+    - The error XAPI itself returned (its C(ErrorDescription)), when the failure came from XAPI; C(error_code) is then
+      C(xapi_error). Failures XAPI never reports (network, timeouts, transfers, VM lookups) come without it.
+  returned: failure, when XAPI returned an error
+  type: dict
+  contains:
+    code:
+      description: XAPI's error code.
+      type: str
+      sample: VDI_IN_USE
+    params:
+      description: XAPI's error parameters, as text.
+      type: list
+      elements: str
+      sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
 """
 
 import traceback
@@ -200,7 +224,7 @@ else:
 def apply_filter(vms: list[dict], expression: str) -> list[dict]:
     if jmespath is None:
         raise ModuleFailure('the jmespath Python library is required for filter: install jmespath on the controller',
-                            exception=JMESPATH_IMPORT_ERROR)
+                            error_code='missing_library', exception=JMESPATH_IMPORT_ERROR)
     try:
         selected = jmespath.search(expression, vms)
     except jmespath.exceptions.JMESPathError as error:

@@ -273,10 +273,34 @@ unblocked_operations:
   elements: str
   sample: [migrate_send, pool_migrate]
   version_added: 0.2.0
+error_code:
+  description:
+    - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
+      the message (for example C(invalid_option), C(repository_locked), C(invalid_vhd)).
+    - The collection's C(docs/errors.md) lists every code, what it means and what to do.
+  returned: failure
+  type: str
+  sample: vm_not_found
+xapi_error:
+  description:
+    - The error XAPI itself returned (its C(ErrorDescription)), when the failure came from XAPI; C(error_code) is then
+      C(xapi_error). Failures XAPI never reports (network, timeouts, transfers, VM lookups) come without it.
+  returned: failure, when XAPI returned an error
+  type: dict
+  contains:
+    code:
+      description: XAPI's error code.
+      type: str
+      sample: VDI_IN_USE
+    params:
+      description: XAPI's error parameters, as text.
+      type: list
+      elements: str
+      sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import existing_repositories, manage_job_snapshots
 
 

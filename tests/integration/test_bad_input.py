@@ -69,6 +69,7 @@ def test_malformed_and_mistyped_variables_are_named(app):
     for ((module, args), text), result in zip(cases, results):
         msg = failed(result)
         assert text in msg, (module, args, msg)
+        assert result.get('error_code') in ('invalid_option', 'invalid_input', 'vm_not_found', 'repository_error', 'restore_failed'), result
     assert tree(repo) == before
     assert pool_counts(app['sim']) == counts
     assert_point_matches_truth(app, repo, full)
@@ -180,6 +181,8 @@ def test_hand_edited_metadata_is_named_with_the_problem(app, tmp_path):
          "is not a vdis/<job uuid>/<vdi uuid>/<timestamp>.vhd path"),
         (lambda data: dict(data, mode='full-ish'), "mode is 'full-ish', only 'delta' backups are handled"),
         (lambda data: dict(data, isVhdDifferencing={ref: 'yes' for ref in data['isVhdDifferencing']}), 'must be a boolean'),
+        (lambda data: dict(data, xapi_delta_backup=dict(data['xapi_delta_backup'], virtual_sizes={ref: 'big' for ref in data['vhds']})),
+         'xapi_delta_backup.virtual_sizes must map VDI refs to sizes in bytes'),
         (None, 'not valid JSON'),
     ]
     restore_refusals = []

@@ -30,6 +30,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ExportNotVhdError, TransferCutError, TransferTooLongError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
@@ -103,9 +104,9 @@ def read_vhd_start(stream, label: str) -> bytes:
         while stream.read(MIB):
             pass  # reaching the end verifies the task: a failed task raises its XAPI error here
     except XapiError as error:
-        if error.code != 'SHORT_STREAM':
-            raise XapiError('%s (XAPI sent an error page instead of the VHD)' % error.message, code=error.code, params=error.params) from error
-    raise XapiError('%s: XAPI sent no VHD but %s' % (label, shown), code='EXPORT_NOT_VHD', params=[shown])
+        if not isinstance(error, TransferCutError):
+            raise error.reworded('%s (XAPI sent an error page instead of the VHD)' % error.message) from error
+    raise ExportNotVhdError('%s: XAPI sent no VHD but %s' % (label, shown))
 
 
 @dataclass
@@ -365,7 +366,7 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
             result = rewrite_identity(PrefixedStream(head, stream), sink, unique_id=disk.vdi_uuid, parent=parent, name=label)
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):
-            raise XapiError('export of %s sent data after the end of its VHD' % disk.vdi_uuid, code='LONG_STREAM')
+            raise TransferTooLongError('export of %s sent data after the end of its VHD' % disk.vdi_uuid)
     written.extend(writer.path for writer in writers)
     elapsed = max(time.monotonic() - started, 1e-6)
     relative = writers[0].path[len(repositories[0].vm_dir(plan.vm_record['uuid'])) + 1:].replace(os.sep, '/')
@@ -467,7 +468,7 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str,
         if not error_names_a_base(plan, error):
             raise
         if delta_only:
-            raise XapiError('%s (delta_only is set, so no full is exported instead)' % error.message, code=error.code, params=error.params) from error
+            raise error.reworded('%s (delta_only is set, so no full is exported instead)' % error.message) from error
         # Nothing of the failed delta is left (run_export removed its files): export a full in the same run.
         _all_full(plan, 'the delta export failed, so a full was exported instead: %s' % error.message)
         result.update(describe_plan(plan), delta_fallback=error.message)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import VmAmbiguousError, VmNotBackupCandidateError, VmNotFoundError
 
 NOBAK_MARKER = '[NOBAK]'
 UUID_PATTERN = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
@@ -140,14 +141,14 @@ def find_vm(xapi, vm: str) -> tuple[str, dict]:
         candidates = [(ref, xapi.call('VM.get_record', ref)) for ref in refs]
         candidates = [(ref, record) for ref, record in candidates if is_backup_candidate(record)]
     if not candidates:
-        raise XapiError('no VM named or with uuid %r exists in the pool: check the name or use the uuid' % vm, code='VM_NOT_FOUND', params=[vm])
+        raise VmNotFoundError('no VM named or with uuid %r exists in the pool: check the name or use the uuid' % vm, [vm])
     if len(candidates) > 1:
         uuids = ', '.join(sorted(record['uuid'] for _ref, record in candidates))
-        raise XapiError('%d VMs are named %r (%s): give the uuid instead' % (len(candidates), vm, uuids), code='VM_AMBIGUOUS', params=[vm])
+        raise VmAmbiguousError('%d VMs are named %r (%s): give the uuid instead' % (len(candidates), vm, uuids), [vm])
     ref, record = candidates[0]
     if not is_backup_candidate(record):
         kind = 'the control domain' if record.get('is_control_domain') else 'a snapshot' if record.get('is_a_snapshot') else 'a template'
-        raise XapiError('%s (%s) is %s, not a VM that can be backed up' % (vm, record.get('uuid'), kind), code='VM_NOT_BACKUP_CANDIDATE', params=[vm])
+        raise VmNotBackupCandidateError('%s (%s) is %s, not a VM that can be backed up' % (vm, record.get('uuid'), kind), [vm])
     return ref, record
 
 
@@ -173,8 +174,8 @@ def select_vms(vms: list[dict], wanted: list[str] | None, tags: list[str] | None
         wanted = [str(item).strip() for item in wanted if str(item or '').strip()]
         unmatched = [item for item in wanted if not any(item.lower() == vm['uuid'] or item == vm['name_label'] for vm in vms)]
         if unmatched:
-            raise XapiError('no VM named or with uuid %s in the pool (templates, snapshots and the control domain are never selected)'
-                            % ', '.join(repr(item) for item in unmatched), code='VM_NOT_FOUND', params=unmatched)
+            raise VmNotFoundError('no VM named or with uuid %s in the pool (templates, snapshots and the control domain are never selected)'
+                                  % ', '.join(repr(item) for item in unmatched), unmatched)
         selected = [vm for vm in vms if vm['uuid'] in [item.lower() for item in wanted] or vm['name_label'] in wanted]
     if tags:
         selected = [vm for vm in selected if set(tags) <= set(vm['tags'])]

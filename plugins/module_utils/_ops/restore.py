@@ -59,6 +59,8 @@ BACKUP_KEY_PREFIXES = ('xo:backup:', 'xo:base_delta_vdi', 'xo:copy_of', 'xapi_de
 class RestoreError(RepositoryError):
     """A restore that cannot start or did not finish (whatever it created is removed again)."""
 
+    error_code = 'restore_failed'
+
 
 # -- choosing what to restore ------------------------------------------------------------------
 
@@ -512,7 +514,7 @@ def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr:
                 message = 'restore of VM %s backup %s failed, everything it created was removed%s: %s' % (
                     vm_uuid, chosen.timestamp, ' except: %s' % '; '.join(problems) if problems else '', error)
                 if isinstance(error, XapiError):
-                    raise XapiError(message, code=error.code, params=error.params) from error
+                    raise error.reworded(message) from error
                 raise RestoreError(message) from error
             raise
     elapsed = max(time.monotonic() - started, 1e-6)

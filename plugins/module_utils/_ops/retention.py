@@ -48,6 +48,8 @@ HASH_CHUNK = 4 * 1024 * 1024
 class IntegrityError(RepositoryError):
     """A VHD that fails its structural or checksum check; ``problems`` lists every problem, each naming its file."""
 
+    error_code = 'integrity_check_failed'
+
     def __init__(self, what: str, problems: list):
         self.problems = list(problems)
         self.files = sorted({problem.split(':', 1)[0] for problem in self.problems})
@@ -56,6 +58,8 @@ class IntegrityError(RepositoryError):
 
 class UnfinishedMergeError(RepositoryError):
     """A merge left unfinished by a crash; backup_merge finishes it."""
+
+    error_code = 'unfinished_merge'
 
 
 # -- checksums ---------------------------------------------------------------------------------

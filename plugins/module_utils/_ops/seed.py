@@ -44,6 +44,8 @@ OUR_TEMPORARY = re.compile(r'^\.\d+-[0-9a-f]{8}\.')
 class SeedConflictError(RepositoryError):
     """The destination holds a different file under the same name."""
 
+    error_code = 'seed_conflict'
+
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -23,6 +23,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import NotASnapshotError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BACKUP_DIR, open_repository, process_is_alive
 
@@ -409,7 +410,7 @@ def destroy_snapshot_vm(xapi, snapshot_ref: str) -> list[str]:
     """Destroy a snapshot VM and its disk VDIs (VM.destroy leaves VDIs behind); return the VDI uuids removed."""
     record = xapi.call('VM.get_record', snapshot_ref)
     if not record.get('is_a_snapshot'):
-        raise XapiError('refusing to destroy %s: it is not a snapshot' % record.get('uuid'), code='NOT_A_SNAPSHOT')
+        raise NotASnapshotError('refusing to destroy %s: it is not a snapshot' % record.get('uuid'))
     disks = vm_disks(xapi, record)
     xapi.call('VM.destroy', snapshot_ref, what='removal of snapshot %s' % record.get('uuid'))
     removed = []

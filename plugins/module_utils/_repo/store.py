@@ -32,6 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
 
 BACKUP_DIR = 'xo-vm-backups'
@@ -63,12 +64,16 @@ VHD_DISK_TYPE_OFFSET = 60
 VHD_TYPE_FIXED, VHD_TYPE_DYNAMIC, VHD_TYPE_DIFFERENCING = 2, 3, 4
 
 
-class RepositoryError(Exception):
+class RepositoryError(DeltaBackupError):
     """A repository problem with a message saying what is wrong and where."""
+
+    error_code = 'repository_error'
 
 
 class MetadataError(RepositoryError):
     """A backup metadata JSON that cannot be used (hand-edited, truncated, wrong types)."""
+
+    error_code = 'invalid_metadata'
 
     def __init__(self, path: str, problem: str):
         super().__init__('backup metadata %s is invalid: %s' % (path, problem))
@@ -78,6 +83,8 @@ class MetadataError(RepositoryError):
 
 class RepositoryLockedError(RepositoryError):
     """Another run holds the VM's lock; ``holder`` is its owner record (may be empty)."""
+
+    error_code = 'repository_locked'
 
     def __init__(self, lock_path: str, holder: dict, idle_seconds: float | None = None):
         idle = ''
@@ -296,6 +303,9 @@ def validate_metadata(data, path: str) -> dict:
     if own is not None:
         if not isinstance(own, dict) or not isinstance(own.get('sha256', {}), dict) or not isinstance(own.get('virtual_sizes', {}), dict):
             raise MetadataError(path, 'field %r must be an object with sha256 and virtual_sizes objects' % OWN_FIELD)
+        bad_sizes = {ref: size for ref, size in own.get('virtual_sizes', {}).items() if not isinstance(size, int) or isinstance(size, bool) or size < 0}
+        if bad_sizes:
+            raise MetadataError(path, '%s.virtual_sizes must map VDI refs to sizes in bytes, got %r' % (OWN_FIELD, bad_sizes))
     return data
 
 

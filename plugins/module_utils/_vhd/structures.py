@@ -17,6 +17,8 @@ import struct
 import time
 import uuid
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
+
 SECTOR = 512
 FOOTER_SIZE = 512
 HEADER_SIZE = 1024
@@ -54,11 +56,13 @@ _LOCATOR = struct.Struct(">4sIIIQ")
 _REVERSE_BITS = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
-class VhdError(Exception):
+class VhdError(DeltaBackupError):
     """Any malformed, inconsistent or unsupported VHD input.
 
     The message names the file, the structure, the field and the byte offset.
     """
+
+    error_code = 'invalid_vhd'
 
     def __init__(self, path, structure, field, offset, problem):
         self.path = str(path) if path is not None else "<stream>"

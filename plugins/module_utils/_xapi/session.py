@@ -2,28 +2,26 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""XAPI sessions for the xapi.delta_backup modules.
+"""XAPI sessions: log in (following HOST_IS_SLAVE to the coordinator), call, always log out.
 
-Shared connection options, a session that always logs out, XAPI error
-translation, task waiting and streaming HTTP transfers of raw VDIs.
+``XapiConnection`` is the facade the other layers use: this module's session and calls, with the
+task handling of ``tasks.py`` and the raw disk transfers of ``http.py``. Errors live in ``errors.py``.
 """
 
 from __future__ import annotations
 
 import atexit
-import http.client
-import io
-import os
-import select
-import socket
 import ssl
-import time
 import traceback
 import xmlrpc.client
-from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
 
-from ansible.module_utils.basic import env_fallback
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (
+    ConnectionOptionError, XapiError, XenApiMissingError, error_param, xapi_error_from_failure,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import (
+    NULL_REF, TRANSPORT_ERRORS, HostEndpoint, RawVdiTransfers, build_ssl_context, describe_transport_error, parse_hostname,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import LONG_OPERATIONS
 
 try:
     import XenAPI
@@ -35,6 +33,9 @@ else:
     HAS_XENAPI = True
     XENAPI_IMPORT_ERROR = None
 
+# NULL_REF and XapiError are part of this module's interface for the other layers.
+__all__ = ['DEFAULT_OPERATION_TIMEOUT', 'DEFAULT_TIMEOUT', 'DEFAULT_TRANSFER_READ_TIMEOUT', 'HAS_XENAPI', 'NULL_REF', 'XENAPI_IMPORT_ERROR',
+           'XapiConnection', 'XapiError']
 
 ORIGINATOR = 'xapi.delta_backup'
 XAPI_API_VERSION = '1.0'
@@ -42,226 +43,6 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_OPERATION_TIMEOUT = 600.0
 # XAPI attaches the VDI (and its base) before the first byte of an export: minutes on a busy LVM SR.
 DEFAULT_TRANSFER_READ_TIMEOUT = 300.0
-# Calls that can outlast a socket timeout on a busy pool (a VM start waits for xenopsd, a VDI.destroy
-# for the SR). call() runs them as Async.* and waits for their task under operation_timeout instead.
-LONG_OPERATIONS = frozenset({'VM.start', 'VM.hard_shutdown', 'VM.clean_shutdown', 'VM.shutdown', 'VM.destroy',
-                             'VDI.destroy', 'VDI.snapshot', 'VDI.clone', 'VM.snapshot', 'VM.clone'})
-# 2 MiB matches the VHD block size, so one chunk is one block on the wire.
-TRANSFER_CHUNK_SIZE = 2 * 1024 * 1024
-# event.from must return before the socket timeout fires, so its wait is capped.
-EVENT_WAIT_CAP = 30.0
-TASK_POLL_INTERVAL = 0.5
-TASK_CANCEL_GRACE = 5.0
-UNFINISHED_TASK_STATES = ('pending', 'cancelling')
-TRANSFER_FORMATS = ('vhd', 'raw')
-NULL_REF = 'OpaqueRef:NULL'
-REDIRECT_STATUSES = (301, 302, 303, 307, 308)
-# XAPI answers an import's headers at once; a server that waits for the body just gets it after this.
-EARLY_RESPONSE_WAIT = 5.0
-
-
-def connection_argument_spec() -> dict:
-    """Options shared by every module that talks to a pool (see the connection doc fragment)."""
-    return dict(
-        hostname=dict(type='str', aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
-        username=dict(type='str', aliases=['user', 'admin'], default='root', fallback=(env_fallback, ['XENSERVER_USER'])),
-        password=dict(type='str', aliases=['pass', 'pwd'], no_log=True, fallback=(env_fallback, ['XENSERVER_PASSWORD'])),
-        validate_certs=dict(type='bool', default=True, fallback=(env_fallback, ['XENSERVER_VALIDATE_CERTS'])),
-        ca_path=dict(type='path', fallback=(env_fallback, ['XENSERVER_CA_PATH'])),
-        timeout=dict(type='float', default=DEFAULT_TIMEOUT),
-        operation_timeout=dict(type='float', default=DEFAULT_OPERATION_TIMEOUT),
-        transfer_read_timeout=dict(type='float', default=DEFAULT_TRANSFER_READ_TIMEOUT),
-    )
-
-
-class XapiError(Exception):
-    """A failed XAPI interaction, with a message a pool operator can act on.
-
-    ``code`` and ``params`` keep the raw XAPI error (None for transport errors)
-    so that modules can return them as ``xapi_error``.
-    """
-
-    def __init__(self, message: str, code: str | None = None, params: list | tuple | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.params = list(params or [])
-
-    def as_result(self) -> dict:
-        return {'code': self.code, 'params': self.params}
-
-
-def fail_json_with_xapi_error(module, error: XapiError, **result) -> None:
-    """Leave a module through fail_json with the mapped message, the raw XAPI error and the traceback."""
-    module.fail_json(msg=error.message, xapi_error=error.as_result(), exception=traceback.format_exc(), **result)
-
-
-def _param(params: list, index: int, default: str = '?') -> str:
-    return str(params[index]) if len(params) > index else default
-
-
-def _explain_failure(code: str, params: list, method: str | None) -> str:
-    """Operator-facing explanation of one XAPI error code (ansible-conventions.md, section 5)."""
-    if code == 'SESSION_AUTHENTICATION_FAILED':
-        return 'login failed for user %s: check username and password' % _param(params, 0)
-    if code == 'HANDLE_INVALID':
-        return '%s %s does not exist (any more): it was deleted or the reference is stale; look it up again' % (_param(params, 0), _param(params, 1))
-    if code == 'UUID_INVALID':
-        return 'no %s with uuid %s exists: check the uuid' % (_param(params, 0), _param(params, 1))
-    if code == 'VM_BAD_POWER_STATE':
-        return 'VM %s is %s but must be %s for this operation: change its power state first' % (_param(params, 0), _param(params, 2), _param(params, 1))
-    if code in ('SR_FULL', 'SR_BACKEND_FAILURE_44'):
-        return 'the SR is out of space: free space on it (delete old snapshots, wait for coalesce) or use another SR'
-    if code == 'SR_BACKEND_FAILURE_109':
-        return 'the VDI snapshot chain is too long: wait for the SR garbage collector to coalesce it (or rescan the SR), then retry'
-    if code == 'VDI_IN_USE':
-        return 'VDI %s is in use (%s): retry later' % (_param(params, 0), _param(params, 1))
-    if code == 'OTHER_OPERATION_IN_PROGRESS':
-        return '%s %s is busy with another operation (%s): retry later' % (_param(params, 0), _param(params, 1), _param(params, 2, 'unknown'))
-    if code == 'VDI_IO_ERROR':
-        return 'the disk transfer failed on the host (%s): check the SR and the host logs, then retry' % _param(params, 0, 'no detail')
-    if code == 'MESSAGE_PARAMETER_COUNT_MISMATCH':
-        called = _param(params, 0, method or '?')
-        if called in ('VM.snapshot', 'Async.VM.snapshot'):
-            return 'this XAPI is too old for VM.snapshot with ignore_vdis (added in XAPI 21.4.0): update the pool or exclude no disks'
-        return 'XAPI expected %s parameters for %s but got %s: client and pool versions do not match' % (_param(params, 1), called, _param(params, 2))
-    if code == 'TASK_CANCELLED':
-        return 'the task was cancelled'
-    if code == 'HOST_IS_SLAVE':
-        return 'host is a pool member, not the coordinator (%s): connect to the pool coordinator' % _param(params, 0)
-    if code == 'SESSION_INVALID':
-        return 'the XAPI session expired or was logged out (too many sessions on the pool?): retry'
-    if code == 'HANDLE_INVALID' and _param(params, 0) == 'task':
-        return TASK_DESTROYED_ADVICE
-    detail = ', '.join(str(p) for p in params)
-    return 'XAPI error %s%s' % (code, ' (%s)' % detail if detail else '')
-
-
-# XAPI's database GC (ocaml/xapi/db_gc_util.ml) destroys a pending task older than pending_task_timeout
-# (24 h by default) as soon as its progress stops moving between two passes, 30 s apart: a full export
-# of a large disk over a slow link, whose percentage moves less often than that, is cut this way.
-# Xen Orchestra meets the same event as "task has been destroyed before completion" (its xen-api
-# client, packages/xen-api/index.mjs, rejects a watched task that disappears unfinished).
-TASK_DESTROYED_ADVICE = ('XAPI destroyed the task before the transfer finished (its garbage collector removes tasks pending '
-                         'for more than 24 hours whose progress stalls, e.g. a first full export over a slow link): make the '
-                         'first full into a repository near the pool and move it with the seed procedure (role '
-                         'xapi.delta_backup.seed, module seed_copy); later runs then send only deltas')
-
-
-def is_task_gone(error: XapiError) -> bool:
-    """True when XAPI no longer knows the task (destroyed by its GC or by someone else)."""
-    return error.code == 'HANDLE_INVALID' and error.params[:1] == ['task']
-
-
-def xapi_error_from_failure(details, what: str | None = None, method: str | None = None) -> XapiError:
-    """Build a XapiError from a XAPI ErrorDescription list (or XenAPI.Failure.details).
-
-    ``what`` names the action or object ("VM.snapshot on OpaqueRef:..") and prefixes the message.
-    """
-    details = [str(d) for d in (details or [])] or ['INTERNAL_ERROR', 'empty error description']
-    code, params = details[0], details[1:]
-    explanation = _explain_failure(code, params, method)
-    message = '%s failed: %s' % (what, explanation) if what else explanation
-    return XapiError(message, code=code, params=params)
-
-
-@dataclass(frozen=True)
-class HostEndpoint:
-    """Where XAPI listens: scheme, host name or address, port."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def netloc(self) -> str:
-        host = '[%s]' % self.host if ':' in self.host else self.host
-        return '%s:%d' % (host, self.port)
-
-    @property
-    def url(self) -> str:
-        return '%s://%s/' % (self.scheme, self.netloc)
-
-
-DEFAULT_PORTS = {'https': 443, 'http': 80}
-
-
-def parse_hostname(value: str | None, default_scheme: str = 'https', default_port: int | None = None) -> HostEndpoint:
-    """Turn the hostname option into an endpoint. https unless the value says ``http://``."""
-    text = (value or '').strip()
-    if not text:
-        raise XapiError('no pool to connect to: set hostname or the XENSERVER_HOST environment variable')
-    if '://' not in text:
-        # A bare IPv6 address has several colons and needs brackets in a URL.
-        if text.count(':') > 1 and not text.startswith('['):
-            text = '[%s]' % text
-        text = '%s://%s' % (default_scheme, text)
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise XapiError('hostname %s: unsupported scheme %s, use https:// (default) or http://' % (value, scheme))
-    if parts.path not in ('', '/') or parts.query or parts.fragment or parts.username or parts.password:
-        raise XapiError('hostname %s: give only a host name or address, optionally with scheme and port' % value)
-    try:
-        port = parts.port
-    except ValueError:
-        raise XapiError('hostname %s: invalid port' % value) from None
-    if not parts.hostname:
-        raise XapiError('hostname %s: no host name found' % value)
-    return HostEndpoint(scheme, parts.hostname, port or default_port or DEFAULT_PORTS[scheme])
-
-
-def build_ssl_context(validate_certs: bool = True, ca_path: str | None = None) -> ssl.SSLContext:
-    """TLS context shared by XML-RPC and HTTP transfers: verify by default, honour ca_path."""
-    if not validate_certs:
-        # Explicit user choice (validate_certs: false): honour it, never drop it silently.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if not ca_path:
-        return ssl.create_default_context()
-    if not os.path.exists(ca_path):
-        raise XapiError('ca_path %s does not exist: give the path of the pool CA certificate (PEM)' % ca_path)
-    try:
-        if os.path.isdir(ca_path):
-            return ssl.create_default_context(capath=ca_path)
-        return ssl.create_default_context(cafile=ca_path)
-    except (ssl.SSLError, OSError) as exc:
-        raise XapiError('ca_path %s could not be loaded as PEM certificates: %s' % (ca_path, exc)) from exc
-
-
-def describe_transport_error(exc: BaseException, endpoint: HostEndpoint, timeout: float | None = None, option: str = 'timeout') -> XapiError:
-    """Translate socket, TLS and HTTP errors into messages saying what to check (``option`` names the timeout that ran out)."""
-    where = endpoint.netloc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return XapiError('certificate verify failed for host %s (%s): set ca_path to the pool\'s CA or validate_certs: false '
-                         '(each host has its own self-signed certificate unless you installed CA-signed ones: a PEM bundle of '
-                         'every host\'s certificate as ca_path works for all of them, see docs/connecting.md)'
-                         % (endpoint.host, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED', params=[endpoint.host])
-    if isinstance(exc, ssl.SSLError):
-        return XapiError('TLS error talking to %s: %s (is it really an https port?)' % (where, exc))
-    if isinstance(exc, socket.gaierror):
-        return XapiError('cannot resolve host %s: %s; check hostname' % (endpoint.host, exc.strerror or exc))
-    if isinstance(exc, ConnectionRefusedError):
-        return XapiError('connection refused by %s: check hostname and port and that XAPI runs there (port 80 may be closed: use https)' % where)
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return XapiError('no answer from %s within %s seconds: check the network or raise %s' % (where, timeout, option))
-    if isinstance(exc, xmlrpc.client.ProtocolError):
-        return XapiError('HTTP error %s %s from %s: is this a XAPI host?' % (exc.errcode, exc.errmsg, where))
-    if isinstance(exc, xmlrpc.client.Fault) and 'valid session' in str(exc.faultString):
-        # XenAPI logs in again and repeats a call refused with SESSION_INVALID, three times.
-        return XapiError('the XAPI session on %s kept expiring: XenAPI logged in again three times and was refused each time; '
-                         'check the pool\'s session limits and that the account is still valid' % where,
-                         code='SESSION_INVALID', params=[str(exc.faultCode), exc.faultString])
-    if isinstance(exc, xmlrpc.client.Fault):
-        return XapiError('XML-RPC fault from %s: %s' % (where, exc.faultString), code='FAULT', params=[str(exc.faultCode), exc.faultString])
-    if isinstance(exc, (http.client.HTTPException, xmlrpc.client.ResponseError)):
-        return XapiError('bad HTTP answer from %s: %s' % (where, exc or type(exc).__name__))
-    return XapiError('cannot talk to %s: %s' % (where, exc))
-
-
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException, xmlrpc.client.Error, ssl.SSLError)
 
 
 class _TimeoutTransport(xmlrpc.client.Transport):
@@ -290,21 +71,7 @@ class _TimeoutSafeTransport(xmlrpc.client.SafeTransport):
         return connection
 
 
-def decode_task_result(text) -> object:
-    """Decode task.result, which XAPI returns as XML-RPC ``<value>`` text ('' for void)."""
-    if not isinstance(text, str) or not text.strip():
-        return text if text is not None else ''
-    if '<value' not in text:
-        return text
-    document = '<?xml version="1.0"?><methodResponse><params><param>%s</param></params></methodResponse>' % text
-    try:
-        values, dummy = xmlrpc.client.loads(document)
-    except Exception as exc:  # expat and xmlrpc raise several unrelated types for bad input
-        raise XapiError('cannot decode the task result %r: %s' % (text[:200], exc)) from exc
-    return values[0] if values else ''
-
-
-class XapiConnection:
+class XapiConnection(RawVdiTransfers):
     """One XAPI session, used as a context manager so it is always logged out.
 
     >>> with XapiConnection.from_params(module.params) as xapi:
@@ -316,7 +83,7 @@ class XapiConnection:
                  operation_timeout: float | None = DEFAULT_OPERATION_TIMEOUT,
                  transfer_read_timeout: float | None = DEFAULT_TRANSFER_READ_TIMEOUT):
         if not HAS_XENAPI:
-            raise XapiError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
+            raise XenApiMissingError('the XenAPI Python library is required: install XenAPI on the controller or in the execution environment')
         self.endpoint = parse_hostname(hostname)
         # AWX surveys send '' for unset fields: treat blank as unset.
         self.username = (username or '').strip() or 'root'
@@ -325,13 +92,13 @@ class XapiConnection:
         self.ca_path = ca_path or None
         self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
         if self.timeout <= 0:
-            raise XapiError('timeout must be a positive number of seconds, got %s' % timeout)
+            raise ConnectionOptionError('timeout', 'timeout must be a positive number of seconds, got %s' % timeout)
         self.operation_timeout = float(operation_timeout) if operation_timeout else DEFAULT_OPERATION_TIMEOUT
         if self.operation_timeout <= 0:
-            raise XapiError('operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
+            raise ConnectionOptionError('operation_timeout', 'operation_timeout must be a positive number of seconds, got %s' % operation_timeout)
         self.transfer_read_timeout = float(transfer_read_timeout) if transfer_read_timeout else DEFAULT_TRANSFER_READ_TIMEOUT
         if self.transfer_read_timeout <= 0:
-            raise XapiError('transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
+            raise ConnectionOptionError('transfer_read_timeout', 'transfer_read_timeout must be a positive number of seconds, got %s' % transfer_read_timeout)
         self.originator = originator
         self.ssl_context = build_ssl_context(self.validate_certs, self.ca_path) if self.endpoint.scheme == 'https' else None
         self._session = None
@@ -339,7 +106,7 @@ class XapiConnection:
 
     @classmethod
     def from_params(cls, params: dict) -> 'XapiConnection':
-        """Build from module params shaped like connection_argument_spec()."""
+        """Build from module params shaped like module_runner.connection_argument_spec()."""
         return cls(hostname=params.get('hostname'), username=params.get('username'), password=params.get('password'),
                    validate_certs=params.get('validate_certs', True), ca_path=params.get('ca_path'), timeout=params.get('timeout'),
                    operation_timeout=params.get('operation_timeout'), transfer_read_timeout=params.get('transfer_read_timeout'))
@@ -376,7 +143,7 @@ class XapiConnection:
         except XapiError as error:
             if error.code != 'HOST_IS_SLAVE':
                 raise
-            self.endpoint = parse_hostname(_param(error.params, 0, ''), default_scheme=self.endpoint.scheme, default_port=self.endpoint.port)
+            self.endpoint = parse_hostname(error_param(error.params, 0, ''), default_scheme=self.endpoint.scheme, default_port=self.endpoint.port)
             self._login_to(self.endpoint)
         if not self._atexit_registered:
             # Last resort if a caller forgets the context manager: sessions are a scarce pool-wide resource.
@@ -442,480 +209,3 @@ class XapiConnection:
             raise xapi_error_from_failure(failure.details, what=label, method=method) from failure
         except TRANSPORT_ERRORS as exc:
             raise describe_transport_error(exc, self.endpoint, self.timeout) from exc
-
-    # -- tasks ---------------------------------------------------------------------------------
-
-    def call_async(self, method: str, *args, timeout: float | None = None, what: str | None = None):
-        """Run ``Async.<method>``, wait for its task and return the decoded result."""
-        label = what or method
-        task_ref = self._call('Async.' + method, *args, what=label)
-        return self.wait_for_task(task_ref, timeout=timeout, what=label)
-
-    def create_task(self, label: str, description: str = '') -> str:
-        return self.call('task.create', label, description or 'created by %s' % ORIGINATOR)
-
-    def wait_for_task(self, task_ref: str, timeout: float | None = None, what: str | None = None, destroy: bool = True):
-        """Wait until the task finishes; return its decoded result or raise XapiError.
-
-        On timeout the task is cancelled; with ``destroy`` it is destroyed in every case.
-        """
-        label = what or 'task %s' % task_ref
-        limit = self.timeout if timeout is None else float(timeout)
-        try:
-            status = self._wait_until_finished(task_ref, time.monotonic() + limit)
-            if status in UNFINISHED_TASK_STATES:
-                status = self._cancel_after_timeout(task_ref, label, limit)
-            return self._task_outcome(task_ref, status, label)
-        except XapiError as error:
-            if is_task_gone(error) and error.params[1:2] == [task_ref]:
-                raise XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref]) from error
-            raise
-        finally:
-            if destroy:
-                self.destroy_task(task_ref)
-
-    def _cancel_after_timeout(self, task_ref: str, label: str, limit: float) -> str:
-        """Cancel a task that outlived its wait and raise TIMEOUT saying whether XAPI stopped it.
-
-        XAPI lists ``cancel`` in a task's allowed_operations only when the operation can be stopped
-        (xenopsd VM operations, snapshots); a cancel of any other is recorded and ignored. A task that
-        finished during the cancel grace period returns its final status instead.
-        """
-        try:
-            cancellable = 'cancel' in (self.call('task.get_allowed_operations', task_ref) or [])
-        except XapiError:
-            cancellable = True
-        if cancellable:
-            self.cancel_task(task_ref)
-            try:
-                status = self.task_status(task_ref)
-            except XapiError:
-                status = 'cancelled'
-            if status in ('success', 'failure'):
-                return status
-            if status == 'cancelled':
-                raise XapiError('%s did not finish within %s seconds; the task was cancelled (raise the timeout for large disks or slow hosts)'
-                                % (label, limit), code='TIMEOUT', params=[task_ref])
-        else:
-            self.request_cancel(task_ref)
-        raise XapiError('%s did not finish within %s seconds; XAPI cannot cancel this operation, so it may still complete: '
-                        'check the object later, or raise the timeout' % (label, limit), code='TIMEOUT', params=[task_ref])
-
-    def task_status(self, task_ref: str) -> str:
-        return self.call('task.get_status', task_ref)
-
-    def _task_outcome(self, task_ref: str, status: str, label: str):
-        if status == 'success':
-            return decode_task_result(self.call('task.get_result', task_ref))
-        error_info = self.call('task.get_error_info', task_ref)
-        if not error_info:
-            error_info = ['TASK_CANCELLED' if status == 'cancelled' else 'INTERNAL_ERROR', 'task ended with status %s' % status]
-        raise xapi_error_from_failure(error_info, what=label)
-
-    def _wait_until_finished(self, task_ref: str, deadline: float) -> str:
-        """Block on event.from for the task (falling back to polling); return the last status seen."""
-        token = ''
-        events_work = True
-        while True:
-            status = self.task_status(task_ref)
-            remaining = deadline - time.monotonic()
-            if status not in UNFINISHED_TASK_STATES or remaining <= 0:
-                return status
-            wait = min(remaining, EVENT_WAIT_CAP, self.timeout / 2)
-            if events_work:
-                try:
-                    token = self._next_event_token(task_ref, token, wait)
-                    continue
-                except XapiError:
-                    # Some servers or roles refuse event.from: fall back to plain polling.
-                    events_work = False
-            time.sleep(min(remaining, TASK_POLL_INTERVAL))
-
-    def _next_event_token(self, task_ref: str, token: str, wait: float) -> str:
-        answer = self.call('event.from', ['task/%s' % task_ref], token, float(wait))
-        return answer.get('token', token) if isinstance(answer, dict) else token
-
-    def request_cancel(self, task_ref: str) -> bool:
-        """Send task.cancel; False when XAPI refused it (the task may have finished or be gone)."""
-        try:
-            self.call('task.cancel', task_ref)
-        except XapiError:
-            return False
-        return True
-
-    def abandon_task(self, task_ref: str) -> None:
-        """End a task this client made with task.create for a transfer it gives up, then destroy it.
-
-        Nothing in XAPI completes such a task once no handler runs it any more, and task.destroy only
-        marks an unfinished task (XAPI's GC would keep it 24 hours), so it is set ``cancelled`` first.
-        """
-        self.request_cancel(task_ref)
-        try:
-            if self.task_status(task_ref) in UNFINISHED_TASK_STATES:
-                self.call('task.set_status', task_ref, 'cancelled')
-        except XapiError:
-            pass
-        self.destroy_task(task_ref)
-
-    def cancel_task(self, task_ref: str) -> None:
-        """Ask XAPI to cancel the task and give it a moment to stop; errors are ignored (it may have finished)."""
-        if not self.request_cancel(task_ref):
-            return
-        deadline = time.monotonic() + TASK_CANCEL_GRACE
-        while time.monotonic() < deadline:
-            try:
-                if self.task_status(task_ref) not in UNFINISHED_TASK_STATES:
-                    return
-            except XapiError:
-                return
-            time.sleep(0.1)
-
-    def destroy_task(self, task_ref: str) -> None:
-        try:
-            self.call('task.destroy', task_ref)
-        except XapiError:
-            pass
-
-    # -- HTTP transfers ------------------------------------------------------------------------
-
-    def _http_connection(self, endpoint: HostEndpoint) -> http.client.HTTPConnection:
-        if endpoint.scheme == 'https':
-            return http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout, context=self.ssl_context)
-        return http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.transfer_read_timeout)
-
-    def _transfer_path(self, handler: str, query: dict) -> str:
-        return '/%s?%s' % (handler, urlencode(query))
-
-    def _redirect_target(self, response: http.client.HTTPResponse, path: str) -> tuple[HostEndpoint, str]:
-        """XAPI answers 302 when another host serves the disk; keep our scheme and query."""
-        location = response.getheader('Location') or ''
-        parts = urlsplit(location)
-        if not parts.hostname:
-            raise XapiError('redirect from %s without a usable Location header (%r)' % (self.endpoint.netloc, location))
-        endpoint = parse_hostname(parts.hostname if ':' not in parts.hostname else '[%s]' % parts.hostname,
-                                  default_scheme=parts.scheme or self.endpoint.scheme, default_port=parts.port or self.endpoint.port)
-        new_path = (parts.path or path.split('?', 1)[0]) + '?' + (parts.query or path.split('?', 1)[1])
-        return endpoint, new_path
-
-    def _failed_transfer(self, label: str, task_ref: str, response_status, reason: str) -> XapiError:
-        """Prefer the task's error (it says why) over the bare HTTP status."""
-        try:
-            status = self.task_status(task_ref)
-            if status == 'failure':
-                return xapi_error_from_failure(self.call('task.get_error_info', task_ref), what=label)
-        except XapiError as error:
-            if is_task_gone(error):
-                return XapiError('%s failed: %s' % (label, TASK_DESTROYED_ADVICE), code='TASK_DESTROYED', params=[task_ref])
-        return XapiError('%s failed: HTTP %s %s' % (label, response_status, reason), code='HTTP_%s' % response_status)
-
-    def _member_transport_error(self, exc: BaseException, endpoint: HostEndpoint, label: str) -> XapiError:
-        """A transport error at the host a transfer was redirected to; a certificate failure says how to trust it."""
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return XapiError('%s: certificate verify failed for pool member %s (%s). XAPI redirected the transfer there because '
-                             'only that host sees the disk\'s SR, and every host has its own self-signed certificate: fetch each '
-                             'host\'s certificate (for example openssl s_client -connect HOST:443 -showcerts), put them all in one '
-                             'PEM bundle and give it as ca_path (see docs/connecting.md)'
-                             % (label, endpoint.netloc, exc.verify_message or exc.reason or exc), code='CERTIFICATE_VERIFY_FAILED',
-                             params=[endpoint.host])
-        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
-
-    def open_export(self, vdi_ref: str, fmt: str = 'vhd', base_ref: str | None = None, timeout: float | None = None) -> 'ExportStream':
-        """Start ``GET /export_raw_vdi`` and return a readable stream; read it to EOF.
-
-        Reaching EOF checks the XAPI task: a failed or cut export raises XapiError instead of a clean EOF.
-        """
-        self._require_session()
-        if fmt not in TRANSFER_FORMATS:
-            raise XapiError('unsupported export format %s (use one of %s)' % (fmt, ', '.join(TRANSFER_FORMATS)))
-        label = 'export of VDI %s%s' % (vdi_ref, ' (delta from %s)' % base_ref if base_ref else '')
-        task_ref = self.create_task('xapi.delta_backup export_raw_vdi', label)
-        query = {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt}
-        if base_ref and base_ref != NULL_REF:
-            query['base'] = base_ref
-        path = self._transfer_path('export_raw_vdi', query)
-        try:
-            connection, response = self._start_export(path, label, task_ref)
-        except BaseException:
-            self.abandon_task(task_ref)
-            raise
-        return ExportStream(self, connection, response, task_ref, label, timeout)
-
-    def _start_export(self, path: str, label: str, task_ref: str):
-        endpoint = self.endpoint
-        for attempt in range(2):
-            connection = self._http_connection(endpoint)
-            try:
-                connection.request('GET', path, headers={'Accept': '*/*'})
-                response = connection.getresponse()
-            except TRANSPORT_ERRORS as exc:
-                connection.close()
-                if attempt:
-                    raise self._member_transport_error(exc, endpoint, label) from exc
-                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
-            if response.status == 200:
-                return connection, response
-            reason = response.reason
-            if response.status in REDIRECT_STATUSES and attempt == 0:
-                endpoint, path = self._redirect_target(response, path)
-                connection.close()
-                continue
-            connection.close()
-            raise self._failed_transfer(label, task_ref, response.status, reason)
-        raise XapiError('%s failed: redirected more than once' % label)
-
-    def import_stream(self, vdi_ref: str, source, length: int, fmt: str = 'vhd', timeout: float | None = None):
-        """``PUT /import_raw_vdi`` streaming exactly ``length`` bytes from ``source``; return the task result (VDI ref).
-
-        ``source`` is bytes, a binary file object or an iterable of bytes chunks. XAPI needs an exact
-        Content-Length and rejects Transfer-Encoding; a source that is shorter or longer raises XapiError.
-        """
-        self._require_session()
-        if fmt not in TRANSFER_FORMATS:
-            raise XapiError('unsupported import format %s (use one of %s)' % (fmt, ', '.join(TRANSFER_FORMATS)))
-        if not isinstance(length, int) or length < 0:
-            raise XapiError('import length must be a non-negative integer, got %r' % (length,))
-        label = 'import into VDI %s' % vdi_ref
-        task_ref = self.create_task('xapi.delta_backup import_raw_vdi', label)
-        path = self._transfer_path('import_raw_vdi', {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt})
-        finished = False
-        try:
-            self._send_import(path, _chunks_of(source), length, label, task_ref)
-            result = self.wait_for_task(task_ref, timeout=timeout, what=label, destroy=False)
-            finished = True
-            return result
-        finally:
-            if not finished and self.logged_in:
-                self.abandon_task(task_ref)
-            elif self.logged_in:
-                self.destroy_task(task_ref)
-
-    def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str) -> None:
-        """Send headers, look for an early answer (XAPI answers 200 or 302 before reading the body), then the body."""
-        endpoint = self.endpoint
-        for attempt in range(2):
-            connection = self._http_connection(endpoint)
-            try:
-                connection.putrequest('PUT', path, skip_accept_encoding=True)
-                connection.putheader('Content-Type', 'application/octet-stream')
-                connection.putheader('Content-Length', str(length))
-                connection.endheaders()
-                response = self._early_response(connection)
-                if response is not None and response.status in REDIRECT_STATUSES and attempt == 0:
-                    # Nothing of the body is sent yet, so the source needs no rewinding.
-                    endpoint, path = self._redirect_target(response, path)
-                    continue
-                if response is not None and response.status != 200:
-                    raise self._failed_transfer(label, task_ref, response.status, response.reason)
-                self._send_body(connection, chunks, length, label)
-                if response is None:
-                    response = _read_response(connection)
-                response.read()
-                if response.status != 200:
-                    raise self._failed_transfer(label, task_ref, response.status, response.reason)
-                return
-            except ssl.SSLCertVerificationError as exc:
-                if attempt:
-                    raise self._member_transport_error(exc, endpoint, label) from exc
-                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
-            except TRANSPORT_ERRORS as exc:
-                raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
-            finally:
-                connection.close()
-        raise XapiError('%s failed: redirected more than once' % label)
-
-    def _early_response(self, connection):
-        """The response if the server answered the headers within a short wait, else None.
-
-        A readable TLS socket may only hold session tickets (TLS 1.3), so one byte is read
-        without blocking to tell an answer from protocol housekeeping.
-        """
-        sock = connection.sock
-        deadline = time.monotonic() + min(self.transfer_read_timeout, EARLY_RESPONSE_WAIT)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            readable, dummy, dummy = select.select([sock], [], [], remaining)
-            if not readable:
-                return None
-            sock.settimeout(0.0)
-            try:
-                first = sock.recv(1)
-            except (ssl.SSLWantReadError, BlockingIOError):
-                continue
-            finally:
-                sock.settimeout(self.transfer_read_timeout)
-            if not first:
-                return None  # closed: sending the body fails and _import_broken says why
-            return _read_response(connection, first)
-
-    def _send_body(self, connection, chunks, length: int, label: str) -> int:
-        sent = 0
-        for chunk in chunks:
-            if sent + len(chunk) > length:
-                raise XapiError('%s failed: the source holds more than the announced %d bytes' % (label, length), code='LONG_STREAM')
-            connection.send(chunk)
-            sent += len(chunk)
-        if sent < length:
-            raise XapiError('%s failed: the source ended after %d of %d bytes' % (label, sent, length), code='SHORT_STREAM')
-        return sent
-
-    def _import_broken(self, exc: BaseException, connection, label: str, task_ref: str, endpoint: HostEndpoint) -> XapiError:
-        """The server closed the connection during the upload: its answer or task says why."""
-        try:
-            response = _read_response(connection)
-            if response.status != 200:
-                return self._failed_transfer(label, task_ref, response.status, response.reason)
-        except TRANSPORT_ERRORS:
-            pass
-        error = self._failed_transfer(label, task_ref, 'none', '(connection broken: %s)' % exc)
-        if error.code and not error.code.startswith('HTTP_'):
-            return error
-        return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
-
-
-def _read_response(connection, first: bytes = b'') -> http.client.HTTPResponse:
-    """Read status and headers from the connection's socket, whatever the request state.
-
-    http.client only reads a response once the request is complete; XAPI's import answers
-    before the body, and that answer decides whether to send the body at all. ``first`` holds
-    bytes already taken from the socket.
-    """
-    if connection.sock is None:
-        raise http.client.ResponseNotReady('not connected')
-    response = connection.response_class(_PrefixedSocket(connection.sock, first), method='PUT')
-    response.begin()
-    return response
-
-
-class _PrefixedSocket:
-    """Just enough of a socket for HTTPResponse: makefile() yielding ``prefix`` then the socket's data."""
-
-    def __init__(self, sock, prefix: bytes):
-        self._sock = sock
-        self._prefix = prefix
-
-    def makefile(self, mode='rb'):
-        return io.BufferedReader(_PrefixedReader(self._sock, self._prefix))
-
-
-class _PrefixedReader(io.RawIOBase):
-    def __init__(self, sock, prefix: bytes):
-        super().__init__()
-        self._sock = sock
-        self._prefix = prefix
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._prefix:
-            count = min(len(buffer), len(self._prefix))
-            buffer[:count] = self._prefix[:count]
-            self._prefix = self._prefix[count:]
-            return count
-        return self._sock.recv_into(buffer)
-
-
-def _chunks_of(source):
-    """Yield bytes chunks of at most TRANSFER_CHUNK_SIZE from bytes, a file object or an iterable."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        view = memoryview(source)
-        for start in range(0, len(view), TRANSFER_CHUNK_SIZE):
-            yield bytes(view[start:start + TRANSFER_CHUNK_SIZE])
-        return
-    if hasattr(source, 'read'):
-        while True:
-            chunk = source.read(TRANSFER_CHUNK_SIZE)
-            if not chunk:
-                return
-            yield chunk
-        return
-    for chunk in source:
-        if chunk:
-            yield bytes(chunk)
-
-
-class ExportStream(io.RawIOBase):
-    """Body of ``GET /export_raw_vdi``, read without buffering the disk in memory.
-
-    XAPI sends no Content-Length and only cuts the body short when the copy fails, so EOF alone
-    proves nothing: at EOF the task is checked and a failure raises XapiError. Closing before EOF
-    cancels the task. The task is destroyed in every case.
-    """
-
-    def __init__(self, xapi: XapiConnection, connection, response, task_ref: str, label: str, timeout: float | None = None):
-        super().__init__()
-        self._xapi = xapi
-        self._connection = connection
-        self._response = response
-        self.task_ref = task_ref
-        self.label = label
-        self.timeout = timeout
-        self.bytes_read = 0
-        self.verified = False
-        self.result = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.verified:
-            return 0
-        try:
-            count = self._response.readinto(buffer)
-        except TRANSPORT_ERRORS as exc:
-            task_ref, gone = self.task_ref, self._task_gone()
-            self._abandon()
-            if gone:
-                raise XapiError('%s failed after %d bytes: %s' % (self.label, self.bytes_read, TASK_DESTROYED_ADVICE),
-                                code='TASK_DESTROYED', params=[task_ref]) from exc
-            raise XapiError('%s was cut after %d bytes: %s' % (self.label, self.bytes_read, exc), code='SHORT_STREAM') from exc
-        if count:
-            self.bytes_read += count
-            return count
-        self._verify_at_eof()
-        return 0
-
-    def iter_chunks(self, chunk_size: int = TRANSFER_CHUNK_SIZE):
-        """Yield chunks up to EOF (after which the task has been verified)."""
-        while True:
-            chunk = self.read(chunk_size)
-            if not chunk:
-                return
-            yield chunk
-
-    def _verify_at_eof(self) -> None:
-        self._connection.close()
-        task_ref, self.task_ref = self.task_ref, None
-        if task_ref is None:
-            raise XapiError('%s: the stream was already abandoned' % self.label, code='SHORT_STREAM')
-        try:
-            # wait_for_task destroys the task whatever the outcome.
-            self.result = self._xapi.wait_for_task(task_ref, timeout=self.timeout, what=self.label)
-        except XapiError as error:
-            error.message = '%s (after %d bytes)' % (error.message, self.bytes_read)
-            error.args = (error.message,)
-            raise
-        self.verified = True
-
-    def _task_gone(self) -> bool:
-        if not self.task_ref or not self._xapi.logged_in:
-            return False
-        try:
-            self._xapi.task_status(self.task_ref)
-        except XapiError as error:
-            return is_task_gone(error)
-        return False
-
-    def _abandon(self) -> None:
-        self._connection.close()
-        if self._xapi.logged_in and self.task_ref:
-            self._xapi.abandon_task(self.task_ref)
-        self.task_ref = None
-
-    def close(self) -> None:
-        if not self.closed and not self.verified and self.task_ref:
-            self._abandon()
-        self._connection.close()
-        super().close()

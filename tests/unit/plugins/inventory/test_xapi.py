@@ -373,6 +373,7 @@ def test_bad_certificate(inventory):
 def test_missing_ca_file(inventory, tmp_path):
     message = inventory.fail(env={'XENSERVER_CA_PATH': str(tmp_path / 'absent.pem')})
     assert 'ca_path %s does not exist' % (tmp_path / 'absent.pem') in message
+    assert 'give the path of the pool CA certificate (PEM) (option ca_path or XENSERVER_CA_PATH)' in message
 
 
 def test_unreachable_pool(inventory):
@@ -382,7 +383,12 @@ def test_unreachable_pool(inventory):
 
 def test_no_pool_configured(inventory):
     message = inventory.fail(env={'XENSERVER_HOST': None})
-    assert 'no pool to connect to: set hostname or the XENSERVER_HOST environment variable' in message
+    assert 'no pool to connect to: set hostname or the XENSERVER_HOST environment variable (option hostname or XENSERVER_HOST)' in message
+
+
+def test_bad_hostname_points_to_the_option(inventory):
+    message = inventory.fail(env={'XENSERVER_HOST': 'https://pool.example/some/path'})
+    assert 'give only a host name or address, optionally with scheme and port (option hostname or XENSERVER_HOST)' in message
 
 
 def test_file_name_must_end_in_xapi_yml(inventory):

@@ -51,7 +51,7 @@ def test_a_vhd_start_is_given_back_for_parsing():
 def test_an_error_page_without_task_error_reports_its_text():
     with pytest.raises(XapiError) as raised:
         read_vhd_start(io.BytesIO(PAGE), 'export of disk')
-    assert raised.value.code == 'EXPORT_NOT_VHD'
+    assert raised.value.error_code == 'export_not_vhd' and raised.value.code is None
     assert 'export of disk: XAPI sent no VHD but HTTP 500 internal server error' in raised.value.message
     assert 'The VDI is not available' in raised.value.message
 

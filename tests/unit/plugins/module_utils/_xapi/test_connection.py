@@ -30,11 +30,15 @@ XenAPI = pytest.importorskip('XenAPI')
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: E402
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import session as conn_mod  # noqa: E402
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (  # noqa: E402
-    HostEndpoint, XapiConnection, XapiError, build_ssl_context, connection_argument_spec, decode_task_result, parse_hostname,
-    xapi_error_from_failure,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import http as http_mod  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import tasks as tasks_mod  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (  # noqa: E402
+    CertificateVerifyError, TaskDestroyedError, TaskTimeoutError, TransferCutError, TransferTooLongError, XapiError, xapi_error_from_failure,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import HostEndpoint, build_ssl_context, parse_hostname  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.tasks import decode_task_result  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connection_argument_spec, failure_result  # noqa: E402
 
 PASSWORD = 'secret'
 
@@ -427,14 +431,14 @@ def test_error_mapping(details, method, fragments):
         assert error.as_result() == {'code': details[0], 'params': details[1:]}
 
 
-def test_fail_json_with_xapi_error_keeps_code_and_params():
-    captured = {}
+def test_failure_result_keeps_xapi_code_and_params():
+    result = failure_result(XapiError('boom', 'VDI_IN_USE', ['a', 'b']))
+    assert result == {'msg': 'boom', 'error_code': 'xapi_error', 'xapi_error': {'code': 'VDI_IN_USE', 'params': ['a', 'b']}}
 
-    class Module:
-        def fail_json(self, **kwargs):
-            captured.update(kwargs)
-    conn_mod.fail_json_with_xapi_error(Module(), XapiError('boom', 'VDI_IN_USE', ['a', 'b']), changed=False)
-    assert captured['msg'] == 'boom' and captured['xapi_error'] == {'code': 'VDI_IN_USE', 'params': ['a', 'b']} and captured['changed'] is False
+
+def test_failure_result_of_an_error_xapi_never_sent_has_no_xapi_error():
+    result = failure_result(TaskTimeoutError('VM.start on OpaqueRef:vm did not finish within 1 seconds', 'OpaqueRef:task'))
+    assert result == {'msg': 'VM.start on OpaqueRef:vm did not finish within 1 seconds', 'error_code': 'task_timeout'}
 
 
 # -- sessions over real HTTPS --------------------------------------------------------------------
@@ -582,9 +586,10 @@ def test_task_timeout_cancels_then_destroys(connect, https_server):
     with connect() as xapi:
         with pytest.raises(XapiError, match='did not finish within 0.3 seconds; the task was cancelled') as caught:
             xapi.call_async('VM.snapshot', 'OpaqueRef:vm', 'snap', timeout=0.3)
-    assert caught.value.code == 'TIMEOUT'
+    assert isinstance(caught.value, TaskTimeoutError) and caught.value.error_code == 'task_timeout'
+    assert caught.value.code is None and caught.value.as_result() is None  # XAPI sent no error: nothing to show as xapi_error
     assert time.monotonic() - started < 5
-    task = caught.value.params[0]
+    task = caught.value.task_ref
     assert https_server.xapi.cancelled == [task] and https_server.xapi.destroyed == [task]
 
 
@@ -596,7 +601,7 @@ def test_wait_falls_back_to_polling_without_events(connect, https_server, monkey
             raise Fail('PERMISSION_DENIED', 'event.from')
         return original(self, method, params)
     monkeypatch.setattr(MiniXapi, 'call', no_events)
-    monkeypatch.setattr(conn_mod, 'TASK_POLL_INTERVAL', 0.05)
+    monkeypatch.setattr(tasks_mod, 'TASK_POLL_INTERVAL', 0.05)
     with connect() as xapi:
         assert xapi.call_async('VM.snapshot', 'OpaqueRef:vm', 'snap', timeout=5) == 'OpaqueRef:snap'
 
@@ -688,20 +693,20 @@ def test_import_sends_exact_length_without_transfer_encoding(connect, https_serv
     assert https_server.xapi.imported == payload and https_server.xapi.tasks == {}
 
 
-@pytest.mark.parametrize('source, length, code', [
-    (b'x' * 100, 101, 'SHORT_STREAM'),
-    (b'x' * 100, 99, 'LONG_STREAM'),
+@pytest.mark.parametrize('source, length, error_class', [
+    (b'x' * 100, 101, TransferCutError),
+    (b'x' * 100, 99, TransferTooLongError),
 ])
-def test_import_source_of_wrong_length_fails(connect, https_server, source, length, code):
+def test_import_source_of_wrong_length_fails(connect, https_server, source, length, error_class):
     with connect() as xapi:
         with pytest.raises(XapiError) as caught:
             xapi.import_stream('OpaqueRef:target', source, length)
-    assert caught.value.code in (code, 'VDI_IO_ERROR')
+    assert isinstance(caught.value, error_class) or caught.value.code == 'VDI_IO_ERROR', caught.value
     assert https_server.xapi.imported is None and https_server.xapi.tasks == {}
 
 
 def test_import_to_a_server_that_answers_after_the_body(connect, https_server, monkeypatch):
-    monkeypatch.setattr(conn_mod, 'EARLY_RESPONSE_WAIT', 0.2)
+    monkeypatch.setattr(http_mod, 'EARLY_RESPONSE_WAIT', 0.2)
     https_server.xapi.import_answers_first = False
     payload = os.urandom(3 * 1024 * 1024)
     with connect() as xapi:
@@ -831,7 +836,7 @@ def test_sim_task_timeout_cancels_and_destroys(sim):
         vm = xapi.call('VM.get_by_name_label', 'db01')[0]
         with pytest.raises(XapiError, match='did not finish within 0.3 seconds; the task was cancelled') as caught:
             xapi.call_async('VM.snapshot', vm, 'too-slow', timeout=0.3)
-        task = caught.value.params[0]
+        task = caught.value.task_ref
         assert task not in xapi.call('task.get_all')
 
 
@@ -856,7 +861,8 @@ def test_sim_cut_export_is_detected(sim):
         with pytest.raises(XapiError) as caught:
             with xapi.open_export(source) as stream:
                 stream.read()
-        assert caught.value.code not in (None, 'TIMEOUT')
+        assert caught.value.code is not None or isinstance(caught.value, TransferCutError), caught.value
+        assert not isinstance(caught.value, TaskTimeoutError)
         assert 'after' in str(caught.value)
 
 
@@ -883,8 +889,8 @@ def test_sim_long_call_goes_through_its_task_and_a_timeout_cancels_it(sim):
         with pytest.raises(XapiError, match='VM.start on .* did not finish within 0.5 seconds; the task was cancelled') as caught:
             xapi.call('VM.start', vm, False, False)
         assert time.monotonic() - began < 2.5
-        assert caught.value.code == 'TIMEOUT'
-        assert caught.value.params[0] not in xapi.call('task.get_all')
+        assert isinstance(caught.value, TaskTimeoutError)
+        assert caught.value.task_ref not in xapi.call('task.get_all')
         assert xapi.call('VM.get_power_state', vm) == 'Halted'
 
 
@@ -932,7 +938,7 @@ def test_sim_export_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
                     assert sim.control.collect_garbage()['tasks'] == [stream.task_ref]
                     while stream.read(1 << 20):
                         pass
-            assert caught.value.code == 'TASK_DESTROYED'
+            assert isinstance(caught.value, TaskDestroyedError) and caught.value.error_code == 'task_destroyed'
             assert 'XAPI destroyed the task before the transfer finished' in caught.value.message
             assert 'seed' in caught.value.message
     finally:
@@ -980,7 +986,7 @@ def test_sim_member_certificate_missing_from_ca_path_names_the_member(member_poo
             else:
                 xapi.import_stream(vdi, b'\0' * 512, 512, fmt='raw')
         assert not [t for t in xapi.call('task.get_all_records').values() if t['name_label'].startswith('xapi.delta_backup')]
-    assert caught.value.code == 'CERTIFICATE_VERIFY_FAILED'
+    assert isinstance(caught.value, CertificateVerifyError) and caught.value.host == urlsplit(sim.slave_url).hostname
     assert 'certificate verify failed for pool member %s' % member in caught.value.message
     assert 'PEM bundle' in caught.value.message and 'ca_path' in caught.value.message
 
@@ -1006,7 +1012,7 @@ def test_sim_import_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
             with pytest.raises(XapiError) as caught:
                 xapi.import_stream(vdi, slow_link(), length, fmt='raw')
             xapi.call('VDI.destroy', vdi)
-        assert caught.value.code == 'TASK_DESTROYED', caught.value.message
+        assert isinstance(caught.value, TaskDestroyedError), caught.value.message
         assert 'XAPI destroyed the task before the transfer finished' in caught.value.message and 'seed' in caught.value.message
     finally:
         sim.control.lifetimes(task_lifetime=86400, gc_interval=30)
