@@ -22,7 +22,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import D
 class StorageError(DeltaBackupError, OSError):
     """A storage failure that is not a plain OS error (bad path, backend refusal)."""
 
-    error_code = 'storage'
+    error_code = 'storage_error'
 
 
 def check_relative_path(path: str) -> str:

@@ -27,7 +27,7 @@ def test_paths_must_stay_under_the_root(bad):
 def test_storage_error_is_both_ours_and_an_os_error():
     error = StorageError('boom')
     assert isinstance(error, DeltaBackupError) and isinstance(error, OSError)
-    assert error.error_code == 'storage' and str(error) == 'boom'
+    assert error.error_code == 'storage_error' and str(error) == 'boom'
 
 
 def test_paths_are_normalised():
