@@ -11,7 +11,7 @@ import subprocess
 import uuid
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream, write_stream,
+    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdStream, write_stream,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
 
@@ -52,7 +52,7 @@ def write_vhd(path, size, sectors, block_size, parent=None, unique_id=None, full
 
     stream = VhdStream(size, sorted(masks), read_block, disk_type=DISK_DIFFERENCING if parent else DISK_DYNAMIC,
                        unique_id=unique_id or uuid.uuid4(), parent=parent, block_size=block_size)
-    write_stream(stream, path, fsync=False)
+    write_stream(stream, path)
     return path
 
 
@@ -91,6 +91,23 @@ class ChainModel:
         self.paths.append(path)
         self.points.append(bytes(self.current))
         return path
+
+
+def build_model(directory, scenario):
+    """A :class:`ChainModel` from ``(block_size, size, base_writes, [(writes, growth_sectors, full_blocks), ...])``."""
+    block_size, size, base_writes, delta_specs = scenario
+    model = ChainModel(directory, size, block_size)
+    model.add_point(base_writes)
+    for delta_writes, growth, full_blocks in delta_specs:
+        size += growth * 512
+        model.add_point(delta_writes, size=size, full_blocks=full_blocks)
+    return model
+
+
+def read_disk(path):
+    """The whole disk the chain ending at ``path`` represents, read by our engine."""
+    with VhdChain.open(path) as chain:
+        return chain.read(0, chain.size)
 
 
 def qemu_raw(path, out):
