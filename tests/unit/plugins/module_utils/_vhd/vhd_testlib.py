@@ -11,9 +11,11 @@ import subprocess
 import uuid
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdStream, write_stream,
+    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdFile, VhdStream, write_stream,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (
+    SECTOR, Footer, Header, ParentLocator, bat_pack, bitmap_size, chs_geometry, mask_to_bitmap,
+)
 
 QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 QEMU_IO = shutil.which("qemu-io") or "/usr/bin/qemu-io"
@@ -140,8 +142,6 @@ def libvhdi_read(paths, length=None):
 
 def poke_past_end(path):
     """Store non-zero bytes (bitmap bits set) past the virtual end in the file's last block, as some writers do."""
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile  # pylint: disable=import-outside-toplevel
-
     with VhdFile(path) as vhd:
         last = vhd.block_count - 1
         offset = vhd.block_offset(last)
@@ -162,10 +162,6 @@ def xapi_stream_bytes(size, blocks, disk_type, parent_id=None, parent_path="/var
 
     ``blocks`` maps block index -> 2 MiB of data.  A delta gets one MacX locator pointing at 1536.
     """
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (  # pylint: disable=import-outside-toplevel
-        Footer, Header, ParentLocator, bat_pack, chs_geometry,
-    )
-
     block_size = 2 * 1024 * 1024
     entries = (size + block_size - 1) // block_size
     footer = Footer(disk_type=disk_type, current_size=size, original_size=size, unique_id=uuid.uuid4().bytes, timestamp=0,
