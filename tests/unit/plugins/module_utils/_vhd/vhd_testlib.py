@@ -6,10 +6,15 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
+import time
 import uuid
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import (
+    AtomicWriter, RandomAccessFile, Storage, check_relative_path,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdFile, VhdStream, write_stream,
 )
@@ -201,3 +206,152 @@ class TrickleReader:
         self.position += size
         self.step = self.step * 7 % 100003 + 1
         return chunk
+
+
+class MemoryFile(RandomAccessFile):
+    """A file of :class:`MemoryStorage`: shares its bytes with the storage entry, so a rename keeps it open (as an inode)."""
+
+    def __init__(self, data, path, writable):
+        self.data = data
+        self.path = path
+        self.writable = writable
+        self.closed = False
+
+    def pread(self, length, offset):
+        assert not self.closed, "read after close"
+        return bytes(self.data[offset:offset + length])
+
+    def pwrite(self, data, offset):
+        assert self.writable and not self.closed, "write to a read-only or closed file"
+        if offset > len(self.data):
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset:offset + len(data)] = bytes(data)
+
+    def size(self):
+        return len(self.data)
+
+    def truncate(self, size):
+        assert self.writable
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
+
+    def sync(self):
+        assert not self.closed
+
+    def close(self):
+        assert not self.closed, "closed twice"
+        self.closed = True
+
+
+class MemoryWriter(AtomicWriter):
+    def __init__(self, storage, path, overwrite):
+        self.storage, self.path, self.overwrite = storage, path, overwrite
+        self.buffer = bytearray()
+
+    def write(self, data):
+        self.buffer += bytes(data)
+
+    def commit(self):
+        if not self.overwrite and self.path in self.storage.files:
+            raise FileExistsError(17, "exists", self.path)
+        self.storage.put(self.path, self.buffer)
+
+    def abort(self):
+        self.buffer = bytearray()
+
+
+class MemoryStorage(Storage):
+    """Files held in a dict: a second Storage, standing in for an object store, that no ``os`` call can reach."""
+
+    def __init__(self):
+        self.files = {}
+        self.times = {}
+
+    def put(self, path, data):
+        path = check_relative_path(path)
+        self.files[path] = bytearray(data)
+        self.times[path] = time.time()
+
+    def describe(self, path=""):
+        return "mem://" + path
+
+    def _file(self, path):
+        path = check_relative_path(path)
+        if path not in self.files:
+            raise FileNotFoundError(2, "no such file", self.describe(path))
+        return path
+
+    def open_file(self, path, writable=False):
+        path = self._file(path)
+        return MemoryFile(self.files[path], path, writable)
+
+    def atomic_writer(self, path, overwrite=False):
+        path = check_relative_path(path)
+        if not overwrite and path in self.files:
+            raise FileExistsError(17, "exists", self.describe(path))
+        return MemoryWriter(self, path, overwrite)
+
+    def list_dir(self, path=""):
+        prefix = check_relative_path(path) + "/" if path else ""
+        return sorted({name[len(prefix):].split("/")[0] for name in self.files if name.startswith(prefix)})
+
+    def exists(self, path):
+        return check_relative_path(path) in self.files or self.is_dir(path)
+
+    def is_dir(self, path):
+        prefix = check_relative_path(path) + "/"
+        return any(name.startswith(prefix) for name in self.files)
+
+    def size(self, path):
+        return len(self.files[self._file(path)])
+
+    def modified_time(self, path):
+        return self.times[self._file(path)]
+
+    def touch(self, path):
+        self.times[self._file(path)] = time.time()
+
+    def make_dirs(self, path):
+        check_relative_path(path)
+
+    def make_dir_exclusive(self, path):
+        raise NotImplementedError("folders are prefixes here")
+
+    def create_exclusive(self, path, data):
+        if check_relative_path(path) in self.files:
+            raise FileExistsError(17, "exists", self.describe(path))
+        self.put(path, data)
+
+    def rename(self, source, target):
+        source = self._file(source)
+        target = check_relative_path(target)
+        self.files[target] = self.files.pop(source)
+        self.times[target] = self.times.pop(source)
+
+    def remove(self, path):
+        path = self._file(path)
+        del self.files[path]
+        del self.times[path]
+
+    def remove_tree(self, path):
+        prefix = check_relative_path(path) + "/"
+        for name in [name for name in self.files if name.startswith(prefix)]:
+            self.remove(name)
+
+    def sync_dir(self, path):
+        if path:
+            check_relative_path(path)
+
+
+def memory_copy(paths, folder):
+    """A :class:`MemoryStorage` holding the local ``paths`` under ``folder``; returns it and the names, in order."""
+    storage = MemoryStorage()
+    names = []
+    for path in paths:
+        name = posixpath.join(folder, os.path.basename(path))
+        with open(path, "rb") as handle:
+            storage.put(name, handle.read())
+        names.append(name)
+    return storage, names
