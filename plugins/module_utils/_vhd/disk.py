@@ -174,7 +174,7 @@ class Disk(abc.ABC):
     def close(self) -> None:
         """Close the files."""
 
-    def __enter__(self):
+    def __enter__(self) -> 'Disk':
         return self
 
     def __exit__(self, *exc) -> None:
