@@ -102,12 +102,12 @@ def bench_restore(args, workdir):
     # pylint: disable=import-error,import-outside-toplevel
     from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
     from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, stream_disk
 
     repo, _job, built = _repository(os.path.join(workdir, 'restore'), 4, args.restore_gib, args.restore_gib)
     stream_path = os.path.join(workdir, 'stream.vhd')
     with VhdChain.from_paths([built['delta'], built['full']]) as chain, open(stream_path, 'wb') as sink:
-        for chunk in chain.export_stream():
+        for chunk in stream_disk(chain):
             sink.write(chunk)
     config = {'srs': [{'name': 'bench', 'size': '200GiB', 'default': True}], 'networks': [{'name': 'net0', 'bridge': 'xenbr0'}],
               'vms': [{'name': 'other', 'disks': [{'name': 'other-disk', 'size': '4GiB'}]}]}

@@ -251,7 +251,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         stream_path = os.path.join(workdir, 'stream.vhd')
         point = repo.list_backups(vm_uuid)[-1]
         with mods.VhdChain.from_paths(repo.vhd_chain(point, point.disks[0])) as chain, open(stream_path, 'wb') as sink:
-            for chunk in chain.export_stream():
+            for chunk in mods.stream_disk(chain):
                 sink.write(chunk)
         sr = api.SR.get_by_name_label('Local storage')[0]
         best_upload = best_restore = 0.0
@@ -340,6 +340,7 @@ class Modules:
         self.manage_job_snapshots = snapshot.manage_job_snapshots
         self.restore = restore.restore
         self.VhdChain = vhd.VhdChain  # pylint: disable=invalid-name
+        self.stream_disk = vhd.stream_disk
 
 
 def main():

@@ -89,12 +89,12 @@ def _build(args, directory):
 
 
 def _stream(delta):
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain  # pylint: disable=import-error
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, stream_disk  # pylint: disable=import-error
 
     started = time.perf_counter()
     total = 0
     with VhdChain.open(delta) as chain:
-        stream = chain.export_stream()
+        stream = stream_disk(chain)
         for chunk in stream:
             total += len(chunk)
         assert total == stream.length

@@ -33,7 +33,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
 
 MIB = 1024 * 1024
@@ -451,7 +451,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         verified.extend(checked['verified'])
         unverified.extend(checked['unverified'])
         with VhdChain.from_paths(chain) as opened:
-            length = opened.export_stream().length
+            length = stream_disk(opened).length
             chain_size = opened.size
         record = _vdi_record(point, item.vdi_ref)
         size = item.virtual_size or int(record.get('virtual_size') or 0) or chain_size
@@ -542,7 +542,7 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         entry['vdi_uuid'] = xapi.call('VDI.get_uuid', vdi_ref)
         began = time.monotonic()
         with VhdChain.from_paths(item['chain']) as chain:
-            stream = chain.export_stream()
+            stream = stream_disk(chain)
             xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
         entry['duration'] = round(time.monotonic() - began, 3)
         result['bytes_transferred'] += stream.length

@@ -12,15 +12,16 @@ from .structures import (
     DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, SECTOR, Footer, Header, VhdError,
     chs_geometry, vhd_timestamp,
 )
-from .disk import VhdChain, VhdFile
-from .writer import ParentLink, VhdStream, stream_file, write_stream
+from .problems import Problem
+from .disk import Disk, VhdChain, VhdFile
+from .writer import ParentLink, VhdStream, stream_disk, stream_file, write_stream
 from .rewrite import RewriteResult, rewrite_identity
 from .merge import merge_chain, resume_merge, MergeState
-from .check import Problem, check_chain, check_file
+from .check import check_chain, check_file
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE", "DISK_DIFFERENCING", "DISK_DYNAMIC", "DISK_FIXED", "SECTOR", "Footer", "Header", "VhdError",
-    "chs_geometry", "vhd_timestamp", "VhdChain", "VhdFile", "ParentLink", "VhdStream", "stream_file", "write_stream",
+    "chs_geometry", "vhd_timestamp", "Disk", "VhdChain", "VhdFile", "ParentLink", "VhdStream", "stream_disk", "stream_file", "write_stream",
     "RewriteResult", "rewrite_identity", "merge_chain", "resume_merge", "MergeState", "Problem", "check_chain",
     "check_file",
 ]

@@ -46,12 +46,17 @@ file, fsync, rename, directory fsync) at the start, at checkpoints and before th
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import json
 import os
+import posixpath
 import signal
 import time
+from collections.abc import Callable, Sequence
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import RandomAccessFile, Storage, split_local_path
 
 from .disk import VhdChain, VhdFile, pread_exact
 from .structures import (
@@ -63,6 +68,11 @@ from .structures import (
 KILL_ENV = "XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER"
 BATCH_BLOCKS = 256
 CHECKPOINT_SECONDS = 5.0
+#: Largest state file read (a state is well under a kilobyte; anything bigger is not ours).
+MAX_STATE_BYTES = 1 << 20
+
+Hook = Callable[[str, int], None]
+Progress = Callable[[int, int], None]
 
 
 @dataclasses.dataclass
@@ -79,162 +89,163 @@ class MergeState:
     version: int = 1
 
     @staticmethod
-    def path_for(directory, parent_name):
-        """State file path for a merge into ``parent_name``."""
-        return os.path.join(directory, f".{parent_name}.merge.json")
+    def path_for(directory: str, parent_name: str) -> str:
+        """State file path for a merge into ``parent_name`` (``directory``: a local folder or a folder in a storage)."""
+        return posixpath.join(directory, ".%s.merge.json" % parent_name)
 
     @classmethod
-    def load(cls, path):
-        """Read a state file; raise :class:`VhdError` when it is not a merge state."""
+    def load(cls, path, storage: Storage | None = None) -> 'MergeState':
+        """Read a state file (a local path, or a name in ``storage``); raise :class:`VhdError` when it is not a merge state."""
+        if storage is None:
+            storage, path = split_local_path(path)
         try:
-            with open(path, "rb") as handle:
-                data = json.loads(handle.read(1 << 20))
+            with storage.open_file(path) as handle:
+                data = json.loads(handle.pread(MAX_STATE_BYTES, 0))
             fields = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in fields})
-        except (ValueError, TypeError) as error:
-            raise VhdError(path, "merge state", "json", None, str(error)) from None
+        except (ValueError, TypeError, AttributeError) as error:
+            raise VhdError(storage.describe(path), "merge state", "json", None, str(error)) from None
 
 
 class _Io:
-    """Mutating file operations, counted so tests can kill the process at a chosen one."""
+    """Mutating file operations on one storage, counted so tests can kill the process at a chosen one."""
 
-    def __init__(self, hook=None):
+    def __init__(self, storage: Storage, hook: Hook | None = None):
+        self.storage = storage
         self.hook = hook
         limit = os.environ.get(KILL_ENV)
         self.kill_after = int(limit) if limit else None
         self.count = 0
 
-    def tick(self, what):
+    def tick(self, what: str) -> None:
         self.count += 1
         if self.hook is not None:
             self.hook(what, self.count)
         if self.kill_after is not None and self.count >= self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def pwrite(self, fd, data, offset):
-        if isinstance(data, (list, tuple)):
-            total = sum(len(part) for part in data)
-            done = os.pwritev(fd, data, offset)
-            if done != total:
-                os.pwrite(fd, b"".join(bytes(part) for part in data)[done:], offset + done)
-        else:
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(fd, view, offset + (len(data) - len(view))):]
+    def pwrite(self, handle: RandomAccessFile, data, offset: int) -> None:
+        """Write ``data`` (bytes-like, or a list of them written back to back) at ``offset``: one operation."""
+        for part in data if isinstance(data, (list, tuple)) else (data,):
+            handle.pwrite(part, offset)
+            offset += len(part)
         self.tick("write")
 
-    def copy(self, src_fd, src_offset, dst_fd, dst_offset, length):
-        """Copy file to file in the kernel (``copy_file_range``), falling back to read and write."""
-        done = 0
-        try:
-            while done < length:
-                copied = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done, dst_offset + done)
-                if copied <= 0:
-                    break
-                done += copied
-        except OSError:
-            pass
-        while done < length:
-            data = os.pread(src_fd, min(length - done, 1 << 21), src_offset + done)
-            if not data:
-                raise VhdError(None, "block", "data", src_offset + done, "source file truncated during copy")
-            os.pwrite(dst_fd, data, dst_offset + done)
-            done += len(data)
+    def copy(self, source: RandomAccessFile, source_offset: int, target: RandomAccessFile, target_offset: int, length: int) -> None:
+        """Copy file to file, in the backend when it can (``copy_file_range`` locally)."""
+        target.copy_range_from(source, length, source_offset, target_offset)
         self.tick("write")
 
-    def fsync(self, fd):
-        os.fsync(fd)
+    def fsync(self, handle: RandomAccessFile) -> None:
+        handle.sync()
         self.tick("fsync")
 
-    def fsync_dir(self, directory):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def fsync_dir(self, directory: str) -> None:
+        self.storage.sync_dir(directory)
         self.tick("fsync_dir")
 
-    def replace(self, src, dst):
-        os.replace(src, dst)
+    def replace(self, source: str, target: str) -> None:
+        self.storage.rename(source, target)
         self.tick("rename")
 
-    def unlink(self, path):
-        if os.path.exists(path):
-            os.unlink(path)
+    def unlink(self, name: str) -> None:
+        self.storage.remove_if_present(name)
         self.tick("unlink")
 
-    def ftruncate(self, fd, size):
-        os.ftruncate(fd, size)
+    def ftruncate(self, handle: RandomAccessFile, size: int) -> None:
+        handle.truncate(size)
         self.tick("truncate")
 
-    def save_state(self, directory, state):
-        path = MergeState.path_for(directory, state.parent)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(dataclasses.asdict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.replace(tmp, path)
+    def save_state(self, directory: str, state: MergeState) -> None:
+        name = MergeState.path_for(directory, state.parent)
+        # Written first under one fixed name that does not end like a state file: a crash while
+        # writing it leaves nothing a repository scan takes for an unfinished merge, and the next
+        # save replaces it (a storage's atomic writer would leave a new stray name per crash).
+        temporary = name + ".tmp"
+        self.storage.remove_if_present(temporary)
+        self.storage.create_exclusive(temporary, json.dumps(dataclasses.asdict(state)).encode("utf-8"))
+        self.replace(temporary, name)
         self.fsync_dir(directory)
 
 
-def merge_chain(parent_path, child_paths, hook=None, progress=None):
+def merge_chain(parent_path, child_paths: Sequence, hook: Hook | None = None, progress: Progress | None = None,
+                storage: Storage | None = None) -> str:
     """Fold ``child_paths`` (oldest first, a run of deltas above ``parent_path``) into the parent.
 
-    Returns the path of the result: the newest child's name, now holding the merged disk.  If an
+    Paths are local paths, or names in ``storage`` when given.  Returns the path of the result (a
+    name in ``storage`` when given): the newest child's name, now holding the merged disk.  If an
     unfinished merge of the same files left its state file, that merge is resumed instead.
     ``hook(operation, count)`` is called after each mutating operation (tests); ``progress(done, total)``
     after each block.  Raises :class:`VhdError` when the files do not form a mergeable chain.
     """
-    parent_path = os.path.abspath(os.fspath(parent_path))
-    child_paths = [os.path.abspath(os.fspath(p)) for p in child_paths]
-    if not child_paths:
+    if storage is not None:
+        return _merge(storage, parent_path, list(child_paths), hook, progress)
+    storage, parent_name = split_local_path(parent_path)
+    child_names = []
+    for path in child_paths:
+        child_storage, name = split_local_path(path)
+        if child_storage.root != storage.root:
+            raise ValueError("a merge needs the parent and its children in one directory")
+        child_names.append(name)
+    return storage.describe(_merge(storage, parent_name, child_names, hook, progress))
+
+
+def _merge(storage: Storage, parent_name: str, child_names: list, hook: Hook | None, progress: Progress | None) -> str:
+    if not child_names:
         raise ValueError("nothing to merge")
-    directory = os.path.dirname(parent_path)
-    if any(os.path.dirname(p) != directory for p in child_paths):
+    directory = posixpath.dirname(parent_name)
+    if any(posixpath.dirname(name) != directory for name in child_names):
         raise ValueError("a merge needs the parent and its children in one directory")
-    existing = MergeState.path_for(directory, os.path.basename(parent_path))
-    if os.path.exists(existing):
-        state = MergeState.load(existing)
-        if state.children != [os.path.basename(p) for p in child_paths]:
-            raise VhdError(existing, "merge state", "children", None, f"an unfinished merge of {state.children} must be resumed first")
-        return resume_merge(existing, hook=hook, progress=progress)
-    with VhdChain.from_paths(list(reversed(child_paths)) + [parent_path], allow_missing_parent=True) as chain:
+    existing = MergeState.path_for(directory, posixpath.basename(parent_name))
+    if storage.exists(existing):
+        state = MergeState.load(existing, storage)
+        if state.children != [posixpath.basename(name) for name in child_names]:
+            raise VhdError(storage.describe(existing), "merge state", "children", None,
+                           "an unfinished merge of %s must be resumed first" % state.children)
+        return _resume(storage, existing, hook, progress)
+    with VhdChain.from_paths(list(reversed(child_names)) + [parent_name], allow_missing_parent=True, storage=storage) as chain:
         parent = chain.members[-1]
         if parent.is_fixed:
             raise VhdError(parent.path, "footer", "disk_type", parent.footer_offset + 60, "cannot merge into a fixed disk")
         for child in chain.members[:-1]:
             if not child.is_differencing:
                 raise VhdError(child.path, "footer", "disk_type", child.footer_offset + 60, "only differencing disks can be merged")
-        state = MergeState(parent=os.path.basename(parent_path), children=[os.path.basename(p) for p in child_paths],
+        state = MergeState(parent=posixpath.basename(parent_name), children=[posixpath.basename(name) for name in child_names],
                            target_id=chain.newest.unique_id.hex(), old_size=parent.size)
-    io = _Io(hook)
+    io = _Io(storage, hook)
     io.save_state(directory, state)
-    return _run(directory, state, io, progress)
+    return _run(storage, directory, state, io, progress)
 
 
-def resume_merge(state_path, hook=None, progress=None):
-    """Finish the merge recorded in ``state_path``; return the result's path, or ``None`` if it was stale.
+def resume_merge(state_path, hook: Hook | None = None, progress: Progress | None = None, storage: Storage | None = None) -> str | None:
+    """Finish the merge recorded in ``state_path`` (a local path, or a name in ``storage``); return the result's
+    path (a name in ``storage`` when given), or ``None`` if the state was stale.
 
     A state whose parent and result are both missing is deleted (as XO does).
     """
-    state_path = os.path.abspath(os.fspath(state_path))
-    directory = os.path.dirname(state_path)
-    state = MergeState.load(state_path)
-    io = _Io(hook)
-    parent = os.path.join(directory, state.parent)
-    if not os.path.exists(parent) and state.step != "rename":
-        io.unlink(state_path)
+    if storage is not None:
+        return _resume(storage, state_path, hook, progress)
+    storage, state_name = split_local_path(state_path)
+    result = _resume(storage, state_name, hook, progress)
+    return None if result is None else storage.describe(result)
+
+
+def _resume(storage: Storage, state_name: str, hook: Hook | None, progress: Progress | None) -> str | None:
+    directory = posixpath.dirname(state_name)
+    state = MergeState.load(state_name, storage)
+    io = _Io(storage, hook)
+    if not storage.exists(posixpath.join(directory, state.parent)) and state.step != "rename":
+        io.unlink(state_name)
         return None
-    return _run(directory, state, io, progress)
+    return _run(storage, directory, state, io, progress)
 
 
-def _run(directory, state, io, progress):
-    parent_path = os.path.join(directory, state.parent)
-    child_paths = [os.path.join(directory, name) for name in state.children]
+def _run(storage: Storage, directory: str, state: MergeState, io: _Io, progress: Progress | None) -> str:
+    parent_name = posixpath.join(directory, state.parent)
+    child_names = [posixpath.join(directory, name) for name in state.children]
     if state.step in ("prepare", "blocks"):
-        with VhdChain.from_paths(list(reversed(child_paths)), allow_missing_parent=True) as children, \
-                _Parent(parent_path, io) as parent:
+        with VhdChain.from_paths(list(reversed(child_names)), allow_missing_parent=True, storage=storage) as children, \
+                _Parent(storage, parent_name, io) as parent:
             if state.step == "prepare":
                 _prepare(parent, children, state.old_size)
                 if children.size != state.old_size:
@@ -246,18 +257,18 @@ def _run(directory, state, io, progress):
         # step is correct, and saves two fsyncs on every merge.
         state.step = "footer"
     if state.step == "footer":
-        with VhdFile(child_paths[-1]) as target, _Parent(parent_path, io) as parent:
+        with VhdFile.open_in(storage, child_names[-1]) as target, _Parent(storage, parent_name, io) as parent:
             _write_footer(parent, target.footer)
         state.step = "rename"
         io.save_state(directory, state)
-    result = child_paths[-1]
-    if os.path.exists(parent_path):
-        io.replace(parent_path, result)
+    result = child_names[-1]
+    if storage.exists(parent_name):
+        io.replace(parent_name, result)
         io.fsync_dir(directory)
-    elif not os.path.exists(result):
-        raise VhdError(result, "merge state", "step", None, "merged file missing: refusing to delete the merged deltas")
-    for path in child_paths[:-1]:
-        io.unlink(path)
+    elif not storage.exists(result):
+        raise VhdError(storage.describe(result), "merge state", "step", None, "merged file missing: refusing to delete the merged deltas")
+    for name in child_names[:-1]:
+        io.unlink(name)
     io.fsync_dir(directory)
     io.unlink(MergeState.path_for(directory, state.parent))
     io.fsync_dir(directory)
@@ -267,10 +278,10 @@ def _run(directory, state, io, progress):
 class _Parent:
     """The merge target opened for writing, with its BAT managed in memory."""
 
-    def __init__(self, path, io):
+    def __init__(self, storage: Storage, name: str, io: _Io):
         self.io = io
-        self.vhd = VhdFile(path, writable=True)
-        self.fd = self.vhd.fd
+        self.vhd = VhdFile.open_in(storage, name, writable=True)
+        self.file = self.vhd.file
         self.path = self.vhd.path
         self.header = self.vhd.header
         self.block_size = self.vhd.block_size
@@ -279,23 +290,23 @@ class _Parent:
         self.full_bitmap = b"\xff" * self.bitmap_size
         self.load_bat()
 
-    def load_bat(self):
+    def load_bat(self) -> None:
         entries = self.header.max_table_entries
         if entries > MAX_BAT_ENTRIES:
             raise VhdError(self.path, "header", "max_table_entries", self.vhd.footer.data_offset + 28, "BAT too large to merge into")
-        raw = pread_exact(self.fd, entries * 4, self.header.table_offset, self.path, "BAT", "entries")
+        raw = pread_exact(self.file, entries * 4, self.header.table_offset, self.path, "BAT", "entries")
         self.bat = bat_parse(raw, entries)
         self.unused = bytearray(bat_unused_flags(raw, entries))
         self._blocks_end = None
 
-    def file_size(self):
-        return os.fstat(self.fd).st_size
+    def file_size(self) -> int:
+        return self.file.size()
 
-    def end_footer(self):
+    def end_footer(self) -> bytes:
         size = self.file_size()
-        return pread_exact(self.fd, FOOTER_SIZE, size - FOOTER_SIZE, self.path, "footer", "cookie")
+        return pread_exact(self.file, FOOTER_SIZE, size - FOOTER_SIZE, self.path, "footer", "cookie")
 
-    def data_end(self):
+    def data_end(self) -> int:
         """First sector-aligned offset after the header, BAT, locator data and every block the BAT points at."""
         end = max(self.vhd.footer.data_offset + HEADER_SIZE, self.header.table_offset + self.header.bat_bytes)
         for loc in self.header.locators:
@@ -307,11 +318,11 @@ class _Parent:
         end = max(end, self._blocks_end)
         return (end + SECTOR - 1) // SECTOR * SECTOR
 
-    def used(self):
+    def used(self) -> array.array:
         """Indices of present blocks (an ``array('I')``)."""
         return used_indices(bytes(self.unused))
 
-    def set_entry(self, index, offset):
+    def set_entry(self, index: int, offset: int | None) -> None:
         """Point BAT entry ``index`` at ``offset`` (``None``: unused) in memory; see :meth:`write_bat_range`."""
         if offset is None:
             self.bat[index] = BAT_UNUSED
@@ -323,14 +334,14 @@ class _Parent:
             if self._blocks_end is not None:
                 self._blocks_end = max(self._blocks_end, offset + self.span)
 
-    def write_bat_range(self, first, last):
+    def write_bat_range(self, first: int, last: int) -> None:
         """Write BAT entries ``first..last`` (inclusive), whole sectors."""
         start = first * 4 // SECTOR * SECTOR
         end = min((last * 4 + 4 + SECTOR - 1) // SECTOR * SECTOR, self.header.bat_bytes)
         raw = bat_pack(self.bat, self.header.bat_bytes)[start:end]
-        self.io.pwrite(self.fd, raw, self.header.table_offset + start)
+        self.io.pwrite(self.file, raw, self.header.table_offset + start)
 
-    def reserve(self, count):
+    def reserve(self, count: int) -> int:
         """Step 3a: make room for ``count`` new blocks at the data end; return the first slot's offset.
 
         The current end footer is written past the reserved room first (and fsynced), so the file
@@ -339,32 +350,32 @@ class _Parent:
         start = self.data_end()
         new_end = start + count * self.span
         if self.file_size() < new_end + FOOTER_SIZE:
-            self.io.pwrite(self.fd, self.end_footer(), new_end)
-            self.io.fsync(self.fd)
+            self.io.pwrite(self.file, self.end_footer(), new_end)
+            self.io.fsync(self.file)
         return start
 
-    def commit(self, placed):
+    def commit(self, placed: list[tuple[int, int]]) -> None:
         """Steps 3b-3c: make the blocks written into reserved slots durable, then point the BAT at them."""
         if not placed:
             return
-        self.io.fsync(self.fd)
+        self.io.fsync(self.file)
         for index, offset in placed:
             self.set_entry(index, offset)
         indices = [index for index, _offset in placed]
         self.write_bat_range(min(indices), max(indices))
-        self.io.fsync(self.fd)
+        self.io.fsync(self.file)
 
-    def close(self):
+    def close(self) -> None:
         self.vhd.close()
 
-    def __enter__(self):
+    def __enter__(self) -> '_Parent':
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
 
-def _prepare(parent, children, old_size):
+def _prepare(parent: _Parent, children: VhdChain, old_size: int) -> None:
     """Steps 1 and 2: BAT capacity for the target's size, then clear everything past the old end."""
     block_size = parent.block_size
     if children.block_size != block_size:
@@ -386,15 +397,15 @@ def _prepare(parent, children, old_size):
         offset = parent.bat[index] * SECTOR
         first_sector = (old_size - index * block_size) // SECTOR
         spb = block_size // SECTOR
-        bitmap = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
+        bitmap = pread_exact(parent.file, parent.bitmap_size, offset, parent.path, "block[%d]" % index, "bitmap")
         mask = bitmap_to_mask(bitmap, spb) & ((1 << first_sector) - 1)
-        parent.io.pwrite(parent.fd, mask_to_bitmap(mask, parent.bitmap_size), offset)
-        parent.io.pwrite(parent.fd, bytes(block_size - first_sector * SECTOR), offset + parent.bitmap_size + first_sector * SECTOR)
+        parent.io.pwrite(parent.file, mask_to_bitmap(mask, parent.bitmap_size), offset)
+        parent.io.pwrite(parent.file, bytes(block_size - first_sector * SECTOR), offset + parent.bitmap_size + first_sector * SECTOR)
     if wrote:
-        parent.io.fsync(parent.fd)
+        parent.io.fsync(parent.file)
 
 
-def _grow_bat(parent, needed):
+def _grow_bat(parent: _Parent, needed: int) -> None:
     """Step 1: make room for ``needed`` BAT entries after the table offset, then raise ``max_table_entries``."""
     header = parent.header
     new_bytes = (needed * 4 + SECTOR - 1) // SECTOR * SECTOR
@@ -406,38 +417,38 @@ def _grow_bat(parent, needed):
             header.locators[number] = ParentLocator()
             changed_locators = True
     if changed_locators:
-        parent.io.pwrite(parent.fd, header.pack(), parent.vhd.footer.data_offset)
-        parent.io.fsync(parent.fd)
+        parent.io.pwrite(parent.file, header.pack(), parent.vhd.footer.data_offset)
+        parent.io.fsync(parent.file)
     in_the_way = [i for i in parent.used()
                   if parent.bat[i] * SECTOR < new_end and parent.bat[i] * SECTOR + parent.span > header.table_offset]
     for index in in_the_way:
         offset = parent.bat[index] * SECTOR
-        raw = pread_exact(parent.fd, parent.span, offset, parent.path, f"block[{index}]", "data")
+        raw = pread_exact(parent.file, parent.span, offset, parent.path, "block[%d]" % index, "data")
         start = max(parent.data_end(), new_end)
         if parent.file_size() < start + parent.span + FOOTER_SIZE:
-            parent.io.pwrite(parent.fd, parent.end_footer(), start + parent.span)
-            parent.io.fsync(parent.fd)
-        parent.io.pwrite(parent.fd, raw, start)
-        parent.io.fsync(parent.fd)
+            parent.io.pwrite(parent.file, parent.end_footer(), start + parent.span)
+            parent.io.fsync(parent.file)
+        parent.io.pwrite(parent.file, raw, start)
+        parent.io.fsync(parent.file)
         parent.set_entry(index, start)
         parent.write_bat_range(index, index)
-        parent.io.fsync(parent.fd)
+        parent.io.fsync(parent.file)
     if parent.file_size() < new_end + FOOTER_SIZE:
         # The grown table would cover the end footer (no block lies past the old table): copy the
         # footer past the new table end first, so the file has a valid end footer at every instant.
-        parent.io.pwrite(parent.fd, parent.end_footer(), new_end)
-        parent.io.fsync(parent.fd)
+        parent.io.pwrite(parent.file, parent.end_footer(), new_end)
+        parent.io.fsync(parent.file)
     old_entries = header.max_table_entries
     fill = bat_pack([BAT_UNUSED] * (needed - old_entries))
-    parent.io.pwrite(parent.fd, fill.ljust(new_bytes - old_entries * 4, b"\xff"), header.table_offset + old_entries * 4)
-    parent.io.fsync(parent.fd)
+    parent.io.pwrite(parent.file, fill.ljust(new_bytes - old_entries * 4, b"\xff"), header.table_offset + old_entries * 4)
+    parent.io.fsync(parent.file)
     header.max_table_entries = needed
-    parent.io.pwrite(parent.fd, header.pack()[:SECTOR], parent.vhd.footer.data_offset)
-    parent.io.fsync(parent.fd)
+    parent.io.pwrite(parent.file, header.pack()[:SECTOR], parent.vhd.footer.data_offset)
+    parent.io.fsync(parent.file)
     parent.load_bat()
 
 
-def _merge_blocks(parent, children, state, directory, progress):
+def _merge_blocks(parent: _Parent, children: VhdChain, state: MergeState, directory: str, progress: Progress | None) -> None:
     """Steps 3 and 4, from ``state.next_block``; saves checkpoints.
 
     New blocks are written straight into slots reserved ``BATCH_BLOCKS`` at a time, so memory
@@ -486,7 +497,7 @@ def _merge_blocks(parent, children, state, directory, progress):
                 parent.commit(placed)
                 placed = []
             elif dirty:
-                parent.io.fsync(parent.fd)
+                parent.io.fsync(parent.file)
             dirty = False
             state.next_block = index + 1
             parent.io.save_state(directory, state)
@@ -495,20 +506,20 @@ def _merge_blocks(parent, children, state, directory, progress):
     if placed:
         parent.commit(placed)  # its fsyncs also cover the in-place updates before them
     elif dirty:
-        parent.io.fsync(parent.fd)
+        parent.io.fsync(parent.file)
 
 
-def _write_block(parent, offset, bitmap, data):
+def _write_block(parent: _Parent, offset: int, bitmap: bytes, data) -> None:
     """Write bitmap and data at ``offset``; ``data`` is bytes or a ``(member, data_offset)`` source to copy."""
     if isinstance(data, tuple):
         member, source_offset = data
-        parent.io.copy(member.fd, source_offset, parent.fd, offset + parent.bitmap_size, parent.block_size)
-        parent.io.pwrite(parent.fd, bitmap, offset)
+        parent.io.copy(member.file, source_offset, parent.file, offset + parent.bitmap_size, parent.block_size)
+        parent.io.pwrite(parent.file, bitmap, offset)
     else:
-        parent.io.pwrite(parent.fd, [bitmap, data], offset)
+        parent.io.pwrite(parent.file, [bitmap, data], offset)
 
 
-def _update_block(parent, index, mask, bitmap, data, full):
+def _update_block(parent: _Parent, index: int, mask: int, bitmap: bytes, data, full: int) -> None:
     """Step 4: write the provided sectors of a block the parent already has, then OR the bitmap."""
     offset = parent.bat[index] * SECTOR
     if mask == full:
@@ -517,13 +528,13 @@ def _update_block(parent, index, mask, bitmap, data, full):
     view = memoryview(data)
     data_offset = offset + parent.bitmap_size
     for first, count in mask_runs(mask):
-        parent.io.pwrite(parent.fd, view[first * SECTOR:(first + count) * SECTOR], data_offset + first * SECTOR)
-    old = pread_exact(parent.fd, parent.bitmap_size, offset, parent.path, f"block[{index}]", "bitmap")
+        parent.io.pwrite(parent.file, view[first * SECTOR:(first + count) * SECTOR], data_offset + first * SECTOR)
+    old = pread_exact(parent.file, parent.bitmap_size, offset, parent.path, "block[%d]" % index, "bitmap")
     merged = bitmap_to_mask(old, parent.block_size // SECTOR) | mask
-    parent.io.pwrite(parent.fd, mask_to_bitmap(merged, parent.bitmap_size), offset)
+    parent.io.pwrite(parent.file, mask_to_bitmap(merged, parent.bitmap_size), offset)
 
 
-def _write_footer(parent, target_footer):
+def _write_footer(parent: _Parent, target_footer: Footer) -> None:
     """Step 5: the parent takes the target's identity and sizes; end footer first, then the copy at 0."""
     footer = Footer.parse(parent.end_footer(), parent.path, parent.file_size() - FOOTER_SIZE)
     footer = dataclasses.replace(footer, current_size=target_footer.current_size, original_size=target_footer.original_size,
@@ -535,14 +546,14 @@ def _write_footer(parent, target_footer):
     raw = footer.pack()
     end = parent.data_end()
     size = parent.file_size()
-    parent.io.pwrite(parent.fd, raw, end)
+    parent.io.pwrite(parent.file, raw, end)
     if size > end + FOOTER_SIZE:
         # The footer inside the file must be durable before the tail holding the current one goes.
-        parent.io.fsync(parent.fd)
-        parent.io.ftruncate(parent.fd, end + FOOTER_SIZE)
+        parent.io.fsync(parent.file)
+        parent.io.ftruncate(parent.file, end + FOOTER_SIZE)
     # Either copy may reach the disk first: readers trust the end footer and accept either identity.
-    parent.io.pwrite(parent.fd, raw, 0)
-    parent.io.fsync(parent.fd)
+    parent.io.pwrite(parent.file, raw, 0)
+    parent.io.fsync(parent.file)
 
 
 __all__ = ["MergeState", "merge_chain", "resume_merge", "KILL_ENV"]

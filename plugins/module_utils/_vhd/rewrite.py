@@ -10,11 +10,14 @@ dynamic or differencing VHD byte stream whose end footer is the last 512 bytes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import BinaryIO
 
 from .structures import (
     BAT_UNUSED, DISK_DIFFERENCING, DISK_FIXED, FOOTER_SIZE, HEADER_SIZE, MAX_BAT_ENTRIES, SECTOR, Footer, Header,
     ParentLocator, VhdError, bat_parse, bitmap_size, uuid_bytes,
 )
+from .writer import ParentLink
 
 CHUNK_SIZE = 1 << 20
 #: Largest dynamic header offset accepted in a stream (bytes before it are held in memory).
@@ -34,17 +37,17 @@ class RewriteResult:
 class _Source:
     """Exact reads from a file-like object that may return short reads (HTTP responses)."""
 
-    def __init__(self, fileobj, name):
+    def __init__(self, fileobj: BinaryIO, name: str):
         self.fileobj = fileobj
         self.name = name
         self.position = 0
 
-    def read_some(self, size):
+    def read_some(self, size: int) -> bytes:
         data = self.fileobj.read(size)
         self.position += len(data)
         return data
 
-    def readinto(self, view):
+    def readinto(self, view: memoryview) -> int:
         """Fill some of ``view``; 0 at the end. Uses the source's readinto when it has one (no new objects)."""
         readinto = getattr(self.fileobj, "readinto", None)
         if readinto is not None:
@@ -56,20 +59,21 @@ class _Source:
         self.position += count
         return count
 
-    def read_exact(self, size, structure, field):
+    def read_exact(self, size: int, structure: str, field: str) -> bytes:
         parts = []
         got = 0
         while got < size:
             data = self.fileobj.read(min(size - got, CHUNK_SIZE))
             if not data:
-                raise VhdError(self.name, structure, field, self.position, f"stream ended: wanted {size} bytes, got {got}")
+                raise VhdError(self.name, structure, field, self.position, "stream ended: wanted %d bytes, got %d" % (size, got))
             parts.append(data)
             got += len(data)
             self.position += len(data)
         return b"".join(parts)
 
 
-def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None):
+def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink | None = None,
+                     on_write: Callable | None = None, name: str | None = None) -> RewriteResult:
     """Copy the VHD stream ``src`` (``read(n)``) to ``dst`` (``write(b)``), rewriting its identity in passing.
 
     The footer (both copies) gets ``unique_id``; for a differencing disk the header gets the
@@ -84,7 +88,7 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
     source = _Source(src, name)
     written = 0
 
-    def emit(data):
+    def emit(data) -> None:
         nonlocal written
         if data:
             dst.write(data)
@@ -99,7 +103,7 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
     if footer.disk_type == DISK_DIFFERENCING and parent is None:
         raise VhdError(name, "footer", "disk_type", 60, "differencing stream needs a parent link")
     if footer.data_offset > MAX_HEADER_OFFSET:
-        raise VhdError(name, "footer", "data_offset", 16, f"header offset {footer.data_offset} unsupported in a stream")
+        raise VhdError(name, "footer", "data_offset", 16, "header offset %d unsupported in a stream" % footer.data_offset)
     gap = source.read_exact(footer.data_offset - FOOTER_SIZE, "footer", "data_offset")
     header_raw = source.read_exact(HEADER_SIZE, "header", "cookie")
     header = Header.parse(header_raw, name, footer.data_offset)
@@ -117,13 +121,13 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
 
     block_count = (footer.current_size + header.block_size - 1) // header.block_size
     if block_count > MAX_BAT_ENTRIES:
-        raise VhdError(name, "header", "block_size", footer.data_offset + 32, f"{block_count} blocks exceed the supported maximum")
+        raise VhdError(name, "header", "block_size", footer.data_offset + 32, "%d blocks exceed the supported maximum" % block_count)
     if header.max_table_entries < block_count:
         raise VhdError(name, "header", "max_table_entries", footer.data_offset + 28,
-                       f"{header.max_table_entries} entries cannot map {block_count} blocks")
+                       "%d entries cannot map %d blocks" % (header.max_table_entries, block_count))
     if header.table_offset < source.position:
         raise VhdError(name, "header", "table_offset", footer.data_offset + 16,
-                       f"BAT at {header.table_offset} overlaps the header (streams must be in file order)")
+                       "BAT at %d overlaps the header (streams must be in file order)" % header.table_offset)
     _copy(source, emit, header.table_offset - source.position, "header", "table_offset")
     bat_raw = source.read_exact(block_count * 4, "BAT", "entries")
     emit(bat_raw)
@@ -137,8 +141,8 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
             continue
         blocks += 1
         if entry * SECTOR < bat_end:
-            raise VhdError(name, "BAT", f"entry[{index}]", header.table_offset + 4 * index,
-                           f"block at {entry * SECTOR} overlaps the header or BAT")
+            raise VhdError(name, "BAT", "entry[%d]" % index, header.table_offset + 4 * index,
+                           "block at %d overlaps the header or BAT" % (entry * SECTOR))
         data_end = max(data_end, entry * SECTOR + span)
 
     # Pass the rest through, holding back the last 512 bytes: they are the end footer. One buffer is
@@ -161,14 +165,14 @@ def rewrite_identity(src, dst, unique_id, parent=None, on_write=None, name=None)
     held = bytes(view[:held])
     if source.position < data_end + FOOTER_SIZE:
         raise VhdError(name, "BAT", "entries", header.table_offset,
-                       f"stream of {source.position} bytes ends before its last block (needs {data_end + FOOTER_SIZE})")
+                       "stream of %d bytes ends before its last block (needs %d)" % (source.position, data_end + FOOTER_SIZE))
     if held != head:
         raise VhdError(name, "footer", "cookie", source.position - FOOTER_SIZE, "end footer differs from the copy at offset 0")
     emit(footer_bytes)
     return RewriteResult(length=written, footer=new_footer, header=new_header, blocks=blocks)
 
 
-def _copy(source, emit, count, structure, field):
+def _copy(source: _Source, emit: Callable, count: int, structure: str, field: str) -> None:
     while count > 0:
         data = source.read_exact(min(count, CHUNK_SIZE), structure, field)
         emit(data)

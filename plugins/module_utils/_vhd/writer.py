@@ -14,14 +14,22 @@ from __future__ import annotations
 import array
 import dataclasses
 import os
+import posixpath
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage, split_local_path
+
+from .disk import Disk, VhdFile
 from .structures import (
     BAT_UNUSED, DEFAULT_BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, FOOTER_SIZE, HEADER_SIZE, SECTOR,
     Footer, Header, bat_pack, bitmap_size, chs_geometry, uuid_bytes, vhd_timestamp,
 )
 
 TABLE_OFFSET = FOOTER_SIZE + HEADER_SIZE
+
+#: ``read_block(index) -> (bitmap or None for all sectors, data or None for zeros)``, what a stream asks for each block.
+BlockReader = Callable[[int], tuple]
 
 
 @dataclasses.dataclass
@@ -33,22 +41,35 @@ class ParentLink:
     name: str
 
     @classmethod
-    def for_parent_file(cls, parent_path, child_path, unique_id=None):
-        """Link to ``parent_path`` from a child to be written at ``child_path``.
+    def for_parent_in(cls, storage: Storage, parent_name: str, child_name: str, unique_id=None) -> 'ParentLink':
+        """Link to ``parent_name`` from a child to be written at ``child_name``, both in ``storage``.
 
-        The name is the parent's path relative to the child's directory; the timestamp the parent's
-        mtime in the VHD epoch; the id the parent's footer unique id unless given.
+        The name is the parent's path relative to the child's folder; the timestamp the parent's
+        modification time in the VHD epoch; the id the parent's footer unique id unless given.
         """
-        from .disk import VhdFile  # pylint: disable=import-outside-toplevel
+        unique_id, timestamp = _parent_identity(storage, parent_name, unique_id)
+        name = posixpath.relpath(parent_name, posixpath.dirname(child_name) or ".")
+        return cls(unique_id=unique_id, timestamp=timestamp, name=name)
 
-        if unique_id is None:
-            with VhdFile(parent_path) as parent:
-                unique_id = parent.unique_id
+    @classmethod
+    def for_parent_file(cls, parent_path, child_path, unique_id=None) -> 'ParentLink':
+        """:meth:`for_parent_in` for local paths (which may lie in different folders)."""
+        storage, parent_name = split_local_path(parent_path)
+        unique_id, timestamp = _parent_identity(storage, parent_name, unique_id)
+        # Path arithmetic only: the link is relative to the child's folder wherever the parent is.
         name = os.path.relpath(os.path.abspath(parent_path), os.path.dirname(os.path.abspath(child_path)))
-        return cls(unique_id=uuid_bytes(unique_id), timestamp=vhd_timestamp(os.stat(parent_path).st_mtime), name=name)
+        return cls(unique_id=unique_id, timestamp=timestamp, name=name)
 
 
-def make_footer(disk_type, virtual_size, unique_id=None, timestamp=None):
+def _parent_identity(storage: Storage, parent_name: str, unique_id) -> tuple[bytes, int]:
+    """The parent's unique id (read from its footer unless given) and its modification time as a VHD timestamp."""
+    if unique_id is None:
+        with VhdFile.open_in(storage, parent_name) as parent:
+            unique_id = parent.unique_id
+    return uuid_bytes(unique_id), vhd_timestamp(storage.modified_time(parent_name))
+
+
+def make_footer(disk_type: int, virtual_size: int, unique_id=None, timestamp: int | None = None) -> Footer:
     """A footer for a disk we write: features 2, data offset 512, creator ``tap`` 1.1, CHS geometry of the size."""
     return Footer(disk_type=disk_type, current_size=virtual_size, original_size=virtual_size,
                   unique_id=uuid_bytes(unique_id) if unique_id is not None else uuid.uuid4().bytes,
@@ -65,12 +86,12 @@ class VhdStream:
     or call :meth:`read` like a file.
     """
 
-    def __init__(self, virtual_size, block_indices, read_block, disk_type=DISK_DYNAMIC, unique_id=None,
-                 parent=None, timestamp=None, block_size=DEFAULT_BLOCK_SIZE):
+    def __init__(self, virtual_size: int, block_indices: Iterable[int], read_block: BlockReader, disk_type: int = DISK_DYNAMIC,
+                 unique_id=None, parent: ParentLink | None = None, timestamp: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
         if disk_type == DISK_DIFFERENCING and parent is None:
             raise ValueError("a differencing VHD needs a ParentLink")
         if virtual_size % SECTOR:
-            raise ValueError(f"virtual size {virtual_size} is not a multiple of {SECTOR}")
+            raise ValueError("virtual size %d is not a multiple of %d" % (virtual_size, SECTOR))
         self.block_size = block_size
         self.block_indices = array.array("I", block_indices)
         entries = (virtual_size + block_size - 1) // block_size
@@ -90,17 +111,17 @@ class VhdStream:
         self.block_span = self.bitmap_size + block_size
         self.data_start = TABLE_OFFSET + self.header.bat_bytes
         self.length = self.data_start + len(self.block_indices) * self.block_span + FOOTER_SIZE
-        self._chunks = None
+        self._chunks: Iterator | None = None
         self._pending = memoryview(b"")
 
-    def block_table(self):
+    def block_table(self) -> array.array:
         """The BAT this stream writes (list of sector numbers or ``0xFFFFFFFF``)."""
         table = array.array("I", [BAT_UNUSED]) * self.header.max_table_entries
         for position, index in enumerate(self.block_indices):
             table[index] = (self.data_start + position * self.block_span) // SECTOR
         return table
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator:
         footer = self.footer.pack()
         yield footer + self.header.pack() + bat_pack(self.block_table(), self.header.bat_bytes)
         full = b"\xff" * self.bitmap_size
@@ -118,7 +139,7 @@ class VhdStream:
                 yield data[:self.block_size]
         yield footer
 
-    def read(self, size=-1):
+    def read(self, size: int = -1) -> bytes:
         """File-like read: up to ``size`` bytes (all remaining when negative); ``b""`` at the end.
 
         Small reads (``http.client`` uses 8 KiB) slice the current chunk without copying it again.
@@ -140,9 +161,15 @@ class VhdStream:
         return b"".join(parts)
 
 
-def stream_file(vhd, unique_id=None, parent=None):
-    """Copy of one :class:`~.disk.VhdFile`'s own blocks (bitmaps kept) as a stream of the same type."""
-    def read_block(index):
+def stream_disk(disk: Disk, unique_id=None, timestamp: int | None = None) -> VhdStream:
+    """Any disk (a file, a chain) as ONE dynamic VHD stream, length known up front (restores, exports)."""
+    return VhdStream(virtual_size=disk.size, block_indices=disk.allocated_blocks(), read_block=lambda index: (None, disk.read_block(index)),
+                     unique_id=unique_id if unique_id is not None else disk.unique_id, timestamp=timestamp, block_size=disk.block_size)
+
+
+def stream_file(vhd: VhdFile, unique_id=None, parent: ParentLink | None = None) -> VhdStream:
+    """Copy of one file's own blocks (bitmaps kept) as a stream of the same type."""
+    def read_block(index: int) -> tuple:
         mask, data = vhd.read_block_raw(index)
         if mask == vhd.full_mask():
             return None, data
@@ -156,27 +183,27 @@ def stream_file(vhd, unique_id=None, parent=None):
                      timestamp=vhd.footer.timestamp, block_size=vhd.block_size)
 
 
-def write_stream(stream, path, on_write=None, fsync=True):
-    """Write an iterable of bytes chunks to ``path`` (via a temporary name, then renamed); return bytes written.
+def write_stream(stream: Iterable, path, on_write: Callable | None = None, storage: Storage | None = None) -> int:
+    """Write an iterable of bytes chunks as the file ``path`` (a local path, or a name in ``storage``); return bytes written.
 
+    The file appears complete and durable, or not at all (the storage's atomic writer).
     ``on_write(chunk)`` sees every byte written (e.g. a sha256 ``update``).
     """
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial")
+    if storage is None:
+        storage, path = split_local_path(path)
+    writer = storage.atomic_writer(path, overwrite=True)
     written = 0
     try:
-        with open(tmp, "wb") as out:
-            for chunk in stream:
-                out.write(chunk)
-                if on_write is not None:
-                    on_write(chunk)
-                written += len(chunk)
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
+        for chunk in stream:
+            writer.write(chunk)
+            if on_write is not None:
+                on_write(chunk)
+            written += len(chunk)
+        writer.commit()
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        writer.abort()
         raise
     return written
+
+
+__all__ = ["ParentLink", "VhdStream", "make_footer", "stream_disk", "stream_file", "write_stream", "TABLE_OFFSET"]

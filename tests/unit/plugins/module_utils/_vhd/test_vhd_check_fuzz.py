@@ -15,12 +15,13 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    DISK_DYNAMIC, VhdChain, VhdError, VhdFile, check_chain, check_file, rewrite_identity,
+    DISK_DYNAMIC, Footer, Header, ParentLink, VhdChain, VhdError, VhdFile, check_chain, check_file, rewrite_identity,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import checksum
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import bat_pack, checksum
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
-    ChainModel, pattern, xapi_stream_bytes,
+    ChainModel, pattern, write_vhd, xapi_stream_bytes,
 )
 
 MIB = 1024 * 1024
@@ -93,13 +94,11 @@ def test_smaller_child_and_block_size_mismatch(tmp_path):
     small = ChainModel(str(tmp_path / "b"), 4 * MIB, 128 * KIB)
     small.add_point([(0, 10, 1)])
     # Make b's only file a child of a's file: smaller and another block size.
-    from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import write_vhd
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import ParentLink
     child = str(tmp_path / "a" / "child.vhd")
     write_vhd(child, 4 * MIB, {1, 2}, 128 * KIB, parent=ParentLink.for_parent_file(big.paths[0], child), model=bytes(4 * MIB))
     fields = {(p.structure, p.field) for p in check_chain(child)}
     assert ("footer", "current_size") in fields and ("header", "block_size") in fields
-    with pytest.raises(VhdError):
+    with pytest.raises(VhdError, match=r"header\.block_size.*differs from parent's"):
         VhdChain.open(child)
 
 
@@ -113,6 +112,21 @@ def test_missing_parent_is_reported(tmp_path):
     os.unlink(model.paths[0])
     problems = check_chain(model.paths[1])
     assert problems and any(p.path == model.paths[0] for p in problems)
+
+
+def test_checks_through_a_storage_name_files_by_their_full_path(tmp_path):
+    model = _model(tmp_path / "disk")
+    storage = LocalStorage(str(tmp_path))
+    names = ["disk/" + os.path.basename(path) for path in reversed(model.paths)]
+    assert check_chain(names[0], storage=storage) == []
+    assert check_chain(names, storage=storage) == []
+    assert check_file(names[1], storage=storage) == []
+    os.unlink(model.paths[0])
+    problems = check_chain(names[0], storage=storage)
+    assert [(p.path, p.structure, p.field) for p in problems][0] == (model.paths[0], "file", "open")
+    _patch(model.paths[1], 0, b"X")  # the footer copy's cookie
+    assert [(p.path, p.structure, p.field, p.offset) for p in check_file(names[0], storage=storage)] == [(model.paths[1], "footer", "cookie", 0)]
+    assert [(p.path, p.field) for p in check_file("../outside.vhd", storage=storage)] == [("../outside.vhd", "open")]
 
 
 # ---- fuzzing ------------------------------------------------------------------------------------------------
@@ -205,9 +219,6 @@ def test_fuzzed_streams_raise_only_vhd_error(mutations, tail, fix):
 
 def _tap_file_with_batmap(path, batmap_bits, bitmaps):
     """A blktap-style dynamic file (creator tap 1.3) with a tdbatmap after the BAT and 64 KiB blocks."""
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import Footer, Header
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import bat_pack
-
     block_size, count = 64 * KIB, len(bitmaps)
     footer = Footer(disk_type=DISK_DYNAMIC, current_size=count * block_size, creator_version=0x00010003)
     header = Header(table_offset=1536, max_table_entries=count, block_size=block_size)

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdFile, check_chain, check_file, stream_file, write_stream,
+    VhdChain, VhdFile, check_chain, check_file, stream_disk, stream_file, write_stream,
 )
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     QEMU_IMG, QEMU_IO, ChainModel, libvhdi_read, poke_past_end, qemu_raw,
@@ -52,7 +52,7 @@ def test_qemu_and_libvhdi_read_our_stream(tmp_path):
     _qemu_create(path, 7 * MIB, "dynamic", [(512, 3 * MIB, 0x42), (6 * MIB, 4096, 0x99)])
     expected = qemu_raw(path, str(tmp_path / "q.raw"))
     with VhdChain.open(path) as chain:
-        stream = chain.export_stream()
+        stream = stream_disk(chain)
         out = str(tmp_path / "ours.vhd")
         assert write_stream(stream, out) == stream.length == os.path.getsize(out)
     assert qemu_raw(out, str(tmp_path / "ours.raw")) == expected
@@ -112,8 +112,8 @@ def test_stream_read_interface(tmp_path):
     model = ChainModel(str(tmp_path), 5 * MIB, 2 * MIB)
     model.add_point([(0, 7000, 1)])
     with VhdChain.open(model.paths[0]) as chain:
-        whole = b"".join(bytes(c) for c in chain.export_stream())
-        stream = chain.export_stream()
+        whole = b"".join(bytes(c) for c in stream_disk(chain))
+        stream = stream_disk(chain)
         parts = []
         for size in (1, 511, 100000, 3 * MIB, -1):
             parts.append(stream.read(size))
@@ -148,7 +148,7 @@ def test_qemu_map_agrees_with_our_block_table(tmp_path):
     model.add_point([(4096 * 5, 3, 3)], size=13 * MIB)
     out = str(tmp_path / "one.vhd")
     with VhdChain.open(model.paths[-1]) as chain:
-        write_stream(chain.export_stream(), out)
+        write_stream(stream_disk(chain), out)
         expected = list(chain.allocated_blocks())
     result = subprocess.run([QEMU_IMG, "map", "-f", "vpc", "--output=json", out], check=True, capture_output=True, text=True)
     mapped = set()

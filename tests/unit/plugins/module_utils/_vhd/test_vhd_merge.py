@@ -16,21 +16,17 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdFile, check_chain, merge_chain, resume_merge,
+    VhdChain, VhdError, VhdFile, check_chain, merge_chain, resume_merge,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import KILL_ENV, MergeState
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
-    ChainModel, libvhdi_read, poke_past_end,
+    ChainModel, build_model, libvhdi_read, poke_past_end, read_disk,
 )
 
 MIB = 1024 * 1024
 KIB = 1024
-
-
-def _read(path):
-    with VhdChain.open(path) as chain:
-        return chain.read(0, chain.size)
 
 
 def _ids(path):
@@ -48,7 +44,7 @@ def test_merge_child_into_full(tmp_path):
     assert not os.path.exists(model.paths[0])
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(model.paths[1])]
     assert _ids(result) == target
-    assert _read(result) == model.points[1]
+    assert read_disk(result) == model.points[1]
     with VhdFile(result) as merged:
         assert merged.is_dynamic and not merged.footer_copies_differ
     assert libvhdi_read([result]) == model.points[1]
@@ -66,7 +62,7 @@ def test_merge_run_keeps_newer_points(tmp_path):
     assert result == model.paths[2]
     assert not os.path.exists(model.paths[0]) and not os.path.exists(model.paths[1])
     for point in (2, 3, 4):
-        assert _read(model.paths[point]) == model.points[point]
+        assert read_disk(model.paths[point]) == model.points[point]
     assert check_chain(model.paths[4]) == []
 
 
@@ -77,10 +73,10 @@ def test_merge_into_a_differencing_parent(tmp_path):
     model.add_point([(24, 8, 3), (4100, 1, 4)])
     model.add_point([(4096, 4096, 5)])
     result = merge_chain(model.paths[1], model.paths[2:])
-    assert _read(result) == model.points[3]
+    assert read_disk(result) == model.points[3]
     with VhdChain.open(result) as chain:
         assert [m.path for m in chain.members] == [model.paths[3], model.paths[0]]
-    assert _read(model.paths[0]) == model.points[0]
+    assert read_disk(model.paths[0]) == model.points[0]
     assert libvhdi_read([result, model.paths[0]]) == model.points[3]
 
 
@@ -94,7 +90,7 @@ def test_merge_grown_child_grows_bat_moves_first_block_and_zeroes_old_tail(tmp_p
     with VhdFile(model.paths[0]) as parent:
         assert parent.header.max_table_entries == 64
     result = merge_chain(model.paths[0], [model.paths[1]])
-    assert _read(result) == model.points[1]
+    assert read_disk(result) == model.points[1]
     with VhdFile(result) as merged:
         assert merged.size == 16 * MIB and merged.header.max_table_entries >= 256
     assert check_chain(result) == []
@@ -141,7 +137,7 @@ def _verify_after_crash(model, kept_from):
     """Kept points (kept_from and newer) read exactly, before and after resume; the result is right."""
     directory = model.directory
     for point in range(kept_from, len(model.paths)):
-        assert _read(model.paths[point]) == model.points[point], f"point {point} wrong after crash"
+        assert read_disk(model.paths[point]) == model.points[point], f"point {point} wrong after crash"
     # Structurally sound at every instant: only the signs of an interrupted footer step may show.
     interrupted = {("footer copy", "checksum"), ("footer", "unique_id")}
     problems = check_chain(model.paths[-1])
@@ -152,7 +148,7 @@ def _verify_after_crash(model, kept_from):
     elif os.path.exists(model.paths[0]):
         merge_chain(model.paths[0], model.paths[1:kept_from + 1])
     for point in range(kept_from, len(model.paths)):
-        assert _read(model.paths[point]) == model.points[point]
+        assert read_disk(model.paths[point]) == model.points[point]
     names = sorted(n for n in os.listdir(directory))
     assert names == sorted(os.path.basename(p) for p in model.paths[kept_from:])
     assert check_chain(model.paths[-1]) == []
@@ -237,16 +233,52 @@ def test_merge_again_after_a_crash_resumes(tmp_path):
     result = merge_chain(model.paths[0], model.paths[1:3])
     assert result == model.paths[2]
     for point in (2, 3):
-        assert _read(model.paths[point]) == model.points[point]
+        assert read_disk(model.paths[point]) == model.points[point]
     assert not [n for n in os.listdir(tmp_path / "again") if n.startswith(".")]
+
+
+def test_merge_and_resume_through_a_storage(tmp_path):
+    """The storage-taking forms: names relative to the storage root, results as names, same files on disk."""
+    model = _crash_scenario(str(tmp_path / "repo" / "disk"))
+    storage = LocalStorage(str(tmp_path / "repo"))
+    names = ["disk/" + os.path.basename(path) for path in model.paths]
+    child = _run_child([model.paths[0]] + model.paths[1:3], kill_after=40)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    state = "disk/" + os.path.basename(MergeState.path_for("", os.path.basename(model.paths[0])))
+    assert storage.exists(state)
+    assert MergeState.load(state, storage).children == [os.path.basename(path) for path in model.paths[1:3]]
+    assert resume_merge(state, storage=storage) == names[2]
+    for point in (2, 3):
+        assert read_disk(model.paths[point]) == model.points[point]
+    assert check_chain(names[3], storage=storage) == []
+    assert storage.list_dir("disk") == sorted(os.path.basename(path) for path in model.paths[2:])
+    # A plain merge of the remaining pair, by name.
+    assert merge_chain(names[2], names[3:], storage=storage) == names[3]
+    assert read_disk(model.paths[3]) == model.points[3]
+    assert storage.list_dir("disk") == [os.path.basename(model.paths[3])]
+
+
+def test_merge_arguments_are_checked(tmp_path):
+    model = _crash_scenario(str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge_chain(model.paths[0], [])
+    with pytest.raises(ValueError, match="a merge needs the parent and its children in one directory"):
+        merge_chain(model.paths[0], [str(tmp_path / "elsewhere.vhd")])
+    storage = LocalStorage(str(tmp_path))
+    with pytest.raises(ValueError, match="a merge needs the parent and its children in one directory"):
+        merge_chain("a/" + os.path.basename(model.paths[0]), [os.path.basename(model.paths[1])], storage=storage)
+    garbage = MergeState.path_for(str(tmp_path / "a"), "x.vhd")
+    with open(garbage, "w", encoding="utf-8") as handle:
+        handle.write("[1, 2]")
+    with pytest.raises(VhdError, match=r"merge state\.json: .*'list' object has no attribute 'items'"):
+        resume_merge(garbage)
 
 
 def test_growing_the_table_of_a_parent_without_blocks_keeps_its_end_footer(tmp_path):
     """Found by hypothesis: the grown BAT of an empty delta covered its end footer, so the merge could not reopen it."""
-    from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.test_vhd_property import _build, _read
-
-    model = _build(str(tmp_path), (64 * 1024, 5317120, [], [([], 3000, False), ([], 3000, False)]))
+    model = build_model(str(tmp_path), (64 * 1024, 5317120, [], [([], 3000, False), ([], 3000, False)]))
     assert merge_chain(model.paths[1], model.paths[2:3]) == model.paths[2]
     for point in (0, 2):
-        assert _read(model.paths[point]) == model.points[point]
+        assert read_disk(model.paths[point]) == model.points[point]
     assert check_chain(model.paths[2]) == []

@@ -11,9 +11,9 @@ import tempfile
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdFile, check_chain, merge_chain, write_stream,
+    VhdChain, VhdFile, check_chain, merge_chain, stream_disk, write_stream,
 )
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import ChainModel
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import build_model, read_disk
 
 KIB = 1024
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -29,35 +29,20 @@ def scenarios(draw):
     return block_size, base_sectors * 512, draw(writes), draw(deltas)
 
 
-def _build(directory, scenario):
-    block_size, size, base_writes, delta_specs = scenario
-    model = ChainModel(directory, size, block_size)
-    model.add_point(base_writes)
-    for delta_writes, growth, full_blocks in delta_specs:
-        size += growth * 512
-        model.add_point(delta_writes, size=size, full_blocks=full_blocks)
-    return model
-
-
-def _read(path):
-    with VhdChain.open(path) as chain:
-        return chain.read(0, chain.size)
-
-
 @SETTINGS
 @given(scenario=scenarios())
 def test_chain_reads_and_streams_the_model(scenario):
     with tempfile.TemporaryDirectory() as directory:
-        model = _build(directory, scenario)
+        model = build_model(directory, scenario)
         for path, expected in zip(model.paths, model.points):
-            assert _read(path) == expected
+            assert read_disk(path) == expected
         with VhdChain.open(model.paths[-1]) as chain:
-            stream = chain.export_stream()
+            stream = stream_disk(chain)
             out = os.path.join(directory, "export.vhd")
             assert write_stream(stream, out) == stream.length
         with VhdFile(out) as single:
             assert single.is_dynamic and single.size == len(model.points[-1])
-        assert _read(out) == model.points[-1]
+        assert read_disk(out) == model.points[-1]
         assert check_chain(model.paths[-1]) == []
 
 
@@ -65,20 +50,20 @@ def test_chain_reads_and_streams_the_model(scenario):
 @given(scenario=scenarios(), data=st.data())
 def test_merge_at_random_points_keeps_every_kept_point(scenario, data):
     with tempfile.TemporaryDirectory() as directory:
-        model = _build(directory, scenario)
+        model = build_model(directory, scenario)
         count = len(model.paths)
         parent = data.draw(st.integers(0, count - 2), label="parent")
         newest = data.draw(st.integers(parent + 1, count - 1), label="newest merged")
         result = merge_chain(model.paths[parent], model.paths[parent + 1:newest + 1])
         assert result == model.paths[newest]
         for point in range(newest, count):
-            assert _read(model.paths[point]) == model.points[point]
+            assert read_disk(model.paths[point]) == model.points[point]
         for point in range(parent):
-            assert _read(model.paths[point]) == model.points[point]
+            assert read_disk(model.paths[point]) == model.points[point]
         assert check_chain(model.paths[-1]) == []
         # Then fold everything left into the base: the chain collapses to one file holding the newest point.
         remaining = [p for p in model.paths if os.path.exists(p)]
         if len(remaining) > 1:
             final = merge_chain(remaining[0], remaining[1:])
-            assert _read(final) == model.points[-1]
+            assert read_disk(final) == model.points[-1]
             assert sorted(os.listdir(directory)) == [os.path.basename(model.paths[-1])]

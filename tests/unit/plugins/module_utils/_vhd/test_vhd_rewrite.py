@@ -62,8 +62,12 @@ def test_full_then_delta_from_xapi_streams(tmp_path):
     assert check_chain(delta_path) == []
 
 
-@pytest.mark.parametrize("damage", ["truncated", "tail", "bat"])
-def test_damaged_streams_raise_vhd_error(tmp_path, damage):
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "ends before its last block"),
+    ("tail", "end footer differs from the copy at offset 0"),
+    ("bat", r"BAT\.entry\[0\].*overlaps the header or BAT"),
+])
+def test_damaged_streams_raise_vhd_error(tmp_path, damage, message):
     stream = bytearray(xapi_stream_bytes(5 * MIB, {1: pattern(4, 2 * MIB)}, DISK_DYNAMIC))
     if damage == "truncated":
         stream = stream[:-600]
@@ -71,11 +75,11 @@ def test_damaged_streams_raise_vhd_error(tmp_path, damage):
         stream[-500] ^= 0xFF
     else:
         stream[2048:2052] = (1).to_bytes(4, "big")   # block 0 pointing into the header
-    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError):
+    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError, match=message):
         rewrite_identity(TrickleReader(bytes(stream)), out, uuid.uuid4())
 
 
 def test_delta_needs_a_parent_link(tmp_path):
     stream = xapi_stream_bytes(3 * MIB, {}, DISK_DIFFERENCING, parent_id=bytes(16))
-    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError):
+    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError, match="differencing stream needs a parent link"):
         rewrite_identity(TrickleReader(stream), out, uuid.uuid4())

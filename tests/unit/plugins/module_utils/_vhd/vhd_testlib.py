@@ -6,14 +6,21 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
+import time
 import uuid
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream, write_stream,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import (
+    AtomicWriter, RandomAccessFile, Storage, check_relative_path,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import SECTOR, mask_to_bitmap, bitmap_size
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
+    DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdFile, VhdStream, write_stream,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (
+    SECTOR, Footer, Header, ParentLocator, bat_pack, bitmap_size, chs_geometry, mask_to_bitmap,
+)
 
 QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 QEMU_IO = shutil.which("qemu-io") or "/usr/bin/qemu-io"
@@ -52,7 +59,7 @@ def write_vhd(path, size, sectors, block_size, parent=None, unique_id=None, full
 
     stream = VhdStream(size, sorted(masks), read_block, disk_type=DISK_DIFFERENCING if parent else DISK_DYNAMIC,
                        unique_id=unique_id or uuid.uuid4(), parent=parent, block_size=block_size)
-    write_stream(stream, path, fsync=False)
+    write_stream(stream, path)
     return path
 
 
@@ -93,6 +100,23 @@ class ChainModel:
         return path
 
 
+def build_model(directory, scenario):
+    """A :class:`ChainModel` from ``(block_size, size, base_writes, [(writes, growth_sectors, full_blocks), ...])``."""
+    block_size, size, base_writes, delta_specs = scenario
+    model = ChainModel(directory, size, block_size)
+    model.add_point(base_writes)
+    for delta_writes, growth, full_blocks in delta_specs:
+        size += growth * 512
+        model.add_point(delta_writes, size=size, full_blocks=full_blocks)
+    return model
+
+
+def read_disk(path):
+    """The whole disk the chain ending at ``path`` represents, read by our engine."""
+    with VhdChain.open(path) as chain:
+        return chain.read(0, chain.size)
+
+
 def qemu_raw(path, out):
     """Convert a VHD to raw with qemu-img (current-size semantics forced)."""
     subprocess.run([QEMU_IMG, "convert", "-f", "vpc", "-O", "raw", path, out], check=True, capture_output=True)
@@ -123,8 +147,6 @@ def libvhdi_read(paths, length=None):
 
 def poke_past_end(path):
     """Store non-zero bytes (bitmap bits set) past the virtual end in the file's last block, as some writers do."""
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile  # pylint: disable=import-outside-toplevel
-
     with VhdFile(path) as vhd:
         last = vhd.block_count - 1
         offset = vhd.block_offset(last)
@@ -145,10 +167,6 @@ def xapi_stream_bytes(size, blocks, disk_type, parent_id=None, parent_path="/var
 
     ``blocks`` maps block index -> 2 MiB of data.  A delta gets one MacX locator pointing at 1536.
     """
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import (  # pylint: disable=import-outside-toplevel
-        Footer, Header, ParentLocator, bat_pack, chs_geometry,
-    )
-
     block_size = 2 * 1024 * 1024
     entries = (size + block_size - 1) // block_size
     footer = Footer(disk_type=disk_type, current_size=size, original_size=size, unique_id=uuid.uuid4().bytes, timestamp=0,
@@ -188,3 +206,152 @@ class TrickleReader:
         self.position += size
         self.step = self.step * 7 % 100003 + 1
         return chunk
+
+
+class MemoryFile(RandomAccessFile):
+    """A file of :class:`MemoryStorage`: shares its bytes with the storage entry, so a rename keeps it open (as an inode)."""
+
+    def __init__(self, data, path, writable):
+        self.data = data
+        self.path = path
+        self.writable = writable
+        self.closed = False
+
+    def pread(self, length, offset):
+        assert not self.closed, "read after close"
+        return bytes(self.data[offset:offset + length])
+
+    def pwrite(self, data, offset):
+        assert self.writable and not self.closed, "write to a read-only or closed file"
+        if offset > len(self.data):
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset:offset + len(data)] = bytes(data)
+
+    def size(self):
+        return len(self.data)
+
+    def truncate(self, size):
+        assert self.writable
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
+
+    def sync(self):
+        assert not self.closed
+
+    def close(self):
+        assert not self.closed, "closed twice"
+        self.closed = True
+
+
+class MemoryWriter(AtomicWriter):
+    def __init__(self, storage, path, overwrite):
+        self.storage, self.path, self.overwrite = storage, path, overwrite
+        self.buffer = bytearray()
+
+    def write(self, data):
+        self.buffer += bytes(data)
+
+    def commit(self):
+        if not self.overwrite and self.path in self.storage.files:
+            raise FileExistsError(17, "exists", self.path)
+        self.storage.put(self.path, self.buffer)
+
+    def abort(self):
+        self.buffer = bytearray()
+
+
+class MemoryStorage(Storage):
+    """Files held in a dict: a second Storage, standing in for an object store, that no ``os`` call can reach."""
+
+    def __init__(self):
+        self.files = {}
+        self.times = {}
+
+    def put(self, path, data):
+        path = check_relative_path(path)
+        self.files[path] = bytearray(data)
+        self.times[path] = time.time()
+
+    def describe(self, path=""):
+        return "mem://" + path
+
+    def _file(self, path):
+        path = check_relative_path(path)
+        if path not in self.files:
+            raise FileNotFoundError(2, "no such file", self.describe(path))
+        return path
+
+    def open_file(self, path, writable=False):
+        path = self._file(path)
+        return MemoryFile(self.files[path], path, writable)
+
+    def atomic_writer(self, path, overwrite=False):
+        path = check_relative_path(path)
+        if not overwrite and path in self.files:
+            raise FileExistsError(17, "exists", self.describe(path))
+        return MemoryWriter(self, path, overwrite)
+
+    def list_dir(self, path=""):
+        prefix = check_relative_path(path) + "/" if path else ""
+        return sorted({name[len(prefix):].split("/")[0] for name in self.files if name.startswith(prefix)})
+
+    def exists(self, path):
+        return check_relative_path(path) in self.files or self.is_dir(path)
+
+    def is_dir(self, path):
+        prefix = check_relative_path(path) + "/"
+        return any(name.startswith(prefix) for name in self.files)
+
+    def size(self, path):
+        return len(self.files[self._file(path)])
+
+    def modified_time(self, path):
+        return self.times[self._file(path)]
+
+    def touch(self, path):
+        self.times[self._file(path)] = time.time()
+
+    def make_dirs(self, path):
+        check_relative_path(path)
+
+    def make_dir_exclusive(self, path):
+        raise NotImplementedError("folders are prefixes here")
+
+    def create_exclusive(self, path, data):
+        if check_relative_path(path) in self.files:
+            raise FileExistsError(17, "exists", self.describe(path))
+        self.put(path, data)
+
+    def rename(self, source, target):
+        source = self._file(source)
+        target = check_relative_path(target)
+        self.files[target] = self.files.pop(source)
+        self.times[target] = self.times.pop(source)
+
+    def remove(self, path):
+        path = self._file(path)
+        del self.files[path]
+        del self.times[path]
+
+    def remove_tree(self, path):
+        prefix = check_relative_path(path) + "/"
+        for name in [name for name in self.files if name.startswith(prefix)]:
+            self.remove(name)
+
+    def sync_dir(self, path):
+        if path:
+            check_relative_path(path)
+
+
+def memory_copy(paths, folder):
+    """A :class:`MemoryStorage` holding the local ``paths`` under ``folder``; returns it and the names, in order."""
+    storage = MemoryStorage()
+    names = []
+    for path in paths:
+        name = posixpath.join(folder, os.path.basename(path))
+        with open(path, "rb") as handle:
+            storage.put(name, handle.read())
+        names.append(name)
+    return storage, names
