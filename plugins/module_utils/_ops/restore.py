@@ -32,6 +32,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
@@ -461,14 +462,14 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
             'finished_merges': finished}
 
 
-def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr: str | None = None, name_label: str | None = None,
+def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
     with lock:
-        plan = prepare_restore(repo, vm_uuid, job_id, point, disk, finish_merges=not check_mode)
+        plan = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
         chosen = plan['point']
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)

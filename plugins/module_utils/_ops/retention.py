@@ -38,6 +38,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
     MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
     validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
 )
@@ -397,20 +398,20 @@ def _execute(repo, plan: dict, report: dict) -> None:
         reconcile_merged_points(repo, [merge['point']])
 
 
-def retention_for_vms(repo, vm_uuids: list, job_id: str, keep: int, check_mode: bool = False) -> dict:
-    """Retention over several VMs; totals plus one report per VM."""
+def retention_for_vms(repo, vm_uuids: list, job: Job, keep: int, check_mode: bool = False) -> dict:
+    """Retention over several VMs of the job; totals plus one report per VM."""
     started = time.monotonic()
-    reports = [apply_retention(repo, vm_uuid, job_id, keep, check_mode=check_mode) for vm_uuid in vm_uuids]
+    reports = [apply_retention(repo, vm_uuid, job.id, keep, check_mode=check_mode) for vm_uuid in vm_uuids]
     return {'changed': any(report['changed'] for report in reports), 'vms': reports,
             'merged_points': sum(len(report['merged']) for report in reports),
             'removed_points': sum(len(report['removed_points']) for report in reports),
             'bytes_merged': sum(report['bytes_merged'] for report in reports),
-            'duration': round(time.monotonic() - started, 3)}
+            'duration': round(time.monotonic() - started, 3), 'job_id': job.id}
 
 
-def job_vms(repo, job_id: str) -> list:
+def job_vms(repo, job: Job) -> list:
     """VMs of the repository with at least one backup point of the job."""
-    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job_id)]
+    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job.id)]
 
 
 __all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
