@@ -488,5 +488,5 @@ def job_vms(repo, job: Job) -> list:
 
 
 __all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
-           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'ChainMerge', 'RetentionPlan',
-           'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
+           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points',
+           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
