@@ -260,6 +260,10 @@ def _point_size(point) -> int:
 # -- planning ----------------------------------------------------------------------------------
 
 
+def _merge_refusal(point: BackupPoint, disk: BackupDisk) -> str:
+    return 'refusing to merge the chain of disk %s of backup %s' % (disk.vdi_uuid, point.timestamp)
+
+
 @dataclass
 class ChainMerge:
     """The merge of one disk folder: the deltas of a kept point's chain folded into their full."""
@@ -286,7 +290,7 @@ class ChainMerge:
 
     @property
     def refusal(self) -> str:
-        return 'refusing to merge the chain of disk %s of backup %s' % (self.disk.vdi_uuid, self.point.timestamp)
+        return _merge_refusal(self.point, self.disk)
 
     def as_result(self, vm_dir: str) -> dict:
         entry = {'vdi_uuid': self.disk.vdi_uuid, 'point': self.point.timestamp, 'full': relative_to_vm(vm_dir, self.full),
@@ -352,8 +356,7 @@ def _kept_chain(repo, point: BackupPoint, disk: BackupDisk) -> list[str]:
         return repo.vhd_chain(point, disk)
     except RepositoryError as error:
         if isinstance(error.__cause__, VhdError):  # a damaged link: name the file, as the checksum check does
-            raise IntegrityError('refusing to merge the chain of disk %s of backup %s' % (disk.vdi_uuid, point.timestamp),
-                                 [str(error.__cause__)]) from error
+            raise IntegrityError(_merge_refusal(point, disk), [str(error.__cause__)]) from error
         raise
 
 
