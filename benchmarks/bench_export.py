@@ -48,16 +48,16 @@ CHILD = r'''
 import json, sys, time
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
 step, url, ca, repository, job, snapshot_uuid = sys.argv[1:7]
 with XapiConnection(url, 'root', 'secret', ca_path=ca or None, validate_certs=bool(ca)) as xapi:
     if step == 'snapshot':
-        taken = manage_job_snapshots(xapi, 'bench', job_id_for(job), job, take=True)
+        taken = manage_job_snapshots(xapi, 'bench', Job(job), take=True)
         print(json.dumps({'snapshot': taken['snapshot']}))
         sys.exit(0)
     started = time.perf_counter()
-    result = export_vm(xapi, [repository], 'bench', job, job_id_for(job), snapshot_uuid=snapshot_uuid)
+    result = export_vm(xapi, [repository], 'bench', Job(job), snapshot_uuid=snapshot_uuid)
     elapsed = time.perf_counter() - started
 print(json.dumps({'mode': result['mode'], 'bytes': result['bytes_transferred'], 'seconds': elapsed,
                   'base': (result['base_snapshot'] or {}).get('disks')}))

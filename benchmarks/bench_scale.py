@@ -86,7 +86,7 @@ def bulk(args, running, xapi, mods, repo_path) -> dict:
     """The many-VM, many-run part; returns timings, sizes and the leak check."""
     rng = random.Random(args.seed)
     control = running.control
-    job_id = mods.job_id_for(JOB)
+    job = mods.Job(JOB)
     live = {}     # (vm, disk index) -> live VDI uuid
     allocated = {}  # (vm, disk) -> blocks allocated on the live disk now
     for number in range(args.vms):
@@ -118,10 +118,10 @@ def bulk(args, running, xapi, mods, repo_path) -> dict:
                     allocated[(number, disk)] |= touched
             name = 'vm%03d' % number
             began = time.perf_counter()
-            snap = mods.manage_job_snapshots(xapi, name, job_id, JOB, take=True)
+            snap = mods.manage_job_snapshots(xapi, name, job, take=True)
             timer.add('snapshot (vm_snapshot)', began)
             began = time.perf_counter()
-            result = mods.export_vm(xapi, [repo_path], name, JOB, job_id, snapshot_uuid=snap['snapshot']['uuid'])
+            result = mods.export_vm(xapi, [repo_path], name, job, snapshot_uuid=snap['snapshot']['uuid'])
             timer.add('export (delta_export)', began)
             transferred += result['bytes_transferred']
             if run and result['mode'] != 'delta':
@@ -132,7 +132,7 @@ def bulk(args, running, xapi, mods, repo_path) -> dict:
             if repo is None:
                 repo = mods.open_repository(repo_path)
             began = time.perf_counter()
-            mods.apply_retention(repo, vm_uuids[number], job_id, args.keep)
+            mods.apply_retention(repo, vm_uuids[number], job.id, args.keep)
             timer.add('retention (backup_merge)', began)
         if run in (0, args.runs - 1) or (run + 1) % 10 == 0:
             print('  run %2d/%d: %.1f s' % (run + 1, args.runs, time.perf_counter() - began_run), flush=True)
@@ -210,7 +210,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
     control = running.control
     repo_path = os.path.join(workdir, 'big-repo')
     os.makedirs(repo_path)
-    job_id = mods.job_id_for(JOB)
+    job = mods.Job(JOB)
     session = running.xenapi_session()
     session.login_with_password('root', 'secret', '1.0', 'bench-scale')
     api = session.xenapi
@@ -218,27 +218,27 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
     try:
         live = args.big_live
         # full: download first (page cache warm for both), then the module code
-        snap = mods.manage_job_snapshots(xapi, 'big', job_id, JOB, take=True)
+        snap = mods.manage_job_snapshots(xapi, 'big', job, take=True)
         snap_vdi = api.VDI.get_by_uuid(snap['snapshot']['disks'][0]['vdi_uuid'])
         nbytes, seconds = min((download_rate(running, session.handle, snap_vdi) for _number in range(args.repeat)), key=lambda item: item[1])
         sink = os.path.join(workdir, 'download.vhd')
         _nbytes, to_file = min((download_rate(running, session.handle, snap_vdi, sink_path=sink) for _number in range(args.repeat)),
                                key=lambda item: item[1])
         began = time.perf_counter()
-        full = mods.export_vm(xapi, [repo_path], 'big', JOB, job_id, snapshot_uuid=snap['snapshot']['uuid'])
+        full = mods.export_vm(xapi, [repo_path], 'big', job, snapshot_uuid=snap['snapshot']['uuid'])
         export_seconds = time.perf_counter() - began
         out['full'] = {'bytes': full['bytes_transferred'], 'export': full['bytes_transferred'] / export_seconds,
                        'download': nbytes / seconds, 'download_file': nbytes / to_file}
         # delta of --big-mib / 2 of changes
         control.write_vdi(live, 1 * GIB, length=args.big_mib // 2 * MIB, seed=7)
-        snap2 = mods.manage_job_snapshots(xapi, 'big', job_id, JOB, take=True)
+        snap2 = mods.manage_job_snapshots(xapi, 'big', job, take=True)
         snap2_vdi = api.VDI.get_by_uuid(snap2['snapshot']['disks'][0]['vdi_uuid'])
         nbytes, seconds = min((download_rate(running, session.handle, snap2_vdi, snap_vdi) for _number in range(args.repeat)),
                               key=lambda item: item[1])
         _nbytes, to_file = min((download_rate(running, session.handle, snap2_vdi, snap_vdi, sink_path=sink) for _number in range(args.repeat)),
                                key=lambda item: item[1])
         began = time.perf_counter()
-        delta = mods.export_vm(xapi, [repo_path], 'big', JOB, job_id, snapshot_uuid=snap2['snapshot']['uuid'])
+        delta = mods.export_vm(xapi, [repo_path], 'big', job, snapshot_uuid=snap2['snapshot']['uuid'])
         export_seconds = time.perf_counter() - began
         assert delta['mode'] == 'delta', delta['reason']
         out['delta'] = {'bytes': delta['bytes_transferred'], 'export': delta['bytes_transferred'] / export_seconds,
@@ -271,7 +271,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         subprocess.run(['sync'], check=True)
         copy = bench_vhd.cp_fsync_seconds(delta_file, workdir)
         delta_size = os.path.getsize(delta_file)
-        report = mods.apply_retention(repo, vm_uuid, job_id, 1)
+        report = mods.apply_retention(repo, vm_uuid, job.id, 1)
         out['merge'] = {'bytes': delta_size, 'merge': report['merge_seconds'], 'cp': copy,
                         'whole': report['duration']}
     finally:
@@ -332,10 +332,12 @@ class Modules:
 
     def __init__(self):
         # pylint: disable=import-error,import-outside-toplevel
-        from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, repository, restore, retention, snapshot, vhd
+        from ansible_collections.xapi.delta_backup.plugins.module_utils import _vhd as vhd
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, job, restore, retention, snapshot
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import store as repository
         self.export_vm = export.export_vm
         self.open_repository = repository.open_repository
-        self.job_id_for = repository.job_id_for
+        self.Job = job.Job  # pylint: disable=invalid-name
         self.apply_retention = retention.apply_retention
         self.manage_job_snapshots = snapshot.manage_job_snapshots
         self.restore = restore.restore

@@ -193,7 +193,8 @@ error_code:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 
@@ -201,11 +202,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 def merge_backups(module) -> dict:
     params = module.params
     repo = open_repository(params['repository'])
-    job_id = job_id_for(params['job'])
-    vm_uuids = [resolve_backup_vm(repo, params['vm'])] if params['vm'] else job_vms(repo, job_id)
-    result = retention_for_vms(repo, vm_uuids, job_id, params['keep'], check_mode=module.check_mode)
-    result['job_id'] = job_id
-    return result
+    job = Job(params['job'])
+    vm_uuids = [resolve_backup_vm(repo, params['vm'])] if params['vm'] else job_vms(repo, job)
+    return retention_for_vms(repo, vm_uuids, job, params['keep'], check_mode=module.check_mode)
 
 
 def main():

@@ -280,7 +280,7 @@ xapi_error:
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 
 
 def export(module) -> dict:
@@ -288,7 +288,7 @@ def export(module) -> dict:
     if params['full_interval'] < 0:
         raise ModuleFailure('full_interval must be 0 (never force a full) or a positive number of backups, got %d' % params['full_interval'])
     with connect(module) as xapi:
-        return export_vm(xapi, params['repositories'], params['vm'], params['job'], job_id_for(params['job']), snapshot_uuid=params['snapshot'],
+        return export_vm(xapi, params['repositories'], params['vm'], Job(params['job']), snapshot_uuid=params['snapshot'],
                          full_interval=params['full_interval'], file_mode=parse_mode(params['file_mode'], 'file_mode'),
                          dir_mode=parse_mode(params['dir_mode'], 'dir_mode'), check_mode=module.check_mode, timeout=params['transfer_timeout'],
                          delta_only=params['delta_only'])

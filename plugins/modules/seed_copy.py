@@ -177,14 +177,14 @@ error_code:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 
 
 def copy_backups(module) -> dict:
     params = module.params
     return seed_copy(params['source'], params['destination'], vms=params['vms'],
-                     job_id=job_id_for(params['job']) if params['job'] else None, check_mode=module.check_mode,
+                     job_id=Job(params['job']).id if params['job'] else None, check_mode=module.check_mode,
                      file_mode=parse_mode(params['file_mode'], 'file_mode'), dir_mode=parse_mode(params['dir_mode'], 'dir_mode'))
 
 

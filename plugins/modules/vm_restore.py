@@ -364,7 +364,8 @@ xapi_error:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm, restore
 
 
@@ -373,7 +374,7 @@ def restore_vm(module) -> dict:
     repo = open_repository(params['repository'])
     vm_uuid = resolve_backup_vm(repo, params['vm'])
     with connect(module) as xapi:
-        return restore(xapi, repo, vm_uuid, job_id=job_id_for(params['job']) if params['job'] else None, point=params['backup'],
+        return restore(xapi, repo, vm_uuid, job=Job(params['job']) if params['job'] else None, point=params['backup'],
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'])

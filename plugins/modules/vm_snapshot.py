@@ -300,7 +300,7 @@ xapi_error:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import existing_repositories, manage_job_snapshots
 
 
@@ -310,7 +310,7 @@ def snapshot_vm(module) -> dict:
         raise ModuleFailure('max_uncoalesced_vdis must be 0 or more (Xen Orchestra uses 1), got %d' % params['max_uncoalesced_vdis'])
     repositories = existing_repositories(params['repositories'])
     with connect(module) as xapi:
-        return manage_job_snapshots(xapi, params['vm'], job_id_for(params['job']), params['job'], take=params['state'] == 'present',
+        return manage_job_snapshots(xapi, params['vm'], Job(params['job']), take=params['state'] == 'present',
                                     check_mode=module.check_mode, timeout=params['snapshot_timeout'], repositories=repositories,
                                     block_migrations_while_backing_up=params['block_migrations'],
                                     max_uncoalesced_vdis=params['max_uncoalesced_vdis'])

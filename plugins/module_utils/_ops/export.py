@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ExportNotVhdError, TransferCutError, TransferTooLongError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
@@ -125,8 +126,9 @@ class DiskPlan:
 
 @dataclass
 class ExportPlan:
-    """The export of one snapshot: overall mode and reason, per-disk plans, where it goes."""
+    """The export of one snapshot by a job: overall mode and reason, per-disk plans, where it goes."""
 
+    job: Job
     vm_record: dict
     snapshot: BackupSnapshot
     base: BackupSnapshot | None
@@ -141,6 +143,25 @@ class ExportPlan:
         if self.mode == 'full' or self.base is None:
             return 0
         return self.base.chain_length + 1
+
+
+@dataclass
+class ExportedDisk:
+    """One disk as written to the repositories: what the metadata records (keyed by the snapshot VDI ref) and the module returns."""
+
+    disk_plan: DiskPlan
+    path: str  # relative to the VM folder, as the metadata's vhds write it
+    size: int
+    blocks: int
+    sha256: str
+    seconds: float
+
+    def as_result(self) -> dict:
+        disk = self.disk_plan.disk
+        return {'vdi_uuid': disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk.vdi_uuid, 'name_label': disk.name_label,
+                'userdevice': disk.userdevice, 'mode': self.disk_plan.mode, 'reason': self.disk_plan.reason,
+                'virtual_size': disk.virtual_size, 'size': self.size, 'blocks': self.blocks, 'path': self.path, 'sha256': self.sha256,
+                'duration': round(self.seconds, 3), 'throughput_mib_s': round(self.size / MIB / self.seconds, 1)}
 
 
 def open_or_initialize(path: str, file_mode: int, dir_mode: int, check_mode: bool = False) -> BackupRepository:
@@ -223,7 +244,7 @@ def base_unusable(xapi, base_disk: SnapshotDisk) -> str | None:
     return None
 
 
-def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_id: str, job: str, snapshot_uuid: str | None = None,
+def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job: Job, snapshot_uuid: str | None = None,
                 full_interval: int = 0, check_mode: bool = False, delta_only: bool = False) -> ExportPlan:
     """Decide full or delta for each disk of the snapshot to export, and say why.
 
@@ -231,15 +252,15 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_
     snapshot a real run would take now.
     """
     _vm_ref, vm_record = find_vm(xapi, vm)
-    snapshots = job_snapshots(xapi, vm_record, job_id)
+    snapshots = job_snapshots(xapi, vm_record, job.id)
     if check_mode and not snapshot_uuid and all(snapshot.exported for snapshot in snapshots):
         snapshot = predicted_snapshot(xapi, vm_record, snapshots)
     else:
-        snapshot = choose_snapshot(snapshots, snapshot_uuid, vm_record, job)
+        snapshot = choose_snapshot(snapshots, snapshot_uuid, vm_record, job.name)
     # A killed run may have written its point without marking its snapshot: the repositories tell.
-    adopt_completed_snapshot(xapi, snapshots, repositories, vm_record['uuid'], job_id, before=snapshot.taken_at, check_mode=check_mode)
+    adopt_completed_snapshot(xapi, snapshots, repositories, vm_record['uuid'], job.id, before=snapshot.taken_at, check_mode=check_mode)
     base = reference_snapshot([candidate for candidate in snapshots if candidate.taken_at < snapshot.taken_at])
-    plan = ExportPlan(vm_record=vm_record, snapshot=snapshot, base=base, timestamp=format_timestamp(snapshot.taken_at),
+    plan = ExportPlan(job=job, vm_record=vm_record, snapshot=snapshot, base=base, timestamp=format_timestamp(snapshot.taken_at),
                       mode='delta', reason='', disks=[DiskPlan(disk=disk) for disk in snapshot.disks])
     if base is None:
         return _all_full(plan, 'the job has no exported snapshot of this VM (first run, or the previous snapshot was removed)')
@@ -255,7 +276,7 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job_
             continue
         tips = set()
         for repository in repositories:
-            tip, why_not = _repository_tip(repository, vm_record['uuid'], job_id, disk_plan.disk.live_vdi_uuid, base_disk.vdi_uuid)
+            tip, why_not = _repository_tip(repository, vm_record['uuid'], job.id, disk_plan.disk.live_vdi_uuid, base_disk.vdi_uuid)
             if tip is None:
                 return _all_full(plan, why_not)
             tips.add(tip)
@@ -343,9 +364,9 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis)}
 
 
-def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], job_id: str, written: list[str],
-                 timeout: float | None) -> dict:
-    """Stream one disk from XAPI into every repository; return its result entry."""
+def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], written: list[str],
+                 timeout: float | None) -> ExportedDisk:
+    """Stream one disk from XAPI into every repository."""
     disk = disk_plan.disk
     started = time.monotonic()
     parent = None
@@ -354,7 +375,7 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
                             timestamp=vhd_timestamp(plan.base.taken_at.timestamp()), name=disk_plan.parent_name)
     base_ref = disk_plan.base_disk.vdi_ref if disk_plan.base_disk is not None else None
     with contextlib.ExitStack() as files:
-        writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], job_id, disk.live_vdi_uuid, plan.timestamp))
+        writers = [files.enter_context(repository.open_vhd_writer(plan.vm_record['uuid'], plan.job.id, disk.live_vdi_uuid, plan.timestamp))
                    for repository in repositories]
         stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
         label = 'export of %s (%s)' % (disk.name_label, disk.vdi_uuid)
@@ -370,35 +391,32 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
     written.extend(writer.path for writer in writers)
     elapsed = max(time.monotonic() - started, 1e-6)
     relative = writers[0].path[len(repositories[0].vm_dir(plan.vm_record['uuid'])) + 1:].replace(os.sep, '/')
-    return {'vdi_uuid': disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk.vdi_uuid, 'name_label': disk.name_label,
-            'userdevice': disk.userdevice, 'mode': disk_plan.mode, 'reason': disk_plan.reason, 'virtual_size': disk.virtual_size,
-            'size': result.length, 'blocks': result.blocks, 'path': relative, 'sha256': writers[0].sha256,
-            'duration': round(elapsed, 3), 'throughput_mib_s': round(result.length / MIB / elapsed, 1), '_vdi_ref': disk.vdi_ref}
+    return ExportedDisk(disk_plan=disk_plan, path=relative, size=result.length, blocks=result.blocks, sha256=writers[0].sha256, seconds=elapsed)
 
 
-def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], job_id: str, job: str, timeout: float | None = None) -> dict:
+def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], timeout: float | None = None) -> dict:
     """Carry out the plan: disks, then metadata in each repository, then mark the snapshot exported."""
     vm_uuid = plan.vm_record['uuid']
     started = time.monotonic()
     written: list[str] = []
     with contextlib.ExitStack() as locks:
         for repository in sorted(repositories, key=lambda repo: repo.root):
-            locks.enter_context(repository.lock(vm_uuid, job))
+            locks.enter_context(repository.lock(vm_uuid, plan.job.name))
         cleaned = {repository.root: repository.cleanup_incomplete(vm_uuid) for repository in repositories}
         # A concurrent vm_snapshot of the same job must not prune the snapshot while it streams.
         mark_exporting(xapi, plan.snapshot, True)
         try:
-            disks = [_export_disk(xapi, plan, disk_plan, repositories, job_id, written, timeout) for disk_plan in plan.disks]
+            disks = [_export_disk(xapi, plan, disk_plan, repositories, written, timeout) for disk_plan in plan.disks]
             records = _metadata_records(xapi, plan)
             for repository in repositories:
                 metadata = build_metadata(
-                    job_id=job_id, schedule_id=job_id, timestamp_ms=int(plan.snapshot.taken_at.timestamp() * 1000),
+                    job_id=plan.job.id, schedule_id=plan.job.id, timestamp_ms=int(plan.snapshot.taken_at.timestamp() * 1000),
                     vm=records['vm'], vm_snapshot=records['vm_snapshot'], vbds=records['vbds'], vifs=records['vifs'], vdis=records['vdis'],
-                    vhds={disk['_vdi_ref']: disk['path'] for disk in disks},
-                    differencing={disk['_vdi_ref']: disk['mode'] == 'delta' for disk in disks},
-                    size=sum(disk['size'] for disk in disks), sha256={disk['path']: disk['sha256'] for disk in disks},
-                    virtual_sizes={disk['_vdi_ref']: disk['virtual_size'] for disk in disks},
-                    extra={'xapi_delta_backup_job': job})
+                    vhds={disk.disk_plan.disk.vdi_ref: disk.path for disk in disks},
+                    differencing={disk.disk_plan.disk.vdi_ref: disk.disk_plan.mode == 'delta' for disk in disks},
+                    size=sum(disk.size for disk in disks), sha256={disk.path: disk.sha256 for disk in disks},
+                    virtual_sizes={disk.disk_plan.disk.vdi_ref: disk.disk_plan.disk.virtual_size for disk in disks},
+                    extra={'xapi_delta_backup_job': plan.job.name})
                 metadata_path = repository.write_metadata(vm_uuid, plan.timestamp, metadata)
                 written.append(metadata_path)
         except BaseException:
@@ -408,11 +426,9 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], job
             raise
     mark_exported(xapi, plan.snapshot, plan.chain_length)
     elapsed = max(time.monotonic() - started, 1e-6)
-    transferred = sum(disk['size'] for disk in disks)
-    for disk in disks:
-        del disk['_vdi_ref']
+    transferred = sum(disk.size for disk in disks)
     return {'bytes_transferred': transferred, 'duration': round(elapsed, 3), 'throughput_mib_s': round(transferred / MIB / elapsed, 1),
-            'disks': disks, 'cleaned_up': cleaned}
+            'disks': [disk.as_result() for disk in disks], 'cleaned_up': cleaned}
 
 
 def _remove_quietly(paths: list[str]) -> None:
@@ -444,7 +460,7 @@ def error_names_a_base(plan: ExportPlan, error: XapiError) -> bool:
     return plan.mode == 'delta' and any(str(param) in bases for param in error.params)
 
 
-def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str, snapshot_uuid: str | None = None, full_interval: int = 0,
+def export_vm(xapi, repository_paths: list[str], vm: str, job: Job, snapshot_uuid: str | None = None, full_interval: int = 0,
               file_mode: int = 0o600, dir_mode: int = 0o700, check_mode: bool = False, timeout: float | None = None,
               delta_only: bool = False) -> dict:
     """The delta_export module's work: plan, then (unless check mode) export; return the module result."""
@@ -453,7 +469,7 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str,
     if len(set(os.path.abspath(path) for path in repository_paths)) != len(repository_paths):
         raise RepositoryError('the same repository is listed twice in repositories')
     repositories = [open_or_initialize(path, file_mode, dir_mode, check_mode) for path in repository_paths]
-    plan = plan_export(xapi, repositories, vm, job_id, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode,
+    plan = plan_export(xapi, repositories, vm, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode,
                        delta_only=delta_only)
     result = dict(describe_plan(plan), changed=True, repositories=[os.path.abspath(path) for path in repository_paths], delta_fallback=None)
     if check_mode:
@@ -463,7 +479,7 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str,
                               'reason': disk_plan.reason, 'virtual_size': disk_plan.disk.virtual_size} for disk_plan in plan.disks])
         return result
     try:
-        result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
+        result.update(run_export(xapi, plan, repositories, timeout=timeout))
     except XapiError as error:
         if not error_names_a_base(plan, error):
             raise
@@ -472,7 +488,7 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: str, job_id: str,
         # Nothing of the failed delta is left (run_export removed its files): export a full in the same run.
         _all_full(plan, 'the delta export failed, so a full was exported instead: %s' % error.message)
         result.update(describe_plan(plan), delta_fallback=error.message)
-        result.update(run_export(xapi, plan, repositories, job_id, job, timeout=timeout))
+        result.update(run_export(xapi, plan, repositories, timeout=timeout))
     result['snapshot'] = plan.snapshot.as_result()
     result['exported_at'] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     return result

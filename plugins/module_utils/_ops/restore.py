@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import os
 import random
 import socket
 import time
+from dataclasses import dataclass
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     TIMESTAMP_PATTERN, RepositoryError, lock_is_stale, validate_uuid,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
     finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
@@ -228,17 +232,40 @@ def map_network(vif: dict, networks: dict, mapping: dict, allow_internal: bool) 
                        'name or uuid of this pool>}' % (vif.get('device'), _describe_network(source), why, source['name_label'] or source['uuid']))
 
 
-def resolve_networks(xapi, point, network_map: dict | None, allow_internal: bool = False) -> list:
-    """One entry per backed-up VIF: the network it will join and the rule that chose it (see map_network)."""
-    networks = pool_networks(xapi)
+@dataclass
+class VifRestore:
+    """One backed-up VIF and the network of this pool it will join."""
+
+    record: dict  # the backed-up VIF record, with the $network$ fields export adds
+    network_ref: str
+    network: dict  # the pool network, as pool_networks describes it
+    matched_by: str  # the map_network rule that chose it
+    mac: str | None = None  # the MAC XAPI gave the new VIF, once created
+
+    @property
+    def device(self) -> str:
+        return str(self.record.get('device'))
+
+    @property
+    def backed_up_mac(self) -> str:
+        return self.record.get('MAC', '')
+
+    def as_result(self) -> dict:
+        entry = {'device': self.device, 'network_uuid': self.network['uuid'], 'network_name_label': self.network['name_label'],
+                 'vlan': self.network['vlan'], 'matched_by': self.matched_by, 'source_network_uuid': self.record.get('$network$uuid'),
+                 'source_network_name_label': self.record.get('$network$name_label')}
+        if self.mac is not None:
+            entry['mac'] = self.mac
+        return entry
+
+
+def map_networks(point, networks: dict, network_map: dict | None, allow_internal: bool = False) -> list[VifRestore]:
+    """One entry per backed-up VIF, in device order: the network it will join and the rule that chose it (see map_network)."""
     mapping = {str(k): str(v) for k, v in (network_map or {}).items()}
     result = []
     for vif in sorted((point.metadata.get('vifs') or {}).values(), key=lambda vif: (len(str(vif.get('device'))), str(vif.get('device')))):
         ref, how = map_network(vif, networks, mapping, allow_internal)
-        result.append({'device': str(vif.get('device')), 'mac': vif.get('MAC', ''), 'record': vif, 'network_ref': ref,
-                       'network_uuid': networks[ref]['uuid'], 'network_name_label': networks[ref]['name_label'],
-                       'source_network_uuid': vif.get('$network$uuid'), 'source_network_name_label': vif.get('$network$name_label'),
-                       'vlan': networks[ref]['vlan'], 'matched_by': how})
+        result.append(VifRestore(record=vif, network_ref=ref, network=networks[ref], matched_by=how))
     return result
 
 
@@ -389,15 +416,15 @@ def blocked_while_restoring(point) -> dict:
     return dict(backed_up_blocked_operations(point), start=BLOCK_REASON, start_on=BLOCK_REASON)
 
 
-def vif_create_record(vif: dict, vm_ref: str, keep_mac: bool) -> dict:
+def vif_create_record(vif: VifRestore, vm_ref: str, keep_mac: bool) -> dict:
     """VIF.create's record for one resolved VIF: its backed-up settings, the mapped network, MAC "" (new) unless ``keep_mac``."""
-    given = _recorded('VIF', vif.get('record') or {}, ('currently_attached',))
-    given.update(device=vif['device'], network=vif['network_ref'], VM=vm_ref, MAC=vif['mac'] if keep_mac and vif['mac'] else '',
+    given = _recorded('VIF', vif.record, ('currently_attached',))
+    given.update(device=vif.device, network=vif.network_ref, VM=vm_ref, MAC=vif.backed_up_mac if keep_mac and vif.backed_up_mac else '',
                  other_config=_clean_other_config(given.get('other_config')))
     for name, fallback in (('MTU', '1500'), ('qos_algorithm_type', ''), ('qos_algorithm_params', {})):
         if given.get(name) is None:
             given[name] = fallback
-    return constructor_record('VIF', given, 'VIF %s of the backup' % vif['device'])
+    return constructor_record('VIF', given, 'VIF %s of the backup' % vif.device)
 
 
 # -- the restore -------------------------------------------------------------------------------
@@ -426,7 +453,71 @@ class _Created:
         return problems
 
 
-def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> dict:
+@dataclass
+class DiskRestore:
+    """One disk of the point: its checked chain, and the VDI it becomes."""
+
+    disk: BackupDisk
+    chain: list[str]  # newest first: the point's own VHD ... the full
+    length: int  # bytes of the one dynamic VHD streamed to /import_raw_vdi
+    virtual_size: int
+    record: dict  # the backed-up VDI record ({} in older metadata)
+    vbd: dict  # the backed-up VBD that attached it ({} when none)
+    name_label: str  # of the new VDI
+    userdevice: str
+    vdi_uuid: str | None = None  # once created
+    seconds: float | None = None  # the transfer, once done
+
+    def as_result(self) -> dict:
+        entry = {'source_vdi_uuid': self.disk.vdi_uuid, 'vdi_uuid': self.vdi_uuid, 'name_label': self.name_label,
+                 'userdevice': self.userdevice, 'virtual_size': self.virtual_size, 'bytes': self.length, 'chain_length': len(self.chain)}
+        if self.seconds is not None:
+            entry['duration'] = self.seconds
+        return entry
+
+
+@dataclass
+class CheckedBackup:
+    """The repository side of a restore: the chosen point and its disks, every chain checked."""
+
+    point: BackupPoint
+    disks: list[DiskRestore]
+    verified: list[str]  # VHDs (relative to the VM folder) whose recorded sha256 matched
+    unverified: list[str]  # VHDs without a recorded sha256 (e.g. written by Xen Orchestra)
+    finished_merges: list[str]
+
+
+@dataclass
+class RestorePlan:
+    """Everything a restore creates, decided before anything is: the VM (unless ``disk_only``), its disks, VIFs and CD drives."""
+
+    backup: CheckedBackup
+    sr_ref: str
+    sr_record: dict
+    disk_only: bool
+    vm_name: str
+    affinity: str  # the backed-up home host when this pool has it, else OpaqueRef:NULL
+    vifs: list[VifRestore]
+    cd_drives: list[dict]
+    start: bool
+    keep_mac: bool
+    vm_uuid: str | None = None  # once created
+    started: bool = False
+
+    @property
+    def point(self) -> BackupPoint:
+        return self.backup.point
+
+    @property
+    def disks(self) -> list[DiskRestore]:
+        return self.backup.disks
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(item.length for item in self.disks if item.seconds is not None)
+
+
+def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> CheckedBackup:
     """Choose the point and disks and check every chain (structure and sha256) before anything is created.
 
     A merge a crash left unfinished is finished first with ``finish_merges`` (the caller holds the
@@ -440,7 +531,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
     point = select_point(points, point_selector)
     checksums = recorded_checksums(repo.list_backups(vm_uuid))
-    plans, verified, unverified = [], [], []
+    disks, verified, unverified = [], [], []
     for item in select_disks(point, disk):
         what = 'refusing to restore disk %s of backup %s' % (item.vdi_uuid, point.timestamp)
         try:
@@ -456,125 +547,151 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         record = _vdi_record(point, item.vdi_ref)
         size = item.virtual_size or int(record.get('virtual_size') or 0) or chain_size
         vbd = _vbd_of(point, item.vdi_ref)
-        plans.append({'disk': item, 'chain': chain, 'length': length, 'virtual_size': max(size, chain_size), 'record': record,
-                      'vbd': vbd, 'name_label': record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
-                      'userdevice': str(vbd.get('userdevice', '')) if vbd else ''})
-    return {'point': point, 'disks': plans, 'verified': sorted(set(verified)), 'unverified': sorted(set(unverified)),
-            'finished_merges': finished}
+        disks.append(DiskRestore(disk=item, chain=chain, length=length, virtual_size=max(size, chain_size), record=record, vbd=vbd,
+                                 name_label=record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
+                                 userdevice=str(vbd.get('userdevice', '')) if vbd else ''))
+    return CheckedBackup(point=point, disks=disks, verified=sorted(set(verified)), unverified=sorted(set(unverified)), finished_merges=finished)
 
 
-def restore(xapi, repo, vm_uuid: str, job_id: str | None = None, point=None, sr: str | None = None, name_label: str | None = None,
+def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
+                 network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
+                 keep_mac: bool = False) -> RestorePlan:
+    """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
+
+    Refuses (RestoreError) a VIF no network of ``networks`` fits and a start the backed-up VM blocks.
+    With ``disk_only``, only the disk is created, named ``name_label`` when given.
+    """
+    point = backup.point
+    vm_uuid = point.vm_uuid
+    source_vm = point.metadata.get('vm') or {}
+    vifs = [] if disk_only else map_networks(point, networks, network_map, allow_internal_networks)
+    if start and not disk_only and 'start' in backed_up_blocked_operations(point):
+        raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
+                           % backed_up_blocked_operations(point)['start'])
+    if disk_only and name_label:
+        backup = dataclasses.replace(backup, disks=[dataclasses.replace(item, name_label=name_label) for item in backup.disks])
+    return RestorePlan(backup=backup, sr_ref=sr_ref, sr_record=sr_record, disk_only=disk_only,
+                       vm_name=name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid,
+                       affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
+                       start=start and not disk_only, keep_mac=keep_mac)
+
+
+def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
+    """The vm_restore module's result: the plan, and what was created once it was carried out."""
+    point = plan.point
+    source_vm = point.metadata.get('vm') or {}
+    return {
+        'changed': True,
+        'backup': {'vm_uuid': point.vm_uuid, 'timestamp': point.timestamp, 'job_id': point.job_id, 'vm_name_label': source_vm.get('name_label')},
+        'sr': {'uuid': plan.sr_record.get('uuid'), 'name_label': plan.sr_record.get('name_label')},
+        'vm': None if plan.disk_only else {'uuid': plan.vm_uuid, 'name_label': plan.vm_name, 'started': plan.started,
+                                           'affinity_kept': plan.affinity != NULL_REF},
+        'disks': [item.as_result() for item in plan.disks],
+        'vifs': [vif.as_result() for vif in plan.vifs],
+        'checksums': {'verified': plan.backup.verified, 'unverified': plan.backup.unverified},
+        'finished_merges': plan.backup.finished_merges,
+        'removed_leftovers': removed_leftovers,
+        'cd_drives': plan.cd_drives,
+        'bytes_transferred': plan.bytes_transferred,
+    }
+
+
+def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
     with lock:
-        plan = prepare_restore(repo, vm_uuid, job_id, point, disk, finish_merges=not check_mode)
-        chosen = plan['point']
+        backup = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)
-        source_vm = chosen.metadata.get('vm') or {}
-        vm_name = name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid
-        vifs = [] if disk_only else resolve_networks(xapi, chosen, network_map, allow_internal_networks)
-        affinity = NULL_REF if disk_only else resolve_affinity(xapi, source_vm)
-        if start and not disk_only and 'start' in backed_up_blocked_operations(chosen):
-            raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
-                               % backed_up_blocked_operations(chosen)['start'])
+        plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
+                            network_map=network_map, allow_internal_networks=allow_internal_networks,
+                            affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
+                            start=start, keep_mac=keep_mac)
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
-        result = {
-            'changed': True,
-            'backup': {'vm_uuid': vm_uuid, 'timestamp': chosen.timestamp, 'job_id': chosen.job_id,
-                       'vm_name_label': source_vm.get('name_label')},
-            'sr': {'uuid': sr_record.get('uuid'), 'name_label': sr_record.get('name_label')},
-            'vm': None if disk_only else {'uuid': None, 'name_label': vm_name, 'started': False, 'affinity_kept': affinity != NULL_REF},
-            'disks': [{'source_vdi_uuid': item['disk'].vdi_uuid, 'vdi_uuid': None,
-                       'name_label': name_label if disk_only and name_label else item['name_label'],
-                       'userdevice': item['userdevice'], 'virtual_size': item['virtual_size'], 'bytes': item['length'],
-                       'chain_length': len(item['chain'])} for item in plan['disks']],
-            'vifs': [{key: vif[key] for key in ('device', 'network_uuid', 'network_name_label', 'vlan', 'matched_by', 'source_network_uuid',
-                                                'source_network_name_label')} for vif in vifs],
-            'checksums': {'verified': plan['verified'], 'unverified': plan['unverified']},
-            'finished_merges': plan['finished_merges'],
-            'removed_leftovers': leftovers,
-            'cd_drives': [] if disk_only else cd_drives(chosen),
-            'bytes_transferred': 0,
-        }
         if check_mode:
-            result['duration'] = round(time.monotonic() - started, 3)
-            return result
+            return dict(restore_result(plan, leftovers), duration=round(time.monotonic() - started, 3))
         created = _Created(xapi)
         try:
-            _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start and not disk_only, keep_mac, transfer_timeout, disk_only,
-                        affinity)
+            _carry_out(xapi, plan, created, transfer_timeout)
         except BaseException as error:
             problems = created.rollback()
             if isinstance(error, (XapiError, RepositoryError, VhdError, OSError)):
                 message = 'restore of VM %s backup %s failed, everything it created was removed%s: %s' % (
-                    vm_uuid, chosen.timestamp, ' except: %s' % '; '.join(problems) if problems else '', error)
+                    vm_uuid, plan.point.timestamp, ' except: %s' % '; '.join(problems) if problems else '', error)
                 if isinstance(error, XapiError):
                     raise error.reworded(message) from error
                 raise RestoreError(message) from error
             raise
     elapsed = max(time.monotonic() - started, 1e-6)
-    result['duration'] = round(elapsed, 3)
-    result['throughput_mib_s'] = round(result['bytes_transferred'] / MIB / elapsed, 1)
-    return result
+    return dict(restore_result(plan, leftovers), duration=round(elapsed, 3),
+                throughput_mib_s=round(plan.bytes_transferred / MIB / elapsed, 1))
 
 
-def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_mac, timeout, disk_only, affinity) -> None:
-    point = plan['point']
-    if not disk_only:
-        created.vm_ref = xapi.call('VM.create', vm_create_record(point, vm_name, affinity, keep_mac))
+def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None) -> None:
+    """Create what the plan says, recording it in ``created`` (for the rollback) and the plan (for the result)."""
+    if not plan.disk_only:
+        created.vm_ref = xapi.call('VM.create', vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac))
         # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
-        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(point))
-        result['vm']['uuid'] = xapi.call('VM.get_uuid', created.vm_ref)
-    for item, entry in zip(plan['disks'], result['disks']):
-        record = item['record']
-        vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
-            'name_label': entry['name_label'], 'name_description': record.get('name_description', ''), 'SR': sr_ref,
-            'virtual_size': str(item['virtual_size']), 'type': 'user', 'sharable': False, 'read_only': False,
-            'other_config': dict(_clean_other_config(record.get('other_config')),
-                                 **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
-            'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % entry['name_label']))
-        created.vdi_refs.append(vdi_ref)
-        entry['vdi_uuid'] = xapi.call('VDI.get_uuid', vdi_ref)
-        began = time.monotonic()
-        with VhdChain.from_paths(item['chain']) as chain:
-            stream = stream_disk(chain)
-            xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
-        entry['duration'] = round(time.monotonic() - began, 3)
-        result['bytes_transferred'] += stream.length
-        if not disk_only:
-            vbd = item['vbd']
-            xapi.call('VBD.create', constructor_record('VBD', {
-                'VM': created.vm_ref, 'VDI': vdi_ref, 'userdevice': entry['userdevice'] or 'autodetect',
-                'bootable': bool(vbd.get('bootable', entry['userdevice'] == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
-                'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
-                'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': bool(vbd.get('unpluggable', False))},
-                'the VBD of disk %s' % entry['name_label']))
+        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(plan.point))
+        plan.vm_uuid = xapi.call('VM.get_uuid', created.vm_ref)
+    for item in plan.disks:
+        vdi_ref = _restore_disk(xapi, plan, item, created, timeout)
+        if not plan.disk_only:
+            _attach_disk(xapi, created.vm_ref, vdi_ref, item)
     # Markers go before the start is unblocked: a kill in between leaves a finished but blocked VM
     # (kept), never an unblocked one that the next restore would take for abandoned.
     for vdi_ref in created.vdi_refs:
         xapi.call('VDI.remove_from_other_config', vdi_ref, IN_PROGRESS_KEY)
-    if disk_only:
+    if plan.disk_only:
         return
-    for drive in result['cd_drives']:
+    for drive in plan.cd_drives:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
         xapi.call('VBD.create', constructor_record('VBD', {
             'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
             'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
             'unpluggable': True}, 'CD drive %s' % drive['userdevice']))
-    for vif in vifs:
-        vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, keep_mac))
-        result_vif = next(entry for entry in result['vifs'] if entry['device'] == vif['device'])
-        result_vif['mac'] = xapi.call('VIF.get_MAC', vif_ref)
+    for vif in plan.vifs:
+        vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
+        vif.mac = xapi.call('VIF.get_MAC', vif_ref)
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
-    xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(point))
-    if start:
+    xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
+    if plan.start:
         xapi.call('VM.start', created.vm_ref, False, False)
-        result['vm']['started'] = True
+        plan.started = True
+
+
+def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created, timeout: float | None) -> str:
+    """Create the disk's VDI (marked as a restore in progress) and stream its chain into it; returns the VDI ref."""
+    point = plan.point
+    vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
+        'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': plan.sr_ref,
+        'virtual_size': str(item.virtual_size), 'type': 'user', 'sharable': False, 'read_only': False,
+        'other_config': dict(_clean_other_config(item.record.get('other_config')),
+                             **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
+        'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % item.name_label))
+    created.vdi_refs.append(vdi_ref)
+    item.vdi_uuid = xapi.call('VDI.get_uuid', vdi_ref)
+    began = time.monotonic()
+    with VhdChain.from_paths(item.chain) as chain:
+        stream = stream_disk(chain)
+        xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
+    item.seconds = round(time.monotonic() - began, 3)
+    return vdi_ref
+
+
+def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore) -> None:
+    """The VBD of a restored disk, with the backed-up VBD's settings."""
+    vbd = item.vbd
+    xapi.call('VBD.create', constructor_record('VBD', {
+        'VM': vm_ref, 'VDI': vdi_ref, 'userdevice': item.userdevice or 'autodetect',
+        'bootable': bool(vbd.get('bootable', item.userdevice == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
+        'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
+        'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': bool(vbd.get('unpluggable', False))},
+        'the VBD of disk %s' % item.name_label))
 
 
 def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check_mode: bool = False) -> dict:
@@ -649,4 +766,5 @@ def resolve_backup_vm(repo, vm: str) -> str:
 
 __all__ = ['RestoreError', 'blocked_while_restoring', 'cd_drives', 'constructor_record', 'map_network', 'pool_networks', 'vif_create_record',
            'vm_create_record', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
-           'select_disks', 'resolve_sr', 'resolve_networks', 'prepare_restore', 'restore']
+           'select_disks', 'resolve_sr', 'map_networks', 'prepare_restore', 'plan_restore', 'restore_result', 'restore', 'CheckedBackup', 'DiskRestore',
+           'RestorePlan', 'VifRestore']

@@ -33,11 +33,14 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
     MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
     validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
 )
@@ -261,60 +264,131 @@ def _point_size(point) -> int:
 # -- planning ----------------------------------------------------------------------------------
 
 
-def _chain_blocks_bytes(children: list) -> int:
-    """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
-    with VhdChain.from_paths(list(reversed(children)), verify=False, allow_missing_parent=True) as chain:
-        return len(chain.allocated_blocks()) * chain.block_size
+def _merge_refusal(point: BackupPoint, disk: BackupDisk) -> str:
+    return 'refusing to merge the chain of disk %s of backup %s' % (disk.vdi_uuid, point.timestamp)
 
 
-def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
-    """What a retention run would do for one VM: kept and removed points, merges, orphan files."""
+@dataclass
+class ChainMerge:
+    """The merge of one disk folder: the deltas of a kept point's chain folded into their full."""
+
+    point: BackupPoint  # the oldest kept point reading this folder
+    disk: BackupDisk
+    chain: list[str]  # newest first, as BackupRepository.vhd_chain gives it: the point's own VHD ... the full
+    bytes: int = 0  # what the deltas' blocks hold: what the merge reads and writes
+    seconds: float | None = None  # how long the merge took, once carried out
+
+    @property
+    def full(self) -> str:
+        return self.chain[-1]
+
+    @property
+    def deltas(self) -> list[str]:
+        """Oldest first, the order merge_chain folds them in."""
+        return list(reversed(self.chain[:-1]))
+
+    @property
+    def merged(self) -> str:
+        """The file the merged full ends as (renamed over the newest delta, so the point's metadata stays right)."""
+        return self.chain[0]
+
+    @property
+    def refusal(self) -> str:
+        return _merge_refusal(self.point, self.disk)
+
+    def as_result(self, vm_dir: str) -> dict:
+        entry = {'vdi_uuid': self.disk.vdi_uuid, 'point': self.point.timestamp, 'full': relative_to_vm(vm_dir, self.full),
+                 'deltas': [relative_to_vm(vm_dir, path) for path in self.deltas], 'result': relative_to_vm(vm_dir, self.merged),
+                 'bytes': self.bytes}
+        if self.seconds is not None:
+            entry['seconds'] = self.seconds
+        return entry
+
+
+@dataclass
+class RetentionPlan:
+    """What a retention run does for one VM, in the order it does it (see the module docstring)."""
+
+    vm_dir: str
+    points: list[BackupPoint]  # every point of the job, oldest first
+    kept: list[BackupPoint]
+    removed: list[BackupPoint]  # oldest first; their metadata goes newest first
+    merges: list[ChainMerge] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # VHDs of the job's folders that no kept chain reads
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.removed or self.merges or self.orphans)
+
+
+def kept_points(points: list[BackupPoint], keep: int) -> list[BackupPoint]:
+    """The newest ``keep`` of the (oldest first) points."""
     if keep < 1:
         raise RepositoryError('keep must be at least 1 (the newest backup is always kept), got %s' % keep)
-    points = job_points(repo, vm_uuid, job_id)
-    kept = points[-keep:]
+    return points[-keep:]
+
+
+def decide_retention(vm_dir: str, points: list[BackupPoint], keep: int, job_id: str, chains: dict, files: list[str]) -> RetentionPlan:
+    """The plan from what the repository holds, without reading it: pure.
+
+    ``chains`` maps (timestamp, VDI ref) of each disk of the job in the kept points to its chain (newest
+    first); ``files`` lists the VHDs of the job's disk folders. Per folder, the oldest kept point's chain
+    is merged when it holds deltas; every file outside the kept chains is an orphan.
+    """
+    kept = kept_points(points, keep)
     kept_names = {point.timestamp for point in kept}
-    removed = [point for point in points if point.timestamp not in kept_names]
-    vm_dir = repo.vm_dir(vm_uuid)
-    merges, needed = [], set()
-    seen_folders = set()
+    plan = RetentionPlan(vm_dir=vm_dir, points=points, kept=kept, removed=[point for point in points if point.timestamp not in kept_names])
+    needed, seen_folders = set(), set()
     for point in kept:
         for disk in point.disks:
             if disk.job_id != job_id:
                 continue
-            try:
-                chain = repo.vhd_chain(point, disk)
-            except RepositoryError as error:
-                if isinstance(error.__cause__, VhdError):  # a damaged link: name the file, as the checksum check does
-                    raise IntegrityError('refusing to merge the chain of disk %s of backup %s' % (disk.vdi_uuid, point.timestamp),
-                                         [str(error.__cause__)]) from error
-                raise
+            chain = chains[(point.timestamp, disk.vdi_ref)]
             needed.update(chain)
             folder = os.path.dirname(disk.path)
             if folder in seen_folders:
                 continue
             seen_folders.add(folder)
             if len(chain) > 1:
-                children = list(reversed(chain[:-1]))
-                merge = {'point': point, 'disk': disk, 'chain': chain, 'parent': chain[-1], 'children': children,
-                         'vdi_uuid': disk.vdi_uuid, 'result': children[-1]}
-                try:
-                    merge['bytes'] = _chain_blocks_bytes(children)
-                except (VhdError, OSError) as error:
-                    raise IntegrityError(_refusal(merge), [str(p) for p in check_chain(chain)] or [str(error)]) from error
-                merges.append(merge)
-    orphans = []
+                plan.merges.append(ChainMerge(point=point, disk=disk, chain=list(chain)))
+    plan.orphans = [path for path in files if path not in needed]
+    return plan
+
+
+def _kept_chain(repo, point: BackupPoint, disk: BackupDisk) -> list[str]:
+    try:
+        return repo.vhd_chain(point, disk)
+    except RepositoryError as error:
+        if isinstance(error.__cause__, VhdError):  # a damaged link: name the file, as the checksum check does
+            raise IntegrityError(_merge_refusal(point, disk), [str(error.__cause__)]) from error
+        raise
+
+
+def _job_vhd_files(repo, vm_uuid: str, job_id: str) -> list[str]:
+    files = []
     for folder in disk_folders(repo, vm_uuid, job_id):
-        orphans.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                       if VHD_NAME_PATTERN.match(name) and os.path.join(folder, name) not in needed)
-    return {'points': points, 'kept': kept, 'removed': removed, 'merges': merges, 'orphans': orphans, 'vm_dir': vm_dir}
+        files.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder)) if VHD_NAME_PATTERN.match(name))
+    return files
 
 
-def _merge_result(plan_merge: dict, vm_dir: str) -> dict:
-    return {'vdi_uuid': plan_merge['vdi_uuid'], 'point': plan_merge['point'].timestamp,
-            'full': relative_to_vm(vm_dir, plan_merge['parent']),
-            'deltas': [relative_to_vm(vm_dir, path) for path in plan_merge['children']],
-            'result': relative_to_vm(vm_dir, plan_merge['result']), 'bytes': plan_merge['bytes']}
+def _chain_blocks_bytes(merge: ChainMerge) -> int:
+    """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
+    try:
+        with VhdChain.from_paths(list(reversed(merge.deltas)), verify=False, allow_missing_parent=True) as chain:
+            return len(chain.allocated_blocks()) * chain.block_size
+    except (VhdError, OSError) as error:
+        raise IntegrityError(merge.refusal, [str(p) for p in check_chain(merge.chain)] or [str(error)]) from error
+
+
+def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> RetentionPlan:
+    """What a retention run would do for one VM: kept and removed points, merges, orphan files."""
+    points = job_points(repo, vm_uuid, job_id)
+    chains = {(point.timestamp, disk.vdi_ref): _kept_chain(repo, point, disk)
+              for point in kept_points(points, keep) for disk in point.disks if disk.job_id == job_id}
+    plan = decide_retention(repo.vm_dir(vm_uuid), points, keep, job_id, chains, _job_vhd_files(repo, vm_uuid, job_id))
+    for merge in plan.merges:
+        merge.bytes = _chain_blocks_bytes(merge)
+    return plan
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -324,99 +398,102 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
     """Retention for one VM of one job; returns what was (or, in check mode, would be) done."""
     validate_uuid(vm_uuid, 'VM uuid')
     started = time.monotonic()
-    report = {'vm_uuid': vm_uuid, 'resumed_merges': [], 'reconciled': [], 'kept_points': [], 'removed_points': [],
-              'merged': [], 'removed_files': [], 'bytes_merged': 0, 'changed': False}
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, lock_job)
     with lock:
-        states = unfinished_merges(repo, vm_uuid, job_id)
-        report['resumed_merges'] = [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states]
-        if not check_mode:
-            report['reconciled'] = finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
-        elif states:
+        resumed = [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in unfinished_merges(repo, vm_uuid, job_id)]
+        if check_mode and resumed:
             # The plan depends on the merge being finished; report only that.
-            report['changed'] = True
-            report['duration'] = round(time.monotonic() - started, 3)
-            return report
+            return dict(_retention_report(vm_uuid, None, resumed, []), changed=True, duration=round(time.monotonic() - started, 3))
+        reconciled = [] if check_mode else finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
         plan = plan_retention(repo, vm_uuid, job_id, keep)
-        vm_dir = plan['vm_dir']
-        report['kept_points'] = [point.timestamp for point in plan['kept']]
-        report['removed_points'] = [point.timestamp for point in plan['removed']]
-        report['merged'] = [_merge_result(merge, vm_dir) for merge in plan['merges']]
-        report['bytes_merged'] = sum(merge['bytes'] for merge in plan['merges'])
-        report['removed_files'] = [relative_to_vm(vm_dir, path) for path in plan['orphans']]
-        report['changed'] = bool(report['removed_points'] or report['merged'] or report['removed_files']
-                                 or report['resumed_merges'] or report['reconciled'])
         if check_mode:
-            checksums = recorded_checksums(plan['points'])
-            for merge in plan['merges']:
-                verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
-            report['duration'] = round(time.monotonic() - started, 3)
-            return report
-        _execute(repo, plan, report)
-    report['duration'] = round(time.monotonic() - started, 3)
+            _verify_merges(plan, recorded_checksums(plan.points))
+            timings = {}
+        else:
+            timings = _execute(repo, plan)
+    return dict(_retention_report(vm_uuid, plan, resumed, reconciled), **timings, duration=round(time.monotonic() - started, 3))
+
+
+def _retention_report(vm_uuid: str, plan: RetentionPlan | None, resumed: list, reconciled: list) -> dict:
+    """The per-VM report, from the plan (None: not planned, an unfinished merge came first)."""
+    report = {'vm_uuid': vm_uuid, 'resumed_merges': resumed, 'reconciled': reconciled, 'kept_points': [], 'removed_points': [],
+              'merged': [], 'removed_files': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
+    if plan is not None:
+        report.update(kept_points=[point.timestamp for point in plan.kept], removed_points=[point.timestamp for point in plan.removed],
+                      merged=[merge.as_result(plan.vm_dir) for merge in plan.merges], bytes_merged=sum(merge.bytes for merge in plan.merges),
+                      removed_files=[relative_to_vm(plan.vm_dir, path) for path in plan.orphans])
+        report['changed'] = report['changed'] or plan.changes
     return report
 
 
-def _refusal(merge: dict) -> str:
-    return 'refusing to merge the chain of disk %s of backup %s' % (merge['vdi_uuid'], merge['point'].timestamp)
+def _verify_merges(plan: RetentionPlan, checksums: dict) -> None:
+    for merge in plan.merges:
+        verify_chain(merge.chain, plan.vm_dir, checksums, merge.refusal)
 
 
-def _execute(repo, plan: dict, report: dict) -> None:
-    vm_dir = plan['vm_dir']
-    checksums = recorded_checksums(plan['points'])
+def _execute(repo, plan: RetentionPlan) -> dict:
+    """Steps 3 to 6 of the module docstring; sets each merge's ``seconds`` and returns the phases' timings."""
+    checksums = recorded_checksums(plan.points)
     began = time.monotonic()
-    for merge in plan['merges']:
-        verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
-    report['verify_seconds'] = round(time.monotonic() - began, 3)
-    # 4. the oldest kept point inherits the checksums of the older files of its chains
-    for point in {id(merge['point']): merge['point'] for merge in plan['merges']}.values():
+    _verify_merges(plan, checksums)
+    timings = {'verify_seconds': round(time.monotonic() - began, 3)}
+    _carry_checksums(repo, plan, checksums)
+    _retire(repo, plan)
+    timings['merge_seconds'] = 0.0
+    for merge in plan.merges:
+        began = time.monotonic()
+        try:
+            merge_chain(merge.full, merge.deltas)
+        except VhdError as error:
+            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge.deltas), merge.full, error)) from error
+        merge.seconds = round(time.monotonic() - began, 3)
+        timings['merge_seconds'] += merge.seconds
+        reconcile_merged_points(repo, [merge.point])
+    return timings
+
+
+def _carry_checksums(repo, plan: RetentionPlan, checksums: dict) -> None:
+    """4. the oldest kept point inherits the checksums of the older files of its chains."""
+    for point in {id(merge.point): merge.point for merge in plan.merges}.values():
         metadata = json.loads(json.dumps(point.metadata))
         section = _own_section(metadata)
-        for merge in plan['merges']:
-            if merge['point'] is point:
-                for path in merge['chain']:
-                    relative = relative_to_vm(vm_dir, path)
+        for merge in plan.merges:
+            if merge.point is point:
+                for path in merge.chain:
+                    relative = relative_to_vm(plan.vm_dir, path)
                     if relative in checksums:
                         section['sha256'][relative] = checksums[relative]
         if metadata != point.metadata:
             rewrite_metadata(repo, point, metadata)
-    # 5. retired points: metadata first (newest first), then the files no kept chain reads
-    for point in reversed(plan['removed']):
+
+
+def _retire(repo, plan: RetentionPlan) -> None:
+    """5. retired points: metadata first (newest first), then the files no kept chain reads."""
+    for point in reversed(plan.removed):
         repo.remove_metadata(point.vm_uuid, point.timestamp)
-    for path in plan['orphans']:
+    for path in plan.orphans:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    for folder in sorted({os.path.dirname(path) for path in plan['orphans']}):
+    for folder in sorted({os.path.dirname(path) for path in plan.orphans}):
         fsync_directory(folder)
-    # 6. merges, each followed by its metadata update
-    report['merge_seconds'] = 0.0
-    for merge, entry in zip(plan['merges'], report['merged']):
-        began = time.monotonic()
-        try:
-            merge_chain(merge['parent'], merge['children'])
-        except VhdError as error:
-            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge['children']), merge['parent'], error)) from error
-        entry['seconds'] = round(time.monotonic() - began, 3)
-        report['merge_seconds'] += entry['seconds']
-        reconcile_merged_points(repo, [merge['point']])
 
 
-def retention_for_vms(repo, vm_uuids: list, job_id: str, keep: int, check_mode: bool = False) -> dict:
-    """Retention over several VMs; totals plus one report per VM."""
+def retention_for_vms(repo, vm_uuids: list, job: Job, keep: int, check_mode: bool = False) -> dict:
+    """Retention over several VMs of the job; totals plus one report per VM."""
     started = time.monotonic()
-    reports = [apply_retention(repo, vm_uuid, job_id, keep, check_mode=check_mode) for vm_uuid in vm_uuids]
+    reports = [apply_retention(repo, vm_uuid, job.id, keep, check_mode=check_mode) for vm_uuid in vm_uuids]
     return {'changed': any(report['changed'] for report in reports), 'vms': reports,
             'merged_points': sum(len(report['merged']) for report in reports),
             'removed_points': sum(len(report['removed_points']) for report in reports),
             'bytes_merged': sum(report['bytes_merged'] for report in reports),
-            'duration': round(time.monotonic() - started, 3)}
+            'duration': round(time.monotonic() - started, 3), 'job_id': job.id}
 
 
-def job_vms(repo, job_id: str) -> list:
+def job_vms(repo, job: Job) -> list:
     """VMs of the repository with at least one backup point of the job."""
-    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job_id)]
+    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job.id)]
 
 
 __all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
-           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'plan_retention',
-           'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
+           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points',
+           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import NotASnapshotError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BACKUP_DIR, open_repository, process_is_alive
 
@@ -333,18 +334,18 @@ def remove_excluded_disks(xapi, snapshot_ref: str) -> list[str]:
     return removed
 
 
-def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job_id: str, job_name: str, taken_at: datetime.datetime,
+def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, taken_at: datetime.datetime,
                          timeout: float | None = None) -> BackupSnapshot:
     """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job."""
     ignored, _described = excluded_vdis(xapi, vm_record)
-    name = SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', vm_record['uuid']))
+    name = SNAPSHOT_NAME_FORMAT % (job.name, vm_record.get('name_label', vm_record['uuid']))
     what = 'snapshot of VM %s (%s)' % (vm_record.get('name_label'), vm_record['uuid'])
     snapshot_ref, excluded_by = _call_snapshot(xapi, vm_ref, name, ignored, timeout, what)
     try:
         if excluded_by == EXCLUDED_BY_REMOVAL:
             remove_excluded_disks(xapi, snapshot_ref)
-        tags = {KEY_JOB: job_id, KEY_SCHEDULE: job_id, KEY_VM: vm_record['uuid'], KEY_DATETIME: format_datetime_tag(taken_at),
-                KEY_JOB_NAME: job_name}
+        tags = {KEY_JOB: job.id, KEY_SCHEDULE: job.id, KEY_VM: vm_record['uuid'], KEY_DATETIME: format_datetime_tag(taken_at),
+                KEY_JOB_NAME: job.name}
         snapshot_record = xapi.call('VM.get_record', snapshot_ref)
         _tag(xapi, 'VM', snapshot_ref, snapshot_record, tags)
         for _vbd_ref, _vbd, vdi_ref, vdi in vm_disks(xapi, snapshot_record):
@@ -614,8 +615,8 @@ def unhealthy_vdi_chains(xapi, vm_record: dict, max_uncoalesced: int) -> list[st
     return problems
 
 
-def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, check_mode: bool = False,  # pylint: disable=too-many-locals
-                         timeout: float | None = None, repositories: list | None = None, block_migrations_while_backing_up: bool = True,
+def manage_job_snapshots(xapi, vm: str, job: Job, take: bool, check_mode: bool = False, timeout: float | None = None,
+                         repositories: list | None = None, block_migrations_while_backing_up: bool = True,
                          max_uncoalesced_vdis: int = DEFAULT_MAX_UNCOALESCED_VDIS) -> dict:
     """Take (``take``) the job's snapshot of the VM, then remove the job's snapshots except the reference.
 
@@ -624,17 +625,17 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
     ``repositories``, a snapshot their newest point holds becomes the reference first (adopt_completed_snapshot).
     """
     vm_ref, vm_record = find_vm(xapi, vm)
-    snapshots = job_snapshots(xapi, vm_record, job_id)
-    adopted = adopt_completed_snapshot(xapi, snapshots, repositories or [], vm_record['uuid'], job_id, check_mode=check_mode)
+    snapshots = job_snapshots(xapi, vm_record, job.id)
+    adopted = adopt_completed_snapshot(xapi, snapshots, repositories or [], vm_record['uuid'], job.id, check_mode=check_mode)
     reference = reference_snapshot(snapshots)
     _refs, excluded = excluded_vdis(xapi, vm_record)
-    result = {'changed': False, 'vm': {'uuid': vm_record['uuid'], 'name_label': vm_record.get('name_label', '')}, 'job_id': job_id,
+    result = {'changed': False, 'vm': {'uuid': vm_record['uuid'], 'name_label': vm_record.get('name_label', '')}, 'job_id': job.id,
               'snapshot': None, 'reference_snapshot': reference.as_result() if reference else None, 'removed_snapshots': [],
               'removed_orphan_disks': [], 'excluded_disks': excluded, 'excluded_by': None,
               'adopted_snapshot': adopted.uuid if adopted is not None else None, 'removed_export_vbds': [],
               'skipped': False, 'skip_reason': None, 'blocked_operations': [], 'kept_blocked_operations': {}, 'unblocked_operations': []}
     # Export VBDs left in the control domain go first: they would make VDI.destroy fail below.
-    result['removed_export_vbds'] = remove_export_vbds(xapi, snapshots, job_snapshot_vdis(xapi, vm_record['uuid'], job_id), check_mode)
+    result['removed_export_vbds'] = remove_export_vbds(xapi, snapshots, job_snapshot_vdis(xapi, vm_record['uuid'], job.id), check_mode)
     if adopted is not None or result['removed_export_vbds']:
         result['changed'] = True
     if take:
@@ -644,38 +645,52 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
             result.update(skipped=True, skip_reason='%s: %s' % (CHAIN_PROTECTION_MESSAGE, '; '.join(problems)))
             take = False
     elif block_migrations_while_backing_up:
-        result['unblocked_operations'] = unblock_migrations(xapi, vm_ref, job_name, check_mode)
+        result['unblocked_operations'] = unblock_migrations(xapi, vm_ref, job.name, check_mode)
         result['changed'] = result['changed'] or bool(result['unblocked_operations'])
     new_snapshot = None
     if take:
-        taken_at = next_snapshot_time(snapshots)
-        result['changed'] = True
+        new_snapshot = _take_job_snapshot(xapi, vm_ref, vm_record, job, snapshots, result, check_mode, timeout, block_migrations_while_backing_up)
+    _prune_job_snapshots(xapi, vm_record, job, snapshots, new_snapshot, result, check_mode)
+    return result
+
+
+def _take_job_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, snapshots: list[BackupSnapshot], result: dict, check_mode: bool,
+                       timeout: float | None, block_migrations_while_backing_up: bool) -> BackupSnapshot | None:
+    """Block migrations (when asked) and take the snapshot, recording both in ``result``; None in check mode."""
+    taken_at = next_snapshot_time(snapshots)
+    result['changed'] = True
+    if block_migrations_while_backing_up:
+        result['blocked_operations'], result['kept_blocked_operations'] = block_migrations(xapi, vm_ref, vm_record, job.name, check_mode)
+    if check_mode:
+        result['snapshot'] = {'uuid': None, 'name_label': SNAPSHOT_NAME_FORMAT % (job.name, vm_record.get('name_label', '')),
+                              'datetime': format_datetime_tag(taken_at), 'exported': False, 'delta_chain_length': 0, 'disks': []}
+        return None
+    try:
+        new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job, taken_at, timeout=timeout)
+    except BaseException:
         if block_migrations_while_backing_up:
-            result['blocked_operations'], result['kept_blocked_operations'] = block_migrations(xapi, vm_ref, vm_record, job_name, check_mode)
-        if check_mode:
-            result['snapshot'] = {'uuid': None, 'name_label': SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', '')),
-                                  'datetime': format_datetime_tag(taken_at), 'exported': False, 'delta_chain_length': 0, 'disks': []}
-        else:
-            try:
-                new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job_id, job_name, taken_at, timeout=timeout)
-            except BaseException:
-                if block_migrations_while_backing_up:
-                    with contextlib.suppress(XapiError):
-                        unblock_migrations(xapi, vm_ref, job_name)
-                raise
-            result['snapshot'] = new_snapshot.as_result()
-            result['excluded_by'] = new_snapshot.excluded_by
+            with contextlib.suppress(XapiError):
+                unblock_migrations(xapi, vm_ref, job.name)
+        raise
+    result['snapshot'] = new_snapshot.as_result()
+    result['excluded_by'] = new_snapshot.excluded_by
+    return new_snapshot
+
+
+def _prune_job_snapshots(xapi, vm_record: dict, job: Job, snapshots: list[BackupSnapshot], new_snapshot: BackupSnapshot | None,
+                         result: dict, check_mode: bool) -> None:
+    """Remove the job's snapshots but the reference and the new one, then what killed runs left: untagged snapshots, lone VDIs."""
     for stale in snapshots_to_prune(snapshots, keep=[new_snapshot]):
         result['changed'] = True
         result['removed_snapshots'].append(stale.uuid)
         if not check_mode:
             destroy_snapshot_vm(xapi, stale.ref)
     if new_snapshot is not None:
-        name = SNAPSHOT_NAME_FORMAT % (job_name, vm_record.get('name_label', vm_record['uuid']))
+        name = SNAPSHOT_NAME_FORMAT % (job.name, vm_record.get('name_label', vm_record['uuid']))
         for ref, record in orphaned_snapshots(xapi, vm_record, name, new_snapshot.ref):
             result['removed_snapshots'].append(record['uuid'])
             destroy_snapshot_vm(xapi, ref)
-    for ref, record in orphaned_snapshot_vdis(xapi, vm_record['uuid'], job_id):
+    for ref, record in orphaned_snapshot_vdis(xapi, vm_record['uuid'], job.id):
         result['changed'] = True
         result['removed_orphan_disks'].append(record['uuid'])
         if not check_mode:
@@ -684,4 +699,3 @@ def manage_job_snapshots(xapi, vm: str, job_id: str, job_name: str, take: bool, 
             except XapiError as error:
                 if error.code != 'HANDLE_INVALID':
                     raise
-    return result

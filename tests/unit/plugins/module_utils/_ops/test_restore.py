@@ -37,10 +37,10 @@ def test_select_point_errors(history, selector, message):
 
 def test_prepare_checks_every_chain_and_selects_disks(history):
     plan = restore.prepare_restore(history.repo, VM, JOB, 'latest', None)
-    assert [len(item['chain']) for item in plan['disks']] == [4, 4]
-    assert not plan['unverified'] and len(plan['verified']) == 8
+    assert [len(item.chain) for item in plan.disks] == [4, 4]
+    assert not plan.unverified and len(plan.verified) == 8
     one = restore.prepare_restore(history.repo, VM, None, 1, 'disk 1')
-    assert [item['disk'].vdi_uuid for item in one['disks']] == [history.live[1]]
+    assert [item.disk.vdi_uuid for item in one.disks] == [history.live[1]]
     with pytest.raises(restore.RestoreError, match='has no disk'):
         restore.prepare_restore(history.repo, VM, JOB, 1, 'nope')
 

@@ -118,7 +118,7 @@ def test_vif_record():
     source = {'device': '1', 'MAC': '02:16:3e:00:00:07', 'MTU': '9000', 'network': 'OpaqueRef:old-net', 'VM': 'OpaqueRef:old-vm',
               'currently_attached': True, 'other_config': {'xo:backup:x': '1', 'k': 'v'}, 'qos_algorithm_type': 'ratelimit',
               'qos_algorithm_params': {'kbps': '100'}, 'locking_mode': 'unlocked', 'ipv4_allowed': [], 'ipv6_allowed': []}
-    vif = {'device': '1', 'mac': source['MAC'], 'record': source, 'network_ref': 'OpaqueRef:new-net'}
+    vif = restore.VifRestore(record=source, network_ref='OpaqueRef:new-net', network=NETWORKS['OpaqueRef:lan'], matched_by='uuid')
     record = restore.vif_create_record(vif, 'OpaqueRef:new-vm', keep_mac=False)
     assert set(record) == set(CONSTRUCTOR_FIELDS['VIF'])
     assert (record['MAC'], record['network'], record['VM'], record['MTU'], record['currently_attached']) == \
@@ -126,7 +126,8 @@ def test_vif_record():
     assert record['other_config'] == {'k': 'v'} and record['qos_algorithm_params'] == {'kbps': '100'}
     assert restore.vif_create_record(vif, 'OpaqueRef:new-vm', keep_mac=True)['MAC'] == '02:16:3e:00:00:07'
     # an older metadata VIF with only device and MAC still gives a complete record
-    bare = restore.vif_create_record({'device': '0', 'mac': '', 'record': {'device': '0'}, 'network_ref': 'OpaqueRef:n'}, 'OpaqueRef:v', True)
+    bare = restore.vif_create_record(restore.VifRestore(record={'device': '0'}, network_ref='OpaqueRef:n', network=NETWORKS['OpaqueRef:lan'],
+                                                         matched_by='uuid'), 'OpaqueRef:v', True)
     assert set(bare) == set(CONSTRUCTOR_FIELDS['VIF']) and bare['MTU'] == '1500' and bare['MAC'] == ''
 
 

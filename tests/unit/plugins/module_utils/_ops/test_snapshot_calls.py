@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     EXCLUDED_BY_IGNORE_VDIS, EXCLUDED_BY_REMOVAL, manage_job_snapshots,
 )
@@ -78,7 +79,7 @@ def snapshot_disk_names(xapi, snapshot_uuid):
 def test_a_vm_without_nobak_disks_is_snapshotted_with_two_arguments(pool):
     _profile, sim = pool
     with RecordingConnection(sim.url, username='root', password='secret', timeout=30) as xapi:
-        result = manage_job_snapshots(xapi, 'plain', 'job-a', 'calls', take=True)
+        result = manage_job_snapshots(xapi, 'plain', Job('calls'), take=True)
         assert result['excluded_by'] is None
         assert [len(args) for args in snapshot_calls(xapi)] == [2], 'no ignore_vdis, not even an empty one'
         assert snapshot_disk_names(xapi, result['snapshot']['uuid']) == ['plain-root']
@@ -88,7 +89,7 @@ def test_nobak_disks_are_left_out_the_way_the_version_allows(pool):
     profile, sim = pool
     with RecordingConnection(sim.url, username='root', password='secret', timeout=30) as xapi:
         swap = xapi.call('VDI.get_by_name_label', 'mixed-swap [NOBAK]')[0]
-        result = manage_job_snapshots(xapi, 'mixed', 'job-b', 'calls', take=True)
+        result = manage_job_snapshots(xapi, 'mixed', Job('calls'), take=True)
         calls = snapshot_calls(xapi)
         if profile == 'xcp-ng-8.2':
             # xapi 1.249 has no ignore_vdis: it is never sent, the [NOBAK] disk is removed from the snapshot.
