@@ -217,11 +217,11 @@ def test_restore_style_creation(xapi, sim):
                           'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
     assert api.VBD.get_device(vbd) == 'xvda'
     assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
     # XAPI reads every constructor field without default from the record (gen_server.ml): qos_* are required.
     assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '7', 'bootable': True, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}}) == [
+                                           'type': 'Disk', 'empty': False, 'other_config': {}}) == [
         'INTERNAL_ERROR', 'Server_helpers.Dispatcher_FieldNotFound("qos_algorithm_type")']
     auto = api.VBD.create({'VM': vm, 'VDI': vdi, 'userdevice': 'autodetect', 'bootable': False, 'mode': 'RO',
                            'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
@@ -237,8 +237,8 @@ def test_restore_style_creation(xapi, sim):
     ro = api.VDI.create({'name_label': 'ro', 'name_description': '', 'SR': sr, 'virtual_size': '2097152',
                          'type': 'user', 'sharable': False, 'read_only': True, 'other_config': {}})
     assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': ro, 'userdevice': '5', 'bootable': False, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}}) == ['VDI_READONLY', ro]
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}}) == ['VDI_READONLY', ro]
     del sim
 
 
@@ -339,8 +339,8 @@ def test_more_errors_and_lifecycle(xapi):
     net = api.VIF.get_network(vif)
     assert h.xapi_failure(api.network.destroy, net)[0] == 'NETWORK_CONTAINS_VIF'
     assert h.xapi_failure(api.VIF.create, {'device': '0', 'network': net, 'VM': vm, 'MAC': '', 'MTU': '1500',
-                                  'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+                                           'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
     api.VIF.destroy(vif)
     assert vif not in api.VM.get_VIFs(vm)
     vbd = [v for v in api.VM.get_VBDs(vm) if api.VBD.get_type(v) == 'CD'][0]
@@ -359,8 +359,8 @@ def test_more_errors_and_lifecycle(xapi):
     snap = api.VDI.snapshot(data)
     api.VDI.data_destroy(snap)
     assert h.xapi_failure(api.VBD.create, {'VM': copy, 'VDI': snap, 'userdevice': '7', 'bootable': False, 'mode': 'RO',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'VDI_INCOMPATIBLE_TYPE'
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'VDI_INCOMPATIBLE_TYPE'
     assert h.xapi_failure(api.VDI.snapshot, snap)[0] == 'VDI_INCOMPATIBLE_TYPE'
 
 
