@@ -213,3 +213,25 @@ def test_nothing_to_export_is_refused_with_what_to_do(pool, tmp_path):
         export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
     with pytest.raises(Exception, match='the same repository is listed twice'):
         export_vm(xapi, [str(tmp_path / 'repo'), str(tmp_path / 'repo') + '/'], 'app', JOB, JOB_ID)
+
+
+def test_a_delta_xapi_refuses_for_its_base_falls_back_to_a_full_in_the_same_run(pool, tmp_path):
+    sim, xapi = pool
+    first = snapshot_and_export(xapi, [tmp_path / 'repo'])
+    base_root = xapi.call('VDI.get_by_uuid', next(disk['snapshot_vdi_uuid'] for disk in first['disks'] if disk['name_label'] == 'app-root'))
+    # XAPI's error names the base VDI: the delta cannot be made, a full can
+    sim.control.fail_next('export_raw_vdi', ['VDI_MISSING', 'OpaqueRef:sr', base_root])
+    with pytest.raises(Exception, match=r'delta_only is set, so no full is exported instead') as refused:
+        snapshot_and_export(xapi, [tmp_path / 'repo'], delta_only=True)
+    assert getattr(refused.value, 'params', [base_root])[-1] == base_root
+    assert len(open_repository(str(tmp_path / 'repo')).list_backups(first['vm']['uuid'])) == 1, 'the failed delta left a point'
+    sim.control.fail_next('export_raw_vdi', ['VDI_MISSING', 'OpaqueRef:sr', base_root])
+    fallback = export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
+    assert fallback['mode'] == 'full' and fallback['delta_fallback']
+    assert fallback['reason'].startswith('the delta export failed, so a full was exported instead: ')
+    assert all(disk['mode'] == 'full' for disk in fallback['disks'])
+    # an error that does not name a base is no reason for a full: it fails the run
+    manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=True)
+    sim.control.fail_next('export_raw_vdi', ['VDI_IO_ERROR', 'injected device error'])
+    with pytest.raises(Exception, match='injected device error'):
+        export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
