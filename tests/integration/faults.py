@@ -70,6 +70,12 @@ def failed(result: dict) -> str:
     return result.get('msg', '')
 
 
+def killed_by_sigkill(result: dict | None) -> bool:
+    """Whether a registered module result is that of a module process SIGKILLed mid-run (not one that finished or failed on its own)."""
+    return result is not None and bool(result.get('failed')) and (
+        result.get('rc') in (137, -9) or 'Killed' in (result.get('module_stderr') or ''))
+
+
 def _parent_of(pid: int) -> int:
     with open('/proc/%d/stat' % pid, 'rb') as handle:
         stat = handle.read()
@@ -142,9 +148,7 @@ def run_and_kill(ansible: AnsibleRunner, module: str, args: dict, rng: random.Ra
     if os.path.exists(results):
         with open(results, encoding='utf-8') as handle:
             result = json.load(handle)[0]
-    really = killed and result is not None and bool(result.get('failed')) and (
-        result.get('rc') in (137, -9) or 'Killed' in (result.get('module_stderr') or ''))
-    return {'killed': really, 'delay': round(delay, 3), 'rc': process.returncode, 'output': text, 'result': result}
+    return {'killed': killed and killed_by_sigkill(result), 'delay': round(delay, 3), 'rc': process.returncode, 'output': text, 'result': result}
 
 
 def expire_orphan_sessions(sim, at_most: int) -> int:

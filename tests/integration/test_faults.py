@@ -19,13 +19,19 @@ import time
 import pytest
 
 from faults import (
-    MIB, Points, SmallFilesystem, expire_orphan_sessions, failed, mark_test_done, ok, real_files, record_outcome, run_and_kill,
-    run_play, show, strays, table_dir, table_if_complete,
+    MIB, Points, SmallFilesystem, expire_orphan_sessions, failed, killed_by_sigkill, mark_test_done, ok, real_files, record_outcome,
+    run_and_kill, run_play, show, strays, table_dir, table_if_complete,
 )
 from lifecycle import guest_write
 
 KILL_ENV = 'XAPI_DELTA_BACKUP_VHD_MERGE_KILL_AFTER'
 JOB = {'vm': 'app01', 'job': 'nightly'}
+
+
+def assert_kill_landed(killed: dict, step: str) -> None:
+    """A kill -9 cell proves something only if the module died of it mid-run, not after it finished."""
+    assert killed['killed'], '%s: the SIGKILL did not land (delay %s s, result %s)\n%s' % (
+        step, killed['delay'], killed['result'], killed['output'][-3000:])
 
 
 @pytest.fixture(scope='module')
@@ -172,6 +178,7 @@ def test_snapshot_faults(app, small_fs, cell):
         # reference + the new snapshot; a third one is a snapshot the killed run never tagged
         cell('snapshot', 'kill -9', 'ok' if killed['killed'] and left <= 2 else
              'LEAKED untagged snapshot' if left > 2 else 'finished before kill')
+        assert_kill_landed(killed, 'snapshot')
     assert len(snapshots_of(app)) <= 2, 'a killed vm_snapshot left an untagged snapshot that no prune will ever remove'
 
 
@@ -213,6 +220,7 @@ def test_export_stream_faults(app, small_fs, cell):
         expire_orphan_sessions(app['sim'], 1)
         settle(app, points, names)
         cell('export stream', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
+        assert_kill_landed(killed, 'export stream')
     # full repository file system while the VHDs are written
     writes(app, rng, 3)
     names, files = points.names(), real_files(repo)
@@ -254,6 +262,7 @@ def test_metadata_write_faults(app, small_fs, cell):
         expire_orphan_sessions(app['sim'], 1)
         settle(app, points, names)
         cell('metadata write', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
+        assert_kill_landed(killed, 'metadata write')
     # the file system fills up after the VHDs, before the JSON
     writes(app, rng)
     names = points.names()
@@ -313,6 +322,7 @@ def test_snapshot_prune_faults(app, small_fs, cell):
         leaked = orphan_snapshot_vdis(app) - orphans
         cell('snapshot prune', 'kill -9', 'ok' if killed['killed'] and not leaked else
              'LEAKED %d snapshot VDIs' % leaked if leaked else 'finished before kill')
+        assert_kill_landed(killed, 'snapshot prune')
         orphans += leaked
     assert orphans == 0, 'a killed prune left snapshot VDIs without their snapshot VM, which no later prune finds'
 
@@ -332,17 +342,19 @@ def test_merge_faults(app, small_fs, cell):
     for _number in range(3):
         writes(app, rng)
         normal_run(app, points)
-    # kill -9 inside the merge engine at random write/fsync/rename counts, then a plain SIGKILL at a random time
-    for kill_after in (rng.randint(2, 12), rng.randint(12, 40)):
+    # kill -9 inside the merge engine at random write/fsync/rename counts, then a plain SIGKILL at a random time.
+    # This merge (two disks, a full and three deltas) makes about 29 of those operations: a later kill would never land.
+    for kill_after in (rng.randint(2, 12), rng.randint(12, 24)):
         names = points.names()
         results = run_play(app['ansible'], [('backup_merge', {'repository': repo, 'job': 'nightly', 'keep': 2}, True)],
                            env={KILL_ENV: str(kill_after)})
-        was_killed = results[0] is not None and results[0].get('failed')
+        was_killed = killed_by_sigkill(results[0])
         assert set(names[-2:]) <= set(points.names()), 'a kept point disappeared'
         points.assert_intact()
         writes(app, rng)
         settle(app, points, points.names(), recovery=[merge_step(repo)])
         cell('merge', 'kill -9', 'ok' if was_killed else 'finished before kill')
+        assert was_killed, 'merge: the engine\'s kill after %d operations did not land: %s' % (kill_after, results[0])
         for _number in range(2):
             writes(app, rng)
             normal_run(app, points)
@@ -353,6 +365,7 @@ def test_merge_faults(app, small_fs, cell):
     writes(app, rng)
     settle(app, points, points.names(), recovery=[merge_step(repo)])
     cell('merge', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
+    assert_kill_landed(killed, 'merge')
     # full repository while merging
     for _number in range(2):
         writes(app, rng, 3)
@@ -395,6 +408,7 @@ def test_seed_copy_faults(app, small_fs, cell):
         if os.path.isdir(os.path.join(far, 'xo-vm-backups', points.vm_uuid)):
             points.assert_intact(far)
         cell('seed copy', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
+        assert_kill_landed(killed, 'seed copy')
     # full destination
     small_fs.fill(leave=rng.choice([MIB, 3 * MIB]))
     result = run_play(app['ansible'], [('seed_copy', seed_args(source, far), True)])[0]
@@ -498,6 +512,7 @@ def test_restore_import_faults(app, cell):
     assert real_files(repo) == files
     cell('restore import', 'kill -9', ('ok' if not leftover_vms else 'ok, half-restored VM removed by the next run')
          if killed['killed'] else 'finished before kill')
+    assert_kill_landed(killed, 'restore import')
 
 
 def all_vms(app) -> list:

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from faults import killed_by_sigkill
 from harness import TaskFailed
 
 MIB = 1024 * 1024
@@ -189,9 +190,11 @@ def test_killed_merges_leave_every_kept_point_restorable(app):
     killed = False
     for _attempt in range(3):
         try:
-            merge(app, 2, expect_failure=True, env={KILL_ENV: str(rng.randint(2, 25))})
+            refused = merge(app, 2, expect_failure=True, env={KILL_ENV: str(rng.randint(2, 25))})
         except TaskFailed:
             continue  # that run got through before its kill point: nothing left half done
+        # it failed because the engine's SIGKILL landed, not for some other reason
+        assert killed_by_sigkill(refused), refused
         killed = True
         # Straight after the kill (SIGKILL of the module process): the oldest kept point, whose chain was
         # being merged, restores exactly; vm_restore finishes the interrupted merge itself, under the VM lock.

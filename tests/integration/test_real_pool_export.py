@@ -133,7 +133,7 @@ def test_migrations_blocked_while_backing_up_user_blocks_untouched(app):
         first = app['ansible'].run_task('vm_snapshot', JOB)
         assert first['blocked_operations'] == ['pool_migrate']
         assert first['kept_blocked_operations'] == {'migrate_send': 'the user says no'}
-        with pytest.raises(XenAPI.Failure) as refused:
+        with pytest.raises(XenAPI.Failure, match=r"^\['OPERATION_BLOCKED', ") as refused:
             api.VM.pool_migrate(vm, host, {})
         assert refused.value.details[:2] == ['OPERATION_BLOCKED', vm] and 'backup job nightly is running' in refused.value.details[2]
         # The run "crashed" here (no prune): the next run replaces its own block and keeps the user's.

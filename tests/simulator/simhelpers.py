@@ -8,6 +8,9 @@ import time
 import urllib.parse
 import xmlrpc.client
 
+import pytest
+import XenAPI
+
 QEMU_IMG = '/usr/bin/qemu-img'
 
 
@@ -17,6 +20,13 @@ def connection(running, timeout=60):
     if url.scheme == 'https':
         return http.client.HTTPSConnection(url.hostname, url.port, timeout=timeout, context=running.ssl_context())
     return http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+
+
+def xapi_failure(call, *args):
+    """The details of the XenAPI.Failure that ``call(*args)`` must raise; callers assert on them whole."""
+    with pytest.raises(XenAPI.Failure) as err:
+        call(*args)
+    return err.value.details
 
 
 def raw_call(running, method, *params):

@@ -6,7 +6,6 @@ import contextlib
 import xmlrpc.client
 
 import pytest
-import XenAPI
 
 from xapisim import datamodel
 from xapisim.control import ControlError
@@ -14,12 +13,6 @@ from xapisim.control import ControlError
 import simhelpers as h
 
 SMALL_VM = {'name': 'small', 'disks': [{'name': 'small-root', 'size': '4MiB'}]}
-
-
-def _fail(call, *args):
-    with pytest.raises(XenAPI.Failure) as info:
-        call(*args)
-    return info.value.details
 
 
 @contextlib.contextmanager
@@ -93,7 +86,7 @@ def test_default_profile_is_8_3(sim):
 def test_version_key_and_bad_profile(sim):
     with _session(sim, {'version': '21.3.0'}) as api:
         vm = api.VM.get_by_name_label('small')[0]
-        assert _fail(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
+        assert h.xapi_failure(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
         version = _host(api)['software_version']
         assert version['xapi'] == '21.3' and 'xapi_build' not in version  # xapi_build came in 22.9.0
         assert _host(api)['API_version_minor'] == '16'  # datamodel_common.ml from v1.250.0 to v22.5.0
@@ -106,7 +99,7 @@ def test_version_key_and_bad_profile(sim):
 def test_profile_8_2_snapshot_without_ignore_vdis(sim):
     with _session(sim, {'profile': 'xcp-ng-8.2'}) as api:
         vm = api.VM.get_by_name_label('small')[0]
-        assert _fail(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
+        assert h.xapi_failure(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
         assert api.VM.get_is_a_snapshot(api.VM.snapshot(vm, 'x'))
     with _session(sim, {'profile': 'xcp-ng-8.3'}) as api:
         vm = api.VM.get_by_name_label('small')[0]
@@ -117,7 +110,7 @@ def test_later_message_unknown_on_8_2(sim):
     # VM.restart_device_models was published in 23.30.0 (datamodel release).
     with _session(sim, {'profile': 'xcp-ng-8.2'}) as api:
         vm = api.VM.get_by_name_label('small')[0]
-        assert _fail(api.VM.restart_device_models, vm) == ['MESSAGE_METHOD_UNKNOWN', 'VM.restart_device_models']
+        assert h.xapi_failure(api.VM.restart_device_models, vm) == ['MESSAGE_METHOD_UNKNOWN', 'VM.restart_device_models']
 
 
 # --- dispatch on the wire (raw XML-RPC, so any value can be sent) ------------------

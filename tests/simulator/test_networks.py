@@ -5,16 +5,9 @@ networks with their PIFs and VLANs, and the Host internal management network."""
 
 import hashlib
 
-import pytest
-import XenAPI
+import simhelpers as h
 
 SEED = '5f0e6c43-1d2b-4a8e-9c7f-3b2a1d0e9f8c'
-
-
-def _fail(call, *args):
-    with pytest.raises(XenAPI.Failure) as err:
-        call(*args)
-    return err.value.details
 
 
 def xapi_gen_mac(seed, device):
@@ -76,9 +69,9 @@ def test_vif_create_errors(xapi):
     api = xapi.xenapi
     vm = api.VM.create(_vm_record(api, 'no seed'))
     api.VM.remove_from_other_config(vm, 'mac_seed')
-    assert _fail(_vif, api, vm, '0', '') == ['MAC_INVALID', '']
-    assert _fail(_vif, api, vm, '0', '02:16:3e:00:00') == ['MAC_INVALID', '02:16:3e:00:00']
-    assert _fail(_vif, api, vm, 'eth0', '02:16:3e:00:00:01') == ['INVALID_DEVICE', 'eth0']
+    assert h.xapi_failure(_vif, api, vm, '0', '') == ['MAC_INVALID', '']
+    assert h.xapi_failure(_vif, api, vm, '0', '02:16:3e:00:00') == ['MAC_INVALID', '02:16:3e:00:00']
+    assert h.xapi_failure(_vif, api, vm, 'eth0', '02:16:3e:00:00:01') == ['INVALID_DEVICE', 'eth0']
     assert api.VIF.get_MAC(_vif(api, vm, '0', '02:16:3e:00:00:01')) == '02:16:3e:00:00:01'
 
 

@@ -2,16 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Object model: generated messages, qualifiers, errors, VM/VDI/VBD/VIF life cycle."""
 
-import pytest
-import XenAPI
-
 import simhelpers as h
-
-
-def _fail(call, *args):
-    with pytest.raises(XenAPI.Failure) as err:
-        call(*args)
-    return err.value.details
 
 
 def _vm(api, name):
@@ -46,10 +37,10 @@ def test_get_by_uuid_and_errors(xapi):
     vm = _vm(api, 'web01')
     uuid = api.VM.get_uuid(vm)
     assert api.VM.get_by_uuid(uuid) == vm
-    assert _fail(api.VM.get_by_uuid, 'nope') == ['UUID_INVALID', 'VM', 'nope']
-    assert _fail(api.VDI.get_by_uuid, uuid) == ['UUID_INVALID', 'VDI', uuid]
-    assert _fail(api.VM.get_record, 'OpaqueRef:NULL') == ['HANDLE_INVALID', 'VM', 'OpaqueRef:NULL']
-    assert _fail(api.VDI.get_record, vm)[0] == 'HANDLE_INVALID'
+    assert h.xapi_failure(api.VM.get_by_uuid, 'nope') == ['UUID_INVALID', 'VM', 'nope']
+    assert h.xapi_failure(api.VDI.get_by_uuid, uuid) == ['UUID_INVALID', 'VDI', uuid]
+    assert h.xapi_failure(api.VM.get_record, 'OpaqueRef:NULL') == ['HANDLE_INVALID', 'VM', 'OpaqueRef:NULL']
+    assert h.xapi_failure(api.VDI.get_record, vm)[0] == 'HANDLE_INVALID'
 
 
 def test_get_all_records_where(xapi):
@@ -70,13 +61,13 @@ def test_setters_follow_qualifiers(xapi):
     api.VM.set_name_label(vm, 'db01-renamed')
     assert api.VM.get_name_label(vm) == 'db01-renamed'
     api.VM.set_name_description(vm, 'described')
-    assert _fail(api.VM.set_power_state, vm, 'Running')[0] == 'MESSAGE_METHOD_UNKNOWN'
-    assert _fail(api.VM.set_uuid, vm, 'x')[0] == 'MESSAGE_METHOD_UNKNOWN'
-    assert _fail(api.VM.set_VBDs, vm, [])[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert h.xapi_failure(api.VM.set_power_state, vm, 'Running')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert h.xapi_failure(api.VM.set_uuid, vm, 'x')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert h.xapi_failure(api.VM.set_VBDs, vm, [])[0] == 'MESSAGE_METHOD_UNKNOWN'
     vdi = _vdi(api, 'db01-root')
     api.VDI.set_name_label(vdi, 'db01-root-2')
     assert api.VDI.get_name_label(vdi) == 'db01-root-2'
-    assert _fail(api.VDI.set_virtual_size, vdi, '1')[0] == 'MESSAGE_METHOD_UNKNOWN'
+    assert h.xapi_failure(api.VDI.set_virtual_size, vdi, '1')[0] == 'MESSAGE_METHOD_UNKNOWN'
     api.VM.set_memory_static_max(vm, str(4 << 30))
     assert api.VM.get_memory_static_max(vm) == str(4 << 30)
 
@@ -88,7 +79,7 @@ def test_maps_and_sets(xapi):
     assert api.VM.get_other_config(vm)['xo:backup'] == 'yes'
     uuid = api.VM.get_uuid(vm)
     expected = ['MAP_DUPLICATE_KEY', 'VM', 'other_config', uuid, 'xo:backup']
-    assert _fail(api.VM.add_to_other_config, vm, 'xo:backup', 'no') == expected
+    assert h.xapi_failure(api.VM.add_to_other_config, vm, 'xo:backup', 'no') == expected
     api.VM.remove_from_other_config(vm, 'xo:backup')
     api.VM.remove_from_other_config(vm, 'absent')
     assert 'xo:backup' not in api.VM.get_other_config(vm)
@@ -159,17 +150,17 @@ def test_snapshot_errors(xapi, sim):
     api = xapi.xenapi
     master = api.pool.get_master(api.pool.get_all()[0])
     dom0 = api.host.get_control_domain(master)
-    assert _fail(api.VM.snapshot, dom0, 'x')[0] == 'OPERATION_NOT_ALLOWED'
+    assert h.xapi_failure(api.VM.snapshot, dom0, 'x')[0] == 'OPERATION_NOT_ALLOWED'
     vm = _vm(api, 'web01')
     snap = api.VM.snapshot(vm, 's')
-    assert _fail(api.VM.snapshot, snap, 'x')[0] == 'OPERATION_NOT_ALLOWED'
+    assert h.xapi_failure(api.VM.snapshot, snap, 'x')[0] == 'OPERATION_NOT_ALLOWED'
     sim.control.fill_sr('Local storage')
-    details = _fail(api.VM.snapshot, vm, 'y')
+    details = h.xapi_failure(api.VM.snapshot, vm, 'y')
     assert details[0] == 'SR_FULL' and int(details[1]) > int(details[2])
     sim.control.unfill_sr('Local storage')
     api.VM.snapshot(vm, 'y')
     sim.control.fail_next('VM.snapshot', ['VM_BAD_POWER_STATE', vm, 'halted', 'running'])
-    assert _fail(api.VM.snapshot, vm, 'z')[0] == 'VM_BAD_POWER_STATE'
+    assert h.xapi_failure(api.VM.snapshot, vm, 'z')[0] == 'VM_BAD_POWER_STATE'
     api.VM.snapshot(vm, 'z')
 
 
@@ -180,33 +171,33 @@ def test_vm_destroy_keeps_vdis(xapi):
     vdis = [api.VBD.get_VDI(v) for v in api.VM.get_VBDs(snap) if api.VBD.get_type(v) == 'Disk']
     vbds = api.VM.get_VBDs(snap)
     api.VM.destroy(snap)
-    assert _fail(api.VM.get_record, snap)[0] == 'HANDLE_INVALID'
-    assert _fail(api.VBD.get_record, vbds[0])[0] == 'HANDLE_INVALID'
+    assert h.xapi_failure(api.VM.get_record, snap)[0] == 'HANDLE_INVALID'
+    assert h.xapi_failure(api.VBD.get_record, vbds[0])[0] == 'HANDLE_INVALID'
     for vdi in vdis:
         assert api.VDI.get_is_a_snapshot(vdi)
         api.VDI.destroy(vdi)
-    assert _fail(api.VM.destroy, vm) == ['VM_BAD_POWER_STATE', vm, 'halted, suspended', 'running']
+    assert h.xapi_failure(api.VM.destroy, vm) == ['VM_BAD_POWER_STATE', vm, 'halted, suspended', 'running']
     assert not [r for r in api.VDI.get_all_records().values() if not r['managed']]
 
 
 def test_power_states(xapi):
     api = xapi.xenapi
     vm = _vm(api, 'db01')
-    assert _fail(api.VM.clean_shutdown, vm) == ['VM_BAD_POWER_STATE', vm, 'running', 'halted']
+    assert h.xapi_failure(api.VM.clean_shutdown, vm) == ['VM_BAD_POWER_STATE', vm, 'running', 'halted']
     api.VM.start(vm, False, False)
     rec = api.VM.get_record(vm)
     assert rec['power_state'] == 'Running' and int(rec['domid']) > 0
     assert all(api.VBD.get_currently_attached(v) for v in rec['VBDs'])
     vdi = _vdi(api, 'db01-root')
-    assert _fail(api.VDI.destroy, vdi) == ['VDI_IN_USE', vdi, 'destroy']
-    assert _fail(api.VM.start, vm, False, False)[0] == 'VM_BAD_POWER_STATE'
+    assert h.xapi_failure(api.VDI.destroy, vdi) == ['VDI_IN_USE', vdi, 'destroy']
+    assert h.xapi_failure(api.VM.start, vm, False, False)[0] == 'VM_BAD_POWER_STATE'
     api.VM.clean_shutdown(vm)
     api.VM.start(vm, True, False)
     assert api.VM.get_power_state(vm) == 'Paused'
     api.VM.hard_shutdown(vm)
     assert api.VM.get_power_state(vm) == 'Halted'
     template = _vm(api, 'Debian Bookworm 12')
-    assert _fail(api.VM.start, template, False, False)[0] == 'VM_IS_TEMPLATE'
+    assert h.xapi_failure(api.VM.start, template, False, False)[0] == 'VM_IS_TEMPLATE'
 
 
 def test_restore_style_creation(xapi, sim):
@@ -225,12 +216,12 @@ def test_restore_style_creation(xapi, sim):
     vbd = api.VBD.create({'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk',
                           'empty': False, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}})
     assert api.VBD.get_device(vbd) == 'xvda'
-    assert _fail(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+    assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '0', 'bootable': True, 'mode': 'RW',
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
     # XAPI reads every constructor field without default from the record (gen_server.ml): qos_* are required.
-    assert _fail(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '7', 'bootable': True, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}}) == [
+    assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': vdi, 'userdevice': '7', 'bootable': True, 'mode': 'RW',
+                                           'type': 'Disk', 'empty': False, 'other_config': {}}) == [
         'INTERNAL_ERROR', 'Server_helpers.Dispatcher_FieldNotFound("qos_algorithm_type")']
     auto = api.VBD.create({'VM': vm, 'VDI': vdi, 'userdevice': 'autodetect', 'bootable': False, 'mode': 'RO',
                            'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
@@ -242,12 +233,12 @@ def test_restore_style_creation(xapi, sim):
     assert len(api.VIF.get_MAC(vif)) == 17
     api.VM.start(vm, False, False)
     assert api.VM.get_power_state(vm) == 'Running'
-    assert _fail(api.VM.create, {'name_label': 'x'})[0] == 'INTERNAL_ERROR'
+    assert h.xapi_failure(api.VM.create, {'name_label': 'x'})[0] == 'INTERNAL_ERROR'
     ro = api.VDI.create({'name_label': 'ro', 'name_description': '', 'SR': sr, 'virtual_size': '2097152',
                          'type': 'user', 'sharable': False, 'read_only': True, 'other_config': {}})
-    assert _fail(api.VBD.create, {'VM': vm, 'VDI': ro, 'userdevice': '5', 'bootable': False, 'mode': 'RW',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}}) == ['VDI_READONLY', ro]
+    assert h.xapi_failure(api.VBD.create, {'VM': vm, 'VDI': ro, 'userdevice': '5', 'bootable': False, 'mode': 'RW',
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}}) == ['VDI_READONLY', ro]
     del sim
 
 
@@ -257,11 +248,11 @@ def test_vdi_resize(xapi):
     size = int(api.VDI.get_virtual_size(vdi))
     api.VDI.resize(vdi, str(size + (3 << 20)))
     assert int(api.VDI.get_virtual_size(vdi)) == size + (4 << 20)
-    assert _fail(api.VDI.resize, vdi, str(size))[0].startswith('SR_BACKEND_FAILURE')
+    assert h.xapi_failure(api.VDI.resize, vdi, str(size))[0].startswith('SR_BACKEND_FAILURE')
     running = _vdi(api, 'web01-root')
-    assert _fail(api.VDI.resize, running, str(64 << 30)) == ['VDI_IN_USE', running, 'resize']
+    assert h.xapi_failure(api.VDI.resize, running, str(64 << 30)) == ['VDI_IN_USE', running, 'resize']
     # The datamodel marks VDI.resize_online removed since inverness (re-published only after 26.16.1).
-    assert _fail(api.VDI.resize_online, running, str(64 << 30)) == ['MESSAGE_REMOVED']
+    assert h.xapi_failure(api.VDI.resize_online, running, str(64 << 30)) == ['MESSAGE_REMOVED']
 
 
 def test_async_tasks(xapi):
@@ -274,7 +265,7 @@ def test_async_tasks(xapi):
     snap = h.task_value(rec)
     assert api.VM.get_snapshot_of(snap) == vm
     api.task.destroy(task)
-    assert _fail(api.task.get_record, task)[0] == 'HANDLE_INVALID'
+    assert h.xapi_failure(api.task.get_record, task)[0] == 'HANDLE_INVALID'
     task = api.Async.VM.destroy(vm)
     rec = h.wait_task(api, task)
     assert rec['status'] == 'failure'
@@ -317,16 +308,16 @@ def test_event_from(xapi):
             break
     else:
         raise AssertionError('no task completion event')
-    assert _fail(event_from, ['nosuchclass'], '', 0.1)[0] == 'EVENT_SUBSCRIPTION_PARSE_FAILURE'
-    assert _fail(event_from, ['vm'], 'garbage', 0.1)[0] == 'EVENT_FROM_TOKEN_PARSE_FAILURE'
+    assert h.xapi_failure(event_from, ['nosuchclass'], '', 0.1)[0] == 'EVENT_SUBSCRIPTION_PARSE_FAILURE'
+    assert h.xapi_failure(event_from, ['vm'], 'garbage', 0.1)[0] == 'EVENT_FROM_TOKEN_PARSE_FAILURE'
     assert getattr(api, 'event_from')(['vm'], '', 1.0)['events']
 
 
 def test_fault_injection_delay_and_fail(xapi, sim):
     api = xapi.xenapi
     sim.control.fail_next('VM.get_all', ['SR_BACKEND_FAILURE_46', '', 'unavailable', ''], count=2)
-    assert _fail(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
-    assert _fail(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
+    assert h.xapi_failure(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
+    assert h.xapi_failure(api.VM.get_all)[0] == 'SR_BACKEND_FAILURE_46'
     assert api.VM.get_all()
     sim.control.fail_next('VM.snapshot', ['OPERATION_NOT_ALLOWED', 'nope'])
     rec = h.wait_task(api, api.Async.VM.snapshot(_vm(api, 'web01'), 'x'))
@@ -338,7 +329,7 @@ def test_more_errors_and_lifecycle(xapi):
     sr = api.pool.get_default_SR(api.pool.get_all()[0])
     record = {'name_label': 'huge', 'name_description': '', 'SR': sr, 'virtual_size': str(2041 << 30),
               'type': 'user', 'sharable': False, 'read_only': False, 'other_config': {}}
-    assert _fail(api.VDI.create, record)[0] == 'VDI_TOO_LARGE'
+    assert h.xapi_failure(api.VDI.create, record)[0] == 'VDI_TOO_LARGE'
     vm = _vm(api, 'web01')
     root = _vdi(api, 'web01-root')
     assert api.VDI.get_sm_config(root)['host_%s' % api.VM.get_resident_on(vm)] == 'RW'
@@ -346,18 +337,18 @@ def test_more_errors_and_lifecycle(xapi):
     assert not api.VDI.get_is_a_snapshot(clone)
     vif = api.VM.get_VIFs(vm)[0]
     net = api.VIF.get_network(vif)
-    assert _fail(api.network.destroy, net)[0] == 'NETWORK_CONTAINS_VIF'
-    assert _fail(api.VIF.create, {'device': '0', 'network': net, 'VM': vm, 'MAC': '', 'MTU': '1500',
-                                  'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
+    assert h.xapi_failure(api.network.destroy, net)[0] == 'NETWORK_CONTAINS_VIF'
+    assert h.xapi_failure(api.VIF.create, {'device': '0', 'network': net, 'VM': vm, 'MAC': '', 'MTU': '1500',
+                                           'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'DEVICE_ALREADY_EXISTS'
     api.VIF.destroy(vif)
     assert vif not in api.VM.get_VIFs(vm)
     vbd = [v for v in api.VM.get_VBDs(vm) if api.VBD.get_type(v) == 'CD'][0]
     api.VBD.destroy(vbd)
     disk_vbd = [v for v in api.VM.get_VBDs(vm) if api.VBD.get_type(v) == 'Disk'][0]
-    assert _fail(api.VBD.destroy, disk_vbd)[0] == 'OPERATION_NOT_ALLOWED'
+    assert h.xapi_failure(api.VBD.destroy, disk_vbd)[0] == 'OPERATION_NOT_ALLOWED'
     api.VBD.unplug(disk_vbd)
-    assert _fail(api.VBD.unplug, disk_vbd)[0] == 'DEVICE_ALREADY_DETACHED'
+    assert h.xapi_failure(api.VBD.unplug, disk_vbd)[0] == 'DEVICE_ALREADY_DETACHED'
     api.VBD.plug(disk_vbd)
     api.VM.hard_shutdown(vm)
     assert 'host_' not in ''.join(api.VDI.get_sm_config(root))
@@ -367,10 +358,10 @@ def test_more_errors_and_lifecycle(xapi):
     data = _vdi(api, 'web01-data')
     snap = api.VDI.snapshot(data)
     api.VDI.data_destroy(snap)
-    assert _fail(api.VBD.create, {'VM': copy, 'VDI': snap, 'userdevice': '7', 'bootable': False, 'mode': 'RO',
-                                  'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
-                                  'qos_algorithm_params': {}})[0] == 'VDI_INCOMPATIBLE_TYPE'
-    assert _fail(api.VDI.snapshot, snap)[0] == 'VDI_INCOMPATIBLE_TYPE'
+    assert h.xapi_failure(api.VBD.create, {'VM': copy, 'VDI': snap, 'userdevice': '7', 'bootable': False, 'mode': 'RO',
+                                           'type': 'Disk', 'empty': False, 'other_config': {}, 'qos_algorithm_type': '',
+                                           'qos_algorithm_params': {}})[0] == 'VDI_INCOMPATIBLE_TYPE'
+    assert h.xapi_failure(api.VDI.snapshot, snap)[0] == 'VDI_INCOMPATIBLE_TYPE'
 
 
 def test_event_from_star_and_del(xapi):
@@ -400,6 +391,6 @@ def test_old_xapi_without_ignore_vdis(sim):
     session.login_with_password('root', 'secret', '1.0', 'tests')
     api = session.xenapi
     vm = _vm(api, 'old')
-    assert _fail(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
+    assert h.xapi_failure(api.VM.snapshot, vm, 'x', []) == ['MESSAGE_PARAMETER_COUNT_MISMATCH', 'VM.snapshot', '2', '3']
     assert api.VM.get_is_a_snapshot(api.VM.snapshot(vm, 'x'))
     session.xenapi.session.logout()

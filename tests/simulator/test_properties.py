@@ -106,7 +106,9 @@ def test_where_expressions(text, expected):
     assert [r['name_label'] for r in records if expr.evaluate(r)] == expected
 
 
-@pytest.mark.parametrize('text', ['field name_label="a"', 'field "a"', '"a"="b"', 'field "a"="b" and', 'field "a"="b'])
-def test_bad_where_expressions(text):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize('text, why', [('field name_label="a"', 'field name must be quoted'), ('field "a"', 'unexpected end'),
+                                       ('"a"="b"', r"unexpected token \('s', 'a'\)"), ('field "a"="b" and', 'unexpected end'),
+                                       ('field "a"="b', 'unterminated string')])
+def test_bad_where_expressions(text, why):
+    with pytest.raises(ValueError, match='^%s$' % why):
         Expr(text)

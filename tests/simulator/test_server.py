@@ -114,10 +114,10 @@ def test_control_api(hsim):
     ctl = hsim.control
     info = ctl.info()
     assert info['counts']['VM'] == 5 and info['url'] == hsim.url
-    with pytest.raises(ControlError) as err:
+    with pytest.raises(ControlError, match=r"^\['UNKNOWN_CONTROL_OP'") as err:
         ctl.call('no_such_op')
     assert err.value.details[0] == 'UNKNOWN_CONTROL_OP'
-    with pytest.raises(ControlError):
+    with pytest.raises(ControlError, match=r"^\['HANDLE_INVALID', 'VDI', 'no such disk'\]$"):
         ctl.read_vdi('no such disk')
     ref = ctl.find('VDI', 'small01-root')
     assert ctl.record('VDI', ref)['virtual_size'] == 64 << 20

@@ -84,7 +84,7 @@ def test_destroys_cannot_be_cancelled(sim, xapi, method):
     xapi.xenapi.task.cancel(task)
     rec = h.wait_task(xapi.xenapi, task)
     assert rec['status'] == 'success'
-    with pytest.raises(XenAPI.Failure) as err:
+    with pytest.raises(XenAPI.Failure, match=r"^\['HANDLE_INVALID', ") as err:
         getattr(xapi.xenapi, cls).get_record(target)
     assert err.value.details[0] == 'HANDLE_INVALID'
 
@@ -110,7 +110,7 @@ def test_destroy_of_a_pending_task_waits_for_its_end(sim, xapi):
     assert xapi.xenapi.task.get_current_operations(task) == {'task': 'destroy'}
     assert h.wait_task(xapi.xenapi, task)['status'] == 'success'
     assert task in sim.control.collect_garbage()['tasks']
-    with pytest.raises(XenAPI.Failure) as err:
+    with pytest.raises(XenAPI.Failure, match=r"^\['HANDLE_INVALID', 'task'") as err:
         xapi.xenapi.task.get_status(task)
     assert err.value.details[:2] == ['HANDLE_INVALID', 'task']
 
@@ -124,7 +124,7 @@ def test_pending_task_past_its_lifetime_goes_when_its_progress_stalls(sim, xapi)
     xapi.xenapi.task.set_progress(moving, 0.5)
     assert sim.control.collect_garbage()['tasks'] == [stalled]
     assert xapi.xenapi.task.get_status(moving) == 'pending'
-    with pytest.raises(XenAPI.Failure):
+    with pytest.raises(XenAPI.Failure, match=r"^\['HANDLE_INVALID', 'task', '%s'\]$" % stalled):
         xapi.xenapi.task.get_status(stalled)
 
 
@@ -198,7 +198,7 @@ def test_export_whose_task_is_destroyed_is_cut(sim, xapi):
         pass
     conn.close()
     assert got < 8 << 30  # the disk is 8 GiB raw: the body was cut
-    with pytest.raises(XenAPI.Failure) as err:
+    with pytest.raises(XenAPI.Failure, match=r"^\['HANDLE_INVALID', 'task'") as err:
         xapi.xenapi.task.get_status(task)
     assert err.value.details[:2] == ['HANDLE_INVALID', 'task']
 
@@ -222,7 +222,7 @@ def test_each_host_has_its_own_self_signed_certificate(sim):
     member = _peer_certificate(sim.slave_url, sim.ca_bundle_path)
     assert dict(x[0] for x in member['subject'])['commonName'] == 'xcp-host2'
     assert member['serialNumber'] != coordinator['serialNumber']
-    with pytest.raises(ssl.SSLCertVerificationError):
+    with pytest.raises(ssl.SSLCertVerificationError, match='certificate verify failed: self-signed certificate'):
         _peer_certificate(sim.slave_url, sim.ca_path)
     text = subprocess.run(['openssl', 'x509', '-noout', '-text', '-in', sim.ca_path], check=True, capture_output=True, text=True).stdout
     assert 'CA:TRUE' not in text
@@ -230,7 +230,7 @@ def test_each_host_has_its_own_self_signed_certificate(sim):
 
 def test_member_still_refuses_logins(msim):
     session = XenAPI.Session(msim.slave_url, transport=msim.transport())
-    with pytest.raises(XenAPI.Failure) as err:
+    with pytest.raises(XenAPI.Failure, match=r"^\['HOST_IS_SLAVE', ") as err:
         session.login_with_password('root', 'secret', '1.0', 'tests')
     assert err.value.details[0] == 'HOST_IS_SLAVE'
 
@@ -294,9 +294,8 @@ def test_import_into_a_member_sr_redirects_before_the_body(msim, xapi):
 def test_sr_on_an_unknown_host_is_refused(sim):
     pool = yaml.safe_load(EXAMPLE_TEXT)
     pool['srs'].append({'name': 'lost', 'host': 'xcp-host9'})
-    with pytest.raises(Exception) as err:
+    with pytest.raises(Exception, match='unknown host xcp-host9'):
         sim.control.load_config(pool)
-    assert 'unknown host xcp-host9' in str(err.value)
 
 
 def test_host_get_server_certificate_gives_each_host_its_own(msim, xapi, tmp_path):
@@ -323,11 +322,12 @@ def test_import_whose_task_is_destroyed_is_dropped(sim, xapi):
     time.sleep(0.3)  # the sender stalls: progress stops
     sim.control.collect_garbage()
     assert sim.control.collect_garbage()['tasks'] == [task]
-    with pytest.raises(OSError):
+    # the simulator closed the connection: how the send learns it depends on timing (TLS or TCP)
+    with pytest.raises(OSError, match='EOF occurred in violation of protocol|Broken pipe|Connection reset by peer'):
         for _num in range(63):
             conn.send(b'\2' * (1 << 20))
     conn.close()
-    with pytest.raises(XenAPI.Failure) as err:
+    with pytest.raises(XenAPI.Failure, match=r"^\['HANDLE_INVALID', 'task'") as err:
         xapi.xenapi.task.get_status(task)
     assert err.value.details[:2] == ['HANDLE_INVALID', 'task']
     assert sim.control.read_vdi('db01-root', 2 << 20, 4096) != b'\2' * 4096

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import JOB, VM, RepoBuilder
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import JOB, VM, RepoBuilder
 
 
 @pytest.fixture

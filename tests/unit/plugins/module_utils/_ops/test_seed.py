@@ -13,7 +13,7 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import seed
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError, apply_retention
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import (
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import (
     JOB, VM, RepoBuilder, assert_points_restorable,
 )
 
