@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
@@ -118,8 +119,8 @@ def test_a_repository_written_by_real_exports(tmp_path):
     with running_pool(POOL) as sim:
         with connect(sim) as xapi:
             for _run in range(2):
-                manage_job_snapshots(xapi, 'app', job_id_for('nightly'), 'nightly', take=True)
-                export_vm(xapi, [str(repo)], 'app', 'nightly', job_id_for('nightly'))
+                manage_job_snapshots(xapi, 'app', Job('nightly'), take=True)
+                export_vm(xapi, [str(repo)], 'app', Job('nightly'))
             vm_uuid = xapi.call('VM.get_uuid', xapi.call('VM.get_by_name_label', 'app')[0])
     result = describe_repository(open_repository(str(repo)), vm='app', verify=True)
     assert result['problems'] == [] and result['files_verified'] == 2

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm, plan_export
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
@@ -52,8 +53,8 @@ def pool():
 def snapshot_and_export(xapi, repositories, **options):
     for path in repositories:
         os.makedirs(str(path), exist_ok=True)  # an empty folder becomes a repository
-    manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=True)
-    return export_vm(xapi, [str(path) for path in repositories], 'app', JOB, JOB_ID, **options)
+    manage_job_snapshots(xapi, 'app', Job(JOB), take=True)
+    return export_vm(xapi, [str(path) for path in repositories], 'app', Job(JOB), **options)
 
 
 def qemu_img(*args) -> str:
@@ -173,11 +174,11 @@ def test_a_new_repository_or_a_missing_point_makes_every_repository_full(pool, t
     _sim, xapi = pool
     snapshot_and_export(xapi, [tmp_path / 'near'])
     (tmp_path / 'far').mkdir()
-    manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=True)
-    planned = export_vm(xapi, [str(tmp_path / 'near'), str(tmp_path / 'far')], 'app', JOB, JOB_ID, check_mode=True)
+    manage_job_snapshots(xapi, 'app', Job(JOB), take=True)
+    planned = export_vm(xapi, [str(tmp_path / 'near'), str(tmp_path / 'far')], 'app', Job(JOB), check_mode=True)
     assert planned['mode'] == 'full' and planned['reason'] == 'a repository is new (empty)'
     assert os.listdir(str(tmp_path / 'far')) == [], 'check mode initialised the new repository'
-    both = export_vm(xapi, [str(tmp_path / 'near'), str(tmp_path / 'far')], 'app', JOB, JOB_ID)
+    both = export_vm(xapi, [str(tmp_path / 'near'), str(tmp_path / 'far')], 'app', Job(JOB))
     assert both['mode'] == 'full' and both['reason'] == 'repository %s holds no backup of this VM by this job' % (tmp_path / 'far')
     # The newest point of one repository disappears: the chains would differ, so both get a full.
     vm_uuid = both['vm']['uuid']
@@ -195,24 +196,24 @@ def test_full_interval_and_check_mode(pool, tmp_path):
     repo = str(tmp_path / 'repo')
     snapshot_and_export(xapi, [repo])
     assert snapshot_and_export(xapi, [repo], full_interval=3)['mode'] == 'delta'
-    manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=True)
+    manage_job_snapshots(xapi, 'app', Job(JOB), take=True)
     before = sorted(os.walk(repo))
-    planned = export_vm(xapi, [repo], 'app', JOB, JOB_ID, full_interval=3, check_mode=True)
+    planned = export_vm(xapi, [repo], 'app', Job(JOB), full_interval=3, check_mode=True)
     assert planned['mode'] == 'delta' and planned['bytes_transferred'] == 0
     repositories = [open_repository(repo)]
-    assert plan_export(xapi, repositories, 'app', JOB_ID, JOB, full_interval=2).reason == \
+    assert plan_export(xapi, repositories, 'app', Job(JOB), full_interval=2).reason == \
         'full_interval 2 reached (1 deltas since the last full)'
     assert sorted(os.walk(repo)) == before, 'check mode and planning wrote to the repository'
-    assert export_vm(xapi, [repo], 'app', JOB, JOB_ID, full_interval=3)['mode'] == 'delta'
+    assert export_vm(xapi, [repo], 'app', Job(JOB), full_interval=3)['mode'] == 'delta'
 
 
 def test_nothing_to_export_is_refused_with_what_to_do(pool, tmp_path):
     _sim, xapi = pool
     (tmp_path / 'repo').mkdir()
     with pytest.raises(Exception, match=r"job 'nightly' has no unexported snapshot of VM app: take one with xapi.delta_backup.vm_snapshot"):
-        export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
+        export_vm(xapi, [str(tmp_path / 'repo')], 'app', Job(JOB))
     with pytest.raises(Exception, match='the same repository is listed twice'):
-        export_vm(xapi, [str(tmp_path / 'repo'), str(tmp_path / 'repo') + '/'], 'app', JOB, JOB_ID)
+        export_vm(xapi, [str(tmp_path / 'repo'), str(tmp_path / 'repo') + '/'], 'app', Job(JOB))
 
 
 def test_a_delta_xapi_refuses_for_its_base_falls_back_to_a_full_in_the_same_run(pool, tmp_path):
@@ -226,12 +227,12 @@ def test_a_delta_xapi_refuses_for_its_base_falls_back_to_a_full_in_the_same_run(
     assert getattr(refused.value, 'params', [base_root])[-1] == base_root
     assert len(open_repository(str(tmp_path / 'repo')).list_backups(first['vm']['uuid'])) == 1, 'the failed delta left a point'
     sim.control.fail_next('export_raw_vdi', ['VDI_MISSING', 'OpaqueRef:sr', base_root])
-    fallback = export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
+    fallback = export_vm(xapi, [str(tmp_path / 'repo')], 'app', Job(JOB))
     assert fallback['mode'] == 'full' and fallback['delta_fallback']
     assert fallback['reason'].startswith('the delta export failed, so a full was exported instead: ')
     assert all(disk['mode'] == 'full' for disk in fallback['disks'])
     # an error that does not name a base is no reason for a full: it fails the run
-    manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=True)
+    manage_job_snapshots(xapi, 'app', Job(JOB), take=True)
     sim.control.fail_next('export_raw_vdi', ['VDI_IO_ERROR', 'injected device error'])
     with pytest.raises(Exception, match='injected device error'):
-        export_vm(xapi, [str(tmp_path / 'repo')], 'app', JOB, JOB_ID)
+        export_vm(xapi, [str(tmp_path / 'repo')], 'app', Job(JOB))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     EXCLUDED_BY_IGNORE_VDIS, KEY_JOB, job_snapshots, manage_job_snapshots, mark_exported, mark_exporting,
@@ -55,7 +56,7 @@ def uuids(found):
 
 
 def take(xapi, vm='app', **options):
-    return manage_job_snapshots(xapi, vm, JOB_ID, JOB, take=True, **options)
+    return manage_job_snapshots(xapi, vm, Job(JOB), take=True, **options)
 
 
 def test_a_snapshot_is_taken_tagged_and_without_nobak_disks(xapi):
@@ -99,10 +100,10 @@ def test_the_reference_is_the_newest_exported_and_survives_pruning(xapi):
 def test_a_snapshot_being_exported_is_not_pruned(xapi):
     first = take(xapi)['snapshot']['uuid']
     mark_exporting(xapi, snapshots(xapi)[0], True)  # by this (live) process
-    pruned = manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=False)
+    pruned = manage_job_snapshots(xapi, 'app', Job(JOB), take=False)
     assert pruned['removed_snapshots'] == [] and uuids(snapshots(xapi)) == [first]
     mark_exporting(xapi, snapshots(xapi)[0], False)
-    pruned = manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=False)
+    pruned = manage_job_snapshots(xapi, 'app', Job(JOB), take=False)
     assert pruned['removed_snapshots'] == [first] and snapshots(xapi) == []
 
 
@@ -114,13 +115,13 @@ def test_check_mode_reports_and_changes_nothing(xapi):
     assert checked['changed'] is True and checked['snapshot']['uuid'] is None
     assert checked['removed_snapshots'] == [first]
     assert uuids(snapshots(xapi)) == [first]
-    unblocked = manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=False, check_mode=True)
+    unblocked = manage_job_snapshots(xapi, 'app', Job(JOB), take=False, check_mode=True)
     assert unblocked['unblocked_operations'] == ['migrate_send', 'pool_migrate']
     assert xapi.call('VM.get_blocked_operations', vm_ref) == blocked
 
 
 def test_other_jobs_snapshots_are_never_touched(xapi):
-    other = manage_job_snapshots(xapi, 'app', job_id_for('weekly'), 'weekly', take=True)['snapshot']['uuid']
+    other = manage_job_snapshots(xapi, 'app', Job('weekly'), take=True)['snapshot']['uuid']
     take(xapi)
     take(xapi)
     assert uuids(snapshots(xapi, job_id=job_id_for('weekly'))) == [other]
@@ -134,7 +135,7 @@ def test_migrations_are_blocked_while_backing_up_and_unblocked_after(xapi):
     assert taken['blocked_operations'] == ['pool_migrate'] and taken['kept_blocked_operations'] == {'migrate_send': 'maintenance'}
     blocked = xapi.call('VM.get_blocked_operations', vm_ref)
     assert blocked['pool_migrate'].startswith('xapi.delta_backup: backup job nightly is running')
-    done = manage_job_snapshots(xapi, 'app', JOB_ID, JOB, take=False)
+    done = manage_job_snapshots(xapi, 'app', Job(JOB), take=False)
     assert done['unblocked_operations'] == ['pool_migrate']
     assert xapi.call('VM.get_blocked_operations', vm_ref) == {'migrate_send': 'maintenance'}
 
