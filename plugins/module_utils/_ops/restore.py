@@ -528,7 +528,7 @@ def _do_restore(xapi, plan, result, created, sr_ref, vm_name, vifs, start, keep_
         # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
         xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(point))
         result['vm']['uuid'] = xapi.call('VM.get_uuid', created.vm_ref)
-    for item, entry in zip(plan['disks'], result['disks']):
+    for item, entry in zip(plan['disks'], result['disks'], strict=True):
         record = item['record']
         vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
             'name_label': entry['name_label'], 'name_description': record.get('name_description', ''), 'SR': sr_ref,

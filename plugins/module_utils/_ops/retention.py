@@ -84,7 +84,7 @@ def sha256_files(paths: list) -> dict:
     if len(paths) <= 1:
         return {path: one(path) for path in paths}
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
-        return dict(zip(paths, pool.map(one, paths)))
+        return dict(zip(paths, pool.map(one, paths), strict=True))
 
 
 def relative_to_vm(point_or_dir, path: str) -> str:
@@ -386,7 +386,7 @@ def _execute(repo, plan: dict, report: dict) -> None:
         fsync_directory(folder)
     # 6. merges, each followed by its metadata update
     report['merge_seconds'] = 0.0
-    for merge, entry in zip(plan['merges'], report['merged']):
+    for merge, entry in zip(plan['merges'], report['merged'], strict=True):
         began = time.monotonic()
         try:
             merge_chain(merge['parent'], merge['children'])

@@ -49,7 +49,7 @@ def _read(path):
 def test_chain_reads_and_streams_the_model(scenario):
     with tempfile.TemporaryDirectory() as directory:
         model = _build(directory, scenario)
-        for path, expected in zip(model.paths, model.points):
+        for path, expected in zip(model.paths, model.points, strict=True):
             assert _read(path) == expected
         with VhdChain.open(model.paths[-1]) as chain:
             stream = chain.export_stream()
