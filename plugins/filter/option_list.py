@@ -60,6 +60,11 @@ _value:
 _TEXT_ITEM = re.compile(r'[^,\n]+')
 
 
+def _builtin_type_name(value: Any) -> str:
+    """The Python type a user would recognise (int, dict), not Ansible's tagged subclass of it."""
+    return next(cls.__name__ for cls in type(value).__mro__ if cls.__module__ == 'builtins')
+
+
 def option_list(value: Any, name: str = 'the option') -> list[str]:
     """Return the option's items as trimmed, non-empty strings (see DOCUMENTATION)."""
     if value is None:
@@ -72,7 +77,7 @@ def option_list(value: Any, name: str = 'the option') -> list[str]:
             except yaml.YAMLError as exc:
                 raise AnsibleFilterError(
                     '%s: %r starts with "[" but is not a valid YAML list (%s); give a list such as ["a", "b"], '
-                    'or names separated by commas or new lines' % (name, value, exc)) from exc
+                    'or names separated by commas or new lines' % (name, value, getattr(exc, 'problem', None) or exc)) from None
         else:
             items = _TEXT_ITEM.findall(text)
     else:
@@ -80,7 +85,7 @@ def option_list(value: Any, name: str = 'the option') -> list[str]:
     if not isinstance(items, (list, tuple)):
         raise AnsibleFilterError(
             '%s: expected a list, or names separated by commas or new lines, not %s %r'
-            % (name, type(items).__name__, items))
+            % (name, _builtin_type_name(items), items))
     names = (str(item).strip() for item in items)
     return [item for item in names if item]
 

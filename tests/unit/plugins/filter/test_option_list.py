@@ -47,7 +47,7 @@ def test_repeats_are_kept_for_the_caller_to_drop():
 
 
 @pytest.mark.parametrize('value, match', [
-    ('[web01, db01', r'backup_vms: .*not a valid YAML list'),
+    ('[web01, db01', r'backup_vms: .*not a valid YAML list \(expected .*\); give a list such as'),
     (5, r'backup_vms: expected a list, or names separated by commas or new lines, not int 5'),
     ({'web01': 1}, r'backup_vms: expected a list.* not dict'),
 ])
