@@ -18,13 +18,16 @@ PIP_QUIET := { grep -v -e "is ignored: it is neither a file nor a directory" || 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-# What `make test` runs, in order. Each step fails loudly.
-TEST_STEPS := sanity units pytest pytest-xcp-ng-8.2 lint molecule
+# What `make test` runs, in order. Each step fails loudly. `coverage` reports what `units` measured.
+TEST_STEPS := ruff changelog-lint docs-lint sanity units pytest pytest-xcp-ng-8.2 lint molecule coverage
+# Where the coverage step writes its report; `make test` quotes the total from it.
+COVERAGE_REPORT := $(BUILD)/coverage-report.txt
 
-.PHONY: help venv sysdeps layout sanity units pytest pytest-xcp-ng-8.2 lint molecule test demo clean lock
+.PHONY: help venv sysdeps layout ruff changelog-lint docs-lint sanity units coverage pytest pytest-xcp-ng-8.2 lint molecule test demo clean lock
 
 help:
-	@echo "make test   - set up everything and run every test suite (sanity, units, pytest suites)"
+	@echo "make test   - set up everything and run every check and test suite (ruff, changelog and docs lint, sanity,"
+	@echo "              units with coverage, pytest suites, ansible-lint, molecule); fails if a process outlives them"
 	@echo "make demo   - set up everything and run a whole backup lifecycle on the bundled simulator"
 	@echo "make clean  - remove the virtualenv and the build tree"
 
@@ -46,7 +49,8 @@ $(VENV)/.installed: requirements/dev.lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q 'pip==24.2' 2>&1 | $(PIP_QUIET)
 	$(BIN)/pip install -q -r requirements/dev.lock.txt 2>&1 | $(PIP_QUIET)
-	$(BIN)/python -c "import ansible, XenAPI, pyvhdi, hypothesis, jmespath, yaml, xdist"
+	$(BIN)/python -c "import ansible, XenAPI, pyvhdi, hypothesis, jmespath, yaml, xdist, coverage"
+	$(BIN)/ruff --version >/dev/null
 	touch $@
 
 venv: $(VENV)/.installed
@@ -60,11 +64,29 @@ layout: venv
 	[ -d $(COLLECTION)/.git ] || git -C $(COLLECTION) init -q
 	HOME=$(TEST_HOME) $(BIN)/python tools/prepare_ansible_test.py --home $(TEST_HOME) --wheels $(BUILD)/wheels 2>&1 | $(PIP_QUIET)
 
+# Python style and likely bugs (settings in pyproject.toml), on the working tree.
+ruff: venv
+	$(BIN)/ruff check --no-cache plugins tests tools benchmarks demo
+
+changelog-lint: venv
+	$(BIN)/antsibull-changelog lint
+
+# The docs as the Ansible docsite would build them: plugin and role docs, their markup and references.
+docs-lint: layout
+	cd $(COLLECTION) && PATH=$(BIN):$$PATH ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) $(BIN)/antsibull-docs lint-collection-docs --plugin-docs .
+
 sanity: layout
 	cd $(COLLECTION) && HOME=$(TEST_HOME) $(BIN)/ansible-test sanity --color no --python 3.11 --requirements 2>&1 | $(PIP_QUIET)
 
+# The unit suites measure coverage; the `coverage` step reports it (stale data is erased first).
 units: layout
-	cd $(COLLECTION) && HOME=$(TEST_HOME) $(BIN)/ansible-test units --color no --python 3.11 --requirements --num-workers 2 2>&1 | $(PIP_QUIET)
+	rm -rf $(COLLECTION)/tests/output/coverage
+	cd $(COLLECTION) && HOME=$(TEST_HOME) $(BIN)/ansible-test units --color no --python 3.11 --requirements --num-workers 2 --coverage 2>&1 | $(PIP_QUIET)
+
+# Line and branch coverage of plugins/ by the unit suites, per file, then the total (tools/coverage_report.py
+# says why not `ansible-test coverage report`).
+coverage: layout
+	cd $(COLLECTION) && $(BIN)/python tools/coverage_report.py --combined $(BUILD)/units.coverage | tee $(COVERAGE_REPORT)
 
 # Suites that ansible-test does not drive (simulator, integration through ansible).
 PYTEST_SUITES := $(wildcard tests/simulator tests/integration)
@@ -89,9 +111,12 @@ lint: layout
 molecule: layout
 	cd $(COLLECTION) && PATH=$(BIN):$$PATH ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) $(BIN)/molecule test --all
 
+# The steps run under tools/run_without_leftovers.py: a process they started that is still running
+# when they end (a simulator, a playbook, a pytest worker) is listed, ended, and fails the run.
 test: sysdeps venv
-	$(MAKE) --no-print-directory --keep-going $(TEST_STEPS)
-	@echo "make test: every suite passed"
+	rm -f $(COVERAGE_REPORT)
+	$(BIN)/python tools/run_without_leftovers.py -- $(MAKE) --no-print-directory --keep-going $(TEST_STEPS)
+	@echo "make test: every suite passed, no process left running; $$(tail -n 1 $(COVERAGE_REPORT))"
 
 # A whole backup lifecycle through the real playbooks against the bundled simulator (demo/run_demo.py).
 # `make demo POOL=my-pool.yml XAPI_PROFILE=xcp-ng-8.2` runs it on another pool file and XAPI version.

@@ -154,7 +154,7 @@ def bulk(args, running, xapi, mods, repo_path) -> dict:
             if name.startswith('.'):
                 strays.append(path)
     points_ok = True
-    for number, vm_uuid in vm_uuids.items():
+    for vm_uuid in vm_uuids.values():
         points = repo.list_backups(vm_uuid)
         points_ok &= len(points) == min(args.keep, args.runs)
         leftovers = repo.cleanup_incomplete(vm_uuid, dry_run=True)

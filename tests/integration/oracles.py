@@ -23,7 +23,7 @@ def chain_sha256(chain_paths: list[str], length: int | None = None) -> tuple[str
             handle = pyvhdi.file()
             handle.open(path)
             handles.append(handle)
-        for child, parent in zip(handles, handles[1:]):
+        for child, parent in zip(handles, handles[1:], strict=False):
             child.set_parent(parent)
         newest = handles[0]
         size = newest.get_media_size() if length is None else length

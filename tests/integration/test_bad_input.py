@@ -66,7 +66,7 @@ def test_malformed_and_mistyped_variables_are_named(app):
         (('backup_info', {'repository': repo, 'verify': 'perhaps'}), 'verify'),
     ]
     results = run_play(app['ansible'], [(module, args, True) for (module, args), _text in cases])
-    for ((module, args), text), result in zip(cases, results):
+    for ((module, args), text), result in zip(cases, results, strict=True):
         msg = failed(result)
         assert text in msg, (module, args, msg)
         assert result.get('error_code') in ('invalid_option', 'invalid_input', 'vm_not_found', 'repository_error', 'restore_failed'), result

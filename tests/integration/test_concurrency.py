@@ -147,7 +147,7 @@ def test_twenty_vms_two_jobs_forks_five_share_one_repository(ansible, pool, tmp_
     # restores through the module, one per job, byte for byte
     restores = run_play(ansible, [('vm_restore', {'repository': str(repo), 'vm': 'vm07', 'job': job, 'name': 'vm07 ' + job}, False)
                                   for job in ('nightly', 'hourly')])
-    for result, job in zip(restores, ('nightly', 'hourly')):
+    for result, job in zip(restores, ('nightly', 'hourly'), strict=True):
         export, truth = truths[(7, job, 1)]
         by_live = {disk['vdi_uuid']: truth[disk['snapshot_vdi_uuid']] for disk in export['disks']}
         for disk in ok(result)['disks']:

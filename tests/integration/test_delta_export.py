@@ -29,7 +29,7 @@ def test_full_then_deltas_read_back_exactly(app):
         exports.append(delta)
         truths.append(ground_truth(app, delta))
     # Every point, old and new, still reads as its snapshot did (older snapshots are gone from the pool by now).
-    for export, truth in zip(exports, truths):
+    for export, truth in zip(exports, truths, strict=True):
         assert_point_matches_truth(app, app['repo'], export, truth)
     points = backup_points(app['repo'], full['vm']['uuid'])
     assert [point['_path'].rsplit('/', 1)[1] for point in points] == [export['timestamp'] + '.json' for export in exports]

@@ -90,14 +90,14 @@ def test_growth_keeps_deltas_and_every_point_restores_at_its_size(app):
     vm_dir = os.path.join(app['repo'], 'xo-vm-backups', grown['vm']['uuid'])
     # Before any merge: the point before the resize restores at the old size, the others at theirs.
     assert restore_and_hash(app, exports[1]['timestamp'], 'before-resize') == expected(exports[1], truths[1])
-    for export, truth in zip(exports, truths):
+    for export, truth in zip(exports, truths, strict=True):
         for disk in export['disks']:
             chain = chain_of(os.path.join(vm_dir, disk['path']))
             assert engine_sha256(chain) == (truth[disk['snapshot_vdi_uuid']], disk['virtual_size'])
 
     merged = app['ansible'].run_task('backup_merge', {'repository': app['repo'], 'job': 'nightly', 'keep': 2})
     assert merged['changed'] is True
-    for export, truth in zip(exports[2:], truths[2:]):
+    for export, truth in zip(exports[2:], truths[2:], strict=True):
         assert restore_and_hash(app, export['timestamp'], 'after-merge-' + export['timestamp']) == expected(export, truth)
         for disk in export['disks']:
             chain = chain_of(os.path.join(vm_dir, disk['path']))

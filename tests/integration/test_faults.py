@@ -205,7 +205,7 @@ def test_export_stream_faults(app, small_fs, cell):
     for offset in offsets:
         app['sim'].control.cut_export(offset)
     results = run_play(app['ansible'], [('vm_snapshot', JOB, False)] + [('delta_export', export_args(repo), True)] * 3)
-    for result, offset in zip(results[1:], offsets):
+    for result, offset in zip(results[1:], offsets, strict=True):
         assert 'export' in failed(result), (offset, result.get('msg'))
     settle(app, points, names, files=files)
     cell('export stream', 'stream cut', count=len(offsets))

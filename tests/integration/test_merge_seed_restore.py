@@ -221,7 +221,7 @@ def test_killed_merges_leave_every_kept_point_restorable(app):
 
 
 def test_seed_copy_then_the_next_backup_is_a_delta(app, tmp_path):
-    stamps = app.build(2)
+    app.build(2)
     far = tmp_path / 'far'
     far.mkdir()
     args = {'source': app.repository, 'destination': str(far), 'vms': ['app01'], 'job': 'nightly'}
@@ -302,7 +302,7 @@ def test_leftovers_of_killed_restores_are_removed_by_the_next(app):
     }
     session = xenapi(app.sim)
     try:
-        for result, marker in zip((first, second, third), markers.values()):
+        for result, marker in zip((first, second, third), markers.values(), strict=True):
             vm_ref = session.xenapi.VM.get_by_uuid(result['vm']['uuid'])
             session.xenapi.VM.add_to_other_config(vm_ref, IN_PROGRESS_KEY, json.dumps(marker))
         # a lone disk of a killed disk-only restore

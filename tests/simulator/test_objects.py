@@ -310,7 +310,7 @@ def test_event_from(xapi):
         raise AssertionError('no task completion event')
     assert h.xapi_failure(event_from, ['nosuchclass'], '', 0.1)[0] == 'EVENT_SUBSCRIPTION_PARSE_FAILURE'
     assert h.xapi_failure(event_from, ['vm'], 'garbage', 0.1)[0] == 'EVENT_FROM_TOKEN_PARSE_FAILURE'
-    assert getattr(api, 'event_from')(['vm'], '', 1.0)['events']
+    assert api.event_from(['vm'], '', 1.0)['events']
 
 
 def test_fault_injection_delay_and_fail(xapi, sim):

@@ -91,7 +91,7 @@ def sha256_files(paths: list) -> dict:
     if len(paths) <= 1:
         return {path: one(path) for path in paths}
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
-        return dict(zip(paths, pool.map(one, paths)))
+        return dict(zip(paths, pool.map(one, paths), strict=True))
 
 
 def relative_to_vm(point_or_dir, path: str) -> str:
@@ -496,4 +496,5 @@ def job_vms(repo, job: Job) -> list:
 
 __all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
            'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points',
-           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
+           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms',
+           'relative_to_vm']

@@ -323,7 +323,7 @@ class VhdFile(Disk):
         if self.is_fixed:
             return bytes(self.block_count)
         if self._bat is None:
-            self.bat  # pylint: disable=pointless-statement
+            self.bat  # pylint: disable=pointless-statement  # noqa: B018 (reading bat loads _unused_flags)
         return self._unused_flags
 
     def invalidate(self) -> None:

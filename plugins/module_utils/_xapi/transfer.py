@@ -44,7 +44,7 @@ class WriteBehind:
         self._discard = False
         self._queues = [queue.Queue() for _consumer in consumers]
         self._threads = [threading.Thread(target=self._drain, args=(consumer, pending), name='write-behind-%d' % number, daemon=True)
-                         for number, (consumer, pending) in enumerate(zip(consumers, self._queues))]
+                         for number, (consumer, pending) in enumerate(zip(consumers, self._queues, strict=True))]
         for thread in self._threads:
             thread.start()
 
@@ -83,7 +83,7 @@ class WriteBehind:
             raise self._error
 
     def _stop(self) -> None:
-        for pending, thread in zip(self._queues, self._threads):
+        for pending, thread in zip(self._queues, self._threads, strict=True):
             if thread.is_alive():
                 pending.put(None)
         for thread in self._threads:

@@ -78,7 +78,7 @@ def add_backup(repo: BackupRepository, timestamp: str, disks: dict, vm: str = VM
 
 def tree(root) -> list[str]:
     found = []
-    for folder, dummy, files in os.walk(str(root)):
+    for folder, _subfolders, files in os.walk(str(root)):
         found.extend(os.path.relpath(os.path.join(folder, name), str(root)) for name in files)
     return sorted(found)
 

@@ -61,7 +61,6 @@ def test_every_problem_is_reported(tmp_path):
     child, parent = model.paths[1], model.paths[0]
     with VhdFile(parent) as vhd:
         table = vhd.header.table_offset
-        second = vhd.bat[4]
         first_block = vhd.block_offset(0)
     # Parent: block 4 overlaps block 0, block 5 points past the end of the file, footer copies differ.
     _patch(parent, table + 4 * 4, struct.pack(">I", first_block // 512 + 1))

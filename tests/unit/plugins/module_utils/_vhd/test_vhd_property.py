@@ -34,7 +34,7 @@ def scenarios(draw):
 def test_chain_reads_and_streams_the_model(scenario):
     with tempfile.TemporaryDirectory() as directory:
         model = build_model(directory, scenario)
-        for path, expected in zip(model.paths, model.points):
+        for path, expected in zip(model.paths, model.points, strict=True):
             assert read_disk(path) == expected
         with VhdChain.open(model.paths[-1]) as chain:
             stream = stream_disk(chain)

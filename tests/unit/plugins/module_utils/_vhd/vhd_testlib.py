@@ -133,7 +133,7 @@ def libvhdi_read(paths, length=None):
         handle = pyvhdi.file()
         handle.open(path)
         handles.append(handle)
-    for child, parent in zip(handles, handles[1:]):
+    for child, parent in zip(handles, handles[1:], strict=False):
         child.set_parent(parent)
     # Read in aligned 64 KiB pieces: libvhdi 20260901 mis-reads single reads spanning a partial block.
     total = length or handles[0].get_media_size()
