@@ -17,7 +17,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (
     HAS_XENAPI, XENAPI_IMPORT_ERROR, XapiConnection, XapiError, connection_argument_spec, fail_json_with_xapi_error,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError
 
 

@@ -185,8 +185,8 @@ duration:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository, resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 
 

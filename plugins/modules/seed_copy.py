@@ -169,7 +169,7 @@ throughput_mib_s:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, parse_mode, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 
 

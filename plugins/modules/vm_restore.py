@@ -340,8 +340,9 @@ throughput_mib_s:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm, restore
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository, resolve_backup_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
 
 
 def restore_vm(module) -> dict:

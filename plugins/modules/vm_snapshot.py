@@ -276,7 +276,7 @@ unblocked_operations:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import existing_repositories, manage_job_snapshots
 
 

@@ -4,9 +4,8 @@
 
 """Retention of a job's backups of a VM: keep the newest points, fold the rest into the full ("continuous" merge).
 
-Also the integrity helpers that merge, seed copy and restore share: the sha256 recorded for each
-VHD in our metadata field, a chain check (structure + checksums) that names the bad file, and the
-detection of merges left unfinished by a crash.
+Also the detection of merges left unfinished by a crash (the checksum and chain checks it shares
+with seed copy and restore are in ``_repo.integrity``).
 
 Order of a retention run for one VM (under the VM's repository lock)::
 
@@ -27,147 +26,31 @@ whatever was left.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import hashlib
-import json
-import os
+import copy
+import posixpath
 import time
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
-    validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
+    IntegrityError, chain_structure_problems, recorded_checksums, sha256_file, verify_chain,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder, validate_uuid, vm_folder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
+    VhdChain, VhdError, VhdFile, check_file, merge_chain, resume_merge,
 )
-
-HASH_CHUNK = 4 * 1024 * 1024
-
-
-class IntegrityError(RepositoryError):
-    """A VHD that fails its structural or checksum check; ``problems`` lists every problem, each naming its file."""
-
-    def __init__(self, what: str, problems: list):
-        self.problems = list(problems)
-        self.files = sorted({problem.split(':', 1)[0] for problem in self.problems})
-        super().__init__('%s: %s' % (what, '; '.join(self.problems)))
 
 
 class UnfinishedMergeError(RepositoryError):
     """A merge left unfinished by a crash; backup_merge finishes it."""
 
 
-# -- checksums ---------------------------------------------------------------------------------
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, 'rb', buffering=0) as source:
-        while True:
-            count = source.readinto(buffer)
-            if not count:
-                return digest.hexdigest()
-            digest.update(view[:count])
-
-
-def sha256_files(paths: list) -> dict:
-    """sha256 of several files, hashed in parallel threads (hashlib releases the GIL): path to digest or OSError."""
-    def one(path):
-        try:
-            return sha256_file(path)
-        except OSError as error:
-            return error
-
-    if len(paths) <= 1:
-        return {path: one(path) for path in paths}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
-        return dict(zip(paths, pool.map(one, paths)))
-
-
-def relative_to_vm(point_or_dir, path: str) -> str:
-    """A VHD path as the metadata writes it: relative to the VM folder, with slashes."""
-    vm_dir = point_or_dir if isinstance(point_or_dir, str) else os.path.dirname(point_or_dir.metadata_path)
-    return os.path.relpath(path, vm_dir).replace(os.sep, '/')
-
-
-def recorded_checksums(points: list) -> dict:
-    """Relative VHD path to the sha256 our metadata recorded for it.
-
-    A point's own VHDs win over entries another point carries for them (a merge updates the owner).
-    """
-    own, inherited = {}, {}
-    for point in points:
-        section = point.metadata.get(OWN_FIELD) or {}
-        references = set(point.metadata['vhds'].values())
-        for relative, digest in (section.get('sha256') or {}).items():
-            if isinstance(digest, str):
-                (own if relative in references else inherited)[relative] = digest
-    inherited.update(own)
-    return inherited
-
-
-def verify_chain(chain: list, vm_dir: str, checksums: dict, what: str) -> dict:
-    """Check a newest-first chain: structure (every file and link) and the sha256 of each file that has one recorded.
-
-    Raises IntegrityError naming every bad file; returns ``{'verified': [...], 'unverified': [...]}``
-    (relative paths; unverified files have no recorded checksum, e.g. written by Xen Orchestra).
-    """
-    problems = [str(problem) for problem in check_chain(list(chain))]
-    verified, unverified = [], []
-    expected_of = {path: checksums.get(relative_to_vm(vm_dir, path)) for path in chain}
-    digests = sha256_files([path for path in chain if expected_of[path] is not None])
-    for path in chain:
-        relative = relative_to_vm(vm_dir, path)
-        expected = expected_of[path]
-        if expected is None:
-            unverified.append(relative)
-            continue
-        actual = digests[path]
-        if isinstance(actual, OSError):
-            problems.append('%s: cannot be read (%s)' % (path, actual.strerror or actual))
-            continue
-        if actual != expected:
-            problems.append('%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
-                            % (path, actual, expected))
-        else:
-            verified.append(relative)
-    if problems:
-        raise IntegrityError(what, problems)
-    return {'verified': verified, 'unverified': unverified}
-
-
 # -- repository walking ------------------------------------------------------------------------
 
 
-def job_points(repo, vm_uuid: str, job_id: str | None) -> list:
-    """The VM's complete backup points of the job (all jobs when ``job_id`` is None), oldest first."""
-    return [point for point in repo.list_backups(vm_uuid) if job_id is None or point.job_id == job_id]
-
-
-def disk_folders(repo, vm_uuid: str, job_id: str | None = None) -> list:
-    """``vdis/<job>/<vdi>`` folders of a VM (of one job when given)."""
-    base = os.path.join(repo.vm_dir(vm_uuid), VDIS_DIR)
-    folders = []
-    jobs = [job_id] if job_id else (sorted(os.listdir(base)) if os.path.isdir(base) else [])
-    for job in jobs:
-        job_dir = os.path.join(base, job)
-        if not UUID_PATTERN.match(job) or not os.path.isdir(job_dir):
-            continue
-        folders.extend(os.path.join(job_dir, vdi) for vdi in sorted(os.listdir(job_dir))
-                       if UUID_PATTERN.match(vdi) and os.path.isdir(os.path.join(job_dir, vdi)))
-    return folders
-
-
 def unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> list:
-    """State files of merges a crash left unfinished in the VM's disk folders."""
-    found = []
-    for folder in disk_folders(repo, vm_uuid, job_id):
-        found.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                     if name.startswith('.') and name.endswith(MERGE_STATE_SUFFIX))
-    return found
+    """State files (storage paths) of merges a crash left unfinished in the VM's disk folders."""
+    return [state for folder in repo.disk_folders(vm_uuid, job_id) for state in repo.merge_states(folder)]
 
 
 def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> dict:
@@ -179,27 +62,19 @@ def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> 
     states = unfinished_merges(repo, vm_uuid, job_id)
     for state in states:
         try:
-            resume_merge(state)
+            # storage: local path for the VHD engine until it takes a Storage
+            resume_merge(repo.local_path(state))
         except VhdError as error:
-            raise RepositoryError('cannot finish the interrupted merge %s: %s' % (state, error)) from error
-    return {'resumed': [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states],
-            'reconciled': reconcile_merged_points(repo, job_points(repo, vm_uuid, job_id))}
+            raise RepositoryError('cannot finish the interrupted merge %s: %s' % (repo.describe(state), error)) from error
+    return {'resumed': [relative_to_vm_folder(vm_uuid, state) for state in states],
+            'reconciled': reconcile_merged_points(repo, repo.list_backups(vm_uuid, job_id))}
 
 
 def refuse_unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> None:
     states = unfinished_merges(repo, vm_uuid, job_id)
     if states:
         raise UnfinishedMergeError('a merge in %s was interrupted (state file %s): run xapi.delta_backup.backup_merge on this VM '
-                                   'to finish it first' % (os.path.dirname(states[0]), ', '.join(os.path.basename(s) for s in states)))
-
-
-def rewrite_metadata(repo, point, metadata: dict) -> None:
-    """Replace a point's JSON atomically (same format as BackupRepository.write_metadata)."""
-    validate_metadata(metadata, point.metadata_path)
-    write_file_atomically(point.metadata_path, json.dumps(metadata, indent=1, sort_keys=True).encode('utf-8'),
-                          mode=repo.file_mode, overwrite=True)
-    repo.invalidate_xo_cache(point.vm_uuid)
-    point.metadata = metadata
+                                   'to finish it first' % (repo.describe(posixpath.dirname(states[0])), ', '.join(posixpath.basename(s) for s in states)))
 
 
 def _own_section(metadata: dict) -> dict:
@@ -221,45 +96,48 @@ def reconcile_merged_points(repo, points: list) -> list:
     """
     fixed = []
     for point in points:
-        metadata = json.loads(json.dumps(point.metadata))
+        metadata = copy.deepcopy(point.metadata)
         section = _own_section(metadata)
-        vm_dir = os.path.dirname(point.metadata_path)
         changed = False
         for disk in point.disks:
-            if not disk.differencing or not os.path.isfile(disk.path):
+            if not disk.differencing or not repo.is_file(disk.storage_path):
                 continue
+            # storage: local path for the VHD engine until it takes a Storage
+            local = repo.local_path(disk.storage_path)
             try:
-                if vhd_disk_type(disk.path) != VHD_TYPE_DYNAMIC:
-                    continue
-            except RepositoryError:
+                with VhdFile.open(local) as vhd:
+                    if not vhd.is_dynamic:
+                        continue
+            except (VhdError, OSError):
                 continue
-            problems = check_file(disk.path)
+            problems = check_file(local)
             if problems:
                 raise IntegrityError('backup %s of VM %s' % (point.timestamp, point.vm_uuid), [str(p) for p in problems])
-            section['sha256'][disk.relative_path] = sha256_file(disk.path)
+            section['sha256'][disk.relative_path] = sha256_file(repo.storage, disk.storage_path)
             metadata['isVhdDifferencing'][disk.vdi_ref] = False
             fixed.append(disk.relative_path)
             changed = True
         for relative in list(section['sha256']):
-            if not os.path.isfile(os.path.join(vm_dir, *relative.split('/'))):
+            if not repo.is_file(posixpath.join(vm_folder(point.vm_uuid), relative)):
                 del section['sha256'][relative]
                 changed = True
         if changed:
-            metadata['size'] = _point_size(point)
-            rewrite_metadata(repo, point, metadata)
+            metadata['size'] = _point_size(repo, point)
+            repo.rewrite_metadata(point, metadata)
     return fixed
 
 
-def _point_size(point) -> int:
-    return sum(os.path.getsize(disk.path) for disk in point.disks if os.path.isfile(disk.path))
+def _point_size(repo, point) -> int:
+    return sum(repo.file_size(disk.storage_path) or 0 for disk in point.disks)
 
 
 # -- planning ----------------------------------------------------------------------------------
 
 
-def _chain_blocks_bytes(children: list) -> int:
+def _chain_blocks_bytes(repo, children: list) -> int:
     """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
-    with VhdChain.from_paths(list(reversed(children)), verify=False, allow_missing_parent=True) as chain:
+    # storage: local path for the VHD engine until it takes a Storage
+    with VhdChain.from_paths([repo.local_path(path) for path in reversed(children)], verify=False, allow_missing_parent=True) as chain:
         return len(chain.allocated_blocks()) * chain.block_size
 
 
@@ -267,11 +145,10 @@ def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
     """What a retention run would do for one VM: kept and removed points, merges, orphan files."""
     if keep < 1:
         raise RepositoryError('keep must be at least 1 (the newest backup is always kept), got %s' % keep)
-    points = job_points(repo, vm_uuid, job_id)
+    points = repo.list_backups(vm_uuid, job_id)
     kept = points[-keep:]
     kept_names = {point.timestamp for point in kept}
     removed = [point for point in points if point.timestamp not in kept_names]
-    vm_dir = repo.vm_dir(vm_uuid)
     merges, needed = [], set()
     seen_folders = set()
     for point in kept:
@@ -286,7 +163,7 @@ def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
                                          [str(error.__cause__)]) from error
                 raise
             needed.update(chain)
-            folder = os.path.dirname(disk.path)
+            folder = posixpath.dirname(disk.storage_path)
             if folder in seen_folders:
                 continue
             seen_folders.add(folder)
@@ -295,22 +172,22 @@ def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> dict:
                 merge = {'point': point, 'disk': disk, 'chain': chain, 'parent': chain[-1], 'children': children,
                          'vdi_uuid': disk.vdi_uuid, 'result': children[-1]}
                 try:
-                    merge['bytes'] = _chain_blocks_bytes(children)
+                    merge['bytes'] = _chain_blocks_bytes(repo, children)
                 except (VhdError, OSError) as error:
-                    raise IntegrityError(_refusal(merge), [str(p) for p in check_chain(chain)] or [str(error)]) from error
+                    raise IntegrityError(_refusal(merge), chain_structure_problems(repo, chain) or [str(error)]) from error
                 merges.append(merge)
     orphans = []
-    for folder in disk_folders(repo, vm_uuid, job_id):
-        orphans.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                       if VHD_NAME_PATTERN.match(name) and os.path.join(folder, name) not in needed)
-    return {'points': points, 'kept': kept, 'removed': removed, 'merges': merges, 'orphans': orphans, 'vm_dir': vm_dir}
+    for folder in repo.disk_folders(vm_uuid, job_id):
+        orphans.extend(posixpath.join(folder, name) for name in repo.vhd_names_in(folder)
+                       if posixpath.join(folder, name) not in needed)
+    return {'points': points, 'kept': kept, 'removed': removed, 'merges': merges, 'orphans': orphans, 'vm_uuid': vm_uuid}
 
 
-def _merge_result(plan_merge: dict, vm_dir: str) -> dict:
+def _merge_result(plan_merge: dict, vm_uuid: str) -> dict:
     return {'vdi_uuid': plan_merge['vdi_uuid'], 'point': plan_merge['point'].timestamp,
-            'full': relative_to_vm(vm_dir, plan_merge['parent']),
-            'deltas': [relative_to_vm(vm_dir, path) for path in plan_merge['children']],
-            'result': relative_to_vm(vm_dir, plan_merge['result']), 'bytes': plan_merge['bytes']}
+            'full': relative_to_vm_folder(vm_uuid, plan_merge['parent']),
+            'deltas': [relative_to_vm_folder(vm_uuid, path) for path in plan_merge['children']],
+            'result': relative_to_vm_folder(vm_uuid, plan_merge['result']), 'bytes': plan_merge['bytes']}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -325,7 +202,7 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, lock_job)
     with lock:
         states = unfinished_merges(repo, vm_uuid, job_id)
-        report['resumed_merges'] = [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states]
+        report['resumed_merges'] = [relative_to_vm_folder(vm_uuid, state) for state in states]
         if not check_mode:
             report['reconciled'] = finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
         elif states:
@@ -334,18 +211,17 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
             report['duration'] = round(time.monotonic() - started, 3)
             return report
         plan = plan_retention(repo, vm_uuid, job_id, keep)
-        vm_dir = plan['vm_dir']
         report['kept_points'] = [point.timestamp for point in plan['kept']]
         report['removed_points'] = [point.timestamp for point in plan['removed']]
-        report['merged'] = [_merge_result(merge, vm_dir) for merge in plan['merges']]
+        report['merged'] = [_merge_result(merge, vm_uuid) for merge in plan['merges']]
         report['bytes_merged'] = sum(merge['bytes'] for merge in plan['merges'])
-        report['removed_files'] = [relative_to_vm(vm_dir, path) for path in plan['orphans']]
+        report['removed_files'] = [relative_to_vm_folder(vm_uuid, path) for path in plan['orphans']]
         report['changed'] = bool(report['removed_points'] or report['merged'] or report['removed_files']
                                  or report['resumed_merges'] or report['reconciled'])
         if check_mode:
             checksums = recorded_checksums(plan['points'])
             for merge in plan['merges']:
-                verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
+                verify_chain(repo, vm_uuid, merge['chain'], checksums, _refusal(merge))
             report['duration'] = round(time.monotonic() - started, 3)
             return report
         _execute(repo, plan, report)
@@ -358,40 +234,38 @@ def _refusal(merge: dict) -> str:
 
 
 def _execute(repo, plan: dict, report: dict) -> None:
-    vm_dir = plan['vm_dir']
+    vm_uuid = plan['vm_uuid']
     checksums = recorded_checksums(plan['points'])
     began = time.monotonic()
     for merge in plan['merges']:
-        verify_chain(merge['chain'], vm_dir, checksums, _refusal(merge))
+        verify_chain(repo, vm_uuid, merge['chain'], checksums, _refusal(merge))
     report['verify_seconds'] = round(time.monotonic() - began, 3)
     # 4. the oldest kept point inherits the checksums of the older files of its chains
     for point in {id(merge['point']): merge['point'] for merge in plan['merges']}.values():
-        metadata = json.loads(json.dumps(point.metadata))
+        metadata = copy.deepcopy(point.metadata)
         section = _own_section(metadata)
         for merge in plan['merges']:
             if merge['point'] is point:
                 for path in merge['chain']:
-                    relative = relative_to_vm(vm_dir, path)
+                    relative = relative_to_vm_folder(vm_uuid, path)
                     if relative in checksums:
                         section['sha256'][relative] = checksums[relative]
         if metadata != point.metadata:
-            rewrite_metadata(repo, point, metadata)
+            repo.rewrite_metadata(point, metadata)
     # 5. retired points: metadata first (newest first), then the files no kept chain reads
     for point in reversed(plan['removed']):
         repo.remove_metadata(point.vm_uuid, point.timestamp)
-    for path in plan['orphans']:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    for folder in sorted({os.path.dirname(path) for path in plan['orphans']}):
-        fsync_directory(folder)
+    repo.remove_files(plan['orphans'])
     # 6. merges, each followed by its metadata update
     report['merge_seconds'] = 0.0
     for merge, entry in zip(plan['merges'], report['merged']):
         began = time.monotonic()
         try:
-            merge_chain(merge['parent'], merge['children'])
+            # storage: local path for the VHD engine until it takes a Storage
+            merge_chain(repo.local_path(merge['parent']), [repo.local_path(path) for path in merge['children']])
         except VhdError as error:
-            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge['children']), merge['parent'], error)) from error
+            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(repo.describe(path) for path in merge['children']),
+                                                                      repo.describe(merge['parent']), error)) from error
         entry['seconds'] = round(time.monotonic() - began, 3)
         report['merge_seconds'] += entry['seconds']
         reconcile_merged_points(repo, [merge['point']])
@@ -410,9 +284,8 @@ def retention_for_vms(repo, vm_uuids: list, job_id: str, keep: int, check_mode: 
 
 def job_vms(repo, job_id: str) -> list:
     """VMs of the repository with at least one backup point of the job."""
-    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job_id)]
+    return [vm_uuid for vm_uuid in repo.list_vms() if repo.list_backups(vm_uuid, job_id)]
 
 
-__all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
-           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points', 'plan_retention',
-           'apply_retention', 'retention_for_vms', 'job_vms', 'relative_to_vm']
+__all__ = ['UnfinishedMergeError', 'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'reconcile_merged_points',
+           'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms']

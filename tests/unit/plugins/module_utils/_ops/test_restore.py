@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import IntegrityError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import JOB, VM, RepoBuilder
 
 
@@ -56,7 +58,7 @@ def test_damaged_chain_is_refused_naming_the_file(history):
 
 
 def test_backed_up_vm_by_name(history):
-    assert restore.resolve_backup_vm(history.repo, 'vm1') == VM
-    assert restore.resolve_backup_vm(history.repo, VM.upper()) == VM
-    with pytest.raises(restore.RestoreError, match='no backed-up VM'):
-        restore.resolve_backup_vm(history.repo, 'other')
+    assert resolve_backup_vm(history.repo, 'vm1') == VM
+    assert resolve_backup_vm(history.repo, VM.upper()) == VM
+    with pytest.raises(RepositoryError, match='no backed-up VM'):
+        resolve_backup_vm(history.repo, 'other')

@@ -22,9 +22,10 @@ import uuid
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    build_metadata, job_id_for, open_repository, vhd_relative_path,
-)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for, vhd_relative_path
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdStream,
 )
@@ -108,7 +109,7 @@ class RepoBuilder:
 
 def chain_sha(repo, point, disk) -> str:
     digest = hashlib.sha256()
-    with VhdChain.from_paths(repo.vhd_chain(point, disk)) as chain:
+    with VhdChain.from_paths([repo.local_path(path) for path in repo.vhd_chain(point, disk)]) as chain:
         for index in range(chain.block_count):
             data = chain.read_block(index)
             digest.update(bytes(data) if data is not None else bytes(chain.block_size))
@@ -119,12 +120,12 @@ def assert_points_restorable(builder: RepoBuilder, timestamps: list) -> None:
     repo = builder.repo
     points = {p.timestamp: p for p in repo.list_backups(builder.vm)}
     assert sorted(points) == sorted(timestamps)
-    checksums = retention.recorded_checksums(list(points.values()))
+    checksums = integrity.recorded_checksums(list(points.values()))
     for timestamp in timestamps:
         point = points[timestamp]
         for disk in point.disks:
             chain = repo.vhd_chain(point, disk)
-            checked = retention.verify_chain(chain, os.path.dirname(point.metadata_path), checksums, 'test')
+            checked = integrity.verify_chain(repo, point.vm_uuid, chain, checksums, 'test')
             assert not checked['unverified']
             assert chain_sha(repo, point, disk) == builder.expected_disk(timestamp, builder.live.index(disk.vdi_uuid))
 
@@ -157,7 +158,7 @@ def test_retention_merges_into_the_full_and_keeps_points_exact(history):
     oldest = history.repo.get_backup(VM, stamps[3])
     assert not any(oldest.metadata['isVhdDifferencing'].values())
     assert oldest.metadata['size'] == sum(os.path.getsize(d.path) for d in oldest.disks)
-    for folder in retention.disk_folders(history.repo, VM, JOB):
+    for folder in map(history.repo.local_path, history.repo.disk_folders(VM, JOB)):
         assert sorted(os.listdir(folder)) == ['%s.vhd' % s for s in stamps[3:]]
     assert_points_restorable(history, stamps[3:])
     again = retention.apply_retention(history.repo, VM, JOB, 3)
@@ -176,13 +177,13 @@ def test_corrupted_or_truncated_file_is_refused_naming_it(history):
         byte = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(retention.IntegrityError) as caught:
+    with pytest.raises(integrity.IntegrityError) as caught:
         retention.apply_retention(history.repo, VM, JOB, 2)
     assert victim in str(caught.value) and 'sha256' in str(caught.value)
     assert len(history.repo.list_backups(VM)) == 6
     with open(victim, 'r+b') as handle:
         handle.truncate(os.path.getsize(victim) - 4096)
-    with pytest.raises(retention.IntegrityError) as caught:
+    with pytest.raises(integrity.IntegrityError) as caught:
         retention.apply_retention(history.repo, VM, JOB, 2)
     assert victim in str(caught.value)
 
@@ -249,7 +250,7 @@ def test_lock_is_taken(history):
 
 
 def test_unfinished_merge_blocks_readers(history, tmp_path):
-    folder = retention.disk_folders(history.repo, VM, JOB)[0]
+    folder = history.repo.local_path(history.repo.disk_folders(VM, JOB)[0])
     state = os.path.join(folder, '.20260101T010000Z.vhd.merge.json')
     with open(state, 'w', encoding='utf-8') as handle:
         json.dump({'parent': '20260101T010000Z.vhd', 'children': []}, handle)

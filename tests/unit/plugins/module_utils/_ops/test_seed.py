@@ -12,7 +12,8 @@ import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import seed
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError, apply_retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import apply_retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import IntegrityError
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import (
     JOB, VM, RepoBuilder, assert_points_restorable,
 )
