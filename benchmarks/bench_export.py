@@ -48,7 +48,7 @@ CHILD = r'''
 import json, sys, time
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
 step, url, ca, repository, job, snapshot_uuid = sys.argv[1:7]
 with XapiConnection(url, 'root', 'secret', ca_path=ca or None, validate_certs=bool(ca)) as xapi:

@@ -250,7 +250,7 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         # restore of the two-file chain vs a plain upload of the same stream
         stream_path = os.path.join(workdir, 'stream.vhd')
         point = repo.list_backups(vm_uuid)[-1]
-        with mods.VhdChain.from_paths(repo.vhd_chain(point, point.disks[0])) as chain, open(stream_path, 'wb') as sink:
+        with mods.VhdChain.from_paths([repo.local_path(path) for path in repo.vhd_chain(point, point.disks[0])]) as chain, open(stream_path, 'wb') as sink:
             for chunk in chain.export_stream():
                 sink.write(chunk)
         sr = api.SR.get_by_name_label('Local storage')[0]
@@ -332,10 +332,12 @@ class Modules:
 
     def __init__(self):
         # pylint: disable=import-error,import-outside-toplevel
-        from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, repository, restore, retention, snapshot, vhd
+        from ansible_collections.xapi.delta_backup.plugins.module_utils import _vhd as vhd
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, restore, retention, snapshot
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import layout, store
         self.export_vm = export.export_vm
-        self.open_repository = repository.open_repository
-        self.job_id_for = repository.job_id_for
+        self.open_repository = store.open_repository
+        self.job_id_for = layout.job_id_for
         self.apply_retention = retention.apply_retention
         self.manage_job_snapshots = snapshot.manage_job_snapshots
         self.restore = restore.restore
