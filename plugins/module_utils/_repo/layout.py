@@ -136,4 +136,7 @@ def lock_folder(vm_uuid: str) -> str:
 
 def relative_to_vm_folder(vm_uuid: str, path: str) -> str:
     """A storage path under the VM folder as the metadata writes it (``vdis/...``)."""
-    return posixpath.relpath(path, vm_folder(vm_uuid))
+    prefix = vm_folder(vm_uuid) + '/'
+    if not path.startswith(prefix):
+        raise RepositoryError('%s is not in the folder of VM %s' % (path, vm_uuid))
+    return path[len(prefix):]

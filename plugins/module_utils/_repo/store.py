@@ -94,8 +94,6 @@ class BackupRepository:
         self.storage = storage
         self.root = storage.describe()
         self.backup_dir = storage.describe(BACKUP_DIR)
-        self.file_mode = getattr(storage, 'file_mode', DEFAULT_FILE_MODE)
-        self.dir_mode = getattr(storage, 'dir_mode', DEFAULT_DIR_MODE)
         # Listings of each VM, read once and dropped on every change this object makes and when the
         # VM's lock is taken (another run may have written before that).
         self._listings: dict[str, list[BackupPoint]] = {}
