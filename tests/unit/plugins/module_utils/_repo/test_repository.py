@@ -611,3 +611,17 @@ def test_only_one_of_many_concurrent_runs_gets_the_lock(repo):
     assert len(held) == 1 and len(outcomes) == 8
     held[0].release()
     assert not os.path.exists(held[0].path)
+
+
+def test_listing_is_read_again_when_the_lock_is_taken(repo):
+    # The listing is cached; a run that read it before taking the lock must not clean up with it,
+    # or the VHDs of a point another run wrote meanwhile would look unreferenced.
+    add_backup(repo, T1, {VDI_A: FULL})
+    assert [point.timestamp for point in repo.list_backups(VM)] == [T1]
+    other_run = open_repository(repo.root)
+    add_backup(other_run, T2, {VDI_A: DELTA})
+    assert [point.timestamp for point in repo.list_backups(VM)] == [T1]  # cached until the lock
+    with repo.lock(VM, 'nightly'):
+        assert [point.timestamp for point in repo.list_backups(VM)] == [T1, T2]
+        assert repo.cleanup_incomplete(VM) == {'temporary_files': [], 'unreferenced_vhds': []}
+    assert os.path.isfile(repo.vhd_path(VM, JOB, VDI_A, T2))
