@@ -288,6 +288,7 @@ class BackupRepository:
         read it into the disk).
         """
         folder = posixpath.dirname(disk.storage_path)
+        # storage: local path for the VHD engine until it takes a Storage (the parent names it resolves are local paths)
         local_folder = posixpath.normpath(self.local_path(folder))
         names = set(self.disk_files(point.vm_uuid, disk.job_id, disk.vdi_uuid))
         name = posixpath.basename(disk.storage_path)
@@ -298,6 +299,7 @@ class BackupRepository:
             path = posixpath.join(folder, name)
             chain.append(path)
             try:
+                # storage: local path for the VHD engine until it takes a Storage
                 with VhdFile(self.local_path(path)) as vhd:
                     if not vhd.is_differencing:
                         return chain
