@@ -52,8 +52,11 @@ VM_RECORD = {'uuid': VM, 'name_label': 'bench', 'memory_static_max': str(GIB), '
 def _repository(directory, size_gib, base_gib, changed_gib):
     """A repository holding two backups of one disk: the full and a delta, with our checksums."""
     # pylint: disable=import-error,import-outside-toplevel
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import build_metadata, job_id_for, open_repository
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import relative_to_vm, sha256_file
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import sha256_file
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import split_local_path
 
     os.makedirs(directory)
     repo = open_repository(directory, create=True)
@@ -64,13 +67,13 @@ def _repository(directory, size_gib, base_gib, changed_gib):
     size = int(size_gib * GIB)
     for number, path in enumerate((built['full'], built['delta'])):
         ref = 'OpaqueRef:bench-vdi-%d' % number
-        relative = relative_to_vm(repo.vm_dir(VM), path)
+        relative = os.path.relpath(path, repo.vm_dir(VM))
         vdi = {'uuid': str(uuid.uuid4()), 'name_label': 'bench disk', 'name_description': '', 'virtual_size': str(size),
                '$snapshot_of$uuid': LIVE}
         vbd = {'VDI': ref, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk'}
         metadata = build_metadata(job, SCHEDULE, 1767225600000 + number * 86400000, VM_RECORD, {'uuid': str(uuid.uuid4())},
                                   {'OpaqueRef:bench-vbd': vbd}, {}, {ref: vdi}, {ref: relative}, {ref: number == 1},
-                                  size=os.path.getsize(path), sha256={relative: sha256_file(path)}, virtual_sizes={ref: size})
+                                  size=os.path.getsize(path), sha256={relative: sha256_file(*split_local_path(path))}, virtual_sizes={ref: size})
         repo.write_metadata(VM, os.path.basename(path)[:-4], metadata)
     return repo, job, built
 

@@ -162,7 +162,7 @@ def bulk(args, running, xapi, mods, repo_path) -> dict:
         needed = set()
         for point in points:
             for disk in point.disks:
-                needed.update(repo.vhd_chain(point, disk))
+                needed.update(repo.local_path(path) for path in repo.vhd_chain(point, disk))
         for folder, _dirs, files in os.walk(repo.vm_dir(vm_uuid)):
             strays.extend(os.path.join(folder, name) for name in files if name.endswith('.vhd') and os.path.join(folder, name) not in needed)
     return {'wall': wall, 'steps': timer.seconds, 'must_hold': must_hold, 'on_disk': on_disk, 'apparent': apparent,
@@ -250,7 +250,8 @@ def throughput(args, running, xapi, mods, workdir) -> dict:
         # restore of the two-file chain vs a plain upload of the same stream
         stream_path = os.path.join(workdir, 'stream.vhd')
         point = repo.list_backups(vm_uuid)[-1]
-        with mods.VhdChain.from_paths(repo.vhd_chain(point, point.disks[0])) as chain, open(stream_path, 'wb') as sink:
+        with mods.VhdChain.from_paths([repo.local_path(path) for path in repo.vhd_chain(point, point.disks[0])]) as chain, \
+                open(stream_path, 'wb') as sink:
             for chunk in mods.stream_disk(chain):
                 sink.write(chunk)
         sr = api.SR.get_by_name_label('Local storage')[0]
@@ -334,9 +335,9 @@ class Modules:
         # pylint: disable=import-error,import-outside-toplevel
         from ansible_collections.xapi.delta_backup.plugins.module_utils import _vhd as vhd
         from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import export, job, restore, retention, snapshot
-        from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import store as repository
+        from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import store
         self.export_vm = export.export_vm
-        self.open_repository = repository.open_repository
+        self.open_repository = store.open_repository
         self.Job = job.Job  # pylint: disable=invalid-name
         self.apply_retention = retention.apply_retention
         self.manage_job_snapshots = snapshot.manage_job_snapshots

@@ -193,9 +193,8 @@ error_code:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository, resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import job_vms, retention_for_vms
 
 

@@ -364,9 +364,9 @@ xapi_error:
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.repositories import open_repository, resolve_backup_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm, restore
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
 
 
 def restore_vm(module) -> dict:

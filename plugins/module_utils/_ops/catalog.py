@@ -11,25 +11,16 @@ the VHD engine, and lists every problem found, each naming its file.
 
 from __future__ import annotations
 
-import os
-
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    OWN_FIELD, BackupRepository, RepositoryError, job_id_for,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
+    chain_structure_problems, checksum_problems, recorded_checksums,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import recorded_checksums, sha256_file
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
-
-
-def _file_size(path: str) -> int | None:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, job_id_for, relative_to_vm_folder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository
 
 
 def describe_point(repository: BackupRepository, point, problems: list[str], chains: dict) -> dict:
     """One backup point with its disks and their chains (newest file first)."""
-    vm_dir = repository.vm_dir(point.vm_uuid)
     disks = []
     for disk in point.disks:
         vdi = point.metadata['vdis'].get(disk.vdi_ref) or {}
@@ -45,9 +36,9 @@ def describe_point(repository: BackupRepository, point, problems: list[str], cha
             'path': disk.relative_path,
             'differencing': disk.differencing,
             'virtual_size': disk.virtual_size,
-            'file_size': _file_size(disk.path),
+            'file_size': repository.file_size(disk.storage_path),
             'sha256': disk.sha256,
-            'chain': [os.path.relpath(path, vm_dir).replace(os.sep, '/') for path in chain],
+            'chain': [relative_to_vm_folder(point.vm_uuid, path) for path in chain],
         })
     own = point.metadata.get(OWN_FIELD) or {}
     return {
@@ -63,29 +54,14 @@ def describe_point(repository: BackupRepository, point, problems: list[str], cha
 
 def verify_vm(repository: BackupRepository, vm_uuid: str, points: list, chains: dict) -> tuple[list[str], int]:
     """Every problem of the VM's backups, and the number of files hashed."""
-    problems: list[str] = []
-    vm_dir = repository.vm_dir(vm_uuid)
-    expected = recorded_checksums(points)
     files = sorted({path for chain in chains.values() for path in chain})
-    for path in files:
-        relative = os.path.relpath(path, vm_dir).replace(os.sep, '/')
-        digest = expected.get(relative)
-        if digest is None:
-            continue
-        try:
-            actual = sha256_file(path)
-        except OSError as error:
-            problems.append('%s: cannot be read (%s)' % (path, error.strerror or error))
-            continue
-        if actual != digest:
-            problems.append('%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
-                            % (path, actual, digest))
+    problems, _verified, _unverified = checksum_problems(repository, vm_uuid, files, recorded_checksums(points))
     seen = set()
     for chain in chains.values():
         if not chain or tuple(chain) in seen:
             continue
         seen.add(tuple(chain))
-        problems.extend(str(problem) for problem in check_chain(list(chain)))
+        problems.extend(chain_structure_problems(repository, list(chain)))
     return sorted(set(problems)), len(files)
 
 
@@ -97,7 +73,7 @@ def describe_repository(repository: BackupRepository, vm: str | None = None, job
     for vm_uuid in vm_uuids:
         problems: list[str] = []
         try:
-            points = [point for point in repository.list_backups(vm_uuid) if job_id is None or point.job_id == job_id]
+            points = repository.list_backups(vm_uuid, job_id)
         except RepositoryError as error:
             result['problems'].append(str(error))
             continue

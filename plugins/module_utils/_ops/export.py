@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
+import posixpath
 import re
 import time
 import uuid
@@ -33,9 +33,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ExportNotVhdError, TransferCutError, TransferTooLongError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    BackupRepository, RepositoryError, build_metadata, format_timestamp, open_repository,
-)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, format_timestamp, relative_to_vm_folder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository, open_or_initialize, repository_location
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     BackupSnapshot, SnapshotDisk, adopt_completed_snapshot, job_snapshots, mark_exported, mark_exporting, next_snapshot_time,
     reference_snapshot,
@@ -164,20 +164,6 @@ class ExportedDisk:
                 'duration': round(self.seconds, 3), 'throughput_mib_s': round(self.size / MIB / self.seconds, 1)}
 
 
-def open_or_initialize(path: str, file_mode: int, dir_mode: int, check_mode: bool = False) -> BackupRepository:
-    """Open a repository; an existing EMPTY directory becomes a new one (not in check mode).
-
-    A directory holding anything else but no repository is refused: it is probably the wrong
-    path or an unmounted mount point, and writing there would scatter backups.
-    """
-    if os.path.isdir(path) and not os.listdir(path) and not check_mode:
-        return open_repository(path, create=True, file_mode=file_mode, dir_mode=dir_mode)
-    if os.path.isdir(path) and not os.listdir(path):
-        # Check mode: it would be initialised; nothing to read in it meanwhile.
-        return None
-    return open_repository(path, file_mode=file_mode, dir_mode=dir_mode)
-
-
 def predicted_snapshot(xapi, vm_record: dict, snapshots: list[BackupSnapshot]) -> BackupSnapshot:
     """The snapshot vm_snapshot would take now, for check mode (where it took none): the VM's own disks."""
     disks = [SnapshotDisk(vdi_ref=vdi_ref, vdi_uuid=None, live_vdi_ref=vdi_ref, live_vdi_uuid=vdi['uuid'],
@@ -204,7 +190,7 @@ def choose_snapshot(snapshots: list[BackupSnapshot], snapshot_uuid: str | None, 
 
 
 def _newest_job_point(repository: BackupRepository, vm_uuid: str, job_id: str):
-    points = [point for point in repository.list_backups(vm_uuid) if point.job_id == job_id]
+    points = repository.list_backups(vm_uuid, job_id)
     return points[-1] if points else None
 
 
@@ -217,7 +203,8 @@ def _repository_tip(repository: BackupRepository, vm_uuid: str, job_id: str, liv
     if disk is None:
         return None, 'the newest backup (%s) in %s has no copy of this disk' % (point.timestamp, repository.root)
     try:
-        chain = VhdChain.from_paths(repository.vhd_chain(point, disk))
+        # storage: local path for the VHD engine until it takes a Storage
+        chain = VhdChain.from_paths([repository.local_path(path) for path in repository.vhd_chain(point, disk)])
     except (VhdError, RepositoryError, OSError) as error:
         return None, 'the chain of the newest backup (%s) in %s does not open: %s' % (point.timestamp, repository.root, error)
     try:
@@ -227,7 +214,7 @@ def _repository_tip(repository: BackupRepository, vm_uuid: str, job_id: str, liv
     if tip_id != base_vdi_uuid:
         return None, ('the newest backup (%s) in %s is not of the reference snapshot (its disk is %s, the reference is %s)'
                       % (point.timestamp, repository.root, tip_id, base_vdi_uuid))
-    return os.path.basename(disk.path), ''
+    return posixpath.basename(disk.storage_path), ''
 
 
 def base_unusable(xapi, base_disk: SnapshotDisk) -> str | None:
@@ -364,7 +351,7 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis)}
 
 
-def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], written: list[str],
+def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], written: list,
                  timeout: float | None) -> ExportedDisk:
     """Stream one disk from XAPI into every repository."""
     disk = disk_plan.disk
@@ -388,9 +375,9 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):
             raise TransferTooLongError('export of %s sent data after the end of its VHD' % disk.vdi_uuid)
-    written.extend(writer.path for writer in writers)
+    written.extend((repository, writer.path) for repository, writer in zip(repositories, writers, strict=True))
     elapsed = max(time.monotonic() - started, 1e-6)
-    relative = writers[0].path[len(repositories[0].vm_dir(plan.vm_record['uuid'])) + 1:].replace(os.sep, '/')
+    relative = relative_to_vm_folder(plan.vm_record['uuid'], writers[0].path)
     return ExportedDisk(disk_plan=disk_plan, path=relative, size=result.length, blocks=result.blocks, sha256=writers[0].sha256, seconds=elapsed)
 
 
@@ -398,7 +385,7 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], tim
     """Carry out the plan: disks, then metadata in each repository, then mark the snapshot exported."""
     vm_uuid = plan.vm_record['uuid']
     started = time.monotonic()
-    written: list[str] = []
+    written: list = []  # (repository, storage path) of every file this run published
     with contextlib.ExitStack() as locks:
         for repository in sorted(repositories, key=lambda repo: repo.root):
             locks.enter_context(repository.lock(vm_uuid, plan.job.name))
@@ -417,8 +404,7 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], tim
                     size=sum(disk.size for disk in disks), sha256={disk.path: disk.sha256 for disk in disks},
                     virtual_sizes={disk.disk_plan.disk.vdi_ref: disk.disk_plan.disk.virtual_size for disk in disks},
                     extra={'xapi_delta_backup_job': plan.job.name})
-                metadata_path = repository.write_metadata(vm_uuid, plan.timestamp, metadata)
-                written.append(metadata_path)
+                written.append((repository, repository.write_metadata(vm_uuid, plan.timestamp, metadata)))
         except BaseException:
             _remove_quietly(written)
             with contextlib.suppress(XapiError):
@@ -431,11 +417,11 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], tim
             'disks': [disk.as_result() for disk in disks], 'cleaned_up': cleaned}
 
 
-def _remove_quietly(paths: list[str]) -> None:
+def _remove_quietly(written: list) -> None:
     """Undo a failed run's files: metadata first (so nothing points at a missing VHD), then VHDs."""
-    for path in sorted(paths, key=lambda item: not item.endswith('.json')):
+    for repository, path in sorted(written, key=lambda item: not item[1].endswith('.json')):
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            repository.storage.remove_if_present(path)
 
 
 def describe_plan(plan: ExportPlan) -> dict:
@@ -466,12 +452,13 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: Job, snapshot_uui
     """The delta_export module's work: plan, then (unless check mode) export; return the module result."""
     if not repository_paths:
         raise RepositoryError('no repository given: set repositories to one or more backup repository paths')
-    if len(set(os.path.abspath(path) for path in repository_paths)) != len(repository_paths):
+    locations = [repository_location(path) for path in repository_paths]
+    if len(set(locations)) != len(repository_paths):
         raise RepositoryError('the same repository is listed twice in repositories')
-    repositories = [open_or_initialize(path, file_mode, dir_mode, check_mode) for path in repository_paths]
+    repositories = [open_or_initialize(path, check_mode=check_mode, file_mode=file_mode, dir_mode=dir_mode) for path in repository_paths]
     plan = plan_export(xapi, repositories, vm, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode,
                        delta_only=delta_only)
-    result = dict(describe_plan(plan), changed=True, repositories=[os.path.abspath(path) for path in repository_paths], delta_fallback=None)
+    result = dict(describe_plan(plan), changed=True, repositories=locations, delta_fallback=None)
     if check_mode:
         result.update(bytes_transferred=0, duration=0.0, throughput_mib_s=0.0,
                       disks=[{'vdi_uuid': disk_plan.disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk_plan.disk.vdi_uuid,

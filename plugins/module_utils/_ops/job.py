@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,11 @@ excluded: it is never snapshotted nor exported.
 
 from __future__ import annotations
 
-import re
-
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import UUID_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import VmAmbiguousError, VmNotBackupCandidateError, VmNotFoundError
 
 NOBAK_MARKER = '[NOBAK]'
-UUID_PATTERN = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
 
 
 def is_uuid(value: str) -> bool:

@@ -28,13 +28,13 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    TIMESTAMP_PATTERN, RepositoryError, lock_is_stale, validate_uuid,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import recorded_checksums, verify_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
+    TIMESTAMP_PATTERN, RepositoryError, parse_timestamp, validate_uuid,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import lock_is_stale
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
-    finish_interrupted_merges, job_points, recorded_checksums, refuse_unfinished_merges, verify_chain,
-)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
@@ -94,7 +94,10 @@ def select_point(points: list, selector) -> object:
 
 def _parse_moment(text: str) -> datetime.datetime:
     if TIMESTAMP_PATTERN.match(text):
-        return datetime.datetime.strptime(text, '%Y%m%dT%H%M%SZ').replace(tzinfo=datetime.timezone.utc)
+        try:
+            return parse_timestamp(text)
+        except RepositoryError as error:
+            raise RestoreError(str(error)) from None
     try:
         moment = datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
     except ValueError:
@@ -526,7 +529,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
     validate_uuid(vm_uuid, 'VM uuid')
     finished = finish_interrupted_merges(repo, vm_uuid)['resumed'] if finish_merges else []
     refuse_unfinished_merges(repo, vm_uuid)
-    points = job_points(repo, vm_uuid, job_id)
+    points = repo.list_backups(vm_uuid, job_id)
     if not points:
         raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
     point = select_point(points, point_selector)
@@ -538,9 +541,11 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
             chain = repo.vhd_chain(point, item)
         except RepositoryError as error:
             raise RestoreError('%s: %s' % (what, error)) from error
-        checked = verify_chain(chain, repo.vm_dir(vm_uuid), checksums, what)
+        checked = verify_chain(repo, vm_uuid, chain, checksums, what)
         verified.extend(checked['verified'])
         unverified.extend(checked['unverified'])
+        # storage: local path for the VHD engine until it takes a Storage
+        chain = [repo.local_path(path) for path in chain]
         with VhdChain.from_paths(chain) as opened:
             length = stream_disk(opened).length
             chain_size = opened.size
@@ -739,32 +744,7 @@ def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check
     return result
 
 
-def resolve_backup_vm(repo, vm: str) -> str:
-    """The uuid of a backed-up VM given its uuid or its name at its newest backup (the VM itself may be gone)."""
-    vm = str(vm or '').strip()
-    if not vm:
-        raise RestoreError('no VM given: set vm to the uuid or name of the backed-up VM')
-    vms = repo.list_vms()
-    if vm.lower() in vms:
-        return vm.lower()
-    matches, unreadable = [], []
-    for vm_uuid in vms:
-        try:
-            points = repo.list_backups(vm_uuid)
-        except RepositoryError as error:
-            # The VM may be the one asked for: say why it could not be looked at.
-            unreadable.append(str(error))
-            continue
-        if points and (points[-1].metadata.get('vm') or {}).get('name_label') == vm:
-            matches.append(vm_uuid)
-    if len(matches) != 1:
-        raise RestoreError('%s backed-up VM named or with uuid %r in %s%s%s' % (
-            'no' if not matches else '%d' % len(matches), vm, repo.root, ': give the uuid (%s)' % ', '.join(matches) if matches else '',
-            '; some backups could not be read: %s' % '; '.join(unreadable) if unreadable and not matches else ''))
-    return matches[0]
-
-
 __all__ = ['RestoreError', 'blocked_while_restoring', 'cd_drives', 'constructor_record', 'map_network', 'pool_networks', 'vif_create_record',
-           'vm_create_record', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'resolve_backup_vm', 'select_point',
+           'vm_create_record', 'destroy_restored_vm', 'find_abandoned_restores', 'remove_abandoned_restores', 'select_point',
            'select_disks', 'resolve_sr', 'map_networks', 'prepare_restore', 'plan_restore', 'restore_result', 'restore', 'CheckedBackup', 'DiskRestore',
            'RestorePlan', 'VifRestore']

@@ -4,9 +4,8 @@
 
 """Retention of a job's backups of a VM: keep the newest points, fold the rest into the full ("continuous" merge).
 
-Also the integrity helpers that merge, seed copy and restore share: the sha256 recorded for each
-VHD in our metadata field, a chain check (structure + checksums) that names the bad file, and the
-detection of merges left unfinished by a crash.
+Also the detection of merges left unfinished by a crash (the checksum and chain checks it shares
+with seed copy and restore are in ``_repo.integrity``).
 
 Order of a retention run for one VM (under the VM's repository lock)::
 
@@ -27,36 +26,22 @@ whatever was left.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import hashlib
-import json
-import os
+import copy
+import posixpath
 import time
 from dataclasses import dataclass, field
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    MERGE_STATE_SUFFIX, OWN_FIELD, UUID_PATTERN, VDIS_DIR, VHD_NAME_PATTERN, VHD_TYPE_DYNAMIC, RepositoryError, fsync_directory,
-    validate_metadata, validate_uuid, vhd_disk_type, write_file_atomically,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
+    IntegrityError, chain_structure_problems, recorded_checksums, sha256_file, verify_chain,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder, validate_uuid, vm_folder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdError, check_chain, check_file, merge_chain, resume_merge,
+    VhdChain, VhdError, VhdFile, check_file, merge_chain, resume_merge,
 )
-
-HASH_CHUNK = 4 * 1024 * 1024
-
-
-class IntegrityError(RepositoryError):
-    """A VHD that fails its structural or checksum check; ``problems`` lists every problem, each naming its file."""
-
-    error_code = 'integrity_check_failed'
-
-    def __init__(self, what: str, problems: list):
-        self.problems = list(problems)
-        self.files = sorted({problem.split(':', 1)[0] for problem in self.problems})
-        super().__init__('%s: %s' % (what, '; '.join(self.problems)))
 
 
 class UnfinishedMergeError(RepositoryError):
@@ -65,116 +50,12 @@ class UnfinishedMergeError(RepositoryError):
     error_code = 'unfinished_merge'
 
 
-# -- checksums ---------------------------------------------------------------------------------
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, 'rb', buffering=0) as source:
-        while True:
-            count = source.readinto(buffer)
-            if not count:
-                return digest.hexdigest()
-            digest.update(view[:count])
-
-
-def sha256_files(paths: list) -> dict:
-    """sha256 of several files, hashed in parallel threads (hashlib releases the GIL): path to digest or OSError."""
-    def one(path):
-        try:
-            return sha256_file(path)
-        except OSError as error:
-            return error
-
-    if len(paths) <= 1:
-        return {path: one(path) for path in paths}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, 8)) as pool:
-        return dict(zip(paths, pool.map(one, paths), strict=True))
-
-
-def relative_to_vm(point_or_dir, path: str) -> str:
-    """A VHD path as the metadata writes it: relative to the VM folder, with slashes."""
-    vm_dir = point_or_dir if isinstance(point_or_dir, str) else os.path.dirname(point_or_dir.metadata_path)
-    return os.path.relpath(path, vm_dir).replace(os.sep, '/')
-
-
-def recorded_checksums(points: list) -> dict:
-    """Relative VHD path to the sha256 our metadata recorded for it.
-
-    A point's own VHDs win over entries another point carries for them (a merge updates the owner).
-    """
-    own, inherited = {}, {}
-    for point in points:
-        section = point.metadata.get(OWN_FIELD) or {}
-        references = set(point.metadata['vhds'].values())
-        for relative, digest in (section.get('sha256') or {}).items():
-            if isinstance(digest, str):
-                (own if relative in references else inherited)[relative] = digest
-    inherited.update(own)
-    return inherited
-
-
-def verify_chain(chain: list, vm_dir: str, checksums: dict, what: str) -> dict:
-    """Check a newest-first chain: structure (every file and link) and the sha256 of each file that has one recorded.
-
-    Raises IntegrityError naming every bad file; returns ``{'verified': [...], 'unverified': [...]}``
-    (relative paths; unverified files have no recorded checksum, e.g. written by Xen Orchestra).
-    """
-    problems = [str(problem) for problem in check_chain(list(chain))]
-    verified, unverified = [], []
-    expected_of = {path: checksums.get(relative_to_vm(vm_dir, path)) for path in chain}
-    digests = sha256_files([path for path in chain if expected_of[path] is not None])
-    for path in chain:
-        relative = relative_to_vm(vm_dir, path)
-        expected = expected_of[path]
-        if expected is None:
-            unverified.append(relative)
-            continue
-        actual = digests[path]
-        if isinstance(actual, OSError):
-            problems.append('%s: cannot be read (%s)' % (path, actual.strerror or actual))
-            continue
-        if actual != expected:
-            problems.append('%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
-                            % (path, actual, expected))
-        else:
-            verified.append(relative)
-    if problems:
-        raise IntegrityError(what, problems)
-    return {'verified': verified, 'unverified': unverified}
-
-
 # -- repository walking ------------------------------------------------------------------------
 
 
-def job_points(repo, vm_uuid: str, job_id: str | None) -> list:
-    """The VM's complete backup points of the job (all jobs when ``job_id`` is None), oldest first."""
-    return [point for point in repo.list_backups(vm_uuid) if job_id is None or point.job_id == job_id]
-
-
-def disk_folders(repo, vm_uuid: str, job_id: str | None = None) -> list:
-    """``vdis/<job>/<vdi>`` folders of a VM (of one job when given)."""
-    base = os.path.join(repo.vm_dir(vm_uuid), VDIS_DIR)
-    folders = []
-    jobs = [job_id] if job_id else (sorted(os.listdir(base)) if os.path.isdir(base) else [])
-    for job in jobs:
-        job_dir = os.path.join(base, job)
-        if not UUID_PATTERN.match(job) or not os.path.isdir(job_dir):
-            continue
-        folders.extend(os.path.join(job_dir, vdi) for vdi in sorted(os.listdir(job_dir))
-                       if UUID_PATTERN.match(vdi) and os.path.isdir(os.path.join(job_dir, vdi)))
-    return folders
-
-
 def unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> list:
-    """State files of merges a crash left unfinished in the VM's disk folders."""
-    found = []
-    for folder in disk_folders(repo, vm_uuid, job_id):
-        found.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                     if name.startswith('.') and name.endswith(MERGE_STATE_SUFFIX))
-    return found
+    """State files (storage paths) of merges a crash left unfinished in the VM's disk folders."""
+    return [state for folder in repo.disk_folders(vm_uuid, job_id) for state in repo.merge_states(folder)]
 
 
 def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> dict:
@@ -186,27 +67,19 @@ def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> 
     states = unfinished_merges(repo, vm_uuid, job_id)
     for state in states:
         try:
-            resume_merge(state)
+            # storage: local path for the VHD engine until it takes a Storage
+            resume_merge(repo.local_path(state))
         except VhdError as error:
-            raise RepositoryError('cannot finish the interrupted merge %s: %s' % (state, error)) from error
-    return {'resumed': [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in states],
-            'reconciled': reconcile_merged_points(repo, job_points(repo, vm_uuid, job_id))}
+            raise RepositoryError('cannot finish the interrupted merge %s: %s' % (repo.describe(state), error)) from error
+    return {'resumed': [relative_to_vm_folder(vm_uuid, state) for state in states],
+            'reconciled': reconcile_merged_points(repo, repo.list_backups(vm_uuid, job_id))}
 
 
 def refuse_unfinished_merges(repo, vm_uuid: str, job_id: str | None = None) -> None:
     states = unfinished_merges(repo, vm_uuid, job_id)
     if states:
         raise UnfinishedMergeError('a merge in %s was interrupted (state file %s): run xapi.delta_backup.backup_merge on this VM '
-                                   'to finish it first' % (os.path.dirname(states[0]), ', '.join(os.path.basename(s) for s in states)))
-
-
-def rewrite_metadata(repo, point, metadata: dict) -> None:
-    """Replace a point's JSON atomically (same format as BackupRepository.write_metadata)."""
-    validate_metadata(metadata, point.metadata_path)
-    write_file_atomically(point.metadata_path, json.dumps(metadata, indent=1, sort_keys=True).encode('utf-8'),
-                          mode=repo.file_mode, overwrite=True)
-    repo.invalidate_xo_cache(point.vm_uuid)
-    point.metadata = metadata
+                                   'to finish it first' % (repo.describe(posixpath.dirname(states[0])), ', '.join(posixpath.basename(s) for s in states)))
 
 
 def _own_section(metadata: dict) -> dict:
@@ -228,37 +101,39 @@ def reconcile_merged_points(repo, points: list) -> list:
     """
     fixed = []
     for point in points:
-        metadata = json.loads(json.dumps(point.metadata))
+        metadata = copy.deepcopy(point.metadata)
         section = _own_section(metadata)
-        vm_dir = os.path.dirname(point.metadata_path)
         changed = False
         for disk in point.disks:
-            if not disk.differencing or not os.path.isfile(disk.path):
+            if not disk.differencing or not repo.is_file(disk.storage_path):
                 continue
+            # storage: local path for the VHD engine until it takes a Storage
+            local = repo.local_path(disk.storage_path)
             try:
-                if vhd_disk_type(disk.path) != VHD_TYPE_DYNAMIC:
-                    continue
-            except RepositoryError:
+                with VhdFile.open(local) as vhd:
+                    if not vhd.is_dynamic:
+                        continue
+            except (VhdError, OSError):
                 continue
-            problems = check_file(disk.path)
+            problems = check_file(local)
             if problems:
                 raise IntegrityError('backup %s of VM %s' % (point.timestamp, point.vm_uuid), [str(p) for p in problems])
-            section['sha256'][disk.relative_path] = sha256_file(disk.path)
+            section['sha256'][disk.relative_path] = sha256_file(repo.storage, disk.storage_path)
             metadata['isVhdDifferencing'][disk.vdi_ref] = False
             fixed.append(disk.relative_path)
             changed = True
         for relative in list(section['sha256']):
-            if not os.path.isfile(os.path.join(vm_dir, *relative.split('/'))):
+            if not repo.is_file(posixpath.join(vm_folder(point.vm_uuid), relative)):
                 del section['sha256'][relative]
                 changed = True
         if changed:
-            metadata['size'] = _point_size(point)
-            rewrite_metadata(repo, point, metadata)
+            metadata['size'] = _point_size(repo, point)
+            repo.rewrite_metadata(point, metadata)
     return fixed
 
 
-def _point_size(point) -> int:
-    return sum(os.path.getsize(disk.path) for disk in point.disks if os.path.isfile(disk.path))
+def _point_size(repo, point) -> int:
+    return sum(repo.file_size(disk.storage_path) or 0 for disk in point.disks)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -296,9 +171,10 @@ class ChainMerge:
     def refusal(self) -> str:
         return _merge_refusal(self.point, self.disk)
 
-    def as_result(self, vm_dir: str) -> dict:
-        entry = {'vdi_uuid': self.disk.vdi_uuid, 'point': self.point.timestamp, 'full': relative_to_vm(vm_dir, self.full),
-                 'deltas': [relative_to_vm(vm_dir, path) for path in self.deltas], 'result': relative_to_vm(vm_dir, self.merged),
+    def as_result(self, vm_uuid: str) -> dict:
+        entry = {'vdi_uuid': self.disk.vdi_uuid, 'point': self.point.timestamp, 'full': relative_to_vm_folder(vm_uuid, self.full),
+                 'deltas': [relative_to_vm_folder(vm_uuid, path) for path in self.deltas],
+                 'result': relative_to_vm_folder(vm_uuid, self.merged),
                  'bytes': self.bytes}
         if self.seconds is not None:
             entry['seconds'] = self.seconds
@@ -309,7 +185,7 @@ class ChainMerge:
 class RetentionPlan:
     """What a retention run does for one VM, in the order it does it (see the module docstring)."""
 
-    vm_dir: str
+    vm_uuid: str
     points: list[BackupPoint]  # every point of the job, oldest first
     kept: list[BackupPoint]
     removed: list[BackupPoint]  # oldest first; their metadata goes newest first
@@ -328,7 +204,7 @@ def kept_points(points: list[BackupPoint], keep: int) -> list[BackupPoint]:
     return points[-keep:]
 
 
-def decide_retention(vm_dir: str, points: list[BackupPoint], keep: int, job_id: str, chains: dict, files: list[str]) -> RetentionPlan:
+def decide_retention(vm_uuid: str, points: list[BackupPoint], keep: int, job_id: str, chains: dict, files: list[str]) -> RetentionPlan:
     """The plan from what the repository holds, without reading it: pure.
 
     ``chains`` maps (timestamp, VDI ref) of each disk of the job in the kept points to its chain (newest
@@ -337,7 +213,7 @@ def decide_retention(vm_dir: str, points: list[BackupPoint], keep: int, job_id: 
     """
     kept = kept_points(points, keep)
     kept_names = {point.timestamp for point in kept}
-    plan = RetentionPlan(vm_dir=vm_dir, points=points, kept=kept, removed=[point for point in points if point.timestamp not in kept_names])
+    plan = RetentionPlan(vm_uuid=vm_uuid, points=points, kept=kept, removed=[point for point in points if point.timestamp not in kept_names])
     needed, seen_folders = set(), set()
     for point in kept:
         for disk in point.disks:
@@ -345,7 +221,7 @@ def decide_retention(vm_dir: str, points: list[BackupPoint], keep: int, job_id: 
                 continue
             chain = chains[(point.timestamp, disk.vdi_ref)]
             needed.update(chain)
-            folder = os.path.dirname(disk.path)
+            folder = posixpath.dirname(disk.storage_path)
             if folder in seen_folders:
                 continue
             seen_folders.add(folder)
@@ -366,28 +242,29 @@ def _kept_chain(repo, point: BackupPoint, disk: BackupDisk) -> list[str]:
 
 def _job_vhd_files(repo, vm_uuid: str, job_id: str) -> list[str]:
     files = []
-    for folder in disk_folders(repo, vm_uuid, job_id):
-        files.extend(os.path.join(folder, name) for name in sorted(os.listdir(folder)) if VHD_NAME_PATTERN.match(name))
+    for folder in repo.disk_folders(vm_uuid, job_id):
+        files.extend(posixpath.join(folder, name) for name in repo.vhd_names_in(folder))
     return files
 
 
-def _chain_blocks_bytes(merge: ChainMerge) -> int:
+def _chain_blocks_bytes(repo, merge: ChainMerge) -> int:
     """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
     try:
-        with VhdChain.from_paths(list(reversed(merge.deltas)), verify=False, allow_missing_parent=True) as chain:
+        # storage: local path for the VHD engine until it takes a Storage
+        with VhdChain.from_paths([repo.local_path(path) for path in reversed(merge.deltas)], verify=False, allow_missing_parent=True) as chain:
             return len(chain.allocated_blocks()) * chain.block_size
     except (VhdError, OSError) as error:
-        raise IntegrityError(merge.refusal, [str(p) for p in check_chain(merge.chain)] or [str(error)]) from error
+        raise IntegrityError(merge.refusal, chain_structure_problems(repo, merge.chain) or [str(error)]) from error
 
 
 def plan_retention(repo, vm_uuid: str, job_id: str, keep: int) -> RetentionPlan:
     """What a retention run would do for one VM: kept and removed points, merges, orphan files."""
-    points = job_points(repo, vm_uuid, job_id)
+    points = repo.list_backups(vm_uuid, job_id)
     chains = {(point.timestamp, disk.vdi_ref): _kept_chain(repo, point, disk)
               for point in kept_points(points, keep) for disk in point.disks if disk.job_id == job_id}
-    plan = decide_retention(repo.vm_dir(vm_uuid), points, keep, job_id, chains, _job_vhd_files(repo, vm_uuid, job_id))
+    plan = decide_retention(vm_uuid, points, keep, job_id, chains, _job_vhd_files(repo, vm_uuid, job_id))
     for merge in plan.merges:
-        merge.bytes = _chain_blocks_bytes(merge)
+        merge.bytes = _chain_blocks_bytes(repo, merge)
     return plan
 
 
@@ -400,14 +277,14 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, lock_job)
     with lock:
-        resumed = [relative_to_vm(repo.vm_dir(vm_uuid), state) for state in unfinished_merges(repo, vm_uuid, job_id)]
+        resumed = [relative_to_vm_folder(vm_uuid, state) for state in unfinished_merges(repo, vm_uuid, job_id)]
         if check_mode and resumed:
             # The plan depends on the merge being finished; report only that.
             return dict(_retention_report(vm_uuid, None, resumed, []), changed=True, duration=round(time.monotonic() - started, 3))
         reconciled = [] if check_mode else finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
         plan = plan_retention(repo, vm_uuid, job_id, keep)
         if check_mode:
-            _verify_merges(plan, recorded_checksums(plan.points))
+            _verify_merges(repo, plan, recorded_checksums(plan.points))
             timings = {}
         else:
             timings = _execute(repo, plan)
@@ -420,22 +297,22 @@ def _retention_report(vm_uuid: str, plan: RetentionPlan | None, resumed: list, r
               'merged': [], 'removed_files': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
     if plan is not None:
         report.update(kept_points=[point.timestamp for point in plan.kept], removed_points=[point.timestamp for point in plan.removed],
-                      merged=[merge.as_result(plan.vm_dir) for merge in plan.merges], bytes_merged=sum(merge.bytes for merge in plan.merges),
-                      removed_files=[relative_to_vm(plan.vm_dir, path) for path in plan.orphans])
+                      merged=[merge.as_result(plan.vm_uuid) for merge in plan.merges], bytes_merged=sum(merge.bytes for merge in plan.merges),
+                      removed_files=[relative_to_vm_folder(plan.vm_uuid, path) for path in plan.orphans])
         report['changed'] = report['changed'] or plan.changes
     return report
 
 
-def _verify_merges(plan: RetentionPlan, checksums: dict) -> None:
+def _verify_merges(repo, plan: RetentionPlan, checksums: dict) -> None:
     for merge in plan.merges:
-        verify_chain(merge.chain, plan.vm_dir, checksums, merge.refusal)
+        verify_chain(repo, plan.vm_uuid, merge.chain, checksums, merge.refusal)
 
 
 def _execute(repo, plan: RetentionPlan) -> dict:
     """Steps 3 to 6 of the module docstring; sets each merge's ``seconds`` and returns the phases' timings."""
     checksums = recorded_checksums(plan.points)
     began = time.monotonic()
-    _verify_merges(plan, checksums)
+    _verify_merges(repo, plan, checksums)
     timings = {'verify_seconds': round(time.monotonic() - began, 3)}
     _carry_checksums(repo, plan, checksums)
     _retire(repo, plan)
@@ -443,9 +320,11 @@ def _execute(repo, plan: RetentionPlan) -> dict:
     for merge in plan.merges:
         began = time.monotonic()
         try:
-            merge_chain(merge.full, merge.deltas)
+            # storage: local path for the VHD engine until it takes a Storage
+            merge_chain(repo.local_path(merge.full), [repo.local_path(path) for path in merge.deltas])
         except VhdError as error:
-            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(merge.deltas), merge.full, error)) from error
+            raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(repo.describe(path) for path in merge.deltas),
+                                                                      repo.describe(merge.full), error)) from error
         merge.seconds = round(time.monotonic() - began, 3)
         timings['merge_seconds'] += merge.seconds
         reconcile_merged_points(repo, [merge.point])
@@ -455,27 +334,23 @@ def _execute(repo, plan: RetentionPlan) -> dict:
 def _carry_checksums(repo, plan: RetentionPlan, checksums: dict) -> None:
     """4. the oldest kept point inherits the checksums of the older files of its chains."""
     for point in {id(merge.point): merge.point for merge in plan.merges}.values():
-        metadata = json.loads(json.dumps(point.metadata))
+        metadata = copy.deepcopy(point.metadata)
         section = _own_section(metadata)
         for merge in plan.merges:
             if merge.point is point:
                 for path in merge.chain:
-                    relative = relative_to_vm(plan.vm_dir, path)
+                    relative = relative_to_vm_folder(plan.vm_uuid, path)
                     if relative in checksums:
                         section['sha256'][relative] = checksums[relative]
         if metadata != point.metadata:
-            rewrite_metadata(repo, point, metadata)
+            repo.rewrite_metadata(point, metadata)
 
 
 def _retire(repo, plan: RetentionPlan) -> None:
     """5. retired points: metadata first (newest first), then the files no kept chain reads."""
     for point in reversed(plan.removed):
         repo.remove_metadata(point.vm_uuid, point.timestamp)
-    for path in plan.orphans:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    for folder in sorted({os.path.dirname(path) for path in plan.orphans}):
-        fsync_directory(folder)
+    repo.remove_files(plan.orphans)
 
 
 def retention_for_vms(repo, vm_uuids: list, job: Job, keep: int, check_mode: bool = False) -> dict:
@@ -491,10 +366,9 @@ def retention_for_vms(repo, vm_uuids: list, job: Job, keep: int, check_mode: boo
 
 def job_vms(repo, job: Job) -> list:
     """VMs of the repository with at least one backup point of the job."""
-    return [vm_uuid for vm_uuid in repo.list_vms() if job_points(repo, vm_uuid, job.id)]
+    return [vm_uuid for vm_uuid in repo.list_vms() if repo.list_backups(vm_uuid, job.id)]
 
 
-__all__ = ['IntegrityError', 'UnfinishedMergeError', 'sha256_file', 'recorded_checksums', 'verify_chain', 'job_points', 'disk_folders',
-           'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'rewrite_metadata', 'reconcile_merged_points',
-           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms', 'job_vms',
-           'relative_to_vm']
+__all__ = ['UnfinishedMergeError', 'unfinished_merges', 'finish_interrupted_merges', 'refuse_unfinished_merges', 'reconcile_merged_points',
+           'ChainMerge', 'RetentionPlan', 'kept_points', 'decide_retention', 'plan_retention', 'apply_retention', 'retention_for_vms',
+           'job_vms']

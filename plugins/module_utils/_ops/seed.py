@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
+import posixpath
 import re
 import time
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import write_file_atomically
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
+    IntegrityError, chain_structure_problems, checksum_mismatch, recorded_checksums, sha256_file,
+)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
+    VHD_RELATIVE_PATTERN, RepositoryError, metadata_file, relative_to_vm_folder, vm_folder,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    BACKUP_DIR, VHD_RELATIVE_PATTERN, RepositoryError, fsync_directory, open_repository, write_file_atomically,
+    open_or_initialize, open_repository, resolve_backup_vm, same_local_folder,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import resolve_backup_vm
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import (
-    IntegrityError, disk_folders, job_points, recorded_checksums, refuse_unfinished_merges, relative_to_vm, sha256_file,
-)
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import refuse_unfinished_merges
 
 COPY_CHUNK = 4 * 1024 * 1024
 MIB = 1024 * 1024
@@ -52,72 +55,66 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _remove_our_temporaries(repo, vm_uuid: str) -> list:
-    """Temporary files an interrupted copy left in the destination (never complete files)."""
-    removed = []
-    vm_dir = repo.vm_dir(vm_uuid)
-    for folder in [vm_dir] + disk_folders(repo, vm_uuid):
-        if not os.path.isdir(folder):
+    """Temporary files an interrupted copy left in the destination (never complete files); their storage paths."""
+    found = []
+    for folder in [vm_folder(vm_uuid)] + repo.disk_folders(vm_uuid):
+        if not repo.storage.is_dir(folder):
             continue
-        for name in os.listdir(folder):
-            if OUR_TEMPORARY.match(name) and os.path.isfile(os.path.join(folder, name)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-                removed.append(os.path.join(folder, name))
-        if removed:
-            fsync_directory(folder)
-    return removed
+        found.extend(posixpath.join(folder, name) for name in repo.storage.list_dir(folder)
+                     if OUR_TEMPORARY.match(name) and repo.is_file(posixpath.join(folder, name)))
+    repo.remove_files(found)
+    return found
 
 
 def plan_vm_copy(source, vm_uuid: str, job_id: str | None) -> dict:
     """Points and VHD files (oldest first) to copy, the checksums recorded for them; structure checked."""
-    points = job_points(source, vm_uuid, job_id)
+    points = source.list_backups(vm_uuid, job_id)
     checksums = recorded_checksums(source.list_backups(vm_uuid))
-    vm_dir = source.vm_dir(vm_uuid)
     files = {}
     for point in points:
         for disk in point.disks:
             chain = source.vhd_chain(point, disk)
-            problems = [str(problem) for problem in check_chain(chain)]
+            problems = chain_structure_problems(source, chain)
             if problems:
                 raise IntegrityError('refusing to copy disk %s of backup %s' % (disk.vdi_uuid, point.timestamp), problems)
             for path in chain:
-                files[relative_to_vm(vm_dir, path)] = path
+                files[relative_to_vm_folder(vm_uuid, path)] = path
     return {'points': points, 'files': sorted(files.items()), 'checksums': checksums}
 
 
 def _destination_state(destination, vm_uuid: str, relative: str):
     if destination is None:
         return None
-    path = os.path.join(destination.vm_dir(vm_uuid), *relative.split('/'))
-    return path if os.path.isfile(path) else None
+    path = posixpath.join(vm_folder(vm_uuid), relative)
+    return path if destination.is_file(path) else None
 
 
-def _copy_vhd(destination, vm_uuid: str, relative: str, source_path: str, expected: str | None) -> tuple[int, str]:
+def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str, expected: str | None) -> tuple[int, str]:
     """Copy one VHD atomically; verify the source against ``expected`` and the destination against what was read."""
     job_id, vdi_uuid, timestamp = VHD_RELATIVE_PATTERN.match(relative).groups()[:3]
     writer = destination.open_vhd_writer(vm_uuid, job_id, vdi_uuid, timestamp)
     writer.__enter__()
     try:
-        with open(source_path, 'rb') as source:
+        with source.storage.open_file(source_path) as reader:
+            offset = 0
             while True:
-                chunk = source.read(COPY_CHUNK)
+                chunk = reader.pread(COPY_CHUNK, offset)
                 if not chunk:
                     break
                 writer.write(chunk)
+                offset += len(chunk)
         if expected is not None and writer.sha256 != expected:
-            raise IntegrityError('refusing to copy %s' % source_path,
-                                 ['%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)'
-                                  % (source_path, writer.sha256, expected)])
+            raise IntegrityError('refusing to copy %s' % source.describe(source_path),
+                                 [checksum_mismatch(source.describe(source_path), writer.sha256, expected)])
     except BaseException:
         writer.abort()
         raise
     writer.commit()
-    actual = sha256_file(writer.path)
+    actual = sha256_file(destination.storage, writer.path)
     if actual != writer.sha256:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(writer.path)
+        destination.remove_files([writer.path])
         raise IntegrityError('copy verification failed', ['%s: sha256 %s after writing, %s was written (the destination storage '
-                                                          'changed the data; the file was removed)' % (writer.path, actual, writer.sha256)])
+                                                          'changed the data; the file was removed)' % (writer.shown, actual, writer.sha256)])
     return writer.size, actual
 
 
@@ -130,7 +127,7 @@ def copy_vm(source, destination, vm_uuid: str, job_id: str | None, check_mode: b
             locks.enter_context(source.lock(vm_uuid, 'seed_copy'))
             locks.enter_context(destination.lock(vm_uuid, 'seed_copy'))
         refuse_unfinished_merges(source, vm_uuid)
-        if destination is not None and os.path.isdir(destination.vm_dir(vm_uuid)):
+        if destination is not None and destination.storage.is_dir(vm_folder(vm_uuid)):
             refuse_unfinished_merges(destination, vm_uuid)
             if not check_mode:
                 report['removed_temporary_files'] = len(_remove_our_temporaries(destination, vm_uuid))
@@ -141,57 +138,48 @@ def copy_vm(source, destination, vm_uuid: str, job_id: str | None, check_mode: b
             expected = plan['checksums'].get(relative)
             existing = _destination_state(destination, vm_uuid, relative)
             if existing is not None:
-                reference = expected if expected is not None else sha256_file(source_path)
-                if sha256_file(existing) != reference:
+                reference = expected if expected is not None else sha256_file(source.storage, source_path)
+                if sha256_file(destination.storage, existing) != reference:
                     raise SeedConflictError('%s already exists at the destination with different content (sha256 differs from %s): it '
                                             'belongs to another backup history; move it away or copy to another repository'
-                                            % (existing, source_path))
+                                            % (destination.describe(existing), source.describe(source_path)))
                 report['skipped_files'].append(relative)
                 continue
             report['copied_files'].append(relative)
             if check_mode:
-                report['bytes_copied'] += os.path.getsize(source_path)
+                report['bytes_copied'] += source.storage.size(source_path)
                 continue
-            size, _digest = _copy_vhd(destination, vm_uuid, relative, source_path, expected)
+            size, _digest = _copy_vhd(source, destination, vm_uuid, relative, source_path, expected)
             report['bytes_copied'] += size
         # Metadata last, oldest first, byte for byte: a point appears only once its whole chain is there.
         for point in plan['points']:
-            with open(point.metadata_path, 'rb') as handle:
-                raw = handle.read()
-            target = destination.metadata_path(vm_uuid, point.timestamp) if destination is not None else None
-            if target is not None and os.path.isfile(target):
-                with open(target, 'rb') as handle:
-                    if handle.read() != raw:
-                        raise SeedConflictError('%s already exists at the destination with different content than %s: refusing to '
-                                                'overwrite a backup description' % (target, point.metadata_path))
+            raw = source.storage.read_bytes(point.metadata_storage_path)
+            target = metadata_file(vm_uuid, point.timestamp) if destination is not None else None
+            if target is not None and destination.is_file(target):
+                if destination.storage.read_bytes(target) != raw:
+                    raise SeedConflictError('%s already exists at the destination with different content than %s: refusing to '
+                                            'overwrite a backup description' % (destination.describe(target), point.metadata_path))
                 report['skipped_points'].append(point.timestamp)
                 continue
             report['copied_points'].append(point.timestamp)
             if check_mode:
                 continue
-            digest = write_file_atomically(target, raw, mode=destination.file_mode)
-            if sha256_file(target) != digest or digest != _sha256_bytes(raw):
-                raise IntegrityError('copy verification failed', ['%s: does not read back as written' % target])
-            destination.invalidate_xo_cache(vm_uuid)
+            digest = write_file_atomically(destination.storage, target, raw)
+            if sha256_file(destination.storage, target) != digest or digest != _sha256_bytes(raw):
+                raise IntegrityError('copy verification failed', ['%s: does not read back as written' % destination.describe(target)])
+            destination.changed(vm_uuid)
     report['changed'] = bool(report['copied_files'] or report['copied_points'] or report['removed_temporary_files'])
     return report
 
 
 def open_destination(path: str, check_mode: bool, file_mode: int | None = None, dir_mode: int | None = None):
     """The destination repository; an existing empty folder becomes one (except in check mode: ``None``)."""
-    kwargs = {}
+    modes = {}
     if file_mode is not None:
-        kwargs['file_mode'] = file_mode
+        modes['file_mode'] = file_mode
     if dir_mode is not None:
-        kwargs['dir_mode'] = dir_mode
-    if os.path.isdir(os.path.join(path, BACKUP_DIR)):
-        return open_repository(path, **kwargs)
-    if os.path.isdir(path) and os.listdir(path):
-        raise RepositoryError('%s is not empty and holds no %s folder: it is not a backup repository, refusing to write into it'
-                              % (path, BACKUP_DIR))
-    if check_mode:
-        return None
-    return open_repository(path, create=True, **kwargs)
+        modes['dir_mode'] = dir_mode
+    return open_or_initialize(path, check_mode=check_mode, **modes)
 
 
 def seed_copy(source_path: str, destination_path: str, vms: list | None = None, job_id: str | None = None, check_mode: bool = False,
@@ -199,8 +187,8 @@ def seed_copy(source_path: str, destination_path: str, vms: list | None = None, 
     """Copy the backups of the given VMs (uuids or names; all when empty) from one repository to another."""
     started = time.monotonic()
     source = open_repository(source_path)
-    if os.path.realpath(source_path) == os.path.realpath(destination_path):
-        raise RepositoryError('source and destination are the same repository (%s)' % os.path.realpath(source_path))
+    if same_local_folder(source_path, destination_path):
+        raise RepositoryError('source and destination are the same repository (%s)' % source.root)
     destination = open_destination(destination_path, check_mode, file_mode, dir_mode)
     if vms:
         vm_uuids = []
@@ -209,7 +197,7 @@ def seed_copy(source_path: str, destination_path: str, vms: list | None = None, 
             if vm_uuid not in vm_uuids:
                 vm_uuids.append(vm_uuid)
     else:
-        vm_uuids = [vm_uuid for vm_uuid in source.list_vms() if job_points(source, vm_uuid, job_id)]
+        vm_uuids = [vm_uuid for vm_uuid in source.list_vms() if source.list_backups(vm_uuid, job_id)]
     reports = [copy_vm(source, destination, vm_uuid, job_id, check_mode=check_mode) for vm_uuid in vm_uuids]
     elapsed = max(time.monotonic() - started, 1e-6)
     copied = sum(report['bytes_copied'] for report in reports)

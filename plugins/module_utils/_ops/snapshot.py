@@ -26,7 +26,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import NotASnapshotError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BACKUP_DIR, open_repository, process_is_alive
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import process_is_alive
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import holds_repository, open_repository
 
 KEY_JOB = 'xo:backup:job'
 KEY_SCHEDULE = 'xo:backup:schedule'
@@ -182,7 +183,7 @@ def reference_snapshot(snapshots: list[BackupSnapshot]) -> BackupSnapshot | None
 
 def existing_repositories(paths: list[str] | None) -> list:
     """The paths that already hold a repository, opened; the others have no point to learn from yet."""
-    return [open_repository(path) for path in paths or [] if os.path.isdir(os.path.join(path, BACKUP_DIR))]
+    return [open_repository(path) for path in paths or [] if holds_repository(path)]
 
 
 def point_snapshot_vdis(point) -> set[str]:
@@ -218,7 +219,7 @@ def adopt_completed_snapshot(xapi, snapshots: list[BackupSnapshot], repositories
     for repository in repositories:
         if repository is None:
             continue
-        points = [point for point in repository.list_backups(vm_uuid) if point.job_id == job_id]
+        points = repository.list_backups(vm_uuid, job_id)
         if not points:
             continue
         held = point_snapshot_vdis(points[-1])

@@ -15,10 +15,10 @@ import os
 import random
 import uuid
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    build_metadata, job_id_for, open_repository, vhd_relative_path,
-)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for, vhd_relative_path
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdStream,
 )
@@ -101,7 +101,7 @@ class RepoBuilder:
 
 def chain_sha(repo, point, disk) -> str:
     digest = hashlib.sha256()
-    with VhdChain.from_paths(repo.vhd_chain(point, disk)) as chain:
+    with VhdChain.from_paths([repo.local_path(path) for path in repo.vhd_chain(point, disk)]) as chain:
         for index in range(chain.block_count):
             data = chain.read_block(index)
             digest.update(bytes(data) if data is not None else bytes(chain.block_size))
@@ -112,11 +112,11 @@ def assert_points_restorable(builder: RepoBuilder, timestamps: list) -> None:
     repo = builder.repo
     points = {p.timestamp: p for p in repo.list_backups(builder.vm)}
     assert sorted(points) == sorted(timestamps)
-    checksums = retention.recorded_checksums(list(points.values()))
+    checksums = integrity.recorded_checksums(list(points.values()))
     for timestamp in timestamps:
         point = points[timestamp]
         for disk in point.disks:
             chain = repo.vhd_chain(point, disk)
-            checked = retention.verify_chain(chain, os.path.dirname(point.metadata_path), checksums, 'test')
+            checked = integrity.verify_chain(repo, point.vm_uuid, chain, checksums, 'test')
             assert not checked['unverified']
             assert chain_sha(repo, point, disk) == builder.expected_disk(timestamp, builder.live.index(disk.vdi_uuid))

@@ -17,7 +17,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import BLOCK, JOB, VM, RepoBuilder
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.sim_pool import connect, running_pool
 

@@ -21,7 +21,8 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm, plan_export
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for, open_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.sim_pool import connect, running_pool
 
@@ -66,7 +67,7 @@ def chain_content(repository_root: str, vm_uuid: str, live_vdi_uuid: str) -> byt
     repository = open_repository(repository_root)
     point = repository.list_backups(vm_uuid)[-1]
     disk = next(disk for disk in point.disks if disk.vdi_uuid == live_vdi_uuid)
-    with VhdChain.from_paths(repository.vhd_chain(point, disk)) as chain:
+    with VhdChain.from_paths([repository.local_path(path) for path in repository.vhd_chain(point, disk)]) as chain:
         return b''.join(bytes(chain.read_block(index) or bytes(chain.block_size)) for index in range(chain.block_count))
 
 

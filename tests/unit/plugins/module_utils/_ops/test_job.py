@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 
 
 def test_the_id_is_derived_from_the_name_and_cannot_be_given():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import IntegrityError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import resolve_backup_vm
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import JOB, VM, RepoBuilder
 
 
@@ -29,7 +31,8 @@ def test_select_point(history, selector, expected):
     assert restore.select_point(points, selector).timestamp == points[expected].timestamp
 
 
-@pytest.mark.parametrize('selector, message', [('7', 'out of range'), ('2025-01-01T00:00:00Z', 'at or before'), ('yesterday', 'neither')])
+@pytest.mark.parametrize('selector, message', [('7', 'out of range'), ('2025-01-01T00:00:00Z', 'at or before'), ('yesterday', 'neither'),
+                                              ('20261340T010000Z', "timestamp '20261340T010000Z' is not a valid UTC time")])
 def test_select_point_errors(history, selector, message):
     with pytest.raises(restore.RestoreError, match=message):
         restore.select_point(history.repo.list_backups(VM), selector)
@@ -56,7 +59,7 @@ def test_damaged_chain_is_refused_naming_the_file(history):
 
 
 def test_backed_up_vm_by_name(history):
-    assert restore.resolve_backup_vm(history.repo, 'vm1') == VM
-    assert restore.resolve_backup_vm(history.repo, VM.upper()) == VM
-    with pytest.raises(restore.RestoreError, match='no backed-up VM'):
-        restore.resolve_backup_vm(history.repo, 'other')
+    assert resolve_backup_vm(history.repo, 'vm1') == VM
+    assert resolve_backup_vm(history.repo, VM.upper()) == VM
+    with pytest.raises(RepositoryError, match='no backed-up VM'):
+        resolve_backup_vm(history.repo, 'other')

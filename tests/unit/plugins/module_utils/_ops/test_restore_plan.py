@@ -11,8 +11,10 @@ import os
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupPoint, build_metadata, vhd_relative_path
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.test_retention import JOB, SCHEDULE, VM
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupPoint
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import vhd_relative_path
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import JOB, SCHEDULE, VM
 
 NULL = 'OpaqueRef:NULL'
 ROOT = '11111111-1111-4111-8111-111111111111'
@@ -38,7 +40,8 @@ def backed_up(blocked=None, vifs=None) -> restore.CheckedBackup:
     vm = {'uuid': VM, 'name_label': 'web01', 'blocked_operations': blocked or {}}
     vhds = {'OpaqueRef:root': vhd_relative_path(JOB, ROOT, STAMP), 'OpaqueRef:data': vhd_relative_path(JOB, DATA, STAMP)}
     metadata = build_metadata(JOB, SCHEDULE, 1, vm, {}, vbds, vifs, {}, vhds, {ref: True for ref in vhds}, size=0, sha256={}, virtual_sizes={})
-    point = BackupPoint(vm_uuid=VM, timestamp=STAMP, metadata_path='/backups/xo-vm-backups/%s/%s.json' % (VM, STAMP), metadata=metadata)
+    point = BackupPoint(vm_uuid=VM, timestamp=STAMP, metadata_storage_path='xo-vm-backups/%s/%s.json' % (VM, STAMP),
+                        metadata_path='/backups/xo-vm-backups/%s/%s.json' % (VM, STAMP), metadata=metadata)
     disks = []
     for disk in point.disks:
         vbd = next(vbd for vbd in vbds.values() if vbd['VDI'] == disk.vdi_ref)

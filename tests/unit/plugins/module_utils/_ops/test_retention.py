@@ -17,6 +17,7 @@ import time
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import KILL_ENV
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import (
     JOB, VM, RepoBuilder, assert_points_restorable,
@@ -51,7 +52,7 @@ def test_retention_merges_into_the_full_and_keeps_points_exact(history):
     oldest = history.repo.get_backup(VM, stamps[3])
     assert not any(oldest.metadata['isVhdDifferencing'].values())
     assert oldest.metadata['size'] == sum(os.path.getsize(d.path) for d in oldest.disks)
-    for folder in retention.disk_folders(history.repo, VM, JOB):
+    for folder in map(history.repo.local_path, history.repo.disk_folders(VM, JOB)):
         assert sorted(os.listdir(folder)) == ['%s.vhd' % s for s in stamps[3:]]
     assert_points_restorable(history, stamps[3:])
     again = retention.apply_retention(history.repo, VM, JOB, 3)
@@ -70,13 +71,13 @@ def test_corrupted_or_truncated_file_is_refused_naming_it(history):
         byte = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(retention.IntegrityError) as caught:
+    with pytest.raises(integrity.IntegrityError) as caught:
         retention.apply_retention(history.repo, VM, JOB, 2)
     assert victim in str(caught.value) and 'sha256' in str(caught.value)
     assert len(history.repo.list_backups(VM)) == 6
     with open(victim, 'r+b') as handle:
         handle.truncate(os.path.getsize(victim) - 4096)
-    with pytest.raises(retention.IntegrityError) as caught:
+    with pytest.raises(integrity.IntegrityError) as caught:
         retention.apply_retention(history.repo, VM, JOB, 2)
     assert victim in str(caught.value)
 
@@ -143,7 +144,7 @@ def test_lock_is_taken(history):
 
 
 def test_unfinished_merge_blocks_readers(history, tmp_path):
-    folder = retention.disk_folders(history.repo, VM, JOB)[0]
+    folder = history.repo.local_path(history.repo.disk_folders(VM, JOB)[0])
     state = os.path.join(folder, '.20260101T010000Z.vhd.merge.json')
     with open(state, 'w', encoding='utf-8') as handle:
         json.dump({'parent': '20260101T010000Z.vhd', 'children': []}, handle)

@@ -12,7 +12,8 @@ import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import seed
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import IntegrityError, apply_retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import apply_retention
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import IntegrityError
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import (
     JOB, VM, RepoBuilder, assert_points_restorable,
 )
@@ -99,3 +100,11 @@ def test_refuses_a_non_repository_destination(source, tmp_path):
     (junk / 'file').write_text('x')
     with pytest.raises(seed.RepositoryError, match='not a backup repository'):
         seed.seed_copy(source.repo.root, str(junk))
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_refuses_a_missing_destination_in_check_mode_too(source, tmp_path, check_mode):
+    missing = tmp_path / 'not-mounted'
+    with pytest.raises(seed.RepositoryError, match='%s is not a backup repository: it does not exist' % missing):
+        seed.seed_copy(source.repo.root, str(missing), check_mode=check_mode)
+    assert not missing.exists()

@@ -16,7 +16,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import (
     EXCLUDED_BY_IGNORE_VDIS, KEY_JOB, job_snapshots, manage_job_snapshots, mark_exported, mark_exporting,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import job_id_for
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.sim_pool import connect, running_pool
 
 JOB = 'nightly'

@@ -19,11 +19,13 @@ import uuid
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import store as repo_mod
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import (
-    AtomicFile, BackupRepository, MetadataError, RepositoryError, RepositoryLockedError, build_metadata, format_timestamp,
-    job_id_for, open_repository, validate_timestamp, validate_uuid, vhd_relative_path,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile, write_file_atomically
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
+    RepositoryError, format_timestamp, job_id_for, validate_timestamp, validate_uuid, vhd_relative_path,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import RepositoryLockedError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import MetadataError, build_metadata
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream
 
 VM = '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c'
@@ -140,7 +142,7 @@ def test_not_a_repository(tmp_path):
 
 def test_atomic_file_is_invisible_until_commit(repo, tmp_path):
     target = os.path.join(repo.backup_dir, 'x.bin')
-    with AtomicFile(target) as writer:
+    with AtomicFile(repo.storage, 'xo-vm-backups/x.bin') as writer:
         writer.write(b'abc')
         assert not os.path.exists(target)
         names = os.listdir(repo.backup_dir)
@@ -153,13 +155,13 @@ def test_atomic_file_is_invisible_until_commit(repo, tmp_path):
 def test_atomic_file_removes_temp_on_error_and_never_overwrites(repo):
     target = os.path.join(repo.backup_dir, 'y.bin')
     with pytest.raises(ZeroDivisionError):
-        with AtomicFile(target) as writer:
+        with AtomicFile(repo.storage, 'xo-vm-backups/y.bin') as writer:
             writer.write(b'partial')
             raise ZeroDivisionError
     assert os.listdir(repo.backup_dir) == []
-    repo_mod.write_file_atomically(target, b'1')
-    with pytest.raises(RepositoryError, match='refusing to overwrite'):
-        repo_mod.write_file_atomically(target, b'2')
+    write_file_atomically(repo.storage, 'xo-vm-backups/y.bin', b'1')
+    with pytest.raises(RepositoryError, match='%s already exists: refusing to overwrite' % target):
+        write_file_atomically(repo.storage, 'xo-vm-backups/y.bin', b'2')
     assert open(target, 'rb').read() == b'1'
 
 
@@ -449,7 +451,7 @@ def test_held_lock_mtime_is_refreshed(repo):
 def test_lock_whose_owner_cannot_be_written_is_not_left_behind(repo, monkeypatch):
     def full_disk(fd, data):
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(repo_mod.os, 'write', full_disk)
+    monkeypatch.setattr(os, 'write', full_disk)
     with pytest.raises(RepositoryError, match='cannot write the owner file of lock .*No space left on device'):
         repo.lock(VM, 'nightly').acquire()
     monkeypatch.undo()
@@ -609,3 +611,17 @@ def test_only_one_of_many_concurrent_runs_gets_the_lock(repo):
     assert len(held) == 1 and len(outcomes) == 8
     held[0].release()
     assert not os.path.exists(held[0].path)
+
+
+def test_listing_is_read_again_when_the_lock_is_taken(repo):
+    # The listing is cached; a run that read it before taking the lock must not clean up with it,
+    # or the VHDs of a point another run wrote meanwhile would look unreferenced.
+    add_backup(repo, T1, {VDI_A: FULL})
+    assert [point.timestamp for point in repo.list_backups(VM)] == [T1]
+    other_run = open_repository(repo.root)
+    add_backup(other_run, T2, {VDI_A: DELTA})
+    assert [point.timestamp for point in repo.list_backups(VM)] == [T1]  # cached until the lock
+    with repo.lock(VM, 'nightly'):
+        assert [point.timestamp for point in repo.list_backups(VM)] == [T1, T2]
+        assert repo.cleanup_incomplete(VM) == {'temporary_files': [], 'unreferenced_vhds': []}
+    assert os.path.isfile(repo.vhd_path(VM, JOB, VDI_A, T2))

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import AtomicFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import split_local_path
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
 
 
@@ -106,7 +107,7 @@ def test_leaving_on_an_exception_drops_the_queue_and_stops_the_thread():
 def test_atomic_file_through_write_behind_hashes_what_it_wrote(tmp_path):
     data = os.urandom(5 * 1024 * 1024 + 123)
     path = str(tmp_path / 'disk.vhd')
-    with AtomicFile(path) as target:
+    with AtomicFile(*split_local_path(path)) as target:
         with WriteBehind(target.write_data, target.update_hash) as sink:
             for start in range(0, len(data), 777777):
                 sink.write(data[start:start + 777777])

@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Integrity of a repository's files: the sha256 recorded for each VHD in our metadata section, and chain checks.
+
+Shared by retention (merge), seed copy, restore and the catalog: every problem names its file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
+
+HASH_CHUNK = 4 * 1024 * 1024
+MAX_HASH_THREADS = 8
+
+
+class IntegrityError(RepositoryError):
+    """A VHD that fails its structural or checksum check; ``problems`` lists every problem, each naming its file."""
+
+    error_code = 'integrity_check_failed'
+
+    def __init__(self, what: str, problems: list):
+        self.problems = list(problems)
+        self.files = sorted({problem.split(':', 1)[0] for problem in self.problems})
+        super().__init__('%s: %s' % (what, '; '.join(self.problems)))
+
+
+def sha256_file(storage: Storage, path: str) -> str:
+    """SHA-256 of the file at a storage path, read in chunks."""
+    digest = hashlib.sha256()
+    with storage.open_file(path) as source:
+        offset = 0
+        while True:
+            data = source.pread(HASH_CHUNK, offset)
+            if not data:
+                return digest.hexdigest()
+            digest.update(data)
+            offset += len(data)
+
+
+def sha256_files(storage: Storage, paths: list) -> dict:
+    """sha256 of several files, hashed in parallel threads (hashlib releases the GIL): path to digest or OSError."""
+    def one(path):
+        try:
+            return sha256_file(storage, path)
+        except OSError as error:
+            return error
+
+    if len(paths) <= 1:
+        return {path: one(path) for path in paths}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, MAX_HASH_THREADS)) as pool:
+        return dict(zip(paths, pool.map(one, paths), strict=True))
+
+
+def checksum_mismatch(shown: str, actual: str, expected: str) -> str:
+    """The problem of a file whose sha256 is not the one recorded."""
+    return '%s: sha256 %s differs from the %s recorded in the backup metadata (the file was changed or damaged)' % (shown, actual, expected)
+
+
+def recorded_checksums(points: list) -> dict:
+    """Relative VHD path to the sha256 our metadata recorded for it.
+
+    A point's own VHDs win over entries another point carries for them (a merge updates the owner).
+    """
+    own, inherited = {}, {}
+    for point in points:
+        section = point.metadata.get(OWN_FIELD) or {}
+        references = set(point.metadata['vhds'].values())
+        for relative, digest in (section.get('sha256') or {}).items():
+            if isinstance(digest, str):
+                (own if relative in references else inherited)[relative] = digest
+    inherited.update(own)
+    return inherited
+
+
+def checksum_problems(repo, vm_uuid: str, paths: list, checksums: dict) -> tuple[list, list, list]:
+    """Hash the files (storage paths under the VM folder) that have a recorded sha256 and compare.
+
+    Returns ``(problems, verified, unverified)``; the last two are relative to the VM folder
+    (unverified files have no recorded checksum, e.g. written by Xen Orchestra).
+    """
+    relative_of = {path: relative_to_vm_folder(vm_uuid, path) for path in paths}
+    expected_of = {path: checksums.get(relative_of[path]) for path in paths}
+    digests = sha256_files(repo.storage, [path for path in paths if expected_of[path] is not None])
+    problems, verified, unverified = [], [], []
+    for path in paths:
+        expected = expected_of[path]
+        if expected is None:
+            unverified.append(relative_of[path])
+            continue
+        actual = digests[path]
+        if isinstance(actual, OSError):
+            problems.append('%s: cannot be read (%s)' % (repo.describe(path), actual.strerror or actual))
+        elif actual != expected:
+            problems.append(checksum_mismatch(repo.describe(path), actual, expected))
+        else:
+            verified.append(relative_of[path])
+    return problems, verified, unverified
+
+
+def chain_structure_problems(repo, chain: list) -> list:
+    """Structural problems of a newest-first chain of storage paths (every file and link), each naming its file."""
+    # storage: local path for the VHD engine until it takes a Storage
+    return [str(problem) for problem in check_chain([repo.local_path(path) for path in chain])]
+
+
+def verify_chain(repo, vm_uuid: str, chain: list, checksums: dict, what: str) -> dict:
+    """Check a newest-first chain of storage paths: structure and the sha256 of each file that has one recorded.
+
+    Raises IntegrityError naming every bad file; returns ``{'verified': [...], 'unverified': [...]}``
+    (relative to the VM folder).
+    """
+    problems = chain_structure_problems(repo, chain)
+    found, verified, unverified = checksum_problems(repo, vm_uuid, list(chain), checksums)
+    problems.extend(found)
+    if problems:
+        raise IntegrityError(what, problems)
+    return {'verified': verified, 'unverified': unverified}
