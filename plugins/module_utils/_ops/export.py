@@ -203,8 +203,7 @@ def _repository_tip(repository: BackupRepository, vm_uuid: str, job_id: str, liv
     if disk is None:
         return None, 'the newest backup (%s) in %s has no copy of this disk' % (point.timestamp, repository.root)
     try:
-        # storage: local path for the VHD engine until it takes a Storage
-        chain = VhdChain.from_paths([repository.local_path(path) for path in repository.vhd_chain(point, disk)])
+        chain = VhdChain.from_paths(repository.vhd_chain(point, disk), storage=repository.storage)
     except (VhdError, RepositoryError, OSError) as error:
         return None, 'the chain of the newest backup (%s) in %s does not open: %s' % (point.timestamp, repository.root, error)
     try:

@@ -38,6 +38,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
 
 MIB = 1024 * 1024
@@ -461,7 +462,7 @@ class DiskRestore:
     """One disk of the point: its checked chain, and the VDI it becomes."""
 
     disk: BackupDisk
-    chain: list[str]  # newest first: the point's own VHD ... the full
+    chain: list[str]  # newest first: the point's own VHD ... the full (paths in ``storage``)
     length: int  # bytes of the one dynamic VHD streamed to /import_raw_vdi
     virtual_size: int
     record: dict  # the backed-up VDI record ({} in older metadata)
@@ -470,6 +471,7 @@ class DiskRestore:
     userdevice: str
     vdi_uuid: str | None = None  # once created
     seconds: float | None = None  # the transfer, once done
+    storage: Storage | None = None  # the repository's, where ``chain`` lies (None: local paths)
 
     def as_result(self) -> dict:
         entry = {'source_vdi_uuid': self.disk.vdi_uuid, 'vdi_uuid': self.vdi_uuid, 'name_label': self.name_label,
@@ -544,15 +546,13 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         checked = verify_chain(repo, vm_uuid, chain, checksums, what)
         verified.extend(checked['verified'])
         unverified.extend(checked['unverified'])
-        # storage: local path for the VHD engine until it takes a Storage
-        chain = [repo.local_path(path) for path in chain]
-        with VhdChain.from_paths(chain) as opened:
+        with VhdChain.from_paths(chain, storage=repo.storage) as opened:
             length = stream_disk(opened).length
             chain_size = opened.size
         record = _vdi_record(point, item.vdi_ref)
         size = item.virtual_size or int(record.get('virtual_size') or 0) or chain_size
         vbd = _vbd_of(point, item.vdi_ref)
-        disks.append(DiskRestore(disk=item, chain=chain, length=length, virtual_size=max(size, chain_size), record=record, vbd=vbd,
+        disks.append(DiskRestore(disk=item, chain=chain, storage=repo.storage, length=length, virtual_size=max(size, chain_size), record=record, vbd=vbd,
                                  name_label=record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
                                  userdevice=str(vbd.get('userdevice', '')) if vbd else ''))
     return CheckedBackup(point=point, disks=disks, verified=sorted(set(verified)), unverified=sorted(set(unverified)), finished_merges=finished)
@@ -681,7 +681,7 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     created.vdi_refs.append(vdi_ref)
     item.vdi_uuid = xapi.call('VDI.get_uuid', vdi_ref)
     began = time.monotonic()
-    with VhdChain.from_paths(item.chain) as chain:
+    with VhdChain.from_paths(item.chain, storage=item.storage) as chain:
         stream = stream_disk(chain)
         xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
     item.seconds = round(time.monotonic() - began, 3)

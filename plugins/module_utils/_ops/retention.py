@@ -67,8 +67,7 @@ def finish_interrupted_merges(repo, vm_uuid: str, job_id: str | None = None) -> 
     states = unfinished_merges(repo, vm_uuid, job_id)
     for state in states:
         try:
-            # storage: local path for the VHD engine until it takes a Storage
-            resume_merge(repo.local_path(state))
+            resume_merge(state, storage=repo.storage)
         except VhdError as error:
             raise RepositoryError('cannot finish the interrupted merge %s: %s' % (repo.describe(state), error)) from error
     return {'resumed': [relative_to_vm_folder(vm_uuid, state) for state in states],
@@ -107,15 +106,13 @@ def reconcile_merged_points(repo, points: list) -> list:
         for disk in point.disks:
             if not disk.differencing or not repo.is_file(disk.storage_path):
                 continue
-            # storage: local path for the VHD engine until it takes a Storage
-            local = repo.local_path(disk.storage_path)
             try:
-                with VhdFile.open(local) as vhd:
+                with VhdFile.open_in(repo.storage, disk.storage_path) as vhd:
                     if not vhd.is_dynamic:
                         continue
             except (VhdError, OSError):
                 continue
-            problems = check_file(local)
+            problems = check_file(disk.storage_path, storage=repo.storage)
             if problems:
                 raise IntegrityError('backup %s of VM %s' % (point.timestamp, point.vm_uuid), [str(p) for p in problems])
             section['sha256'][disk.relative_path] = sha256_file(repo.storage, disk.storage_path)
@@ -250,8 +247,7 @@ def _job_vhd_files(repo, vm_uuid: str, job_id: str) -> list[str]:
 def _chain_blocks_bytes(repo, merge: ChainMerge) -> int:
     """Bytes of the blocks the deltas hold (what the merge reads and writes)."""
     try:
-        # storage: local path for the VHD engine until it takes a Storage
-        with VhdChain.from_paths([repo.local_path(path) for path in reversed(merge.deltas)], verify=False, allow_missing_parent=True) as chain:
+        with VhdChain.from_paths(list(reversed(merge.deltas)), verify=False, allow_missing_parent=True, storage=repo.storage) as chain:
             return len(chain.allocated_blocks()) * chain.block_size
     except (VhdError, OSError) as error:
         raise IntegrityError(merge.refusal, chain_structure_problems(repo, merge.chain) or [str(error)]) from error
@@ -320,8 +316,7 @@ def _execute(repo, plan: RetentionPlan) -> dict:
     for merge in plan.merges:
         began = time.monotonic()
         try:
-            # storage: local path for the VHD engine until it takes a Storage
-            merge_chain(repo.local_path(merge.full), [repo.local_path(path) for path in merge.deltas])
+                merge_chain(merge.full, merge.deltas, storage=repo.storage)
         except VhdError as error:
             raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(repo.describe(path) for path in merge.deltas),
                                                                       repo.describe(merge.full), error)) from error

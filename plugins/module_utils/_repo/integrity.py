@@ -108,8 +108,7 @@ def checksum_problems(repo, vm_uuid: str, paths: list, checksums: dict) -> tuple
 
 def chain_structure_problems(repo, chain: list) -> list:
     """Structural problems of a newest-first chain of storage paths (every file and link), each naming its file."""
-    # storage: local path for the VHD engine until it takes a Storage
-    return [str(problem) for problem in check_chain([repo.local_path(path) for path in chain])]
+    return [str(problem) for problem in check_chain(chain, storage=repo.storage)]
 
 
 def verify_chain(repo, vm_uuid: str, chain: list, checksums: dict, what: str) -> dict:

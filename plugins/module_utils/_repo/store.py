@@ -142,8 +142,7 @@ class BackupRepository:
         return self.storage.describe(path)
 
     def local_path(self, path: str) -> str:
-        """The local file of a storage path, for the VHD engine, which still opens local paths."""
-        # storage: local path for the VHD engine until it takes a Storage
+        """The local file of a storage path, for tools that open local files (qemu-img in tests, benchmarks)."""
         return self.storage.full_path(path)
 
     def vm_dir(self, vm_uuid: str) -> str:
@@ -288,8 +287,6 @@ class BackupRepository:
         read it into the disk).
         """
         folder = posixpath.dirname(disk.storage_path)
-        # storage: local path for the VHD engine until it takes a Storage (the parent names it resolves are local paths)
-        local_folder = posixpath.normpath(self.local_path(folder))
         names = set(self.disk_files(point.vm_uuid, disk.job_id, disk.vdi_uuid))
         name = posixpath.basename(disk.storage_path)
         if name not in names:
@@ -299,15 +296,14 @@ class BackupRepository:
             path = posixpath.join(folder, name)
             chain.append(path)
             try:
-                # storage: local path for the VHD engine until it takes a Storage
-                with VhdFile(self.local_path(path)) as vhd:
+                with VhdFile.open_in(self.storage, path) as vhd:
                     if not vhd.is_differencing:
                         return chain
-                    parent_path = vhd.parent_path()
+                    parent_storage, parent_path = vhd.parent_location() or (None, None)
             except (VhdError, OSError) as error:
                 raise RepositoryError('cannot read the chain of %s: %s' % (disk.relative_path, error)) from error
             parent = posixpath.basename(parent_path) if parent_path else None
-            if parent_path is None or posixpath.dirname(parent_path) != local_folder or parent not in names:
+            if parent_storage is not self.storage or posixpath.dirname(parent_path) != folder or parent not in names:
                 raise RepositoryError('the chain of %s is broken: %s names parent %r, which is not a backup file of its folder %s'
                                       % (disk.relative_path, name, vhd.header.parent_name, self.describe(folder)))
             if parent >= name:
