@@ -2,51 +2,26 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Repository layout, atomic writes, locks and clean-up, on real files in temporary folders."""
+"""The store (store.py): opening a repository, writing points, listing, chains and clean-up, on real files in temporary folders.
+
+Layout, metadata, atomic files, locks and integrity have test files of their own.
+"""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import socket
+import re
 import stat
-import subprocess
-import sys
-import threading
-import time
-import uuid
 
 import pytest
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile, write_file_atomically
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
-    RepositoryError, format_timestamp, job_id_for, validate_timestamp, validate_uuid, vhd_relative_path,
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import MetadataError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._repo.repo_testlib import (
+    DELTA, FULL, JOB, T1, T2, T3, T4, VDI_A, VDI_B, VM, add_backup, real_vhd, tree,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import RepositoryLockedError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import MetadataError, build_metadata
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository, open_repository
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdStream
-
-VM = '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c'
-VDI_A = '11111111-2222-4333-8444-555555555555'
-VDI_B = '66666666-7777-4888-9999-aaaaaaaaaaaa'
-SCHEDULE = '2f0c6b1e-6a8a-4d8e-a3a4-0c4f1b9d7e10'
-JOB = job_id_for('nightly')
-T1, T2, T3, T4 = '20260101T010000Z', '20260102T010000Z', '20260103T010000Z', '20260104T010000Z'
-
-
-FULL, DELTA = 'full', 'delta'
-DISK_SIZE = 4 * 1024 * 1024
-
-
-def real_vhd(kind: str, parent_name: str | None, seed: int) -> bytes:
-    """A small real VHD: a full, or a delta naming its parent file (relative, as XO writes it)."""
-    data = bytes([seed % 251 + 1]) * 4096
-    parent = ParentLink(unique_id=uuid.UUID(int=seed).bytes, timestamp=0, name=parent_name) if kind == DELTA else None
-    stream = VhdStream(DISK_SIZE, [0], lambda index: (None, data), disk_type=DISK_DIFFERENCING if kind == DELTA else DISK_DYNAMIC,
-                       unique_id=uuid.UUID(int=seed + 1).bytes, parent=parent)
-    return b''.join(stream)
 
 
 @pytest.fixture
@@ -54,77 +29,15 @@ def repo(tmp_path):
     return open_repository(str(tmp_path), create=True)
 
 
-def add_backup(repo: BackupRepository, timestamp: str, disks: dict, vm: str = VM, write_json: bool = True) -> dict:
-    """Write one run: {vdi uuid: vhd bytes}; the JSON last, as the modules will."""
-    vhds, differencing, sha, sizes = {}, {}, {}, {}
-    sizes_written = 0
-    for index, (vdi_uuid, kind) in enumerate(sorted(disks.items())):
-        ref = 'OpaqueRef:snap-vdi-%d' % index
-        # A delta's parent is the newest older file of its folder, or the T1 file when there is none (a broken chain).
-        older = [name for name in repo.disk_files(vm, JOB, vdi_uuid) if name < timestamp + '.vhd']
-        content = kind if isinstance(kind, bytes) else real_vhd(kind, older[-1] if older else T1 + '.vhd', int(timestamp[:8]))
-        sizes_written += len(content)
-        with repo.open_vhd_writer(vm, JOB, vdi_uuid, timestamp) as target:
-            target.write(content)
-        relative = vhd_relative_path(JOB, vdi_uuid, timestamp)
-        vhds[ref] = relative
-        differencing[ref] = kind == DELTA
-        sha[relative] = target.sha256
-        sizes[ref] = 10 * 1024 ** 3
-    metadata = build_metadata(JOB, SCHEDULE, 1767229200000, {'uuid': vm}, {'uuid': 'snap'}, {}, {}, {}, vhds, differencing,
-                              size=sizes_written, sha256=sha, virtual_sizes=sizes)
-    if write_json:
-        repo.write_metadata(vm, timestamp, metadata)
-    return metadata
-
-
-def tree(root) -> list[str]:
-    found = []
-    for folder, _subfolders, files in os.walk(str(root)):
-        found.extend(os.path.relpath(os.path.join(folder, name), str(root)) for name in files)
-    return sorted(found)
-
-
-# -- names and validation --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize('value', [
-    '../etc', VM.upper(), VM + '/x', ' ' + VM, VM[:-1], '', None, 12, 'x' * 36, VM.replace('-', '/'),
-])
-def test_uuid_validation_rejects_anything_not_canonical(value):
-    with pytest.raises(RepositoryError, match='canonical lower-case uuid'):
-        validate_uuid(value)
-
-
-@pytest.mark.parametrize('value', ['20260101T010000', '2026-01-01T01:00:00Z', '20261301T010000Z', '20260101T250000Z', '../x', None])
-def test_timestamp_validation(value):
-    with pytest.raises(RepositoryError):
-        validate_timestamp(value)
+# -- paths and opening ---------------------------------------------------------------------------
 
 
 def test_paths_are_built_from_validated_parts_only(repo):
     assert repo.vhd_path(VM, JOB, VDI_A, T1) == os.path.join(repo.root, 'xo-vm-backups', VM, 'vdis', JOB, VDI_A, T1 + '.vhd')
-    with pytest.raises(RepositoryError):
+    with pytest.raises(RepositoryError, match='VDI uuid .* is not a canonical lower-case uuid'):
         repo.vhd_path(VM, JOB, '../../' + VDI_A[6:], T1)
-    with pytest.raises(RepositoryError):
+    with pytest.raises(RepositoryError, match="VM uuid 'my vm' is not a canonical lower-case uuid"):
         repo.metadata_path('my vm', T1)
-
-
-def test_job_id_is_stable_and_distinct():
-    assert job_id_for('nightly') == job_id_for(' nightly ') == JOB
-    assert job_id_for('weekly') != JOB
-    validate_uuid(JOB)
-    with pytest.raises(RepositoryError):
-        job_id_for('  ')
-
-
-def test_format_timestamp_is_utc():
-    assert format_timestamp(0) == '19700101T000000Z'
-    now = format_timestamp()
-    assert validate_timestamp(now) == now and len(now) == 16
-    assert format_timestamp(datetime.datetime(2026, 3, 15, 3, 15, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))) == '20260315T021500Z'
-    with pytest.raises(RepositoryError, match='naive datetime'):
-        format_timestamp(datetime.datetime(2026, 3, 15))
 
 
 def test_not_a_repository(tmp_path):
@@ -137,32 +50,7 @@ def test_not_a_repository(tmp_path):
         open_repository(str(tmp_path / 'file'))
 
 
-# -- atomic writes and permissions -----------------------------------------------------------
-
-
-def test_atomic_file_is_invisible_until_commit(repo, tmp_path):
-    target = os.path.join(repo.backup_dir, 'x.bin')
-    with AtomicFile(repo.storage, 'xo-vm-backups/x.bin') as writer:
-        writer.write(b'abc')
-        assert not os.path.exists(target)
-        names = os.listdir(repo.backup_dir)
-        assert len(names) == 1 and names[0].startswith('.') and names[0].endswith('.x.bin')
-    assert open(target, 'rb').read() == b'abc'
-    assert writer.sha256 == 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
-    assert os.listdir(repo.backup_dir) == ['x.bin']
-
-
-def test_atomic_file_removes_temp_on_error_and_never_overwrites(repo):
-    target = os.path.join(repo.backup_dir, 'y.bin')
-    with pytest.raises(ZeroDivisionError):
-        with AtomicFile(repo.storage, 'xo-vm-backups/y.bin') as writer:
-            writer.write(b'partial')
-            raise ZeroDivisionError
-    assert os.listdir(repo.backup_dir) == []
-    write_file_atomically(repo.storage, 'xo-vm-backups/y.bin', b'1')
-    with pytest.raises(RepositoryError, match='%s already exists: refusing to overwrite' % target):
-        write_file_atomically(repo.storage, 'xo-vm-backups/y.bin', b'2')
-    assert open(target, 'rb').read() == b'1'
+# -- permissions and writing ----------------------------------------------------------------------
 
 
 def test_default_permissions_ignore_umask(repo):
@@ -304,7 +192,7 @@ def test_bad_metadata_names_the_file(repo, mutate, problem):
     changed = mutate(metadata)
     with open(path, 'w') as target:
         target.write(changed if isinstance(changed, str) else json.dumps(changed))
-    with pytest.raises(MetadataError) as caught:
+    with pytest.raises(MetadataError, match=re.escape(problem)) as caught:
         repo.list_backups(VM)
     assert path in str(caught.value) and problem in str(caught.value)
 
@@ -332,152 +220,6 @@ def test_reads_an_xo_written_json_without_our_fields(repo):
         json.dump(metadata, target)
     disk = repo.list_backups(VM)[0].disks[0]
     assert disk.sha256 is None and disk.virtual_size is None
-
-
-# -- locks ---------------------------------------------------------------------------------------
-
-
-def test_lock_contention_names_the_holder(repo):
-    with repo.lock(VM, 'nightly') as held:
-        assert os.path.isdir(held.path) and stat.S_IMODE(os.stat(held.path).st_mode) == 0o700
-        with pytest.raises(RepositoryLockedError) as caught:
-            repo.lock(VM, 'weekly').acquire()
-        message = str(caught.value)
-        assert "job 'nightly'" in message and 'pid %d' % os.getpid() in message and socket.gethostname() in message
-        assert caught.value.holder['job'] == 'nightly'
-    assert not os.path.exists(held.path)
-    with repo.lock(VM, 'weekly'):
-        pass
-
-
-def test_lock_of_another_process(repo):
-    # A real second process, still alive, holds the lock: we must be refused.
-    code = ('import sys, time; sys.path[:0] = %r\n'
-            'from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository\n'
-            'lock = open_repository(%r).lock(%r, "other-job"); lock.acquire(); print("held", flush=True); time.sleep(30)\n'
-            % (sys.path, repo.root, VM))
-    child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == 'held'
-        with pytest.raises(RepositoryLockedError, match="job 'other-job' \\(pid %d" % child.pid):
-            repo.lock(VM, 'nightly').acquire()
-    finally:
-        child.kill()
-        child.wait()
-    # Now its pid is dead on this host: the lock is stale and taken over.
-    with repo.lock(VM, 'nightly') as lock:
-        assert lock.took_over['pid'] == child.pid
-    assert not os.path.exists(lock.path)
-
-
-def test_lock_from_another_host_is_kept_while_its_heartbeat_runs(repo):
-    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
-    os.mkdir(lock_dir)
-    owner = {'host': 'elsewhere.example', 'pid': 1, 'job': 'x', 'started': 'then'}
-    with open(os.path.join(lock_dir, 'owner.json'), 'w') as owner_file:
-        json.dump(owner, owner_file)
-    # refreshed 9 minutes ago: its pid cannot be checked from here, so it is kept
-    os.utime(lock_dir, (time.time() - 540, time.time() - 540))
-    with pytest.raises(RepositoryLockedError, match=r'elsewhere\.example.*last refreshed 5[0-9]{2} s ago; .* idle for 600 s is taken over'):
-        repo.lock(VM, 'nightly').acquire()
-    assert os.path.isdir(lock_dir)
-    # idle for 11 minutes: its run is gone (an AWX job killed with its container, say)
-    os.utime(lock_dir, (time.time() - 660, time.time() - 660))
-    with repo.lock(VM, 'nightly') as lock:
-        assert lock.took_over == owner
-
-
-def quick_lock(repo, job='nightly'):
-    lock = repo.lock(VM, job)
-    lock.ownerless_stale_seconds = 1.0
-    lock.heartbeat_seconds = 0.2
-    return lock
-
-
-def test_ownerless_lock_kept_fresh_is_held(repo):
-    # Xen Orchestra's lock: an empty folder whose mtime its holder refreshes.
-    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
-    os.mkdir(lock_dir)
-    stop = threading.Event()
-
-    def xo_heartbeat():
-        while not stop.wait(0.3):
-            os.utime(lock_dir)
-    refresher = threading.Thread(target=xo_heartbeat)
-    refresher.start()
-    try:
-        started = time.monotonic()
-        with pytest.raises(RepositoryLockedError, match='names no owner but keeps the lock fresh'):
-            quick_lock(repo).acquire()
-        assert time.monotonic() - started < 1.5
-    finally:
-        stop.set()
-        refresher.join()
-    assert os.path.isdir(lock_dir) and os.listdir(lock_dir) == []
-
-
-def test_ownerless_lock_left_unchanged_is_broken(repo):
-    # A run killed between mkdir and the owner write leaves an empty folder nobody refreshes.
-    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
-    os.mkdir(lock_dir)
-    started = time.monotonic()
-    with quick_lock(repo) as lock:
-        assert lock.took_over == {}
-        assert json.load(open(lock.owner_path))['token'] == lock.owner['token']
-    waited = time.monotonic() - started
-    assert 0.9 <= waited < 3.0
-    assert not os.path.exists(lock_dir)
-
-
-def test_old_ownerless_lock_is_broken_at_once(repo):
-    lock_dir = os.path.join(repo.backup_dir, VM + '.lock')
-    os.mkdir(lock_dir)
-    os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
-    started = time.monotonic()
-    with repo.lock(VM, 'nightly') as lock:
-        assert lock.took_over == {}
-    assert time.monotonic() - started < 0.5
-
-
-def test_held_lock_mtime_is_refreshed(repo):
-    with quick_lock(repo) as lock:
-        os.utime(lock.path, (time.time() - 3600, time.time() - 3600))
-        time.sleep(0.6)
-        assert time.time() - os.stat(lock.path).st_mtime < 1.0
-        # so neither Xen Orchestra nor our ownerless rule would ever call it stale
-    assert not os.path.exists(lock.path)
-
-
-def test_lock_whose_owner_cannot_be_written_is_not_left_behind(repo, monkeypatch):
-    def full_disk(fd, data):
-        raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(os, 'write', full_disk)
-    with pytest.raises(RepositoryError, match='cannot write the owner file of lock .*No space left on device'):
-        repo.lock(VM, 'nightly').acquire()
-    monkeypatch.undo()
-    assert not os.path.exists(os.path.join(repo.backup_dir, VM + '.lock'))
-    with repo.lock(VM, 'nightly'):
-        pass
-
-
-def test_release_and_break_leave_nothing_behind(repo):
-    # A run killed while removing a released or broken lock leaves a hidden folder: the next
-    # holder sweeps it, and listings never show it.
-    for leftover in ('.%s.lock.released-0000' % VM, '.%s.lock.broken-1111' % VM):
-        os.makedirs(os.path.join(repo.backup_dir, leftover, 'x'))
-    assert repo.list_vms() == []
-    with repo.lock(VM, 'nightly'):
-        pass
-    assert os.listdir(repo.backup_dir) == []
-
-
-def test_release_leaves_a_lock_taken_over_by_someone_else(repo):
-    lock = repo.lock(VM, 'nightly')
-    lock.acquire()
-    with open(lock.owner_path, 'w') as owner:
-        json.dump({'host': 'h', 'pid': 2, 'token': 'theirs'}, owner)
-    lock.release()
-    assert os.path.isdir(lock.path)
 
 
 # -- clean-up ------------------------------------------------------------------------------------
@@ -540,7 +282,7 @@ def test_cleanup_never_touches_anything_when_a_json_is_bad(repo):
     with open(repo.metadata_path(VM, T1), 'w') as target:
         target.write('{')
     before = tree(repo.root)
-    with pytest.raises(MetadataError):
+    with pytest.raises(MetadataError, match='is invalid: not valid JSON'):
         repo.cleanup_incomplete(VM)
     assert tree(repo.root) == before
 
@@ -588,29 +330,6 @@ def test_writing_or_removing_a_point_drops_xo_cache(repo):
     assert [p.timestamp for p in repo.list_backups(VM)] == [T1]
     assert os.path.exists(repo.vhd_path(VM, JOB, VDI_A, T2))  # VHDs go with the next clean-up
     assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == [repo.vhd_path(VM, JOB, VDI_A, T2)]
-
-
-def test_only_one_of_many_concurrent_runs_gets_the_lock(repo):
-    barrier = threading.Barrier(8)
-    outcomes = []
-
-    def contend(index):
-        barrier.wait()
-        lock = repo.lock(VM, 'job-%d' % index)
-        try:
-            lock.acquire()
-            outcomes.append(('held', lock))
-        except RepositoryLockedError:
-            outcomes.append(('refused', None))
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    held = [lock for outcome, lock in outcomes if outcome == 'held']
-    assert len(held) == 1 and len(outcomes) == 8
-    held[0].release()
-    assert not os.path.exists(held[0].path)
 
 
 def test_listing_is_read_again_when_the_lock_is_taken(repo):
