@@ -33,12 +33,12 @@ TIMESTAMP_FORMAT = '%Y%m%dT%H%M%SZ'
 # Fixed forever: changing it would change every job id and break every chain (XO keys bases by job id).
 JOB_ID_NAMESPACE = uuid.UUID('a0aac57f-fdfd-4454-a0b4-1123a1d5b51a')
 
-UUID_PATTERN = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
-TIMESTAMP_PATTERN = re.compile(r'^\d{8}T\d{6}Z$')
-METADATA_NAME_PATTERN = re.compile(r'^(\d{8}T\d{6}Z)\.json$')
-VHD_NAME_PATTERN = re.compile(r'^(\d{8}T\d{6}Z)\.vhd$')
+UUID_PATTERN = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
+TIMESTAMP_PATTERN = re.compile(r'^\d{8}T\d{6}Z\Z')
+METADATA_NAME_PATTERN = re.compile(r'^(\d{8}T\d{6}Z)\.json\Z')
+VHD_NAME_PATTERN = re.compile(r'^(\d{8}T\d{6}Z)\.vhd\Z')
 # vhds values are relative to the VM folder; XO's directory mode adds ".alias".
-VHD_RELATIVE_PATTERN = re.compile(r'^vdis/([0-9a-f-]{36})/([0-9a-f-]{36})/(\d{8}T\d{6}Z)(\.alias)?\.vhd$')
+VHD_RELATIVE_PATTERN = re.compile(r'^vdis/([0-9a-f-]{36})/([0-9a-f-]{36})/(\d{8}T\d{6}Z)(\.alias)?\.vhd\Z')
 
 
 class RepositoryError(DeltaBackupError):

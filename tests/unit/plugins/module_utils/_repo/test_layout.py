@@ -210,3 +210,13 @@ def test_relative_to_vm_folder_refuses_foreign_paths(path):
 def test_relative_to_vm_folder_validates_the_vm():
     with pytest.raises(RepositoryError, match="VM uuid 'xo' is not a canonical"):
         relative_to_vm_folder('xo', 'xo-vm-backups/xo/x.json')
+
+
+def test_a_uuid_with_a_final_newline_is_refused():
+    # '$' also matches before a final newline: the patterns end in '\Z' so no path is ever built from such a value.
+    assert is_uuid(VM + '\n') is False
+    with pytest.raises(RepositoryError, match='canonical lower-case uuid'):
+        validate_uuid(VM + '\n')
+    with pytest.raises(RepositoryError, match='canonical lower-case uuid'):
+        vm_folder(VM + '\n')
+    assert not VHD_RELATIVE_PATTERN.match('vdis/%s/%s/%s.vhd\n' % (JOB, VDI_A, T1))

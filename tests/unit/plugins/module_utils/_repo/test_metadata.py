@@ -221,3 +221,11 @@ def test_load_does_not_check_fields(storage, tmp_path):
     assert load_metadata_json(storage, 'full.json') == {'version': '2.0.0', 'mode': 'full'}
     with pytest.raises(MetadataError, match="mode is 'full'"):
         read_metadata(storage, 'full.json')
+
+
+def test_a_vhds_path_with_a_final_newline_is_refused():
+    relative = 'vdis/%s/%s/20260101T010000Z.vhd\n' % ('0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c', '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c')
+    metadata = {'version': '2.0.0', 'mode': 'delta', 'jobId': '0b7c5d3e-3a51-4a3c-9a55-6e1f8c0a1b2c', 'timestamp': 1, 'vm': {}, 'vmSnapshot': {},
+                'vbds': {}, 'vifs': {}, 'vdis': {}, 'vhds': {'r': relative}}
+    with pytest.raises(MetadataError, match='is not a vdis/'):
+        validate_metadata(metadata, 'x.json')
