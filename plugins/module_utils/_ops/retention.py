@@ -316,7 +316,7 @@ def _execute(repo, plan: RetentionPlan) -> dict:
     for merge in plan.merges:
         began = time.monotonic()
         try:
-                merge_chain(merge.full, merge.deltas, storage=repo.storage)
+            merge_chain(merge.full, merge.deltas, storage=repo.storage)
         except VhdError as error:
             raise RepositoryError('merge of %s into %s failed: %s' % (', '.join(repo.describe(path) for path in merge.deltas),
                                                                       repo.describe(merge.full), error)) from error

@@ -31,8 +31,9 @@ def test_select_point(history, selector, expected):
     assert restore.select_point(points, selector).timestamp == points[expected].timestamp
 
 
-@pytest.mark.parametrize('selector, message', [('7', 'out of range'), ('2025-01-01T00:00:00Z', 'at or before'), ('yesterday', 'neither'),
-                                              ('20261340T010000Z', "timestamp '20261340T010000Z' is not a valid UTC time")])
+@pytest.mark.parametrize('selector, message', [
+    ('7', 'out of range'), ('2025-01-01T00:00:00Z', 'at or before'), ('yesterday', 'neither'),
+    ('20261340T010000Z', "timestamp '20261340T010000Z' is not a valid UTC time")])
 def test_select_point_errors(history, selector, message):
     with pytest.raises(restore.RestoreError, match=message):
         restore.select_point(history.repo.list_backups(VM), selector)

@@ -126,8 +126,8 @@ def test_vif_record():
     assert record['other_config'] == {'k': 'v'} and record['qos_algorithm_params'] == {'kbps': '100'}
     assert restore.vif_create_record(vif, 'OpaqueRef:new-vm', keep_mac=True)['MAC'] == '02:16:3e:00:00:07'
     # an older metadata VIF with only device and MAC still gives a complete record
-    bare = restore.vif_create_record(restore.VifRestore(record={'device': '0'}, network_ref='OpaqueRef:n', network=NETWORKS['OpaqueRef:lan'],
-                                                         matched_by='uuid'), 'OpaqueRef:v', True)
+    vif = restore.VifRestore(record={'device': '0'}, network_ref='OpaqueRef:n', network=NETWORKS['OpaqueRef:lan'], matched_by='uuid')
+    bare = restore.vif_create_record(vif, 'OpaqueRef:v', True)
     assert set(bare) == set(CONSTRUCTOR_FIELDS['VIF']) and bare['MTU'] == '1500' and bare['MAC'] == ''
 
 

@@ -64,8 +64,8 @@ def test_the_oldest_kept_point_merges_its_deltas_into_the_full():
     assert plan.orphans == [] and plan.changes
     relative = 'vdis/%s/%s/' % (JOB, ROOT)
     assert merge.as_result(VM) == {'vdi_uuid': ROOT, 'point': stamp(4), 'full': relative + stamp(1) + '.vhd',
-                                       'deltas': [relative + stamp(n) + '.vhd' for n in (2, 3, 4)], 'result': relative + stamp(4) + '.vhd',
-                                       'bytes': 0}
+                                   'deltas': [relative + stamp(n) + '.vhd' for n in (2, 3, 4)], 'result': relative + stamp(4) + '.vhd',
+                                   'bytes': 0}
     merge.seconds = 1.5
     assert merge.as_result(VM)['seconds'] == 1.5
 

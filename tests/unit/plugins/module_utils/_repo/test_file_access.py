@@ -44,14 +44,14 @@ def file_access(source: str) -> list[tuple[int, str, str]]:
     found = []
     tree = ast.parse(source)
     # A call on a file module counts only where the file imports it (a local variable may share the name).
-    imported = {alias.asname or alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported = {alias.asname or alias.name.split('.', maxsplit=1)[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
 
     def visit(node, function):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             function = node.name
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or '']
-            found.extend((node.lineno, function, 'import %s' % name) for name in names if name.split('.')[0] in FILE_MODULES)
+            found.extend((node.lineno, function, 'import %s' % name) for name in names if name.split('.', maxsplit=1)[0] in FILE_MODULES)
             if isinstance(node, ast.ImportFrom) and node.module == 'os':
                 found.append((node.lineno, function, 'from os import ...'))
         if isinstance(node, ast.Call):
@@ -60,7 +60,7 @@ def file_access(source: str) -> list[tuple[int, str, str]]:
                 found.append((node.lineno, function, name))
             elif name.startswith('os.path.') or (name.startswith('os.') and name.split('.')[1] not in OS_ALLOWED):
                 found.append((node.lineno, function, name))
-            elif name.split('.')[0] in FILE_MODULES and name.split('.')[0] in imported:
+            elif name.split('.', maxsplit=1)[0] in FILE_MODULES and name.split('.', maxsplit=1)[0] in imported:
                 found.append((node.lineno, function, name))
         for child in ast.iter_child_nodes(node):
             visit(child, function)
