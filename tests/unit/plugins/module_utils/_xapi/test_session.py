@@ -10,6 +10,7 @@ Over real HTTPS against ``MiniXapi`` (xapi_stub.py), and against the XAPI simula
 from __future__ import annotations
 
 import os
+import ssl
 import time
 
 import pytest
@@ -18,10 +19,13 @@ XenAPI = pytest.importorskip('XenAPI')
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: E402
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import XapiError  # noqa: E402
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ConnectionOptionError, XapiError  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import HostEndpoint  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import (  # noqa: E402
+    DEFAULT_OPERATION_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TRANSFER_READ_TIMEOUT, XapiConnection,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connection_argument_spec  # noqa: E402
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._xapi.xapi_stub import serve, sim_connect  # noqa: E402
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._xapi.xapi_stub import Fail, MiniXapi, serve, sim_connect  # noqa: E402
 
 
 # -- connection options ----------------------------------------------------------------------------
@@ -60,6 +64,38 @@ def test_argument_spec_task_value_beats_env(monkeypatch):
 def test_blank_survey_values_count_as_unset(pki):
     connection = XapiConnection('pool.example', username='', password=None, ca_path='', timeout=None)
     assert connection.username == 'root' and connection.password == '' and connection.ca_path is None and connection.timeout == 60
+
+
+
+@pytest.mark.parametrize('option', ['timeout', 'operation_timeout', 'transfer_read_timeout'])
+def test_negative_timeouts_are_refused(option):
+    with pytest.raises(ConnectionOptionError, match='^%s must be a positive number of seconds, got -1$' % option) as caught:
+        XapiConnection('pool.example', **{option: -1})
+    assert caught.value.option == option and caught.value.error_code == 'invalid_connection_option'
+
+
+def test_unset_timeouts_take_the_defaults():
+    connection = XapiConnection('http://pool.example', timeout=0, operation_timeout=None, transfer_read_timeout=0)
+    assert (connection.timeout, connection.operation_timeout, connection.transfer_read_timeout) == (
+        DEFAULT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_TRANSFER_READ_TIMEOUT) == (60.0, 600.0, 300.0)
+    assert connection.ssl_context is None and not connection.logged_in  # plain http has no TLS context
+
+
+def test_from_params_takes_the_module_options(pki):
+    params = ArgumentSpecValidator(connection_argument_spec()).validate({
+        'hostname': 'https://pool.example:8443', 'username': 'backup', 'password': 'pw', 'ca_path': pki['ca'], 'timeout': 7,
+        'operation_timeout': 70, 'transfer_read_timeout': 700}).validated_parameters
+    connection = XapiConnection.from_params(params)
+    assert connection.endpoint == HostEndpoint('https', 'pool.example', 8443) and connection.username == 'backup' and connection.password == 'pw'
+    assert connection.ca_path == pki['ca'] and connection.validate_certs is True and connection.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    assert (connection.timeout, connection.operation_timeout, connection.transfer_read_timeout) == (7.0, 70.0, 700.0)
+    bare = XapiConnection.from_params({'hostname': 'pool.example'})
+    assert bare.username == 'root' and bare.timeout == DEFAULT_TIMEOUT and bare.validate_certs is True
+
+
+def test_from_params_without_a_hostname_says_how_to_set_it():
+    with pytest.raises(ConnectionOptionError, match='no pool to connect to: set hostname or the XENSERVER_HOST environment variable'):
+        XapiConnection.from_params({'hostname': None})
 
 
 # -- sessions over real HTTPS ----------------------------------------------------------------------
@@ -118,6 +154,55 @@ def test_call_label_names_the_action(connect):
     with connect() as xapi:
         with pytest.raises(XapiError, match='^removal of snapshot x failed: VM OpaqueRef:gone does not exist'):
             xapi.call('VM.get_record', 'OpaqueRef:gone', what='removal of snapshot x')
+
+
+
+def test_login_and_logout_are_idempotent(connect, https_server):
+    xapi = connect(originator='backup-tests')
+    assert not xapi.logged_in
+    with pytest.raises(XapiError, match='^not logged in to 127.0.0.1:%d: use the connection as a context manager' % https_server.server_address[1]):
+        xapi.session_ref  # pylint: disable=pointless-statement
+    xapi.login()
+    first = xapi.session_ref
+    xapi.login()
+    assert xapi.session_ref == first and https_server.xapi.logins == 1 and https_server.xapi.originators == ['backup-tests']
+    xapi.logout()
+    xapi.logout()
+    assert not xapi.logged_in and https_server.xapi.logouts == 1 and https_server.xapi.sessions == {}
+    with xapi:  # a connection can log in again after a logout
+        assert xapi.session_ref != first
+    assert https_server.xapi.logins == 2 and https_server.xapi.logouts == 2
+
+
+def test_logout_never_raises(connect, https_server, monkeypatch):
+    original = MiniXapi.call
+
+    def refuse_logout(self, method, params):
+        if method == 'session.logout':
+            raise Fail('SESSION_INVALID', params[0])  # the host restarted and forgot the session
+        return original(self, method, params)
+    monkeypatch.setattr(MiniXapi, 'call', refuse_logout)
+    with connect() as xapi:
+        assert xapi.logged_in
+    assert not xapi.logged_in and https_server.xapi.logouts == 0 and len(https_server.xapi.sessions) == 1
+
+
+def test_call_without_a_string_argument_is_labelled_with_the_method(connect):
+    with connect() as xapi:
+        with pytest.raises(XapiError, match=r'^pool.get_all failed: XAPI error MESSAGE_METHOD_UNKNOWN \(pool.get_all\)$') as caught:
+            xapi.call('pool.get_all')
+        assert caught.value.code == 'MESSAGE_METHOD_UNKNOWN' and caught.value.params == ['pool.get_all']
+        assert xapi.call('task.create', 'label', 'description').startswith('OpaqueRef:')
+
+
+def test_expired_session_is_renewed_by_the_next_call(connect, https_server):
+    with connect() as xapi:
+        first = xapi.session_ref
+        with https_server.xapi.lock:
+            del https_server.xapi.sessions[first]  # XAPI's GC removed the idle session
+        assert xapi.call('task.create', 'after expiry', '').startswith('OpaqueRef:')
+        assert xapi.session_ref != first
+    assert https_server.xapi.logins == 2 and https_server.xapi.sessions == {}
 
 
 # -- against the XAPI simulator --------------------------------------------------------------------
