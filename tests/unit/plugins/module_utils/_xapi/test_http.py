@@ -9,12 +9,16 @@ Over real HTTP(S) against ``MiniXapi`` (xapi_stub.py), and against the XAPI simu
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
+import shutil
 import socket
 import ssl
+import subprocess
 import time
-from urllib.parse import urlsplit
+import xmlrpc.client
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -22,9 +26,12 @@ XenAPI = pytest.importorskip('XenAPI')
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi import http as http_mod  # noqa: E402
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import (  # noqa: E402
-    CertificateVerifyError, TaskDestroyedError, TaskTimeoutError, TransferCutError, TransferTooLongError, XapiError,
+    CertificateVerifyError, TaskDestroyedError, TaskTimeoutError, TransferCutError, TransferError, TransferTooLongError, XapiError,
+    XapiTransportError,
 )
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import HostEndpoint, build_ssl_context, parse_hostname  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.http import (  # noqa: E402
+    NULL_REF, TRANSFER_CHUNK_SIZE, HostEndpoint, build_ssl_context, describe_transport_error, parse_hostname,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import XapiConnection  # noqa: E402
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._xapi.xapi_stub import PASSWORD, Handler, serve, sim_connect  # noqa: E402
 
@@ -59,6 +66,31 @@ def test_parse_hostname_rejects(value, message):
         parse_hostname(value)
 
 
+
+@pytest.mark.parametrize('endpoint, netloc, url', [
+    (HostEndpoint('https', 'pool.example', 443), 'pool.example:443', 'https://pool.example:443/'),
+    (HostEndpoint('http', '10.0.0.1', 80), '10.0.0.1:80', 'http://10.0.0.1:80/'),
+    (HostEndpoint('https', 'fe80::1', 444), '[fe80::1]:444', 'https://[fe80::1]:444/'),
+])
+def test_host_endpoint_netloc_and_url(endpoint, netloc, url):
+    assert endpoint.netloc == netloc and endpoint.url == url
+    assert parse_hostname(url) == endpoint
+
+
+def test_parse_hostname_defaults_of_a_redirect():
+    # HOST_IS_SLAVE names the coordinator by address only: keep the scheme and port in use.
+    assert parse_hostname('10.0.0.2', default_scheme='http', default_port=8080) == HostEndpoint('http', '10.0.0.2', 8080)
+    assert parse_hostname('10.0.0.2:81', default_scheme='http', default_port=8080) == HostEndpoint('http', '10.0.0.2', 81)
+    assert parse_hostname('https://10.0.0.2', default_scheme='http', default_port=8080) == HostEndpoint('https', '10.0.0.2', 8080)
+
+
+@pytest.mark.parametrize('value', ['https://', 'https://:443'])
+def test_parse_hostname_without_a_host(value):
+    with pytest.raises(XapiError, match='hostname %s: no host name found' % value) as caught:
+        parse_hostname(value)
+    assert caught.value.option == 'hostname'
+
+
 # -- TLS and transport errors ----------------------------------------------------------------------
 
 
@@ -74,6 +106,38 @@ def test_missing_ca_path(tmp_path):
     (tmp_path / 'bad.pem').write_text('not a certificate')
     with pytest.raises(XapiError, match='could not be loaded'):
         build_ssl_context(ca_path=str(tmp_path / 'bad.pem'))
+
+
+def make_ca(folder, name):
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', name + '.key', '-out', name + '.pem', '-days', '2',
+                    '-subj', '/CN=%s' % name], cwd=str(folder), check=True, capture_output=True)
+    return folder / (name + '.pem')
+
+
+def test_a_pem_bundle_as_ca_path_trusts_each_of_its_certificates(connect, https_server, pki, tmp_path):
+    other = make_ca(tmp_path, 'other-ca').read_text()
+    pool_ca = open(pki['ca'], encoding='ascii').read()
+    (tmp_path / 'bundle.pem').write_text(other + pool_ca)
+    with connect(ca_path=str(tmp_path / 'bundle.pem')) as xapi:
+        assert xapi.logged_in
+    with pytest.raises(CertificateVerifyError, match='certificate verify failed for host 127.0.0.1') as caught:
+        with connect(ca_path=str(tmp_path / 'other-ca.pem')):
+            pass
+    assert caught.value.host == '127.0.0.1' and caught.value.error_code == 'certificate_verify_failed'
+    assert https_server.xapi.logins == 1
+
+
+def test_a_hashed_certificate_directory_as_ca_path(connect, pki, tmp_path):
+    subject_hash = subprocess.run(['openssl', 'x509', '-hash', '-noout', '-in', pki['ca']], check=True, capture_output=True, text=True).stdout.strip()
+    folder = tmp_path / 'certs'
+    folder.mkdir()
+    shutil.copy(pki['ca'], str(folder / ('%s.0' % subject_hash)))
+    assert build_ssl_context(ca_path=str(folder)).verify_mode == ssl.CERT_REQUIRED
+    with connect(ca_path=str(folder)) as xapi:
+        assert xapi.logged_in
+    with pytest.raises(CertificateVerifyError, match='certificate verify failed for host 127.0.0.1'):
+        with connect(ca_path=str(tmp_path)):  # a directory without the pool's CA
+            pass
 
 
 def test_untrusted_certificate_gives_clear_advice(connect):
@@ -138,6 +202,51 @@ def test_silent_server_times_out():
             with XapiConnection('http://127.0.0.1:%d' % silent.getsockname()[1], password=PASSWORD, timeout=0.5):
                 pass
         assert time.monotonic() - started < 5
+
+
+
+ENDPOINT = HostEndpoint('https', 'pool.example', 443)
+
+
+def certificate_error():
+    error = ssl.SSLCertVerificationError(1, 'certificate verify failed')
+    error.verify_message = 'self-signed certificate'
+    return error
+
+
+@pytest.mark.parametrize('exc, cls, message', [
+    (certificate_error(), CertificateVerifyError,
+     "^certificate verify failed for host pool.example \\(self-signed certificate\\): set ca_path to the pool's CA or validate_certs: false"),
+    (ssl.SSLError(1, 'wrong version number'), XapiTransportError, r'^TLS error talking to pool.example:443: .*\(is it really an https port\?\)$'),
+    (socket.gaierror(-2, 'Name or service not known'), XapiTransportError, '^cannot resolve host pool.example: Name or service not known; check hostname$'),
+    (ConnectionRefusedError(111, 'refused'), XapiTransportError, '^connection refused by pool.example:443: check hostname and port'),
+    (socket.timeout('timed out'), XapiTransportError, '^no answer from pool.example:443 within 9 seconds: check the network or raise timeout$'),
+    (TimeoutError('timed out'), XapiTransportError, '^no answer from pool.example:443 within 9 seconds'),
+    (xmlrpc.client.ProtocolError('pool.example/', 404, 'Not Found', {}), XapiTransportError,
+     '^HTTP error 404 Not Found from pool.example:443: is this a XAPI host\\?$'),
+    (xmlrpc.client.Fault(1, 'boom'), XapiTransportError, '^XML-RPC fault from pool.example:443: boom$'),
+    (http.client.RemoteDisconnected('Remote end closed connection'), XapiTransportError,
+     '^bad HTTP answer from pool.example:443: Remote end closed connection$'),
+    (http.client.BadStatusLine(''), XapiTransportError, '^bad HTTP answer from pool.example:443: '),
+    (OSError(113, 'No route to host'), XapiTransportError, '^cannot talk to pool.example:443: .*No route to host$'),
+])
+def test_describe_transport_error(exc, cls, message):
+    error = describe_transport_error(exc, ENDPOINT, 9)
+    assert type(error) is cls and error.code is None and error.as_result() is None
+    with pytest.raises(cls, match=message):
+        raise error
+
+
+def test_describe_transport_error_names_the_timeout_option():
+    error = describe_transport_error(socket.timeout('timed out'), ENDPOINT, 300.0, 'transfer_read_timeout')
+    assert error.message == 'no answer from pool.example:443 within 300.0 seconds: check the network or raise transfer_read_timeout'
+
+
+def test_describe_transport_error_of_a_session_that_kept_expiring():
+    error = describe_transport_error(xmlrpc.client.Fault(1, 'Failed to get a valid session after 3 attempts'), ENDPOINT)
+    assert type(error) is XapiError and error.code == 'SESSION_INVALID'
+    assert error.params == ['1', 'Failed to get a valid session after 3 attempts']
+    assert error.message.startswith('the XAPI session on pool.example:443 kept expiring: XenAPI logged in again three times')
 
 
 # -- streaming transfers ---------------------------------------------------------------------------
@@ -286,6 +395,108 @@ def test_import_failure_in_task(connect, https_server):
         with pytest.raises(XapiError, match='import into VDI OpaqueRef:t failed: the disk transfer failed on the host \\(bad VHD\\)'):
             xapi.import_stream('OpaqueRef:t', b'abc', 3)
     assert https_server.xapi.tasks == {}
+
+
+
+def record_paths(monkeypatch, method):
+    original, paths = getattr(Handler, method), []
+
+    def recording(handler):
+        paths.append(handler.path)
+        original(handler)
+    monkeypatch.setattr(Handler, method, recording)
+    return paths
+
+
+def test_export_query_names_format_and_base(connect, https_server, monkeypatch):
+    paths = record_paths(monkeypatch, 'do_GET')
+    with connect() as xapi:
+        with xapi.open_export('OpaqueRef:vdi', fmt='raw', base_ref=NULL_REF) as stream:
+            assert stream.read() == https_server.xapi.disk
+        with xapi.open_export('OpaqueRef:vdi', base_ref='OpaqueRef:base') as stream:
+            assert stream.label == 'export of VDI OpaqueRef:vdi (delta from OpaqueRef:base)'
+            stream.read()
+        assert stream.verified and stream.result == '' and stream.read() == b''
+    first, second = ({k: v[0] for k, v in parse_qs(urlsplit(p).query).items()} for p in paths)
+    assert urlsplit(paths[0]).path == '/export_raw_vdi' and first['format'] == 'raw' and first['vdi'] == 'OpaqueRef:vdi' and 'base' not in first
+    assert second['format'] == 'vhd' and second['base'] == 'OpaqueRef:base' and second['task_id'] not in https_server.xapi.tasks
+    assert https_server.xapi.tasks == {} and len(https_server.xapi.destroyed) == 2
+
+
+def test_transfers_refuse_bad_arguments_before_making_a_task(connect, https_server):
+    with connect() as xapi:
+        with pytest.raises(XapiError, match='^unsupported export format qcow2 \\(use one of vhd, raw\\)$'):
+            xapi.open_export('OpaqueRef:vdi', fmt='qcow2')
+        with pytest.raises(XapiError, match='^unsupported import format qcow2 \\(use one of vhd, raw\\)$'):
+            xapi.import_stream('OpaqueRef:vdi', b'', 0, fmt='qcow2')
+        for length in (-1, 1.5, '3'):
+            with pytest.raises(XapiError, match='^import length must be a non-negative integer, got '):
+                xapi.import_stream('OpaqueRef:vdi', b'abc', length)
+    assert https_server.xapi.tasks == {} and https_server.xapi.destroyed == []
+    unconnected = connect()
+    with pytest.raises(XapiError, match='^not logged in'):
+        unconnected.open_export('OpaqueRef:vdi')
+    with pytest.raises(XapiError, match='^not logged in'):
+        unconnected.import_stream('OpaqueRef:vdi', b'', 0)
+
+
+def test_import_of_an_empty_disk(connect, https_server):
+    with connect() as xapi:
+        assert xapi.import_stream('OpaqueRef:empty', b'', 0, fmt='raw') == 'OpaqueRef:empty'
+    assert https_server.xapi.imported == b'' and https_server.xapi.tasks == {}
+
+
+def test_redirect_without_a_location_fails_and_ends_the_task(connect, https_server, monkeypatch):
+    def redirect_nowhere(handler):
+        handler.send_response(302)
+        handler.send_header('Content-Length', '0')
+        handler.end_headers()
+    monkeypatch.setattr(Handler, 'do_GET', redirect_nowhere)
+    with connect() as xapi:
+        with pytest.raises(TransferError, match="^redirect from 127.0.0.1:%d without a usable Location header \\(''\\)$" % https_server.server_address[1]):
+            xapi.open_export('OpaqueRef:vdi')
+    assert https_server.xapi.tasks == {} and len(https_server.xapi.cancelled) == 1
+
+
+def test_a_second_redirect_is_not_followed(connect, https_server, monkeypatch):
+    redirected = []
+
+    def redirect_to_self(handler):
+        redirected.append(handler.path)
+        handler.send_response(302)
+        handler.send_header('Location', 'https://127.0.0.1:%d%s' % (https_server.server_address[1], handler.path))
+        handler.send_header('Content-Length', '0')
+        handler.end_headers()
+    monkeypatch.setattr(Handler, 'do_GET', redirect_to_self)
+    with connect() as xapi:
+        with pytest.raises(TransferError, match='^export of VDI OpaqueRef:vdi failed: HTTP 302 Found$') as caught:
+            xapi.open_export('OpaqueRef:vdi')
+    assert caught.value.http_status == 302 and len(redirected) == 2 and https_server.xapi.tasks == {}
+
+
+def test_import_refused_at_the_headers_without_a_task_error(connect, https_server, monkeypatch):
+    def refuse(handler):
+        handler.send_response(500)
+        handler.send_header('Content-Length', '0')
+        handler.send_header('Connection', 'close')
+        handler.end_headers()
+        handler.close_connection = True
+    monkeypatch.setattr(Handler, 'do_PUT', refuse)
+    with connect() as xapi:
+        with pytest.raises(TransferError, match='^import into VDI OpaqueRef:t failed: HTTP 500 Internal Server Error$') as caught:
+            xapi.import_stream('OpaqueRef:t', b'abc', 3)
+    assert caught.value.http_status == 500 and caught.value.error_code == 'transfer_failed'
+    assert https_server.xapi.tasks == {} and len(https_server.xapi.cancelled) == 1
+
+
+def test_chunks_of_every_kind_of_source():
+    data = os.urandom(2 * TRANSFER_CHUNK_SIZE + 5)
+    for source in (data, bytearray(data), memoryview(data), io.BytesIO(data)):
+        chunks = list(http_mod._chunks_of(source))  # pylint: disable=protected-access
+        assert [len(c) for c in chunks] == [TRANSFER_CHUNK_SIZE, TRANSFER_CHUNK_SIZE, 5] and b''.join(chunks) == data
+        assert all(type(c) is bytes for c in chunks)
+    assert list(http_mod._chunks_of(iter([b'a', b'', bytearray(b'bc')]))) == [b'a', b'bc']  # pylint: disable=protected-access
+    assert list(http_mod._chunks_of(b'')) == []  # pylint: disable=protected-access
 
 
 # -- against the XAPI simulator --------------------------------------------------------------------
