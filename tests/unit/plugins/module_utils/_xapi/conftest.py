@@ -59,8 +59,9 @@ def connect(https_server, pki):
     return factory
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def simulator():
+    """One simulator for the folder's test files, as when they were one file; each test restores what it changes."""
     # ansible-test units does not put tests/ on sys.path; the simulator lives there.
     if os.path.isdir(os.path.join(TESTS_DIR, 'xapisim')) and TESTS_DIR not in sys.path:
         sys.path.insert(0, TESTS_DIR)
