@@ -293,7 +293,7 @@ def test_export_from_a_silent_host_names_the_transfer_timeout(connect, https_ser
 def test_export_http_error_reports_the_task_error(connect, https_server):
     https_server.xapi.export_mode = 'http-500'
     with connect() as xapi:
-        with pytest.raises(XapiError) as caught:
+        with pytest.raises(XapiError, match='^export of VDI OpaqueRef:vdi failed: XAPI error VDI_MISSING') as caught:
             xapi.open_export('OpaqueRef:vdi')
     assert caught.value.code == 'VDI_MISSING' and https_server.xapi.tasks == {}
 
@@ -345,7 +345,7 @@ def test_import_sends_exact_length_without_transfer_encoding(connect, https_serv
 ])
 def test_import_source_of_wrong_length_fails(connect, https_server, source, length, error_class):
     with connect() as xapi:
-        with pytest.raises(XapiError) as caught:
+        with pytest.raises(XapiError, match='^import into VDI OpaqueRef:target failed: ') as caught:
             xapi.import_stream('OpaqueRef:target', source, length)
     assert isinstance(caught.value, error_class) or caught.value.code == 'VDI_IO_ERROR', caught.value
     assert https_server.xapi.imported is None and https_server.xapi.tasks == {}
@@ -526,7 +526,7 @@ def test_sim_cut_export_is_detected(sim):
     with sim_connect(sim, timeout=30) as xapi:
         source = xapi.call('VDI.get_by_name_label', 'db01-root')[0]
         sim.control.cut_export(100000, vdi=source)
-        with pytest.raises(XapiError) as caught:
+        with pytest.raises(XapiError, match=r'^export of VDI OpaqueRef:\S+ .*after \d+ bytes') as caught:
             with xapi.open_export(source) as stream:
                 stream.read()
         assert caught.value.code is not None or isinstance(caught.value, TransferCutError), caught.value
@@ -541,7 +541,7 @@ def test_sim_cut_import_is_detected(sim):
         with xapi.open_export(source) as stream:
             vhd = stream.read()
         sim.control.cut_import(65536, vdi=target)
-        with pytest.raises(XapiError):
+        with pytest.raises(XapiError, match='^import into VDI %s failed' % target):
             xapi.import_stream(target, vhd, len(vhd))
         assert not [t for t in xapi.call('task.get_all_records').values() if 'import' in t['name_label']]
 
@@ -553,7 +553,7 @@ def test_sim_export_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
             # Earlier tests snapshot db01: its snapshot disks share the name.
             source = [v for v in xapi.call('VDI.get_by_name_label', 'db01-root') if not xapi.call('VDI.get_is_a_snapshot', v)][0]
             sim.control.write_vdi(source, 0, seed=31, length=64 << 20)
-            with pytest.raises(XapiError) as caught:
+            with pytest.raises(XapiError, match=r'^export of VDI \S+ failed: XAPI destroyed the task before the transfer finished .*\(after \d+ bytes\)$') as caught:
                 with xapi.open_export(source) as stream:
                     stream.read(1 << 20)
                     time.sleep(0.3)  # a slow link: the reader stalls, the export's progress stops
@@ -586,7 +586,7 @@ def test_sim_member_certificate_missing_from_ca_path_names_the_member(member_poo
     member = urlsplit(sim.slave_url).netloc
     with sim_connect(sim, ca_path=sim.ca_path, timeout=30) as xapi:
         vdi = xapi.call('VDI.get_by_name_label', 'app02-root')[0]
-        with pytest.raises(XapiError) as caught:
+        with pytest.raises(XapiError, match='certificate verify failed for pool member') as caught:
             if direction == 'export':
                 with xapi.open_export(vdi, 'raw') as stream:
                     stream.read()
@@ -616,7 +616,7 @@ def test_sim_import_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
             sr = xapi.call('SR.get_by_name_label', 'Local storage')[0]
             vdi = xapi.call('VDI.create', {'name_label': 'upload', 'SR': sr, 'virtual_size': length, 'type': 'user', 'sharable': False,
                                            'read_only': False, 'other_config': {}})
-            with pytest.raises(XapiError) as caught:
+            with pytest.raises(XapiError, match='^import into VDI %s failed: XAPI destroyed the task before the transfer finished' % vdi) as caught:
                 xapi.import_stream(vdi, slow_link(), length, fmt='raw')
             xapi.call('VDI.destroy', vdi)
         assert isinstance(caught.value, TaskDestroyedError), caught.value.message
