@@ -25,7 +25,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
     DEFAULT_OPERATION_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TRANSFER_READ_TIMEOUT, XapiConnection,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connection_argument_spec  # noqa: E402
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._xapi.xapi_stub import Fail, MiniXapi, serve, sim_connect  # noqa: E402
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._xapi.xapi_stub import PASSWORD, Fail, MiniXapi, serve, sim_connect  # noqa: E402
 
 
 # -- connection options ----------------------------------------------------------------------------
@@ -143,6 +143,20 @@ def test_host_is_slave_is_followed_once(server_context, connect, https_server):
     finally:
         member.shutdown()
         member.server_close()
+
+
+def test_host_is_slave_over_plain_http_keeps_the_scheme():
+    coordinator, member = serve(), serve()
+    try:
+        member.xapi.coordinator = '127.0.0.1:%d' % coordinator.server_address[1]
+        with XapiConnection('http://127.0.0.1:%d' % member.server_address[1], password=PASSWORD, timeout=5) as xapi:
+            assert xapi.endpoint == HostEndpoint('http', '127.0.0.1', coordinator.server_address[1]) and xapi.ssl_context is None
+            assert xapi.call('task.create', 'on the coordinator', '') in coordinator.xapi.tasks
+        assert coordinator.xapi.logins == coordinator.xapi.logouts == 1 and member.xapi.logins == 0
+    finally:
+        for server in (coordinator, member):
+            server.shutdown()
+            server.server_close()
 
 
 def test_call_requires_login(connect):
