@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import random
@@ -94,7 +95,7 @@ def test_a_failing_target_is_raised_to_the_writer_and_on_close():
 def test_leaving_on_an_exception_drops_the_queue_and_stops_the_thread():
     gate = threading.Event()
     target = Recorder(gate=gate)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match='^the stream was cut$'):
         with WriteBehind(target.write, buffers=4, buffer_size=1024) as sink:
             for _number in range(3):
                 sink.write(b'y' * 1024)
@@ -129,3 +130,30 @@ def test_every_consumer_sees_every_chunk_and_a_slow_one_holds_the_ring():
     sink.close()
     assert bytes(fast.received) == bytes(slow.received) == numbered_chunks(8)
     assert fast.threads.isdisjoint(slow.threads)
+
+
+def test_a_write_behind_needs_a_consumer():
+    with pytest.raises(ValueError, match='^WriteBehind needs at least one consumer$'):
+        WriteBehind()
+
+
+def test_write_counts_bytes_of_any_buffer_and_splits_it_into_the_ring():
+    target = Recorder()
+    chunks = []
+    numbers = array.array('I', range(1000))
+    with WriteBehind(target.write, lambda chunk: chunks.append(len(chunk)), buffers=2, buffer_size=1000) as sink:
+        assert sink.write(numbers) == 4000
+        assert sink.write(b'') == 0
+    assert bytes(target.received) == numbers.tobytes() and chunks == [1000] * 4
+
+
+def test_abort_never_raises_even_after_a_consumer_failed():
+    failing, other = Recorder(fail_after=0), Recorder()
+    sink = WriteBehind(failing.write, other.write, buffers=1, buffer_size=1024)
+    sink.write(b'a' * 1024)
+    with pytest.raises(OSError, match='No space left on device'):
+        sink.close()
+    sink.abort()
+    assert not any(thread.is_alive() for thread in sink._threads)  # pylint: disable=protected-access
+    # the other consumer may have seen the chunk before the failure, never after
+    assert failing.received == b'' and bytes(other.received) in (b'', b'a' * 1024)
