@@ -172,6 +172,9 @@ def _explain_failure(code: str, params: list, method: str | None) -> str:
     """Operator-facing explanation of one XAPI error code (ansible-conventions.md, section 5)."""
     if code == 'SESSION_AUTHENTICATION_FAILED':
         return 'login failed for user %s: check username and password' % error_param(params, 0)
+    if code == 'HANDLE_INVALID' and error_param(params, 0) == 'task':
+        # XAPI's database GC destroyed the task (see TASK_DESTROYED_ADVICE); checked before the general case.
+        return TASK_DESTROYED_ADVICE
     if code == 'HANDLE_INVALID':
         return '%s %s does not exist (any more): it was deleted or the reference is stale; look it up again' % (error_param(params, 0), error_param(params, 1))
     if code == 'UUID_INVALID':
@@ -200,8 +203,6 @@ def _explain_failure(code: str, params: list, method: str | None) -> str:
         return 'host is a pool member, not the coordinator (%s): connect to the pool coordinator' % error_param(params, 0)
     if code == 'SESSION_INVALID':
         return 'the XAPI session expired or was logged out (too many sessions on the pool?): retry'
-    if code == 'HANDLE_INVALID' and error_param(params, 0) == 'task':
-        return TASK_DESTROYED_ADVICE
     detail = ', '.join(str(p) for p in params)
     return 'XAPI error %s%s' % (code, ' (%s)' % detail if detail else '')
 

@@ -45,7 +45,6 @@ def test_error_mapping(details, method, fragments):
         assert error.as_result() == {'code': details[0], 'params': details[1:]}
 
 
-
 @pytest.mark.parametrize('details, expected', [
     (['TASK_CANCELLED', 'OpaqueRef:t'], 'the task was cancelled'),
     (['HOST_IS_SLAVE', '10.0.0.1'], 'host is a pool member, not the coordinator (10.0.0.1): connect to the pool coordinator'),
@@ -58,7 +57,7 @@ def test_error_mapping(details, method, fragments):
 def test_error_mapping_without_a_label_is_the_bare_explanation(details, expected):
     error = xapi_error_from_failure(details)
     assert error.message == str(error) == expected
-    assert type(error) is XapiError and error.code == details[0] and error.params == details[1:]
+    assert error.__class__ is XapiError and error.code == details[0] and error.params == details[1:]
 
 
 def test_error_mapping_of_the_parameter_count_falls_back_to_the_called_method():
@@ -114,7 +113,7 @@ def test_task_destroyed_error_names_the_transfer_and_the_seed_procedure():
 def test_reworded_keeps_class_code_params_and_attributes():
     original = XapiError('VDI.destroy failed', 'VDI_IN_USE', ['OpaqueRef:v', 'destroy'])
     error = original.reworded('removal failed: the disk is in use')
-    assert type(error) is XapiError and error is not original
+    assert error.__class__ is XapiError and error is not original
     assert error.message == str(error) == 'removal failed: the disk is in use' and error.args == ('removal failed: the disk is in use',)
     assert error.code == 'VDI_IN_USE' and error.params == ['OpaqueRef:v', 'destroy'] and error.as_result() == original.as_result()
     assert original.message == str(original) == 'VDI.destroy failed'
@@ -130,7 +129,7 @@ def test_reworded_keeps_class_code_params_and_attributes():
 ])
 def test_reworded_subclasses_whose_constructors_take_other_arguments(original, attribute):
     error = original.reworded('new words')
-    assert type(error) is type(original) and error.error_code == original.error_code
+    assert error.__class__ is type(original) and error.error_code == original.error_code
     assert getattr(error, attribute) == getattr(original, attribute)
     assert str(error) == error.message == 'new words' and str(original) != 'new words'
 
@@ -185,3 +184,10 @@ def test_failure_result_keeps_xapi_code_and_params():
 def test_failure_result_of_an_error_xapi_never_sent_has_no_xapi_error():
     result = failure_result(TaskTimeoutError('VM.start on OpaqueRef:vm did not finish within 1 seconds', 'OpaqueRef:task'))
     assert result == {'msg': 'VM.start on OpaqueRef:vm did not finish within 1 seconds', 'error_code': 'task_timeout'}
+
+
+def test_a_task_handle_xapi_no_longer_knows_gets_the_seed_advice():
+    # Found by splitting the tests: the general HANDLE_INVALID text used to answer first.
+    message = xapi_error_from_failure(['HANDLE_INVALID', 'task', 'OpaqueRef:t']).message
+    assert TASK_DESTROYED_ADVICE in message and 'look it up again' not in message
+    assert 'look it up again' in xapi_error_from_failure(['HANDLE_INVALID', 'VDI', 'OpaqueRef:v']).message

@@ -66,7 +66,6 @@ def test_parse_hostname_rejects(value, message):
         parse_hostname(value)
 
 
-
 @pytest.mark.parametrize('endpoint, netloc, url', [
     (HostEndpoint('https', 'pool.example', 443), 'pool.example:443', 'https://pool.example:443/'),
     (HostEndpoint('http', '10.0.0.1', 80), '10.0.0.1:80', 'http://10.0.0.1:80/'),
@@ -204,7 +203,6 @@ def test_silent_server_times_out():
         assert time.monotonic() - started < 5
 
 
-
 ENDPOINT = HostEndpoint('https', 'pool.example', 443)
 
 
@@ -232,7 +230,7 @@ def certificate_error():
 ])
 def test_describe_transport_error(exc, cls, message):
     error = describe_transport_error(exc, ENDPOINT, 9)
-    assert type(error) is cls and error.code is None and error.as_result() is None
+    assert error.__class__ is cls and error.code is None and error.as_result() is None
     with pytest.raises(cls, match=message):
         raise error
 
@@ -244,7 +242,7 @@ def test_describe_transport_error_names_the_timeout_option():
 
 def test_describe_transport_error_of_a_session_that_kept_expiring():
     error = describe_transport_error(xmlrpc.client.Fault(1, 'Failed to get a valid session after 3 attempts'), ENDPOINT)
-    assert type(error) is XapiError and error.code == 'SESSION_INVALID'
+    assert error.__class__ is XapiError and error.code == 'SESSION_INVALID'
     assert error.params == ['1', 'Failed to get a valid session after 3 attempts']
     assert error.message.startswith('the XAPI session on pool.example:443 kept expiring: XenAPI logged in again three times')
 
@@ -397,7 +395,6 @@ def test_import_failure_in_task(connect, https_server):
     assert https_server.xapi.tasks == {}
 
 
-
 def record_paths(monkeypatch, method):
     original, paths = getattr(Handler, method), []
 
@@ -494,7 +491,7 @@ def test_chunks_of_every_kind_of_source():
     for source in (data, bytearray(data), memoryview(data), io.BytesIO(data)):
         chunks = list(http_mod._chunks_of(source))  # pylint: disable=protected-access
         assert [len(c) for c in chunks] == [TRANSFER_CHUNK_SIZE, TRANSFER_CHUNK_SIZE, 5] and b''.join(chunks) == data
-        assert all(type(c) is bytes for c in chunks)
+        assert all(c.__class__ is bytes for c in chunks)
     assert list(http_mod._chunks_of(iter([b'a', b'', bytearray(b'bc')]))) == [b'a', b'bc']  # pylint: disable=protected-access
     assert list(http_mod._chunks_of(b'')) == []  # pylint: disable=protected-access
 
@@ -553,7 +550,8 @@ def test_sim_export_whose_task_xapi_destroyed_points_to_the_seed_procedure(sim):
             # Earlier tests snapshot db01: its snapshot disks share the name.
             source = [v for v in xapi.call('VDI.get_by_name_label', 'db01-root') if not xapi.call('VDI.get_is_a_snapshot', v)][0]
             sim.control.write_vdi(source, 0, seed=31, length=64 << 20)
-            with pytest.raises(XapiError, match=r'^export of VDI \S+ failed: XAPI destroyed the task before the transfer finished .*\(after \d+ bytes\)$') as caught:
+            destroyed = r'^export of VDI \S+ failed: XAPI destroyed the task before the transfer finished .*\(after \d+ bytes\)$'
+            with pytest.raises(XapiError, match=destroyed) as caught:
                 with xapi.open_export(source) as stream:
                     stream.read(1 << 20)
                     time.sleep(0.3)  # a slow link: the reader stalls, the export's progress stops

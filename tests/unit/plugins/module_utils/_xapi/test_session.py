@@ -66,7 +66,6 @@ def test_blank_survey_values_count_as_unset(pki):
     assert connection.username == 'root' and connection.password == '' and connection.ca_path is None and connection.timeout == 60
 
 
-
 @pytest.mark.parametrize('option', ['timeout', 'operation_timeout', 'transfer_read_timeout'])
 def test_negative_timeouts_are_refused(option):
     with pytest.raises(ConnectionOptionError, match='^%s must be a positive number of seconds, got -1$' % option) as caught:
@@ -170,12 +169,11 @@ def test_call_label_names_the_action(connect):
             xapi.call('VM.get_record', 'OpaqueRef:gone', what='removal of snapshot x')
 
 
-
 def test_login_and_logout_are_idempotent(connect, https_server):
     xapi = connect(originator='backup-tests')
     assert not xapi.logged_in
     with pytest.raises(XapiError, match='^not logged in to 127.0.0.1:%d: use the connection as a context manager' % https_server.server_address[1]):
-        xapi.session_ref  # pylint: disable=pointless-statement
+        xapi.session_ref  # pylint: disable=pointless-statement  # noqa: B018 (the property raises)
     xapi.login()
     first = xapi.session_ref
     xapi.login()

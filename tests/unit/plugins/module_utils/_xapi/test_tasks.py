@@ -104,7 +104,6 @@ def test_wait_falls_back_to_polling_without_events(connect, https_server, monkey
         assert xapi.call_async('VM.snapshot', 'OpaqueRef:vm', 'snap', timeout=5) == 'OpaqueRef:snap'
 
 
-
 def hang_snapshots(server):
     server.xapi.snapshot_behaviour = 'hang'
 
