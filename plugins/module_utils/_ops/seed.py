@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
-import re
 import time
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import write_file_atomically
@@ -40,8 +39,6 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 
 COPY_CHUNK = 4 * 1024 * 1024
 MIB = 1024 * 1024
-# AtomicFile's temporary names: .<ms epoch>-<8 hex>.<final name>
-OUR_TEMPORARY = re.compile(r'^\.\d+-[0-9a-f]{8}\.')
 
 
 class SeedConflictError(RepositoryError):
@@ -61,7 +58,7 @@ def _remove_our_temporaries(repo, vm_uuid: str) -> list:
         if not repo.storage.is_dir(folder):
             continue
         found.extend(posixpath.join(folder, name) for name in repo.storage.list_dir(folder)
-                     if OUR_TEMPORARY.match(name) and repo.is_file(posixpath.join(folder, name)))
+                     if repo.storage.is_temporary_name(name) and repo.is_file(posixpath.join(folder, name)))
     repo.remove_files(found)
     return found
 

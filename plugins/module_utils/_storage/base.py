@@ -106,6 +106,10 @@ class Storage(abc.ABC):
     def describe(self, path: str = '') -> str:
         """How to show ``path`` to a user (a local path, a URL)."""
 
+    def is_temporary_name(self, name: str) -> bool:
+        """Whether ``name`` is one of this storage's unfinished atomic writes (a backend without such files: never)."""
+        return False
+
     @abc.abstractmethod
     def open_file(self, path: str, writable: bool = False) -> RandomAccessFile:
         """An existing file for random access."""

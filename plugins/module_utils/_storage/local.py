@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
 import shutil
 import time
@@ -19,6 +21,10 @@ DEFAULT_FILE_MODE = 0o600
 DEFAULT_DIR_MODE = 0o700
 # Linux returns at most this much per copy_file_range call; more is simply looped.
 COPY_CHUNK = 1 << 30
+# What temporary_name writes: .<ms epoch>-<8 hex>.<final name>
+TEMPORARY_NAME_PATTERN = re.compile(r'^\.\d+-[0-9a-f]{8}\.')
+# copy_file_range refusals that mean "not between these two files": fall back to reading and writing.
+COPY_FALLBACK_ERRNOS = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 def split_local_path(path) -> tuple['LocalStorage', str]:
@@ -85,7 +91,7 @@ class LocalFile(RandomAccessFile):
                     raise StorageError('%s ended at %d while copying %d bytes from offset %d' % (source.path, source_offset + done, length, source_offset))
                 done += copied
         except OSError as error:
-            if isinstance(error, StorageError) or error.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+            if isinstance(error, StorageError) or error.errno not in COPY_FALLBACK_ERRNOS:
                 raise
             super().copy_range_from(source, length - done, source_offset + done, offset + done)
 
@@ -141,6 +147,9 @@ class LocalStorage(Storage):
 
     def describe(self, path: str = '') -> str:
         return self.full_path(path)
+
+    def is_temporary_name(self, name: str) -> bool:
+        return bool(TEMPORARY_NAME_PATTERN.match(name))
 
     def open_file(self, path: str, writable: bool = False) -> LocalFile:
         return LocalFile(self.full_path(path), path, writable)

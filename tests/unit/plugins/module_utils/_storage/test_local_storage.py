@@ -140,3 +140,13 @@ def test_rename_replaces_and_split_local_path(storage, tmp_path):
     assert storage.list_dir('d') == ['b'] and storage.read_bytes('d/b') == b'A'
     parent, name = split_local_path(storage.full_path('d/b'))
     assert name == 'b' and parent.read_bytes(name) == b'A' and parent.describe(name) == storage.full_path('d/b')
+
+
+def test_temporary_names_are_recognised_only_for_what_the_atomic_writer_makes(storage):
+    storage.make_dirs('d')
+    writer = storage.atomic_writer('d/20260101T010000Z.vhd')
+    temporary = storage.list_dir('d')
+    writer.abort()
+    assert len(temporary) == 1 and storage.is_temporary_name(temporary[0])
+    for name in ('20260101T010000Z.vhd', '.0b7c5d3e.lock', '.20260101T010000Z.vhd.merge.json', '.123-xyz.file'):
+        assert not storage.is_temporary_name(name), name
