@@ -41,6 +41,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot im
     reference_snapshot,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.record_types import RECORD_TYPES
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.wire_types import jsonrpc_record
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import ParentLink, VhdChain, VhdError, rewrite_identity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import vhd_timestamp
 
@@ -346,8 +348,16 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             other['xo:base_delta_vdi'] = disk_plan.base_disk.vdi_uuid
         vdi['other_config'] = other
         vdis[disk.vdi_ref] = vdi
-    return {'vm': _jsonable(plan.vm_record), 'vm_snapshot': _jsonable(snapshot_record), 'vbds': _jsonable(vbds),
-            'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis)}
+    return {'vm': _stored('VM', plan.vm_record), 'vm_snapshot': _stored('VM', snapshot_record),
+            'vbds': {ref: _stored('VBD', vbd) for ref, vbd in vbds.items()}, 'vifs': {ref: _stored('VIF', vif) for ref, vif in vifs.items()},
+            'vdis': {ref: _stored('VDI', vdi) for ref, vdi in vdis.items()}}
+
+
+def _stored(cls: str, record: dict) -> dict:
+    """A record as the metadata keeps it, the way Xen Orchestra does: typed as XAPI's JSON-RPC gives it (ints as
+    numbers), and without the ``$`` fields we could not learn (XO's JSON.stringify leaves out what is undefined)."""
+    typed = jsonrpc_record(RECORD_TYPES[cls], _jsonable(record))
+    return {name: value for name, value in typed.items() if not (name.startswith('$') and value is None)}
 
 
 def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], written: list,

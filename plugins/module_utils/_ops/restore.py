@@ -40,6 +40,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.wire_types import WireTypeError, xmlrpc_value
 
 MIB = 1024 * 1024
 RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'
@@ -336,14 +337,8 @@ def remove_abandoned_restores(xapi, abandoned: dict, check_mode: bool = False) -
 
 
 def _wire_value(kind: str, value):
-    """A recorded value as XAPI's XML-RPC wants it (ints as decimal strings; metadata may hold numbers or strings)."""
-    if kind == 'int':
-        return str(int(value))
-    if kind == 'float':
-        return float(value)
-    if kind == 'bool' and not isinstance(value, bool):
-        return str(value).lower() in ('true', '1')
-    return value
+    """A recorded value as XAPI's XML-RPC wants it, by its datamodel type, whoever wrote it (see wire_types)."""
+    return xmlrpc_value(kind, value)
 
 
 def constructor_record(cls: str, given: dict, what: str) -> dict:
@@ -355,7 +350,11 @@ def constructor_record(cls: str, given: dict, what: str) -> dict:
     record, missing = {}, []
     for name, (kind, default, _release) in CONSTRUCTOR_FIELDS[cls].items():
         if given.get(name) is not None:
-            record[name] = _wire_value(kind, given[name])
+            try:
+                record[name] = _wire_value(kind, given[name])
+            except WireTypeError as error:
+                raise RestoreError('%s has %s = %r, which is no %s for XAPI (%s): correct it in the backup metadata JSON'
+                                   % (what, name, given[name], kind, error)) from None
         elif default is not REQUIRED:
             record[name] = copy.deepcopy(default)
         else:
@@ -411,8 +410,13 @@ def backed_up_blocked_operations(point) -> dict:
     """The backed-up VM's blocked_operations without ours: the migration blocks of the backup run that took the
     point (snapshot.BLOCK_REASON_PATTERN) and a restore's start block (a point taken of a restored VM)."""
     blocked = (point.metadata.get('vm') or {}).get('blocked_operations') or {}
+    try:
+        blocked = _wire_value(CONSTRUCTOR_FIELDS['VM']['blocked_operations'][0], blocked)
+    except WireTypeError as error:
+        raise RestoreError('the VM record of backup %s has blocked_operations = %r (%s): correct it in the backup metadata JSON'
+                           % (point.timestamp, blocked, error)) from None
     return {operation: reason for operation, reason in blocked.items()
-            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(str(reason or ''))}
+            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(reason)}
 
 
 def blocked_while_restoring(point) -> dict:
@@ -550,7 +554,8 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
             length = stream_disk(opened).length
             chain_size = opened.size
         record = _vdi_record(point, item.vdi_ref)
-        size = item.virtual_size or int(record.get('virtual_size') or 0) or chain_size
+        # Our own field, else the chain's footer (its current size): a point Xen Orchestra wrote has no such field.
+        size = item.virtual_size if item.virtual_size is not None else chain_size
         vbd = _vbd_of(point, item.vdi_ref)
         disks.append(DiskRestore(disk=item, chain=chain, storage=repo.storage, length=length, virtual_size=max(size, chain_size), record=record, vbd=vbd,
                                  name_label=record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
@@ -674,7 +679,7 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     point = plan.point
     vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
         'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': plan.sr_ref,
-        'virtual_size': str(item.virtual_size), 'type': 'user', 'sharable': False, 'read_only': False,
+        'virtual_size': item.virtual_size, 'type': 'user', 'sharable': False, 'read_only': False,
         'other_config': dict(_clean_other_config(item.record.get('other_config')),
                              **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
         'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % item.name_label))
@@ -693,9 +698,9 @@ def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore) -> None:
     vbd = item.vbd
     xapi.call('VBD.create', constructor_record('VBD', {
         'VM': vm_ref, 'VDI': vdi_ref, 'userdevice': item.userdevice or 'autodetect',
-        'bootable': bool(vbd.get('bootable', item.userdevice == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
+        'bootable': vbd.get('bootable', item.userdevice == '0'), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
         'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
-        'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': bool(vbd.get('unpluggable', False))},
+        'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': vbd.get('unpluggable', False)},
         'the VBD of disk %s' % item.name_label))
 
 
