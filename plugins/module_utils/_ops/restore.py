@@ -410,13 +410,8 @@ def backed_up_blocked_operations(point) -> dict:
     """The backed-up VM's blocked_operations without ours: the migration blocks of the backup run that took the
     point (snapshot.BLOCK_REASON_PATTERN) and a restore's start block (a point taken of a restored VM)."""
     blocked = (point.metadata.get('vm') or {}).get('blocked_operations') or {}
-    try:
-        blocked = _wire_value(CONSTRUCTOR_FIELDS['VM']['blocked_operations'][0], blocked)
-    except WireTypeError as error:
-        raise RestoreError('the VM record of backup %s has blocked_operations = %r (%s): correct it in the backup metadata JSON'
-                           % (point.timestamp, blocked, error)) from None
     return {operation: reason for operation, reason in blocked.items()
-            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(reason)}
+            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(str(reason or ''))}
 
 
 def blocked_while_restoring(point) -> dict:
