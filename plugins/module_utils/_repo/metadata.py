@@ -63,6 +63,9 @@ def validate_metadata(data, path: str) -> dict:
         raise MetadataError(path, "field 'isVhdDifferencing' must be an object, got %s" % type(differencing).__name__)
     repaired = {}
     for ref, flag in differencing.items():
+        # Xen Orchestra keyed this map '<ref>.vhd' until 2025-05 (its stream names; xen-orchestra commits 41e5a33c, f2a38591).
+        if ref.endswith('.vhd') and ref[:-len('.vhd')] in data['vhds'] and ref[:-len('.vhd')] not in differencing:
+            ref = ref[:-len('.vhd')]
         # XenServer < 7.1 era backups stored booleans as 0/1.
         if isinstance(flag, bool) or flag in (0, 1):
             repaired[ref] = bool(flag)

@@ -344,3 +344,16 @@ def test_xo_metadata_reads_as_valid(tmp_path):
     storage = LocalStorage(str(tmp_path))
     metadata = read_metadata(storage, 'xo-vm-backups/%s/%s.json' % (xo_fixture.VM_UUID, fixture.points[-1]))
     assert set(metadata['isVhdDifferencing'].values()) == {True}  # 0/1 repaired
+
+
+def test_xo_differencing_flags_keyed_by_stream_name_are_read(tmp_path):
+    """XO keyed isVhdDifferencing '<ref>.vhd' until 2025-05 (xen-orchestra 41e5a33c, f2a38591): the delta is still a delta."""
+    fixture = xo_fixture.build_xo_repository(str(tmp_path))
+    path = os.path.join(fixture.vm_folder, '%s.json' % fixture.points[-1])
+    with open(path, encoding='utf-8') as handle:
+        metadata = json.load(handle)
+    metadata['isVhdDifferencing'] = {'%s.vhd' % ref: flag for ref, flag in metadata['isVhdDifferencing'].items()}
+    with open(path, 'w', encoding='utf-8') as handle:
+        json.dump(metadata, handle)
+    [vm] = describe_repository(open_repository(str(tmp_path)))['vms']
+    assert [[disk['differencing'] for disk in point['disks']] for point in vm['backups']] == [[False, False], [True, True]]
