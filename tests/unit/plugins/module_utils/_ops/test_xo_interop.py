@@ -26,6 +26,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import read_metadata
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.record_types import RECORD_TYPES
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.wire_types import (
     WireTypeError, jsonrpc_value, xmlrpc_value,
@@ -36,6 +37,10 @@ from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.
 COLLECTION = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', '..'))
 with open(os.path.join(COLLECTION, 'tests', 'xapisim', 'datamodel', 'xapi-datamodel.json'), encoding='utf-8') as _handle:
     DATAMODEL_TYPES = {cls: {field['name']: field['type'] for field in spec['fields']} for cls, spec in json.load(_handle)['classes'].items()}
+
+# Fields @xen-orchestra/xapi/vm.mjs create (lines 265-313) defaults when the record lacks them.
+XO_VM_CREATE_DEFAULTS = ('actions_after_crash', 'actions_after_reboot', 'actions_after_shutdown', 'affinity', 'has_vendor_device', 'is_a_template',
+                         'other_config', 'PCI_bus', 'memory_dynamic_max', 'memory_dynamic_min')
 
 # Every field Xen Orchestra's restore of a delta backup reads from a backup's JSON, written once, with where it reads it
 # (vatesfr/xen-orchestra at 9ef53890, 2026-08-21). A path goes from the top of the JSON; '*' is every entry of a map;
@@ -62,11 +67,8 @@ XO_READS = [
     (('vm', 'ha_always_run'), 'XAPI VM', False, '_incrementalVm.mjs:390'),
     (('vmSnapshot', 'suspend_VDI'), 'XAPI VM', False, 'RemoteAdapter.mjs:535 (vm.suspend_VDI = vmSnapshot.suspend_VDI); formatVmBackups.mjs:10'),
 ] + [
-    # XO's VM_create takes these from {...vmRecord} (@xen-orchestra/xapi/vm.mjs:264-313; those with a default there are optional)
-    (('vm', name), 'XAPI VM', name in ('actions_after_crash', 'actions_after_reboot', 'actions_after_shutdown', 'affinity', 'has_vendor_device',
-                                      'is_a_template', 'other_config', 'PCI_bus', 'appliance', 'generation_id', 'is_vmss_snapshot',
-                                      'last_boot_CPU_flags', 'last_booted_record', 'reference_label', 'snapshot_schedule', 'suspend_SR',
-                                      'NVRAM', 'domain_type', 'hardware_platform_version', 'version'),
+    # XO's VM_create takes these from {...vmRecord}: optional where vm.mjs gives a default or XAPI has one (constructor.py)
+    (('vm', name), 'XAPI VM', name in XO_VM_CREATE_DEFAULTS or CONSTRUCTOR_FIELDS['VM'][name][1] is not REQUIRED,
      '@xen-orchestra/xapi/vm.mjs:264-313 (VM.create record)')
     for name in ('actions_after_crash', 'actions_after_reboot', 'actions_after_shutdown', 'affinity', 'appliance', 'blocked_operations',
                  'domain_type', 'generation_id', 'ha_restart_priority', 'hardware_platform_version', 'has_vendor_device', 'HVM_boot_params',
