@@ -69,12 +69,10 @@ def test_vtpm_contents_and_password_never_leak(simulator, tmp_path):
                                                                   snapshot='{{ snap.snapshot.uuid }}', file_mode=FILE_MODE),
          'register': 'export'},
         {'name': 'info', 'xapi.delta_backup.backup_info': {'repository': str(repository)}, 'register': 'info'},
-        {'name': 'restore, check mode', 'xapi.delta_backup.vm_restore': dict(connection, repository=str(repository), vm='tpm01',
-                                                                            name='tpm01-planned'),
-         'check_mode': True, 'register': 'planned'},
-        {'name': 'restore', 'xapi.delta_backup.vm_restore': dict(connection, repository=str(repository), vm='tpm01', name='tpm01-restored',
-                                                                start=True),
-         'register': 'restored'},
+        {'name': 'restore, check mode', 'check_mode': True, 'register': 'planned',
+         'xapi.delta_backup.vm_restore': dict(connection, repository=str(repository), vm='tpm01', name='tpm01-planned')},
+        {'name': 'restore', 'register': 'restored',
+         'xapi.delta_backup.vm_restore': dict(connection, repository=str(repository), vm='tpm01', name='tpm01-restored', start=True)},
         {'name': 'save the results', 'ansible.builtin.copy': {
             'content': '{{ [snap, export, info, planned, restored] | to_json }}', 'dest': results_path}},
     ]

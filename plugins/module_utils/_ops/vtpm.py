@@ -117,11 +117,12 @@ def backed_up_vtpms(metadata: dict) -> list[VtpmRestore]:
     if not isinstance(contents, list) or any(item is not None and not isinstance(item, str) for item in contents):
         raise ValueError('its %r field must be a list of vTPM contents (strings)' % CONTENTS_KEY)
     details = metadata.get(DETAILS_KEY)
-    details = details if isinstance(details, list) and len(details) == len(contents) else [{}] * len(contents)
-    return [VtpmRestore(index=num, source_uuid=(detail or {}).get('uuid') if isinstance(detail, dict) else None,
-                        is_unique=bool((detail or {}).get('is_unique', False)) if isinstance(detail, dict) else False,
-                        contents=value, action='recreate')
-            for num, (value, detail) in enumerate(zip(contents, details))]
+    if not isinstance(details, list) or len(details) != len(contents):
+        details = [{}] * len(contents)  # Xen Orchestra's points: contents only (is_unique false, as its restore creates them)
+    details = [detail if isinstance(detail, dict) else {} for detail in details]
+    return [VtpmRestore(index=num, source_uuid=detail.get('uuid'), is_unique=bool(detail.get('is_unique', False)), contents=value,
+                        action='recreate')
+            for num, (value, detail) in enumerate(zip(contents, details, strict=True))]
 
 
 def pool_vtpm_support(restrictions: dict) -> str | None:

@@ -83,8 +83,8 @@ def test_plan_recreates_where_supported_and_refuses_or_drops_elsewhere():
     assert 'allow_vtpm_loss=true' in refusal and 'c2VjcmV0' not in refusal
     planned, refusal = vtpm.plan_vtpms(_items(), 'no support', True)
     assert refusal is None
-    assert [item.as_result() for item in planned] == [{'source_uuid': 'u1', 'is_unique': False, 'action': 'drop', 'restored': False,
-                                                        'uuid': None, 'reason': 'no support'}]
+    expected = {'source_uuid': 'u1', 'is_unique': False, 'action': 'drop', 'restored': False, 'uuid': None, 'reason': 'no support'}
+    assert [item.as_result() for item in planned] == [expected]
     assert planned[0].contents is None
 
 
