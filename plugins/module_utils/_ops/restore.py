@@ -37,6 +37,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
@@ -507,6 +508,7 @@ class RestorePlan:
     keep_mac: bool
     vm_uuid: str | None = None  # once created
     started: bool = False
+    vtpms: list = dataclasses.field(default_factory=list)  # VtpmRestore of each backed-up vTPM (_ops/vtpm.py)
 
     @property
     def point(self) -> BackupPoint:
@@ -560,11 +562,12 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
-                 keep_mac: bool = False) -> RestorePlan:
+                 keep_mac: bool = False, vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
     Refuses (RestoreError) a VIF no network of ``networks`` fits and a start the backed-up VM blocks.
     With ``disk_only``, only the disk is created, named ``name_label`` when given.
+    Refuses a backed-up vTPM the pool cannot recreate (``vtpm_unsupported`` says why) unless ``allow_vtpm_loss``.
     """
     point = backup.point
     vm_uuid = point.vm_uuid
@@ -573,12 +576,21 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
+    vtpms = []
+    if not disk_only:
+        try:
+            vtpms = backed_up_vtpms(point.metadata)
+        except ValueError as error:
+            raise RestoreError('backup %s cannot be restored: %s' % (point.timestamp, error)) from None
+        vtpms, refusal = plan_vtpms(vtpms, vtpm_unsupported, allow_vtpm_loss)
+        if refusal:
+            raise RestoreError('backup %s: %s' % (point.timestamp, refusal))
     if disk_only and name_label:
         backup = dataclasses.replace(backup, disks=[dataclasses.replace(item, name_label=name_label) for item in backup.disks])
     return RestorePlan(backup=backup, sr_ref=sr_ref, sr_record=sr_record, disk_only=disk_only,
                        vm_name=name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid,
                        affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
-                       start=start and not disk_only, keep_mac=keep_mac)
+                       start=start and not disk_only, keep_mac=keep_mac, vtpms=vtpms)
 
 
 def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
@@ -598,12 +610,14 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
         'bytes_transferred': plan.bytes_transferred,
+        'vtpms': [item.as_result() for item in plan.vtpms],
     }
 
 
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
-            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
+            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
+            allow_vtpm_loss: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
@@ -614,7 +628,8 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
-                            start=start, keep_mac=keep_mac)
+                            start=start, keep_mac=keep_mac, allow_vtpm_loss=allow_vtpm_loss,
+                            vtpm_unsupported=None if disk_only else pool_vtpm_support(xapi.call('pool.get_restrictions', xapi.call('pool.get_all')[0])))
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
@@ -662,6 +677,8 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     for vif in plan.vifs:
         vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
         vif.mac = xapi.call('VIF.get_MAC', vif_ref)
+    # On the halted VM (VTPM.create wants it so), before the start is unblocked; VM.destroy of a rollback takes them too.
+    recreate_vtpms(xapi, created.vm_ref, plan.vtpms)
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
     if plan.start:
