@@ -306,9 +306,12 @@ def apply_server_owned_fields(xapi, vm_ref: str, point, planned: dict | None = N
             planned['not_restored'].append({'field': name, 'reason': 'XAPI gave the restored VM %r instead of the backed-up %r'
                                             % (restored[name], source[name])})
     if 'bios_strings' in done:
-        for key, value in sorted((restored.get('bios_strings') or {}).items()):
-            if key in planned['bios_strings'] and planned['bios_strings'][key] != value:
-                planned['not_restored'].append({'field': 'bios_strings', 'key': key, 'reason': 'XAPI kept %r' % value})
+        # XAPI stores its 16 keys whatever it was given: only the backed-up keys are compared.
+        reported = {item.get('key') for item in planned['not_restored'] if item['field'] == 'bios_strings'}
+        restored_strings = restored.get('bios_strings') or {}
+        for key, value in sorted((source.get('bios_strings') or {}).items()):
+            if key not in reported and restored_strings.get(key) != str(value):
+                planned['not_restored'].append({'field': 'bios_strings', 'key': key, 'reason': 'XAPI gave it %r' % restored_strings.get(key)})
     del planned['bios_strings']
     return planned
 
