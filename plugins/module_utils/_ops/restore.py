@@ -35,7 +35,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record import (  # noqa: F401 (re-exported)
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record import (  # noqa: F401  pylint: disable=unused-import
     BACKUP_KEY_PREFIXES, BLOCK_REASON, IN_PROGRESS_KEY, MAC_SEED_KEY, RESTORED_FROM_KEY, VM_STATE_FIELDS, RestoreError,
     apply_server_owned_fields, backed_up_blocked_operations, blocked_while_restoring, check_name_template, constructor_record, fresh_generation_id,
     in_progress_marker, plan_server_owned_fields, resolve_affinity, restored_name, restored_tags, vm_create_record,

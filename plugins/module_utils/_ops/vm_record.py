@@ -264,7 +264,6 @@ def plan_server_owned_fields(point) -> dict:
             'not_restored': [{'field': 'bios_strings', 'key': key, 'reason': reason} for key, reason in skipped.items()]}
 
 
-
 def _same(kind: str, backed_up, restored) -> bool:
     """Equal once both are in XAPI's wire form (metadata may hold ints as numbers, XAPI returns strings)."""
     try:
