@@ -34,6 +34,11 @@ description:
     (RV(removed_leftovers)). Those of another host, or of a process still running, are left alone.
   - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored. A merge that a crash left unfinished
     (see M(xapi.delta_backup.backup_merge)) is finished first, so every backup that the interrupted retention was keeping restores.
+  - What C(VM.create) does not take is set once the disks are in. BIOS strings go through C(VM.set_bios_strings), and
+    C(ha_always_run) is set as Xen Orchestra does (XAPI turns it on when the VM starts). The new record is then compared with the
+    backed-up one, and RV(vm_record) lists whatever this XAPI version could not take. UEFI NVRAM, Secure Boot and viridian platform
+    flags, HVM boot parameters, the vendor device and the hardware platform version go through C(VM.create) itself.
+  - The new VM is named after the backup (O(name_template)), and by default it does not get the backed-up tags (O(keep_tags)).
 author:
   - xapi.delta_backup contributors (@xapi-delta-backup)
 extends_documentation_fragment:
@@ -78,7 +83,8 @@ options:
     type: str
   name:
     description:
-      - Name of the new VM. With O(disk), this is the name of the new VDI. By default, the name at the time of the backup.
+      - Name of the new VM, exactly. By default, O(name_template) names it. With O(disk), this is the name of the new VDI (by
+        default, the name of the disk at the time of the backup).
     type: str
   network_map:
     description:
@@ -124,6 +130,22 @@ options:
         asks for its recovery key).
       - The vTPM contents are a secret. They are kept only in the backup's metadata file, which has the repository's file mode,
         and never appear in a result or a log.
+  name_template:
+    description:
+      - Name of the new VM when O(name) is not given, so that it says which backup it is. Placeholders, each written
+        plainly as C({placeholder}) (a literal brace is C({{) or C(})), are C(name_label) (the VM's name at the backup),
+        C(timestamp) (the backup's timestamp, C(YYYYMMDDTHHMMSSZ)), C(vm_uuid) (the backed-up VM's uuid) and C(job) (the job id).
+      - Any other placeholder, or a format such as C({timestamp:>20}), is refused before anything is created.
+      - An empty value names the VM as it was at the backup. Ignored with O(disk).
+    type: str
+    default: "{name_label} ({timestamp})"
+    version_added: 0.2.0
+  keep_tags:
+    description:
+      - Give the new VM the tags of the backup.
+      - By default its tags are dropped (listed in RV(tags)), because a backup job selects VMs by tags (the C(backup) role's
+        C(backup_tags), Xen Orchestra's smart mode), and any tag may be one, so a job would otherwise back the copy up as a second
+        VM. The exclusion tag C(xo:no-bak) (also C(xo:no-bak=<reason>)), which keeps jobs away, is kept in every case.
     type: bool
     default: false
     version_added: 0.2.0
@@ -408,6 +430,26 @@ vtpms:
       sample: null
   sample: [{"source_uuid": "3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b", "is_unique": false, "action": "recreate", "restored": true,
             "uuid": "9f8e7d6c-5b4a-4392-8a1b-0c9d8e7f6a5b", "reason": null}]
+tags:
+  description:
+    - Tags of the new VM (C(kept)) and backed-up tags it did not get (C(dropped)); see O(keep_tags). Both empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"kept": ["xo:no-bak=test copy"], "dropped": ["backup-daily", "web"]}
+  version_added: 0.2.0
+vm_record:
+  description:
+    - The fields of the VM record set after C(VM.create), which does not take them (C(set_after_create), for example
+      C(bios_strings) through C(VM.set_bios_strings) and C(ha_always_run)), and those not restored as they were backed up
+      (C(not_restored), each with C(field), a C(key) for one BIOS string, and C(reason)).
+    - C(not_restored) lists the fields this XAPI version does not have (for example C(actions_after_softreboot) on XCP-ng 8.2),
+      the values XAPI changed, and the BIOS strings no one can set. In check mode, those known before anything is created.
+    - Empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
+           "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
+  version_added: 0.2.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
@@ -425,7 +467,8 @@ def restore_vm(module) -> dict:
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
-                       allow_vtpm_loss=params['allow_vtpm_loss'])
+                       allow_vtpm_loss=params['allow_vtpm_loss'],
+                       name_template=params['name_template'], keep_tags=params['keep_tags'])
 
 
 def main():
@@ -443,6 +486,8 @@ def main():
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),
         allow_vtpm_loss=dict(type='bool', default=False),
+        name_template=dict(type='str', default='{name_label} ({timestamp})'),
+        keep_tags=dict(type='bool', default=False),
     ))
     run(module, restore_vm)
 
