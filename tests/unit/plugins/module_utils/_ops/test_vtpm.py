@@ -209,6 +209,10 @@ def test_restore_to_a_pool_without_vtpm_support(pool, tmp_path):
         with connect(old) as old_xapi:
             vms_before = set(old_xapi.call('VM.get_all'))
             vdis_before = set(old_xapi.call('VDI.get_all'))
+            with pytest.raises(RestoreError, match='no vTPM support'):
+                restore(old_xapi, open_repository(repository), vm_uuid, name_label='win-old', check_mode=True)
+            planned = restore(old_xapi, open_repository(repository), vm_uuid, name_label='win-old', check_mode=True, allow_vtpm_loss=True)
+            assert [(item['action'], item['restored']) for item in planned['vtpms']] == [('drop', False)]
             with pytest.raises(RestoreError) as refused:
                 restore(old_xapi, open_repository(repository), vm_uuid, name_label='win-old')
             assert 'cannot recreate: this pool\'s XAPI has no vTPM support' in str(refused.value)

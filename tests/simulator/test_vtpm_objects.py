@@ -3,6 +3,8 @@
 """VTPM as XAPI has it (issue 13): messages by release, power-state and count checks, the hidden
 get/set_contents, copies made by VM.snapshot and VM.clone, VM.destroy, the pool YAML and control."""
 
+import xmlrpc.client
+
 import pytest
 import yaml
 
@@ -173,3 +175,14 @@ def test_xcp_ng_8_2_has_no_vtpm(sim):
         assert h.xapi_failure(api.VTPM.create, vm, False) == ['MESSAGE_METHOD_UNKNOWN', 'VTPM.create']
     finally:
         api.session.logout()
+
+
+def test_contents_beyond_the_request_limit_are_refused_by_http(sim, api):
+    """XAPI reads at most 300 KiB of an API request: a bigger VTPM.set_contents gets HTTP 500, nothing is stored."""
+    vtpm = api.VM.get_VTPMs(_vm(api, 'win'))[0]
+    with pytest.raises(xmlrpc.client.ProtocolError) as refused:
+        api.VTPM.set_contents(vtpm, 'A' * (300 * 1024))
+    assert refused.value.errcode == 500
+    assert api.VTPM.get_contents(vtpm) == 'cGVybWFsbA== c2F2ZQ== dm9sYXRpbGU='
+    api.VTPM.set_contents(vtpm, 'B' * (290 * 1024))  # well within the limit, envelope included
+    assert sim.control.vtpms('win')[0]['contents'] == 'B' * (290 * 1024)
