@@ -307,6 +307,8 @@ def test_a_point_xo_wrote_is_listed_verified_and_restored_byte_for_byte(tmp_path
     assert {point['written_by'] for point in vm['backups']} == {'another tool (no checksums recorded)'}
     newest = vm['backups'][-1]
     assert [len(disk['chain']) for disk in newest['disks']] == [2, 2] and all(disk['differencing'] for disk in newest['disks'])
+    # no virtual_sizes of ours: each disk's size is its VHD footer's
+    assert {disk['vdi_uuid']: disk['virtual_size'] for disk in newest['disks']} == {disk['live']: disk['size'] for disk in xo_fixture.DISKS}
     with running_pool(TARGET_POOL) as sim, connect(sim) as xapi:
         result = restore.restore(xapi, repository, xo_fixture.VM_UUID)
         # Not checksum-verified (XO records no sha256), and the result says so file by file.
