@@ -44,6 +44,8 @@ def test_a_point_xo_wrote_is_listed_verified_and_restored(ansible, pool, tmp_pat
     assert (vm['uuid'], vm['name_label']) == (xo_fixture.VM_UUID, 'xo-vm')
     assert [point['timestamp'] for point in vm['backups']] == fixture.points
     assert {point['written_by'] for point in vm['backups']} == {'another tool (no checksums recorded)'}
+    # XO records no disk sizes of ours: they come from the VHD footers
+    assert sorted(disk['virtual_size'] for disk in vm['backups'][-1]['disks']) == sorted(disk['size'] for disk in xo_fixture.DISKS)
 
     before = counts(pool)
     preview = ansible.run_task('vm_restore', {'repository': repository, 'vm': 'xo-vm'}, check=True)

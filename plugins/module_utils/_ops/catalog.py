@@ -17,6 +17,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, job_id_for, relative_to_vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
 
 
 def describe_point(repository: BackupRepository, point, problems: list[str], chains: dict) -> dict:
@@ -35,7 +36,7 @@ def describe_point(repository: BackupRepository, point, problems: list[str], cha
             'name_label': vdi.get('name_label', ''),
             'path': disk.relative_path,
             'differencing': disk.differencing,
-            'virtual_size': disk.virtual_size,
+            'virtual_size': disk.virtual_size if disk.virtual_size is not None else _footer_size(repository, chain),
             'file_size': repository.file_size(disk.storage_path),
             'sha256': disk.sha256,
             'chain': [relative_to_vm_folder(point.vm_uuid, path) for path in chain],
@@ -50,6 +51,17 @@ def describe_point(repository: BackupRepository, point, problems: list[str], cha
         'written_by': 'xapi.delta_backup' if own else 'another tool (no checksums recorded)',
         'disks': disks,
     }
+
+
+def _footer_size(repository: BackupRepository, chain: list) -> int | None:
+    """The disk size in the footer of a chain's newest VHD (a point of another tool records none of ours); None if unreadable."""
+    if not chain:
+        return None
+    try:
+        with VhdFile.open_in(repository.storage, chain[0]) as vhd:
+            return vhd.size
+    except (VhdError, OSError):
+        return None
 
 
 def verify_vm(repository: BackupRepository, vm_uuid: str, points: list, chains: dict) -> tuple[list[str], int]:

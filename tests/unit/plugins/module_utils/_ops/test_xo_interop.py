@@ -307,6 +307,8 @@ def test_a_point_xo_wrote_is_listed_verified_and_restored_byte_for_byte(tmp_path
     assert {point['written_by'] for point in vm['backups']} == {'another tool (no checksums recorded)'}
     newest = vm['backups'][-1]
     assert [len(disk['chain']) for disk in newest['disks']] == [2, 2] and all(disk['differencing'] for disk in newest['disks'])
+    # no virtual_sizes of ours: each disk's size is its VHD footer's
+    assert {disk['vdi_uuid']: disk['virtual_size'] for disk in newest['disks']} == {disk['live']: disk['size'] for disk in xo_fixture.DISKS}
     with running_pool(TARGET_POOL) as sim, connect(sim) as xapi:
         result = restore.restore(xapi, repository, xo_fixture.VM_UUID)
         # Not checksum-verified (XO records no sha256), and the result says so file by file.
@@ -359,3 +361,14 @@ def test_xo_differencing_flags_keyed_by_stream_name_are_read(tmp_path):
         json.dump(metadata, handle)
     [vm] = describe_repository(open_repository(str(tmp_path)))['vms']
     assert [[disk['differencing'] for disk in point['disks']] for point in vm['backups']] == [[False, False], [True, True]]
+
+
+def test_older_points_of_ours_and_xo_points_give_the_same_create_records():
+    """Our files before this change held XML-RPC's text ints; XO's hold numbers (or 0/1 booleans): XAPI gets the same record."""
+    xo_record = xo_fixture.vm_record('x', False, legacy=False)
+    legacy_record = xo_fixture.vm_record('x', False, legacy=True)
+    ours_before = {name: str(value) if RECORD_TYPES['VM'].get(name) == ('int',) else value for name, value in xo_record.items()}
+    assert ours_before['memory_static_max'] == str(4 << 30)
+    created = [restore.constructor_record('VM', record, 'the VM record') for record in (xo_record, legacy_record, ours_before)]
+    assert created[0] == created[1] == created[2]
+    assert created[0]['memory_static_max'] == str(4 << 30) and created[0]['is_a_template'] is False and created[0]['HVM_shadow_multiplier'] == 1.0
