@@ -77,7 +77,7 @@ def test_the_name_says_which_backup_it_is():
 def test_a_bad_template_is_refused_saying_what_to_write(template, message):
     with pytest.raises(vm_record.NameTemplateError, match=message) as error:
         vm_record.restored_name(_point({'name_label': 'web01'}), None, template)
-    assert error.value.error_code == 'invalid_option' and isinstance(error.value, restore.RestoreError)
+    assert error.value.error_code == 'invalid_name_template' and isinstance(error.value, restore.RestoreError)
 
 
 def test_restore_refuses_a_bad_template_before_touching_the_repository_or_the_pool():
