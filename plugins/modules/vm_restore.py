@@ -189,6 +189,7 @@ EXAMPLES = r"""
 - name: Fields of the VM record not restored as they were (for example on an older XAPI)
   ansible.builtin.debug:
     msg: "{{ replaced.vm_record.not_restored }}"
+"""
 
 RETURN = r"""
 backup:
