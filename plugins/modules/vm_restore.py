@@ -185,6 +185,19 @@ EXAMPLES = r"""
     vm: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
     disk: "1"
   delegate_to: localhost
+
+- name: Restore web01 to replace it, with its tags, named "web01 (DR 20261124T020000Z)"; show what XAPI could not take
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    name_template: "{name_label} (DR {timestamp})"
+    keep_tags: true
+  delegate_to: localhost
+  register: replaced
+
+- name: Fields of the VM record not restored as they were (for example on an older XAPI)
+  ansible.builtin.debug:
+    msg: "{{ replaced.vm_record.not_restored }}"
 """
 
 RETURN = r"""

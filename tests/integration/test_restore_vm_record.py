@@ -140,7 +140,7 @@ def test_name_and_tags_options(ansible, pool, tmp_path):
     app, _original = _backed_up(ansible, pool, tmp_path, 'xcp-ng-8.3')
     counts = _counts(pool)
     refused = _restore(app, expect_failure=True, name_template='{name_label} restored on {date}')
-    assert refused['error_code'] == 'invalid_option' and 'holds {date}: the placeholders are {name_label}, {timestamp}' in refused['msg']
+    assert refused['error_code'] == 'invalid_name_template' and 'holds {date}: the placeholders are {name_label}, {timestamp}' in refused['msg']
     assert _counts(pool) == counts, 'refused before anything was created'
 
     kept = _restore(app, name_template='DR copy of {name_label} [{vm_uuid}]', keep_tags=True)

@@ -127,3 +127,21 @@ def test_config_record_key(sim):
         sim.control.load_config({'vms': [{'name': 'bad', 'record': {'VBDs': []}}]})
     with pytest.raises(ControlError, match="record field 'no_such_field'"):
         sim.control.load_config({'vms': [{'name': 'bad', 'record': {'no_such_field': 1}}]})
+
+
+@pytest.mark.parametrize('profile', PROFILES)
+def test_nvram_changes_only_while_halted(sim, profile):
+    """message_forwarding.ml VM.set_NVRAM / add_to_NVRAM / remove_from_NVRAM: operation changing_NVRAM, halted only
+    (xapi_vm_lifecycle.ml allowed_power_states)."""
+    with _session(sim, profile) as api:
+        vm = api.VM.get_by_name_label('uefi01')[0]
+        api.VM.add_to_NVRAM(vm, 'EFI-variables-backup', 'AAE=')
+        assert api.VM.get_NVRAM(vm) == dict(NVRAM, **{'EFI-variables-backup': 'AAE='})
+        assert h.xapi_failure(api.VM.add_to_NVRAM, vm, 'EFI-variables', 'x')[0] == 'MAP_DUPLICATE_KEY'
+        api.VM.remove_from_NVRAM(vm, 'EFI-variables-backup')
+        api.VM.start(vm, False, False)
+        assert h.xapi_failure(api.VM.set_NVRAM, vm, {}) == ['VM_BAD_POWER_STATE', vm, 'halted', 'running']
+        assert h.xapi_failure(api.VM.remove_from_NVRAM, vm, 'EFI-variables') == ['VM_BAD_POWER_STATE', vm, 'halted', 'running']
+        api.VM.hard_shutdown(vm)
+        api.VM.set_NVRAM(vm, {'EFI-variables': 'AQI='})
+        assert api.VM.get_NVRAM(vm) == {'EFI-variables': 'AQI='}

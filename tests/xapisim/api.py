@@ -1382,6 +1382,24 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self._vm(vm)
         return vm_record.set_ha_always_run(self.store, vm, value)
 
+    def m_VM__set_NVRAM(self, vm, value):
+        """VM.set_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._set('VM', vm, FIELDS['VM']['NVRAM'], dict(value))
+
+    def m_VM__add_to_NVRAM(self, vm, key, value):
+        """VM.add_to_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._map_add('VM', vm, FIELDS['VM']['NVRAM'], key, value)
+
+    def m_VM__remove_from_NVRAM(self, vm, key):
+        """VM.remove_from_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._map_remove('VM', vm, FIELDS['VM']['NVRAM'], key)
+
     def m_VM__set_memory_limits(self, vm, static_min, static_max, dynamic_min, dynamic_max):
         """VM.set_memory_limits"""
         self.store.update('VM', vm, memory_static_min=int(static_min), memory_static_max=int(static_max),

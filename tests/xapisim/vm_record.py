@@ -112,3 +112,12 @@ def set_ha_always_run(store, vm: str, value: bool) -> str:
     """ocaml/xapi/xapi_vm.ml set_ha_always_run (deprecated since boston): the restart priority "restart" or ""; the
     flag itself changes only on a running VM (set_ha_restart_priority) or at its next start."""
     return set_ha_restart_priority(store, vm, HA_RESTART if value else '')
+
+
+def assert_halted_for_nvram(store, vm: str, bad_power: str) -> None:
+    """ocaml/xapi/message_forwarding.ml VM.set_NVRAM, add_to_NVRAM, remove_from_NVRAM run as the operation
+    changing_NVRAM, which xapi_vm_lifecycle.ml allowed_power_states allows on a halted VM only
+    (check_operation_error: VM_BAD_POWER_STATE [vm, "halted", actual])."""
+    state = store.raw('VM', vm)['power_state']
+    if state != 'Halted':
+        raise XapiError(bad_power, vm, 'halted', state.lower())

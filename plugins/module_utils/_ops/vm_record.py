@@ -77,7 +77,7 @@ class RestoreError(RepositoryError):
 class NameTemplateError(RestoreError):
     """A name_template vm_restore cannot fill in (refused before anything is created)."""
 
-    error_code = 'invalid_option'
+    error_code = 'invalid_name_template'
 
 
 def clean_other_config(other) -> dict:

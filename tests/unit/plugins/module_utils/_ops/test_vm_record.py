@@ -77,7 +77,7 @@ def test_the_name_says_which_backup_it_is():
 def test_a_bad_template_is_refused_saying_what_to_write(template, message):
     with pytest.raises(vm_record.NameTemplateError, match=message) as error:
         vm_record.restored_name(_point({'name_label': 'web01'}), None, template)
-    assert error.value.error_code == 'invalid_option' and isinstance(error.value, restore.RestoreError)
+    assert error.value.error_code == 'invalid_name_template' and isinstance(error.value, restore.RestoreError)
 
 
 def test_restore_refuses_a_bad_template_before_touching_the_repository_or_the_pool():
@@ -197,3 +197,17 @@ def test_a_value_xapi_changes_is_reported():
         ref = xapi.call('VM.create', vm_record.vm_create_record(point, 'copy'))
         done = vm_record.apply_server_owned_fields(xapi, ref, point)
     assert done['not_restored'] == [{'field': 'hardware_platform_version', 'reason': "XAPI gave the restored VM '2' instead of the backed-up '0'"}]
+
+
+def test_a_bios_string_no_one_can_set_is_reported_once():
+    """hp-rombios is not settable (constants.ml settable_vm_bios_string_keys): the restored VM has XAPI's generic value."""
+    with running_pool(_pool('xcp-ng-8.3')) as sim, connect(sim) as xapi:
+        original = xapi.call('VM.get_record', xapi.call('VM.get_by_name_label', 'uefi01')[0])
+        point = _point(dict(original, bios_strings=dict(BIOS, **{'hp-rombios': 'COMPAQ'})))
+        ref = xapi.call('VM.create', vm_record.vm_create_record(point, 'copy'))
+        done = vm_record.apply_server_owned_fields(xapi, ref, point)
+        restored = xapi.call('VM.get_bios_strings', ref)
+    assert done['set_after_create'] == ['bios_strings', 'ha_always_run']
+    assert done['not_restored'] == [{'field': 'bios_strings', 'key': 'hp-rombios',
+                                     'reason': "XAPI lets no one set this BIOS string: the restored VM has XAPI's generic value"}]
+    assert restored == BIOS, 'every other string as backed up'
