@@ -257,10 +257,18 @@ def plan_server_owned_fields(point) -> dict:
     setters = []
     if settable:
         setters.append('bios_strings')
-    if source.get('ha_always_run') in (True, 'true', 'True'):
+    if _recorded_true(source.get('ha_always_run')):
         setters.append('ha_always_run')
     return {'set_after_create': setters, 'bios_strings': settable,
             'not_restored': [{'field': 'bios_strings', 'key': key, 'reason': reason} for key, reason in skipped.items()]}
+
+
+def _recorded_true(value) -> bool:
+    """A recorded bool, whoever wrote it (Xen Orchestra's older metadata holds 0/1)."""
+    try:
+        return value is not None and xmlrpc_value('bool', value) is True
+    except WireTypeError:
+        return False
 
 
 def _same(kind: str, backed_up, restored) -> bool:
