@@ -17,9 +17,13 @@ JSON-RPC answers with, the one Xen Orchestra's metadata holds. Types are the dat
 
 from __future__ import annotations
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._errors import DeltaBackupError
 
-class WireTypeError(ValueError):
+
+class WireTypeError(DeltaBackupError, ValueError):
     """A recorded value that its datamodel type cannot hold (e.g. ``"lots"`` for an int)."""
+
+    error_code = 'invalid_record_value'
 
 
 def _split_map(kind: str) -> tuple[str, str]:
