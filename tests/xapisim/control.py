@@ -245,6 +245,11 @@ def _op_set_power_state(sim, vm, state):
         sim.store.set('VM', ref, 'power_state', state)
 
 
+def _op_guest_agents(sim, delay=None, ip=None):
+    with sim.lock:
+        return sim.guest_agents.settings(delay=delay, ip=ip)
+
+
 OPS = {
     'info': _op_info, 'reset': _op_reset, 'load_config': _op_load_config, 'sessions': _op_sessions,
     'write_vdi': _op_write_vdi, 'vdi_sha256': _op_vdi_sha256, 'vdi_fingerprint': _op_vdi_fingerprint,
@@ -256,6 +261,7 @@ OPS = {
     'export_error_page': _op_export_error_page, 'leave_export_vbd': _op_leave_export_vbd, 'coalesce': _op_coalesce,
     'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
     'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
+    'guest_agents': _op_guest_agents,
 }
 
 
@@ -430,6 +436,11 @@ class SimulatorControl:
     def vdi_vhd_id(self, vdi):
         """The unique id of the VDI's VHD file on the host (not the VDI uuid)."""
         return self.call('vdi_vhd_id', vdi=vdi)
+
+    def guest_agents(self, delay=None, ip=None):
+        """Seconds from VM.start to a simulated guest agent's first report, and the address of agents whose
+        marker names none; returns the settings in force (see guest_agent.py)."""
+        return self.call('guest_agents', delay=delay, ip=ip)
 
     def vdi_chain_depth(self, vdi):
         """Depth of the VDI's VHD chain on its SR (1 without parent)."""

@@ -87,6 +87,8 @@ MODELED = {
     'PIF': {'VLAN_slave_of': ('VLAN', 'tagged_PIF')},
     'VLAN': {},
     'task': {'subtasks': ('task', 'subtask_of')},
+    # Created by the guest agent's first report, never through the API (guest_agent.py).
+    'VM_guest_metrics': {},
 }
 QUALIFIERS = {'RW': RW, 'RO/constructor': SRO, 'RO/runtime': DRO}
 KINDS = {'string': 'str', 'int': 'int', 'float': 'float', 'bool': 'bool', 'datetime': 'date', 'enum': 'enum',
