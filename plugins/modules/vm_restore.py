@@ -361,6 +361,17 @@ xapi_error:
       type: list
       elements: str
       sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
+backed_up_guest_agent:
+  description:
+    - What the backed-up VM's guest agent had reported when the backup was taken (its C(VM_guest_metrics)), in the form
+      M(xapi.delta_backup.vm_guest_wait) returns; C(seen) says whether an agent with PV drivers had reported.
+    - Null when the backup did not record it (written by Xen Orchestra, or by an older version of the collection).
+    - The role C(xapi.delta_backup.health_check) waits for the restored VM's agent only when C(seen) is true.
+  returned: always
+  type: dict
+  sample: {"seen": true, "os_version": {"name": "Debian GNU/Linux 12"}, "pv_drivers_version": {"major": "9", "minor": "3", "micro": "3"},
+           "pv_drivers_detected": true, "networks": {"0/ip": "192.0.2.10"}, "addresses": ["192.0.2.10"], "ip": "192.0.2.10"}
+  version_added: 0.2.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run

@@ -36,6 +36,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import backed_up_agent
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
@@ -598,6 +599,7 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
         'bytes_transferred': plan.bytes_transferred,
+        'backed_up_guest_agent': backed_up_agent(source_vm),
     }
 
 
