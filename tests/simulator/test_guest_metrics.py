@@ -23,6 +23,7 @@ vms:
   - name: running-agent
     power_state: Running
     disks: [{name: running-agent-root, size: 64MiB}]
+    vifs: [{network: Pool-wide network associated with eth0, device: 2}]
     guest_agent: {os: Rocky Linux 9.3, pv_drivers: 8.2.1}
   - name: no-agent
     disks: [{name: no-agent-root, size: 64MiB, data: [{offset: 0, length: 2MiB, seed: 4}]}]
@@ -104,7 +105,7 @@ def test_running_vm_from_config_has_reported_and_default_ip(agents):
     api.VM.start(vm, False, False)
     gm2 = _wait_metrics(api, vm)
     assert gm2 not in (NULL, gm)
-    assert api.VM_guest_metrics.get_networks(gm2) == {'0/ip': '127.0.0.1', '0/ipv4/0': '127.0.0.1'}
+    assert api.VM_guest_metrics.get_networks(gm2) == {'2/ip': '127.0.0.1', '2/ipv4/0': '127.0.0.1'}  # its only VIF
 
 
 def test_start_deletes_stale_metrics_and_shutdown_keeps_them(agents):
@@ -140,6 +141,17 @@ def test_resume_keeps_and_creates_metrics(agents):
     api.VM.suspend(vm)
     api.VM.resume(vm, False, False)
     assert api.VM.get_guest_metrics(vm) == gm  # resume keeps them (xapi_vm.ml resume)
+
+
+def test_no_vif_no_address(agents):
+    _server, api = agents
+    vm = _vm(api, 'with-agent')
+    for vif in api.VM.get_VIFs(vm):
+        api.VIF.destroy(vif)
+    api.VM.start(vm, False, False)
+    gm = _wait_metrics(api, vm)
+    assert api.VM_guest_metrics.get_networks(gm) == {}
+    assert api.VM_guest_metrics.get_PV_drivers_detected(gm) is True
 
 
 def test_snapshot_copies_destroy_removes_and_copied_disk_brings_agent(agents):

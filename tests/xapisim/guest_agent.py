@@ -19,7 +19,9 @@ What XAPI does, and what is copied here:
   ``other_config`` empty, ``last_updated`` = the report's time; ``os_version`` keys ``name``,
   ``distro``, ``major``, ``minor``, ``uname`` and ``PV_drivers_version`` keys ``major``, ``minor``,
   ``micro``, ``build`` (xapi_guest_agent.ml ``os_version``, ``pv_drivers_version``); ``networks``
-  holds ``<n>/ip`` and ``<n>/ipv4/0`` for the IPv4 address of VIF ``n`` (xapi_guest_agent.ml ``networks``).
+  holds ``<n>/ip`` and ``<n>/ipv4/0`` for the IPv4 address of VIF ``n`` (xapi_guest_agent.ml ``networks``,
+  read from the VIFs' xenstore entries): the simulator gives the address to the VM's first VIF, and a VM
+  without VIFs reports no address.
 - ``VM.resume`` does not delete them (xapi_vm.ml ``resume``); a resumed guest's agent reports again,
   which creates them when absent (``create_guest_metrics_if_needed``).
 - A shutdown leaves the object as it was (xapi_xenops.ml ``update_vm``: the Halted branch resets VBDs,
@@ -167,7 +169,11 @@ class GuestAgents:
             return
         pv_drivers = agent.get('pv_drivers')
         address = agent.get('ip') or self.default_ip
-        networks = {'0/ip': address, '0/ipv4/0': address} if address else {}
+        # The agent reports the addresses of the VM's network interfaces (xenstore attr/vif/<device>): the
+        # address goes to its first VIF; without VIFs there is nothing to report.
+        devices = sorted((o['device'] for o in store.objects['VIF'].values() if o['VM'] == vm),
+                         key=lambda device: int(device) if str(device).isdigit() else 99)
+        networks = {'%s/ip' % devices[0]: address, '%s/ipv4/0' % devices[0]: address} if address and devices else {}
         detected = bool(pv_drivers)
         gm = store.add('VM_guest_metrics', {
             'os_version': _os_version(agent['os']) if agent.get('os') else {},

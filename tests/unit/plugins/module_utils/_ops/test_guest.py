@@ -28,12 +28,14 @@ pool: {name: agent-pool}
 hosts: [{name: host1, address: 127.0.0.1}]
 users: [{name: root, password: secret}]
 srs: [{name: Local storage, size: 4GiB, default: true}]
+networks: [{name: Network 0, bridge: xenbr0}]
 guest_agents: {delay: 0.4}
 vms:
   - name: web
     power_state: Running
     disks: [{name: web-root, size: 4MiB, data: [{offset: 0, length: 1MiB, seed: 1}]}]
     guest_agent: {os: Debian GNU/Linux 12.4, pv_drivers: 9.3.3, ip: 192.0.2.10}
+    vifs: [{network: Network 0}]
   - name: quiet
     power_state: Running
     disks: [{name: quiet-root, size: 4MiB, data: [{offset: 0, length: 1MiB, seed: 2}]}]
@@ -43,6 +45,7 @@ vms:
   - name: stopped
     disks: [{name: stopped-root, size: 4MiB}]
     guest_agent: {os: Debian 12, pv_drivers: 9.3.3, ip: 192.0.2.11}
+    vifs: [{network: Network 0}]
 """
 
 
