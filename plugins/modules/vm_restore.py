@@ -115,6 +115,13 @@ options:
       - Seconds to wait for XAPI to finish each disk import after its last byte.
     type: float
     default: 3600
+  vifs:
+    description:
+      - Recreate the backed-up VIFs. With V(false) the VM is restored without network interfaces, so it joins no network
+        (a restore test that must not appear on production networks); O(network_map) is then not used.
+    type: bool
+    default: true
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -388,7 +395,8 @@ def restore_vm(module) -> dict:
         return restore(xapi, repo, vm_uuid, job=Job(params['job']) if params['job'] else None, point=params['backup'],
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
-                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'])
+                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
+                       restore_vifs=params['vifs'])
 
 
 def main():
@@ -405,6 +413,7 @@ def main():
         start=dict(type='bool', default=False),
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),
+        vifs=dict(type='bool', default=True),
     ))
     run(module, restore_vm)
 

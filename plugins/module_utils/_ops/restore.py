@@ -561,7 +561,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
-                 keep_mac: bool = False) -> RestorePlan:
+                 keep_mac: bool = False, restore_vifs: bool = True) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
     Refuses (RestoreError) a VIF no network of ``networks`` fits and a start the backed-up VM blocks.
@@ -570,7 +570,8 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     point = backup.point
     vm_uuid = point.vm_uuid
     source_vm = point.metadata.get('vm') or {}
-    vifs = [] if disk_only else map_networks(point, networks, network_map, allow_internal_networks)
+    # Without restore_vifs the VM joins no network (a health check's temporary VM), so no network needs to match.
+    vifs = [] if disk_only or not restore_vifs else map_networks(point, networks, network_map, allow_internal_networks)
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
@@ -605,7 +606,7 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
 
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
-            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
+            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False, restore_vifs: bool = True) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
@@ -616,7 +617,7 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
-                            start=start, keep_mac=keep_mac)
+                            start=start, keep_mac=keep_mac, restore_vifs=restore_vifs)
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
