@@ -11,8 +11,8 @@ module: vm_guest_wait
 short_description: Wait until a running VM's guest agent reports, and return its addresses, OS and PV drivers
 version_added: 0.2.0
 description:
-  - Waits until the VM runs and its guest agent (xe-guest-utilities on Linux, the PV tools on Windows) has reported to XAPI:
-    the VM's C(VM_guest_metrics) are live and show PV drivers. XAPI deletes them at every VM start, so what this module
+  - Waits until the VM runs and its guest agent (xe-guest-utilities on Linux, the PV tools on Windows) has reported to XAPI,
+    that is until the VM's C(VM_guest_metrics) are live and show PV drivers. XAPI deletes them at every VM start, so what this module
     returns was reported by the VM's current boot.
   - With O(require_address=true), also waits until the agent reports an IPv4 address, for example to reach the VM
     with Ansible afterwards.
