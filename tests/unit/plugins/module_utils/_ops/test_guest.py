@@ -18,6 +18,7 @@ import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import guest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import restore
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
@@ -184,3 +185,26 @@ def test_a_vm_stopping_while_waited_for_ends_the_wait(pool):
     finally:
         stopper.join()
     assert time.monotonic() - started < 15
+
+
+# --- a health check's restore ----------------------------------------------------
+
+def test_restore_without_vifs_joins_no_network_and_its_agent_comes_up(pool, tmp_path):
+    """What the health_check role does: restore without VIFs, start, wait for the agent the backup recorded."""
+    sim, xapi = pool
+    backed_up_vm_record(xapi, tmp_path, 'web')
+    repository = open_repository(str(tmp_path / 'web'))
+    uuid = xapi.call('VM.get_uuid', vm_ref(xapi, 'web'))
+    # Another pool whose only network has no PIF: no network matches the backed-up one, and without VIFs none has to.
+    sim.control.load_config(POOL.replace('{name: Network 0, bridge: xenbr0}', '{name: Isolated, bridge: xenbr0, private: true}')
+                            .replace('network: Network 0', 'network: Isolated'))
+    result = restore.restore(xapi, repository, uuid, name_label='web [health check]', start=True, restore_vifs=False)
+    assert result['vifs'] == [] and result['backed_up_guest_agent']['seen'] is True
+    assert result['backed_up_guest_agent']['ip'] == '192.0.2.10'
+    new_vm = xapi.call('VM.get_by_uuid', result['vm']['uuid'])
+    assert xapi.call('VM.get_VIFs', new_vm) == []
+    waited = guest.wait_for_guest_agent(xapi, result['vm']['uuid'], 10)
+    assert waited['guest_agent']['seen'] is True and waited['guest_agent']['addresses'] == []  # no VIF, no address
+    assert waited['guest_agent']['os_version']['name'] == 'Debian GNU/Linux 12.4'
+    with pytest.raises(restore.RestoreError, match='Network 0'):
+        restore.restore(xapi, repository, uuid, name_label='web [with vifs]', start=False)
