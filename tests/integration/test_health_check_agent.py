@@ -143,3 +143,49 @@ def test_command_without_network_is_refused_before_anything_is_created(lab):
     assert health is None
     assert 'health_check_command needs the temporary VM on a network' in output
     assert pool_objects(lab) == before
+
+
+TASKS_FILE = """
+- name: The role gives the temporary VM's address and inventory name
+  ansible.builtin.assert:
+    that:
+      - health_check_address == '127.0.0.1'
+      - health_check_host == 'health-check-' ~ health_check_vm_uuid
+      - health_check_backed_up_vm == 'agent-vm'
+- name: Reach the temporary VM
+  ansible.builtin.command: echo reached-{{ health_check_backed_up_vm }}
+  delegate_to: "{{ health_check_host }}"
+  register: reached
+  changed_when: false
+- name: Leave a proof on the controller
+  ansible.builtin.copy:
+    content: "{{ reached.stdout }} {{ health_check_vm_uuid }}"
+    dest: "{{ proof_path }}"
+    mode: '0600'
+  delegate_to: localhost
+- name: Fail when asked to
+  ansible.builtin.fail:
+    msg: user check refused the VM
+  when: fail_user_check | default(false) | bool
+"""
+
+
+def test_user_task_file_reaches_the_vm_and_can_fail_the_check(lab, tmp_path):
+    backup(lab, ['agent-vm'])
+    before = pool_objects(lab)
+    tasks_file, proof = tmp_path / 'checks.yml', tmp_path / 'proof.txt'
+    tasks_file.write_text(TASKS_FILE, encoding='utf-8')
+    options = {'health_check_vms': ['agent-vm'], 'health_check_networks': 'mapped', 'health_check_tasks_file': str(tasks_file),
+               'health_check_host_vars': HOST_VARS, 'proof_path': str(proof)}
+    health, output = health_check(lab, options)
+    assert health['failed'] == [], output[-4000:]
+    result = health['results'][0]
+    assert result['tasks_file_passed'] is True and result['command_rc'] is None and 'task file passed' in result['line']
+    assert proof.read_text(encoding='utf-8') == 'reached-agent-vm %s' % result['temporary_vm']
+    assert pool_objects(lab) == before
+
+    health, output = health_check(lab, dict(options, fail_user_check=True), expect_rc=2)
+    result = health['results'][0]
+    assert health['failed'] == ['agent-vm'] and result['tasks_file_passed'] is False
+    assert 'user check refused the VM' in result['error']
+    assert pool_objects(lab) == before
