@@ -189,3 +189,15 @@ def test_user_task_file_reaches_the_vm_and_can_fail_the_check(lab, tmp_path):
     assert health['failed'] == ['agent-vm'] and result['tasks_file_passed'] is False
     assert 'user check refused the VM' in result['error']
     assert pool_objects(lab) == before
+
+
+def test_vm_guest_wait_module_in_check_mode_and_its_failures(lab):
+    ansible = lab['ansible']
+    seen = ansible.run_task('vm_guest_wait', {'vm': 'agent-vm', 'wait_timeout': 5, 'require_address': True}, check=True)
+    assert seen['changed'] is False and seen['vm']['power_state'] == 'Running'
+    assert seen['guest_agent']['seen'] is True and seen['guest_agent']['ip'] == '127.0.0.1'
+    assert seen['guest_agent']['pv_drivers_version'] == {'major': '9', 'minor': '3', 'micro': '3'}
+    late = ansible.run_task('vm_guest_wait', {'vm': 'plain-vm', 'wait_timeout': 1}, expect_failure=True)
+    assert late['error_code'] == 'guest_agent_timeout' and 'plain-vm (' in late['msg'] and 'within 1 s' in late['msg']
+    bad = ansible.run_task('vm_guest_wait', {'vm': 'agent-vm', 'wait_timeout': -1}, expect_failure=True)
+    assert bad['error_code'] == 'invalid_input' and 'wait_timeout must be 0 or more' in bad['msg']
