@@ -148,6 +148,12 @@ options:
         VM. The exclusion tag C(xo:no-bak) (also C(xo:no-bak=<reason>)), which keeps jobs away, is kept in every case.
     type: bool
     default: false
+  vifs:
+    description:
+      - Recreate the backed-up VIFs. With V(false) the VM is restored without network interfaces, so it joins no network
+        (a restore test that must not appear on production networks); O(network_map) is then not used.
+    type: bool
+    default: true
     version_added: 0.2.0
 requirements:
   - XenAPI
@@ -462,6 +468,16 @@ vm_record:
   type: dict
   sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
            "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
+backed_up_guest_agent:
+  description:
+    - What the backed-up VM's guest agent had reported when the backup was taken (its C(VM_guest_metrics)), in the form
+      M(xapi.delta_backup.vm_guest_wait) returns; C(seen) says whether an agent with PV drivers had reported.
+    - Null when the backup did not record it (written by Xen Orchestra, or by an older version of the collection).
+    - The role C(xapi.delta_backup.health_check) waits for the restored VM's agent only when C(seen) is true.
+  returned: always
+  type: dict
+  sample: {"seen": true, "os_version": {"name": "Debian GNU/Linux 12"}, "pv_drivers_version": {"major": "9", "minor": "3", "micro": "3"},
+           "pv_drivers_detected": true, "networks": {"0/ip": "192.0.2.10"}, "addresses": ["192.0.2.10"], "ip": "192.0.2.10"}
   version_added: 0.2.0
 """
 
@@ -481,7 +497,8 @@ def restore_vm(module) -> dict:
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
                        allow_vtpm_loss=params['allow_vtpm_loss'],
-                       name_template=params['name_template'], keep_tags=params['keep_tags'])
+                       name_template=params['name_template'], keep_tags=params['keep_tags'],
+                       restore_vifs=params['vifs'])
 
 
 def main():
@@ -501,6 +518,7 @@ def main():
         allow_vtpm_loss=dict(type='bool', default=False),
         name_template=dict(type='str', default='{name_label} ({timestamp})'),
         keep_tags=dict(type='bool', default=False),
+        vifs=dict(type='bool', default=True),
     ))
     run(module, restore_vm)
 

@@ -17,6 +17,7 @@ import threading
 import time
 
 from . import datamodel
+from . import guest_agent
 from . import unmarshal
 from . import vhd_sr
 from . import vtpm
@@ -132,6 +133,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         self.faults = new_faults()
         self.stats = {'logins': 0, 'logouts': 0, 'calls': 0}
         self.coalescer = vhd_sr.Coalescer(self)
+        self.guest_agents = guest_agent.GuestAgents(self)
         self._default_lifetimes()
         # task ref -> {'created', 'finished' (unix time or None), 'session'}: what the GC needs.
         self.task_meta = {}
@@ -176,6 +178,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             self.cbt.clear()
             self.sessions.clear()
             self.coalescer.reset()
+            self.guest_agents.reset()
             self.task_meta.clear()
             self._gc_probation.clear()
             self._default_lifetimes()
@@ -1218,6 +1221,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         for cls in ('VBD', 'VIF'):
             for ref in [r for r, o in self.store.objects[cls].items() if o['VM'] == vm]:
                 self.store.remove(cls, ref)
+        self.guest_agents.delete(vm)  # xapi_vm_helpers.ml destroy
         self.store.remove('VM', vm)
         return ''
 
@@ -1249,7 +1253,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                       snapshot_info={'power-state-at-snapshot': obj['power_state'],
                                      'disk-snapshot-type': 'crash_consistent'},
                       transportable_snapshot_id=new_uuid(), parent=NULL_REF,
-                      allowed_operations=['clone', 'copy', 'destroy', 'export', 'revert'])
+                      allowed_operations=['clone', 'copy', 'destroy', 'export', 'revert'],
+                      guest_metrics=self.guest_agents.copy(vm))  # xapi_vm_clone.ml copy_guest_metrics
         snap = self.store.add('VM', values)
         try:
             for _ref, vbd in vbds:
@@ -1314,7 +1319,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         obj = self._vm(vm)
         if obj['is_a_template'] or obj['is_a_snapshot']:
             raise XapiError('VM_IS_TEMPLATE', vm)
-        return self._power(vm, ('Halted',), 'Paused' if start_paused else 'Running', True)
+        result = self._power(vm, ('Halted',), 'Paused' if start_paused else 'Running', True)
+        self.guest_agents.on_start(vm)
+        return result
 
     def m_VM__clean_shutdown(self, vm):
         """VM.clean_shutdown"""
@@ -1343,7 +1350,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def m_VM__resume(self, vm, start_paused=False, force=False):
         """VM.resume"""
         del force
-        return self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', True)
+        result = self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', True)
+        self.guest_agents.on_resume(vm)
+        return result
 
     def m_VM__clean_reboot(self, vm):
         """VM.clean_reboot"""
@@ -1451,7 +1460,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         # ocaml/xapi/xapi_vm_clone.ml: a clone gets a fresh mac_seed (a snapshot keeps it, see VM.snapshot)
         # and its VIFs are copied with MAC "" (xapi_vif_helpers.ml copy), so they get new MACs from it.
         values.update(name_label=new_name, is_a_template=obj['is_a_template'] and not obj['is_a_snapshot'],
-                      other_config=dict(obj['other_config'], **{MAC_SEED_KEY: new_uuid()}))
+                      other_config=dict(obj['other_config'], **{MAC_SEED_KEY: new_uuid()}),
+                      guest_metrics=self.guest_agents.copy(vm))  # xapi_vm_clone.ml copy_guest_metrics
         clone = self.store.add('VM', values)
         for vif in [o for o in list(self.store.objects['VIF'].values()) if o['VM'] == vm]:
             copy_vif = {k: vif[k] for k in ('device', 'network', 'MTU', 'other_config', 'qos_algorithm_type',

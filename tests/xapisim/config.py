@@ -9,6 +9,7 @@ import re
 
 import yaml
 
+from . import guest_agent
 from .model import FIELDS, NULL_REF, XapiError
 from .storage import pattern
 from . import vtpm
@@ -93,6 +94,12 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         sim.session_timeout = float(limits.get('session_timeout', sim.session_timeout))
         sim.gc_interval = float(limits.get('gc_interval', sim.gc_interval))
         _select_xapi(sim, config.get('xapi') or {})
+        # Simulated guest agents (guest_agent.py): seconds from VM.start to the first report, default address.
+        agents = config.get('guest_agents') or {}
+        unknown = set(agents) - {'delay', 'ip'}
+        if unknown:
+            raise ValueError('guest_agents: unknown key(s) %s; use delay or ip' % ', '.join(sorted(unknown)))
+        sim.guest_agents.settings(delay=agents.get('delay'), ip=agents.get('ip'))
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
@@ -185,6 +192,8 @@ def _set_record_fields(sim, vm, fields, name):
 
 
 def _make_vm(sim, spec, names, default_sr):
+    if spec.get('guest_agent') and not spec.get('disks'):
+        raise ValueError('VM %s: guest_agent needs a disk to hold the agent marker' % spec['name'])
     vm = sim.create_vm(_vm_record(spec, spec['name']))
     _set_record_fields(sim, vm, spec.get('record'), spec['name'])
     for num, disk in enumerate(spec.get('disks') or []):
@@ -202,6 +211,9 @@ def _make_vm(sim, spec, names, default_sr):
         for write in disk.get('data') or []:
             length = parse_size(write.get('length', '2MiB'))
             sim.disk(vdi).write(parse_size(write.get('offset', 0)), pattern(write.get('seed', 0), length))
+        if num == 0 and spec.get('guest_agent'):
+            # The OS on the first (bootable) disk runs a guest agent: its marker, after the guest data.
+            sim.disk(vdi).write(guest_agent.MARKER_OFFSET, guest_agent.encode_marker(spec['guest_agent']))
         sim.sr_refresh(sr)
     if spec.get('cdrom'):
         sim.create_vbd({'VM': vm, 'VDI': NULL_REF, 'userdevice': '3', 'bootable': False, 'mode': 'RO',
@@ -215,6 +227,9 @@ def _make_vm(sim, spec, names, default_sr):
     state = spec.get('power_state', 'Halted')
     if state in ('Running', 'Paused') and not spec.get('template'):
         sim.m_VM__start(vm, state == 'Paused', False)
+        agent = sim.guest_agents.agent_of(vm) if state == 'Running' else None
+        if agent is not None:
+            sim.guest_agents.report(vm, agent)  # running before the simulator started: its agent has reported
     elif state not in ('Halted', 'Running', 'Paused'):
         raise XapiError('INTERNAL_ERROR', 'unsupported power_state %s' % state)
     return vm

@@ -250,6 +250,9 @@ def _op_vtpms(sim, vm):
     """Ground truth of a VM's VTPMs, contents included (issue 13)."""
     with sim.lock:
         return vtpm.ground_truth(sim, find_ref(sim, 'VM', vm))
+def _op_guest_agents(sim, delay=None, ip=None):
+    with sim.lock:
+        return sim.guest_agents.settings(delay=delay, ip=ip)
 
 
 OPS = {
@@ -264,6 +267,7 @@ OPS = {
     'export_error_page': _op_export_error_page, 'leave_export_vbd': _op_leave_export_vbd, 'coalesce': _op_coalesce,
     'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
     'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
+    'guest_agents': _op_guest_agents,
 }
 
 
@@ -442,6 +446,11 @@ class SimulatorControl:
     def vdi_vhd_id(self, vdi):
         """The unique id of the VDI's VHD file on the host (not the VDI uuid)."""
         return self.call('vdi_vhd_id', vdi=vdi)
+
+    def guest_agents(self, delay=None, ip=None):
+        """Seconds from VM.start to a simulated guest agent's first report, and the address of agents whose
+        marker names none; returns the settings in force (see guest_agent.py)."""
+        return self.call('guest_agents', delay=delay, ip=ip)
 
     def vdi_chain_depth(self, vdi):
         """Depth of the VDI's VHD chain on its SR (1 without parent)."""

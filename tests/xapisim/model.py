@@ -89,6 +89,8 @@ MODELED = {
     'task': {'subtasks': ('task', 'subtask_of')},
     # ocaml/idl/datamodel_vtpm.ml: VTPM.VM is the VM's VTPMs; the contents live in a Secret the record never shows.
     'VTPM': {},
+    # Created by the guest agent's first report, never through the API (guest_agent.py).
+    'VM_guest_metrics': {},
 }
 QUALIFIERS = {'RW': RW, 'RO/constructor': SRO, 'RO/runtime': DRO}
 KINDS = {'string': 'str', 'int': 'int', 'float': 'float', 'bool': 'bool', 'datetime': 'date', 'enum': 'enum',

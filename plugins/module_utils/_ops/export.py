@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ExportNotVhdError, TransferCutError, TransferTooLongError
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import GUEST_METRICS_KEY, backed_up_guest_metrics
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import read_vtpms
@@ -349,7 +350,10 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             other['xo:base_delta_vdi'] = disk_plan.base_disk.vdi_uuid
         vdi['other_config'] = other
         vdis[disk.vdi_ref] = vdi
-    return {'vm': _stored('VM', plan.vm_record), 'vm_snapshot': _stored('VM', snapshot_record),
+    vm = _stored('VM', plan.vm_record)
+    # What the guest agent reported: a health check of a restore expects an agent only when the VM had one.
+    vm[GUEST_METRICS_KEY] = _jsonable(backed_up_guest_metrics(xapi, snapshot_record, plan.vm_record))
+    return {'vm': vm, 'vm_snapshot': _stored('VM', snapshot_record),
             'vbds': {ref: _stored('VBD', vbd) for ref, vbd in vbds.items()}, 'vifs': {ref: _stored('VIF', vif) for ref, vif in vifs.items()},
             'vdis': {ref: _stored('VDI', vdi) for ref, vdi in vdis.items()},
             'vtpms': read_vtpms(xapi, plan.snapshot.ref, plan.vm_record.get('VTPMs'))}

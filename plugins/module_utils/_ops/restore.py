@@ -33,6 +33,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import backed_up_agent
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
@@ -453,7 +454,8 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
                  keep_mac: bool = False, name_template: str | None = None, keep_tags: bool = False,
-                 vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False) -> RestorePlan:
+                 vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False,
+                 restore_vifs: bool = True) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
     Refuses (RestoreError) a VIF no network of ``networks`` fits and a start the backed-up VM blocks.
@@ -465,7 +467,8 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     point = backup.point
     vm_uuid = point.vm_uuid
     source_vm = point.metadata.get('vm') or {}
-    vifs = [] if disk_only else map_networks(point, networks, network_map, allow_internal_networks)
+    # Without restore_vifs the VM joins no network (a health check's temporary VM), so no network needs to match.
+    vifs = [] if disk_only or not restore_vifs else map_networks(point, networks, network_map, allow_internal_networks)
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
@@ -509,13 +512,15 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'vtpms': [item.as_result() for item in plan.vtpms],
         'tags': {'kept': plan.tags, 'dropped': plan.dropped_tags},
         'vm_record': {key: value for key, value in plan.vm_record.items() if key != 'bios_strings'},
+        'backed_up_guest_agent': backed_up_agent(source_vm),
     }
 
 
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
-            allow_vtpm_loss: bool = False, name_template: str | None = None, keep_tags: bool = False) -> dict:
+            allow_vtpm_loss: bool = False, name_template: str | None = None, keep_tags: bool = False,
+            restore_vifs: bool = True) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     if name_template and not name_label and not disk:
@@ -529,6 +534,7 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
                             start=start, keep_mac=keep_mac, allow_vtpm_loss=allow_vtpm_loss, name_template=name_template, keep_tags=keep_tags,
+                            restore_vifs=restore_vifs,
                             vtpm_unsupported=None if disk_only else pool_vtpm_support(xapi.call('pool.get_restrictions', xapi.call('pool.get_all')[0])))
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
