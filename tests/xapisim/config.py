@@ -112,6 +112,9 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             if spec.get('default') or default_sr is None:
                 default_sr = ref
         sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)
+        # An installed pool has its suspend-image SR set like its default SR (VM.suspend looks there:
+        # ocaml/xapi/helpers.ml choose_suspend_sr); without one VM.suspend fails VM_NO_SUSPEND_SR.
+        sim.store.set('pool', sim.pool_ref, 'suspend_image_SR', default_sr or NULL_REF)
         _make_networks(sim, config.get('networks') or DEFAULT_CONFIG['networks'], names)
         for spec in config.get('templates') or []:
             spec = dict(spec, template=True)
@@ -194,8 +197,10 @@ def _make_vm(sim, spec, names, default_sr):
         sim.create_vif({'device': str(nic.get('device', num)), 'network': net, 'VM': vm, 'MAC': nic.get('mac', ''),
                         'MTU': 1500, 'other_config': {}})
     state = spec.get('power_state', 'Halted')
-    if state in ('Running', 'Paused') and not spec.get('template'):
+    if state in ('Running', 'Paused', 'Suspended') and not spec.get('template'):
         sim.m_VM__start(vm, state == 'Paused', False)
+        if state == 'Suspended':
+            sim.m_VM__suspend(vm)  # writes its suspend VDI (issue 13)
     elif state not in ('Halted', 'Running', 'Paused'):
         raise XapiError('INTERNAL_ERROR', 'unsupported power_state %s' % state)
     return vm

@@ -245,6 +245,17 @@ def _op_set_power_state(sim, vm, state):
         sim.store.set('VM', ref, 'power_state', state)
 
 
+def _op_set_host_cpu(sim, host=None, **info):
+    """Change keys of a host's cpu_info (default: the coordinator), e.g. ``vendor`` or ``features_hvm`` (issue 13:
+    VM.resume compares them with the VM's last_boot_CPU_flags)."""
+    ref = find_ref(sim, 'host', host) if host else sim.master_ref
+    with sim.lock:
+        cpu_info = dict(sim.store.raw('host', ref).get('cpu_info') or {})
+        cpu_info.update({str(k): str(v) for k, v in info.items()})
+        sim.store.set('host', ref, 'cpu_info', cpu_info)
+        return cpu_info
+
+
 OPS = {
     'info': _op_info, 'reset': _op_reset, 'load_config': _op_load_config, 'sessions': _op_sessions,
     'write_vdi': _op_write_vdi, 'vdi_sha256': _op_vdi_sha256, 'vdi_fingerprint': _op_vdi_fingerprint,
@@ -256,6 +267,7 @@ OPS = {
     'export_error_page': _op_export_error_page, 'leave_export_vbd': _op_leave_export_vbd, 'coalesce': _op_coalesce,
     'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
     'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
+    'set_host_cpu': _op_set_host_cpu,
 }
 
 
@@ -434,6 +446,10 @@ class SimulatorControl:
     def vdi_chain_depth(self, vdi):
         """Depth of the VDI's VHD chain on its SR (1 without parent)."""
         return self.call('vdi_chain_depth', vdi=vdi)
+
+    def set_host_cpu(self, host=None, **info):
+        """Change keys of a host's cpu_info (default: the coordinator); returns the new cpu_info."""
+        return self.call('set_host_cpu', host=host, **info)
 
 
 class ControlError(Exception):
