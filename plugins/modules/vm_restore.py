@@ -115,6 +115,18 @@ options:
       - Seconds to wait for XAPI to finish each disk import after its last byte.
     type: float
     default: 3600
+  power_state:
+    description:
+      - How a VM backed up with its memory (suspended, or checkpointed with O(xapi.delta_backup.vm_snapshot#module:memory))
+        comes back. V(suspended) restores its memory image and creates it suspended; with O(start) it is then resumed
+        (C(VM.resume)) instead of started. V(halted) leaves the memory image out: the VM boots from its disks.
+      - Default (null) V(suspended) when the backup holds a memory image, else V(halted). V(suspended) for a backup without
+        a memory image is refused.
+      - A suspended restore is refused before anything is created when the pool coordinator's CPU cannot resume the image
+        (another CPU vendor, or CPU features the VM was running with that it lacks: what XAPI checks on C(VM.resume)).
+    type: str
+    choices: [suspended, halted]
+    version_added: 0.3.0
 requirements:
   - XenAPI
 """
@@ -361,6 +373,22 @@ xapi_error:
       type: list
       elements: str
       sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
+power_state:
+  description: How the VM came back (or, in check mode, would). Null with O(disk).
+  returned: success
+  type: dict
+  contains:
+    power_state:
+      description: V(suspended) (memory image restored, VM created suspended) or V(halted).
+      type: str
+    reason:
+      description: Why.
+      type: str
+    suspend_vdi_uuid:
+      description: uuid of the restored memory image (null when none was restored, and in check mode).
+      type: str
+  sample: {"power_state": "suspended", "reason": "the backup holds a memory image", "suspend_vdi_uuid": "6f5e4d3c-2b1a-4098-8765-43210fedcba9"}
+  version_added: 0.3.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
@@ -377,7 +405,8 @@ def restore_vm(module) -> dict:
         return restore(xapi, repo, vm_uuid, job=Job(params['job']) if params['job'] else None, point=params['backup'],
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
-                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'])
+                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
+                       power_state=params['power_state'])
 
 
 def main():
@@ -394,6 +423,7 @@ def main():
         start=dict(type='bool', default=False),
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),
+        power_state=dict(type='str', choices=['suspended', 'halted']),
     ))
     run(module, restore_vm)
 

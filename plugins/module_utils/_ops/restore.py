@@ -37,6 +37,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import (
+    HALTED, RESUME_OPERATIONS, PowerStatePlan, coordinator_cpu_info, plan_power_state, split_suspend_image, suspended_create_fields,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
@@ -508,6 +511,7 @@ class RestorePlan:
     keep_mac: bool
     vm_uuid: str | None = None  # once created
     started: bool = False
+    power: PowerStatePlan | None = None  # suspended (with the memory image) or halted: _ops/suspend.py
 
     @property
     def point(self) -> BackupPoint:
@@ -598,12 +602,14 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
         'bytes_transferred': plan.bytes_transferred,
+        'power_state': plan.power.as_result() if plan.power is not None else None,
     }
 
 
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
-            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False) -> dict:
+            keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
+            power_state: str | None = None) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
@@ -611,10 +617,16 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         backup = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)
+        # The memory image of a suspended or checkpointed VM gets no VBD; whether it is restored is decided here.
+        attached, image = split_suspend_image(backup.disks, backup.point)
+        backup = dataclasses.replace(backup, disks=attached)
+        resumable = image is not None and not disk_only and power_state != HALTED
+        power = plan_power_state(backup.point, image, power_state, coordinator_cpu_info(xapi) if resumable else None, disk_only)
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
                             start=start, keep_mac=keep_mac)
+        plan.power = power
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
@@ -638,10 +650,17 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
 
 def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None) -> None:
     """Create what the plan says, recording it in ``created`` (for the rollback) and the plan (for the result)."""
+    suspended = plan.power is not None and plan.power.suspended
     if not plan.disk_only:
-        created.vm_ref = xapi.call('VM.create', vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac))
+        record = vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac)
+        blocked = blocked_while_restoring(plan.point)
+        if suspended:
+            # The memory image first: XAPI's VM.create takes a suspended VM only with its suspend VDI.
+            record.update(suspended_create_fields(plan.point, _restore_disk(xapi, plan, plan.power.image, created, timeout)))
+            blocked.update(dict.fromkeys(RESUME_OPERATIONS, BLOCK_REASON))
+        created.vm_ref = xapi.call('VM.create', record)
         # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
-        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(plan.point))
+        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
         plan.vm_uuid = xapi.call('VM.get_uuid', created.vm_ref)
     for item in plan.disks:
         vdi_ref = _restore_disk(xapi, plan, item, created, timeout)
@@ -665,7 +684,7 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
     if plan.start:
-        xapi.call('VM.start', created.vm_ref, False, False)
+        xapi.call('VM.resume' if suspended else 'VM.start', created.vm_ref, False, False)
         plan.started = True
 
 
@@ -674,7 +693,8 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     point = plan.point
     vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
         'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': plan.sr_ref,
-        'virtual_size': str(item.virtual_size), 'type': 'user', 'sharable': False, 'read_only': False,
+        'virtual_size': str(item.virtual_size), 'type': 'suspend' if item.record.get('type') == 'suspend' else 'user',
+        'sharable': False, 'read_only': False,
         'other_config': dict(_clean_other_config(item.record.get('other_config')),
                              **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
         'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % item.name_label))
