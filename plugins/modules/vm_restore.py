@@ -119,11 +119,11 @@ options:
     description:
       - How a VM backed up with its memory (suspended, or checkpointed with O(xapi.delta_backup.vm_snapshot#module:memory))
         comes back. V(suspended) restores its memory image and creates it suspended; with O(start) it is then resumed
-        (C(VM.resume)) instead of started. V(halted) leaves the memory image out: the VM boots from its disks.
+        (C(VM.resume)) instead of started. V(halted) leaves the memory image out, and the VM boots from its disks.
       - Default (null) V(suspended) when the backup holds a memory image, else V(halted). V(suspended) for a backup without
         a memory image is refused.
       - A suspended restore is refused before anything is created when the pool coordinator's CPU cannot resume the image
-        (another CPU vendor, or CPU features the VM was running with that it lacks: what XAPI checks on C(VM.resume)).
+        (another CPU vendor, or CPU features the VM was running with that it lacks, which is what XAPI checks on C(VM.resume)).
     type: str
     choices: [suspended, halted]
     version_added: 0.3.0

@@ -92,9 +92,9 @@ options:
         of a plain snapshot, so that M(xapi.delta_backup.delta_export) also exports its memory image and
         M(xapi.delta_backup.vm_restore) can bring the VM back suspended. XAPI suspends the VM for the time of the
         checkpoint (the guest pauses for as long as writing its memory takes) and resumes it.
-      - A VM that is suspended is always checkpointed, whatever this says: its memory image is copied without touching it
+      - A VM that is suspended is always checkpointed, whatever this says, since its memory image is copied without touching it
         (a plain snapshot of a suspended VM has no memory).
-      - C(VM.checkpoint) has no C(ignore_vdis): C([NOBAK]) disks are removed from the checkpoint right after it (see RV(excluded_by)).
+      - C(VM.checkpoint) has no C(ignore_vdis), so C([NOBAK]) disks are removed from the checkpoint right after it (see RV(excluded_by)).
     type: bool
     default: false
     version_added: 0.3.0

@@ -96,4 +96,3 @@ def incompatibility(vm_record: dict, host_cpu_info: dict) -> str | None:
     if 'features' in flags and not policy_is_compatible(flags['features'], host_cpu_info[key]):
         return "VM last booted on a CPU with features this host's CPU does not have."
     return None
-
