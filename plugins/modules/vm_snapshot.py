@@ -94,7 +94,9 @@ options:
         checkpoint (the guest pauses for as long as writing its memory takes) and resumes it.
       - A VM that is suspended is always checkpointed, whatever this says, since its memory image is copied without touching it
         (a plain snapshot of a suspended VM has no memory).
-      - C(VM.checkpoint) has no C(ignore_vdis), so C([NOBAK]) disks are removed from the checkpoint right after it (see RV(excluded_by)).
+      - A VM with C([NOBAK]) disks gets a plain snapshot without its memory (RV(memory_skipped_reason) says so). C(VM.checkpoint) has
+        no C(ignore_vdis), XAPI refuses to destroy the still attached VBDs of a checkpoint, and a memory image resumed without one
+        of its disks would lose it under the guest.
     type: bool
     default: false
     version_added: 0.3.0
@@ -316,6 +318,14 @@ checkpoint:
   returned: always
   type: bool
   sample: false
+  version_added: 0.3.0
+memory_skipped_reason:
+  description:
+    - Why no checkpoint was taken although O(memory) asked for one or the VM is suspended (the VM has C([NOBAK]) disks); null
+      otherwise.
+  returned: always
+  type: str
+  sample: null
   version_added: 0.3.0
 """
 

@@ -24,7 +24,7 @@ vms:
     memory: 256MiB
     disks:
       - {name: web-root, size: 64MiB, data: [{offset: 0, length: 4MiB, seed: 1}]}
-      - {name: "web-swap [NOBAK]", size: 16MiB, data: [{offset: 0, length: 2MiB, seed: 2}]}
+      - {name: web-data, size: 16MiB, data: [{offset: 0, length: 2MiB, seed: 2}]}
     vifs: [{network: Network 0}]
   - name: sleepy
     power_state: Suspended
@@ -85,10 +85,10 @@ def test_checkpoint_and_suspended_vm_come_back_suspended_and_resume(ansible, poo
         results = backup_run(ansible, repo)
         web, sleepy = results['web'], results['sleepy']
         disks = by_name(web)
-        # The [NOBAK] disk is not in the checkpoint; the memory image is, always full
-        assert sorted(disks) == ['Suspend image', 'web-root'], sorted(disks)
+        # the memory image is exported with the disks, always full
+        assert sorted(disks) == ['Suspend image', 'web-data', 'web-root'], sorted(disks)
         assert disks['Suspend image']['mode'] == 'full'
-        modes.append(disks['web-root']['mode'])
+        modes.append((disks['web-root']['mode'], disks['web-data']['mode']))
         truth[web['timestamp']] = {name: control.vdi_sha256(disk['snapshot_vdi_uuid']) for name, disk in disks.items()}
         images.append(disks['Suspend image']['vdi_uuid'])
         # the suspended VM stays suspended on its own image, which its checkpoint copied
@@ -96,7 +96,7 @@ def test_checkpoint_and_suspended_vm_come_back_suspended_and_resume(ansible, poo
         assert control.vdi_sha256(by_name(sleepy)['Suspend image']['snapshot_vdi_uuid']) == sleepy_image_sha
         assert control.record('VM', 'web')['power_state'] == 'Running'  # resumed after its checkpoint
     # a run after a checkpoint run still sends only the delta of the disks
-    assert modes == ['full', 'delta', 'delta']
+    assert modes == [('full', 'full'), ('delta', 'delta'), ('delta', 'delta')]
     assert len(set(images)) == 3  # a new image each time, in a folder of its own
     # retention 2: the folders of the retired points' images are gone, those of the kept points hold one full each
     vm_dir = os.path.join(repo, 'xo-vm-backups', web_uuid)
@@ -109,11 +109,15 @@ def test_checkpoint_and_suspended_vm_come_back_suspended_and_resume(ansible, poo
     vm = control.record('VM', restored['vm']['uuid'])
     assert vm['power_state'] == 'Suspended'
     assert control.vdi_sha256(restored['power_state']['suspend_vdi_uuid']) == truth[latest]['Suspend image']
-    assert [control.vdi_sha256(disk['vdi_uuid']) for disk in restored['disks']] == [truth[latest]['web-root']]
+    assert {disk['name_label']: control.vdi_sha256(disk['vdi_uuid']) for disk in restored['disks']} == {
+        name: digest for name, digest in truth[latest].items() if name != 'Suspend image'}
     with Api(pool) as api:
         ref = api.VM.get_by_uuid(restored['vm']['uuid'])
         api.VM.resume(ref, False, False)
         assert api.VM.get_power_state(ref) == 'Running' and api.VM.get_suspend_VDI(ref) == 'OpaqueRef:NULL'
+        # the disks and the VIF were attached as in the checkpoint, so the resumed domain has them
+        assert all(api.VBD.get_currently_attached(vbd) for vbd in api.VM.get_VBDs(ref))
+        assert [api.VIF.get_currently_attached(vif) for vif in api.VM.get_VIFs(ref)] == [True]
 
     # the restore role: resumed instead of started
     stats, _output = ansible.play_collection('restore', {'restore_repository': repo, 'restore_vm': 'sleepy', 'restore_start': True,
@@ -129,7 +133,8 @@ def test_checkpoint_and_suspended_vm_come_back_suspended_and_resume(ansible, poo
     assert vm['power_state'] == 'Halted' and vm['suspend_VDI'] == 'OpaqueRef:NULL'
     assert halted['power_state'] == {'power_state': 'halted', 'suspend_vdi_uuid': None,
                                      'reason': 'power_state: halted asked: the memory image is not restored'}
-    assert [control.vdi_sha256(disk['vdi_uuid']) for disk in halted['disks']] == [truth[latest]['web-root']]
+    assert {disk['name_label']: control.vdi_sha256(disk['vdi_uuid']) for disk in halted['disks']} == {
+        name: digest for name, digest in truth[latest].items() if name != 'Suspend image'}
 
 
 def test_suspended_restore_refused_on_another_cpu_and_without_image(ansible, pool, tmp_path):

@@ -1107,9 +1107,13 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         elif dev in used:
             raise XapiError('DEVICE_ALREADY_EXISTS', dev)
         values['userdevice'] = dev
+        given_device = values.get('device') or ''
         values['device'] = 'xvd' + chr(ord('a') + int(dev)) if dev.isdigit() and int(dev) < 26 else ''
         values['currently_attached'] = False
-        del vm
+        if vm['power_state'] == 'Suspended':
+            # ocaml/xapi/xapi_vbd.ml create: a suspended VM's VBD keeps the device and currently_attached given (issue 13)
+            values['device'] = given_device or values['device']
+            values['currently_attached'] = bool(record.get('currently_attached', False))
         return self.store.add('VBD', values)
 
     def destroy_vbd(self, vbd):
@@ -1146,7 +1150,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def create_vif(self, record):
         """VIF.create"""
         values = self._construct('VIF', record)
-        self.store.raw('VM', values['VM'])
+        # ocaml/xapi/xapi_vif.ml create: currently_attached is kept only for a suspended VM (issue 13)
+        values['currently_attached'] = self.store.raw('VM', values['VM'])['power_state'] == 'Suspended' \
+            and bool(record.get('currently_attached', False))
         self.store.raw('network', values['network'])
         if any(o['VM'] == values['VM'] and o['device'] == values['device'] for o in self.store.objects['VIF'].values()):
             raise XapiError('DEVICE_ALREADY_EXISTS', values['device'])
@@ -1486,7 +1492,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             raise XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', sr) from exc
         self.store.set('VDI', vdi, 'physical_utilisation', disk.allocated)
         self.store.update('VM', vm, suspend_VDI=vdi, ha_always_run=False, last_booted_record=suspendmod.last_booted_record(obj))
-        return self._power(vm, ('Running',), 'Suspended', False)
+        # VBDs and VIFs stay currently_attached: xenopsd reports a suspended VM's devices active (xapi_xenops.ml
+        # update_vbd: plugged || active), and only a Halted state detaches them (xapi_vm_lifecycle.ml force_state_reset).
+        return self._power(vm, ('Running',), 'Suspended', None)
 
     def _resume(self, vm, start_paused, force):
         """ocaml/xapi/xapi_vm.ml resume + xapi_xenops.ml resume: unless ``force``, the VM's last_boot_CPU_flags must
@@ -1508,7 +1516,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if vdi in (NULL_REF, '') or not self.store.exists('VDI', vdi):
             self.store.update('VM', vm, power_state='Halted', suspend_VDI=NULL_REF)
             raise XapiError('VM_HAS_NO_SUSPEND_VDI', 'VM', vm)
-        self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', True)
+        # xenopsd gets only the VBDs and VIFs that are currently_attached (xapi_xenops.ml create_metadata): the others
+        # stay detached in the resumed VM.
+        self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', None)
         self.store.set('VM', vm, 'suspend_VDI', NULL_REF)
         self.destroy_vdi(vdi)
         return ''
@@ -1546,6 +1556,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                     self.destroy_vm(snap)
                     raise
                 self.store.update('VM', snap, power_state='Suspended', suspend_VDI=copy, snapshot_info=info)
+                # xapi_vbd_helpers.ml / xapi_vif_helpers.ml copy keep currently_attached; a Suspended clone keeps them
+                self._copy_attachment(vm, snap)
             else:
                 self.store.update('VM', snap, snapshot_info=info)
         finally:
@@ -1553,6 +1565,14 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                 self._resume(vm, False, True)  # "Performing a slow resume" (checkpoint resumes with force:false,
                 # but the CPU cannot have changed while the VM was suspended a moment ago)
         return snap
+
+    def _copy_attachment(self, source, target):
+        """currently_attached of the source's VBDs (by userdevice) and VIFs (by device) onto the target's."""
+        for cls, key in (('VBD', 'userdevice'), ('VIF', 'device')):
+            attached = {o[key]: o['currently_attached'] for o in self.store.objects[cls].values() if o['VM'] == source}
+            for ref, obj in list(self.store.objects[cls].items()):
+                if obj['VM'] == target and obj[key] in attached:
+                    self.store.set(cls, ref, 'currently_attached', attached[obj[key]])
 
     def m_VM__set_suspend_VDI(self, vm, value):
         """VM.set_suspend_VDI (ocaml/xapi/xapi_vm.ml set_suspend_VDI): only while Suspended; not a cbt_metadata VDI;

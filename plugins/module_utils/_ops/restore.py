@@ -38,7 +38,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import (
-    HALTED, RESUME_OPERATIONS, PowerStatePlan, coordinator_cpu_info, plan_power_state, split_suspend_image, suspended_create_fields,
+    HALTED, RESUME_OPERATIONS, PowerStatePlan, attached_state, backed_up_vbd, coordinator_cpu_info, plan_power_state, split_suspend_image,
+    suspended_create_fields,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
@@ -665,7 +666,7 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     for item in plan.disks:
         vdi_ref = _restore_disk(xapi, plan, item, created, timeout)
         if not plan.disk_only:
-            _attach_disk(xapi, created.vm_ref, vdi_ref, item)
+            _attach_disk(xapi, created.vm_ref, vdi_ref, item, suspended)
     # Markers go before the start is unblocked: a kill in between leaves a finished but blocked VM
     # (kept), never an unblocked one that the next restore would take for abandoned.
     for vdi_ref in created.vdi_refs:
@@ -674,12 +675,16 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
         return
     for drive in plan.cd_drives:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
-        xapi.call('VBD.create', constructor_record('VBD', {
+        xapi.call('VBD.create', constructor_record('VBD', dict({
             'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
             'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
-            'unpluggable': True}, 'CD drive %s' % drive['userdevice']))
+            'unpluggable': True}, **(attached_state(backed_up_vbd(plan.point, drive['userdevice'])) if suspended else {})),
+            'CD drive %s' % drive['userdevice']))
     for vif in plan.vifs:
-        vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
+        vif_record = vif_create_record(vif, created.vm_ref, plan.keep_mac)
+        if suspended:
+            vif_record['currently_attached'] = attached_state(vif.record)['currently_attached']
+        vif_ref = xapi.call('VIF.create', vif_record)
         vif.mac = xapi.call('VIF.get_MAC', vif_ref)
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
@@ -708,15 +713,15 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     return vdi_ref
 
 
-def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore) -> None:
-    """The VBD of a restored disk, with the backed-up VBD's settings."""
+def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore, suspended: bool = False) -> None:
+    """The VBD of a restored disk, with the backed-up VBD's settings (and, on a suspended VM, its device and attachment)."""
     vbd = item.vbd
-    xapi.call('VBD.create', constructor_record('VBD', {
+    xapi.call('VBD.create', constructor_record('VBD', dict({
         'VM': vm_ref, 'VDI': vdi_ref, 'userdevice': item.userdevice or 'autodetect',
         'bootable': bool(vbd.get('bootable', item.userdevice == '0')), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
         'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
         'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': bool(vbd.get('unpluggable', False))},
-        'the VBD of disk %s' % item.name_label))
+        **(attached_state(vbd) if suspended else {})), 'the VBD of disk %s' % item.name_label))
 
 
 def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check_mode: bool = False) -> dict:

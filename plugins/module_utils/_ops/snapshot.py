@@ -26,7 +26,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import NotASnapshotError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import snapshot_suspend_vdi, wants_checkpoint
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import checkpoint_decision, snapshot_suspend_vdi
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import process_is_alive
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import holds_repository, open_repository
 
@@ -342,15 +342,15 @@ def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, taken_at:
                          timeout: float | None = None, memory: bool = False) -> BackupSnapshot:
     """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job.
 
-    A checkpoint (with the memory image) instead with ``memory`` or of a suspended VM (suspend.wants_checkpoint);
-    VM.checkpoint has no ignore_vdis, so [NOBAK] disks are removed from it afterwards.
+    A checkpoint (with the memory image) instead with ``memory`` or of a suspended VM, unless it has [NOBAK] disks
+    (suspend.checkpoint_decision).
     """
     ignored, _described = excluded_vdis(xapi, vm_record)
     name = SNAPSHOT_NAME_FORMAT % (job.name, vm_record.get('name_label', vm_record['uuid']))
     what = 'snapshot of VM %s (%s)' % (vm_record.get('name_label'), vm_record['uuid'])
-    if wants_checkpoint(vm_record, memory):
+    if checkpoint_decision(vm_record, memory, bool(ignored))[0]:
         snapshot_ref = xapi.call_async('VM.checkpoint', vm_ref, name, timeout=timeout, what='checkpoint' + what[len('snapshot'):])
-        excluded_by = EXCLUDED_BY_REMOVAL if ignored else None
+        excluded_by = None
     else:
         snapshot_ref, excluded_by = _call_snapshot(xapi, vm_ref, name, ignored, timeout, what)
     try:
@@ -650,7 +650,7 @@ def manage_job_snapshots(xapi, vm: str, job: Job, take: bool, check_mode: bool =
               'removed_orphan_disks': [], 'excluded_disks': excluded, 'excluded_by': None,
               'adopted_snapshot': adopted.uuid if adopted is not None else None, 'removed_export_vbds': [],
               'skipped': False, 'skip_reason': None, 'blocked_operations': [], 'kept_blocked_operations': {}, 'unblocked_operations': [],
-              'checkpoint': False}
+              'checkpoint': False, 'memory_skipped_reason': None}
     # Export VBDs left in the control domain go first: they would make VDI.destroy fail below.
     result['removed_export_vbds'] = remove_export_vbds(xapi, snapshots, job_snapshot_vdis(xapi, vm_record['uuid'], job.id), check_mode)
     if adopted is not None or result['removed_export_vbds']:
@@ -677,7 +677,7 @@ def _take_job_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, snapshots: 
     """Block migrations (when asked) and take the snapshot, recording both in ``result``; None in check mode."""
     taken_at = next_snapshot_time(snapshots)
     result['changed'] = True
-    result['checkpoint'] = wants_checkpoint(vm_record, memory)
+    result['checkpoint'], result['memory_skipped_reason'] = checkpoint_decision(vm_record, memory, bool(result['excluded_disks']))
     if block_migrations_while_backing_up:
         result['blocked_operations'], result['kept_blocked_operations'] = block_migrations(xapi, vm_ref, vm_record, job.name, check_mode)
     if check_mode:

@@ -44,11 +44,29 @@ class SuspendRestoreError(RepositoryError):
 # -- backup --------------------------------------------------------------------------------------
 
 
-def wants_checkpoint(vm_record: dict, memory: bool) -> bool:
-    """Whether the backup snapshot is a checkpoint: ``memory`` asked of a running VM, or a suspended VM (its image comes
-    for free: XAPI's checkpoint of a suspended VM neither suspends nor resumes it)."""
+NOBAK_REASON = ('the VM has [NOBAK] disks: a checkpoint keeps them attached (XAPI refuses VBD.destroy of an attached VBD, '
+                'and the memory image needs every disk), so a plain snapshot without its memory was taken')
+
+
+def checkpoint_decision(vm_record: dict, memory: bool, has_excluded_disks: bool) -> tuple[bool, str | None]:
+    """(take a checkpoint?, why the memory is left out although wanted, or None).
+
+    Wanted for ``memory`` of a running VM, and for a suspended VM (its image comes for free: XAPI's checkpoint of a
+    suspended VM neither suspends nor resumes it). Not with [NOBAK] disks: the checkpoint is Suspended, so its VBDs stay
+    currently_attached and XAPI refuses to destroy them (ocaml/xapi/xapi_vbd_helpers.ml destroy, OPERATION_NOT_ALLOWED
+    "still attached"); a checkpoint has no ignore_vdis; and a memory image resumed without one of its disks would lose it
+    under the guest. Xen Orchestra's checkpoint does not support [NOBAK] either (@xen-orchestra/xapi vm.mjs checkpoint).
+    """
     state = vm_record.get('power_state')
-    return state == 'Suspended' or (memory and state == 'Running')
+    wanted = state == 'Suspended' or (memory and state == 'Running')
+    if wanted and has_excluded_disks:
+        return False, NOBAK_REASON
+    return wanted, None
+
+
+def wants_checkpoint(vm_record: dict, memory: bool, has_excluded_disks: bool = False) -> bool:
+    """Whether the backup snapshot is a checkpoint (see checkpoint_decision)."""
+    return checkpoint_decision(vm_record, memory, has_excluded_disks)[0]
 
 
 def snapshot_suspend_vdi(xapi, snapshot_ref: str) -> tuple[str, dict] | None:
@@ -175,6 +193,24 @@ def coordinator_cpu_info(xapi) -> dict:
     """host.cpu_info of the pool coordinator, where XAPI resumes a VM that has no affinity."""
     pool = xapi.call('pool.get_all')[0]
     return xapi.call('host.get_cpu_info', xapi.call('pool.get_master', pool)) or {}
+
+
+def attached_state(backed_up: dict) -> dict:
+    """``device`` and ``currently_attached`` of a backed-up VBD or VIF of a checkpoint, for its VBD/VIF.create on the suspended VM.
+
+    XAPI keeps both only on a suspended VM (ocaml/xapi/xapi_vbd.ml and xapi_vif.ml create), and VM.resume hands xenopsd
+    only the currently attached devices (xapi_xenops.ml create_metadata): without them the VM would resume without
+    its disks and networks.
+    """
+    return {'device': str(backed_up.get('device') or ''), 'currently_attached': bool(backed_up.get('currently_attached'))}
+
+
+def backed_up_vbd(point, userdevice: str) -> dict:
+    """The point's VBD record of that userdevice ({} when none)."""
+    for vbd in (point.metadata.get('vbds') or {}).values():
+        if isinstance(vbd, dict) and str(vbd.get('userdevice')) == str(userdevice):
+            return vbd
+    return {}
 
 
 def suspended_create_fields(point, image_vdi_ref: str) -> dict:

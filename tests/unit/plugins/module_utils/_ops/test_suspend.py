@@ -35,10 +35,14 @@ def _suspended_vm(**changes):
 
 
 def test_checkpoint_for_memory_of_a_running_vm_and_always_for_a_suspended_one():
-    assert suspend.wants_checkpoint({'power_state': 'Suspended'}, False)
-    assert suspend.wants_checkpoint({'power_state': 'Running'}, True)
-    assert not suspend.wants_checkpoint({'power_state': 'Running'}, False)
-    assert not suspend.wants_checkpoint({'power_state': 'Halted'}, True)  # nothing in memory: a plain snapshot
+    assert suspend.checkpoint_decision({'power_state': 'Suspended'}, False, False) == (True, None)
+    assert suspend.checkpoint_decision({'power_state': 'Running'}, True, False) == (True, None)
+    assert suspend.checkpoint_decision({'power_state': 'Running'}, False, False) == (False, None)
+    assert suspend.checkpoint_decision({'power_state': 'Halted'}, True, False) == (False, None)  # nothing in memory
+    # [NOBAK] disks: a plain snapshot, saying why
+    assert suspend.checkpoint_decision({'power_state': 'Running'}, True, True) == (False, suspend.NOBAK_REASON)
+    assert suspend.checkpoint_decision({'power_state': 'Suspended'}, False, True) == (False, suspend.NOBAK_REASON)
+    assert suspend.checkpoint_decision({'power_state': 'Running'}, False, True) == (False, None)
 
 
 def test_cpu_problem_as_xapi_resume_checks():
@@ -90,8 +94,14 @@ vms:
     memory: 256MiB
     disks:
       - {name: web01-root, size: 64MiB, data: [{offset: 0, length: 4MiB, seed: 1}]}
-      - {name: "web01-scratch [NOBAK]", size: 16MiB}
     vifs: [{network: net0}]
+    cdrom: true
+  - name: swapper
+    power_state: Running
+    memory: 256MiB
+    disks:
+      - {name: swapper-root, size: 32MiB}
+      - {name: "swapper-swap [NOBAK]", size: 16MiB}
   - name: sleepy
     power_state: Suspended
     memory: 256MiB
@@ -115,7 +125,7 @@ def test_checkpoint_export_restore_suspended_and_halted(tmp_path):
     with running_pool(POOL) as running, connect(running) as xapi:
         sim = running.server.sim
         taken = manage_job_snapshots(xapi, 'web01', job, take=True, memory=True)
-        assert taken['checkpoint'] and taken['excluded_by'] == 'removed_after_snapshot'
+        assert taken['checkpoint'] and taken['excluded_by'] is None and taken['memory_skipped_reason'] is None
         assert [disk['name_label'] for disk in taken['snapshot']['disks']] == ['web01-root']
         snapshot_ref = _vm_by_uuid(sim, taken['snapshot']['uuid'])
         image_ref = sim.store.raw('VM', snapshot_ref)['suspend_VDI']
@@ -152,8 +162,18 @@ def test_checkpoint_export_restore_suspended_and_halted(tmp_path):
         assert sim.store.raw('VDI', record['suspend_VDI'])['type'] == 'suspend'
         assert [d['name_label'] for d in result['disks']] == ['web01-root']  # the image got no VBD
         assert 'resume' not in record['blocked_operations']
+        # its disk, CD drive and VIF are attached as in the checkpoint, so XAPI hands them to the resumed domain
+        def attachment(vm_ref):
+            return sorted((cls, o.get('userdevice', o.get('device')), o['currently_attached'])
+                          for cls in ('VBD', 'VIF') for o in sim.store.objects[cls].values() if o['VM'] == vm_ref)
+        recorded = sorted([('VBD', o['userdevice'], o['currently_attached']) for o in point.metadata['vbds'].values()]
+                          + [('VIF', o['device'], o['currently_attached']) for o in point.metadata['vifs'].values()])
+        assert attachment(new_vm) == recorded and len(recorded) == 3
+        assert [o['currently_attached'] for o in sim.store.objects['VBD'].values() if o['VM'] == new_vm and o['type'] == 'Disk'] == [True]
+        assert {o['device'] for o in sim.store.objects['VBD'].values() if o['VM'] == new_vm and o['type'] == 'Disk'} == {'xvda'}
         xapi.call('VM.resume', new_vm, False, False)
         assert sim.store.raw('VM', new_vm)['power_state'] == 'Running'
+        assert attachment(new_vm) == recorded
 
         images = len([o for o in sim.store.objects['VDI'].values() if o['type'] == 'suspend'])
         halted = restore(xapi, repo, web_uuid, job=job, point=0, name_label='cold', power_state='halted', start=True)
@@ -195,3 +215,17 @@ def _vm_by_uuid_name(sim, name):
 def _vdi_by_name(sim, name):
     return next(ref for ref, obj in sim.store.objects['VDI'].items() if obj['name_label'] == name and not obj['is_a_snapshot']
                 and obj['managed'])
+
+
+def test_a_vm_with_nobak_disks_gets_a_plain_snapshot_saying_why(tmp_path):
+    job = Job('memory')
+    with running_pool(POOL) as running, connect(running) as xapi:
+        sim = running.server.sim
+        checked = manage_job_snapshots(xapi, 'swapper', job, take=True, memory=True, check_mode=True)
+        assert not checked['checkpoint'] and checked['memory_skipped_reason'] == suspend.NOBAK_REASON
+        taken = manage_job_snapshots(xapi, 'swapper', job, take=True, memory=True)
+        assert not taken['checkpoint'] and taken['memory_skipped_reason'] == suspend.NOBAK_REASON
+        snapshot = sim.store.raw('VM', _vm_by_uuid(sim, taken['snapshot']['uuid']))
+        assert snapshot['power_state'] == 'Halted' and snapshot['suspend_VDI'] == NULL
+        assert [disk['name_label'] for disk in taken['snapshot']['disks']] == ['swapper-root']
+        del tmp_path

@@ -152,3 +152,55 @@ def test_resume_without_suspend_vdi_resets_to_halted(xapi):
     api.VDI.destroy(lone)
     assert h.xapi_failure(api.VM.resume, created, False, False) == ['VM_HAS_NO_SUSPEND_VDI', 'VM', created]
     assert api.VM.get_power_state(created) == 'Halted'
+
+
+def _attached(api, vm):
+    return sorted((api.VBD.get_userdevice(v), api.VBD.get_currently_attached(v)) for v in api.VM.get_VBDs(vm)) + \
+        sorted((api.VIF.get_device(v), api.VIF.get_currently_attached(v)) for v in api.VM.get_VIFs(vm))
+
+
+def test_devices_of_a_suspended_vm_and_its_checkpoint_stay_attached(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    running = _attached(api, vm)
+    api.VM.suspend(vm)
+    # only a Halted state detaches them (xapi_vm_lifecycle.ml force_state_reset)
+    assert _attached(api, vm) == running
+    api.VM.resume(vm, False, False)
+    snap = api.VM.checkpoint(vm, 'with memory')
+    assert _attached(api, snap) == running  # copied with currently_attached (xapi_vbd_helpers.ml copy)
+    disk_vbd = [v for v in api.VM.get_VBDs(snap) if api.VBD.get_type(v) == 'Disk'][0]
+    # XAPI refuses to destroy an attached VBD (xapi_vbd_helpers.ml destroy): a checkpoint's disks cannot be removed
+    assert h.xapi_failure(api.VBD.destroy, disk_vbd)[0] == 'OPERATION_NOT_ALLOWED'
+    plain = api.VM.snapshot(vm, 'plain')
+    assert not any(attached for _dev, attached in _attached(api, plain))
+
+
+def test_vbd_and_vif_create_keep_attachment_only_on_a_suspended_vm(xapi):
+    api = xapi.xenapi
+    vm = _vm(api, 'web01')
+    api.VM.suspend(vm)
+    source = api.VM.get_record(vm)
+    image = api.VDI.get_record(source['suspend_VDI'])
+    copy_vdi = api.VDI.create({'name_label': 'image copy', 'name_description': '', 'SR': image['SR'], 'virtual_size': image['virtual_size'],
+                               'type': 'suspend', 'sharable': False, 'read_only': False, 'other_config': {}, 'xenstore_data': {},
+                               'sm_config': {}, 'tags': []})
+    created = api.VM.create(_create_record(api, vm, suspend_VDI=copy_vdi))
+    disk = api.VDI.create(dict(api.VDI.get_record(copy_vdi), name_label='disk', type='user'))
+    record = {'VM': created, 'VDI': disk, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk', 'empty': False,
+              'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': True}
+    attached = api.VBD.create(dict(record, device='xvda', currently_attached=True))
+    detached = api.VBD.create(dict(record, userdevice='1', VDI=api.VDI.create(dict(api.VDI.get_record(disk), name_label='disk 2'))))
+    network = api.network.get_all()[0]
+    vif = api.VIF.create({'device': '0', 'network': network, 'VM': created, 'MAC': '', 'MTU': '1500', 'other_config': {},
+                          'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'currently_attached': True})
+    assert api.VBD.get_currently_attached(attached) and api.VBD.get_device(attached) == 'xvda'
+    assert not api.VBD.get_currently_attached(detached) and api.VIF.get_currently_attached(vif)
+    # xenopsd gets only the attached devices on resume (xapi_xenops.ml create_metadata): the other stays detached
+    api.VM.resume(created, False, False)
+    assert api.VBD.get_currently_attached(attached) and not api.VBD.get_currently_attached(detached)
+    # on a halted VM currently_attached is not taken
+    halted = api.VM.create(_create_record(api, vm, power_state='Halted'))
+    vif = api.VIF.create({'device': '0', 'network': network, 'VM': halted, 'MAC': '', 'MTU': '1500', 'other_config': {},
+                          'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'currently_attached': True})
+    assert not api.VIF.get_currently_attached(vif)
