@@ -12,6 +12,8 @@ import types
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import suspend
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
@@ -229,3 +231,31 @@ def test_a_vm_with_nobak_disks_gets_a_plain_snapshot_saying_why(tmp_path):
         assert snapshot['power_state'] == 'Halted' and snapshot['suspend_VDI'] == NULL
         assert [disk['name_label'] for disk in taken['snapshot']['disks']] == ['swapper-root']
         del tmp_path
+
+
+def test_checkpoint_points_are_adopted_listed_verified_and_seeded(tmp_path):
+    """A point with a memory image: a killed run's checkpoint is still adopted (the image is no disk of the snapshot),
+    backup_info verifies it, seed_copy copies it and the copy restores suspended."""
+    repository, far = str(tmp_path / 'repo'), str(tmp_path / 'far')
+    (tmp_path / 'repo').mkdir()
+    (tmp_path / 'far').mkdir()
+    job = Job('memory')
+    with running_pool(POOL) as running, connect(running) as xapi:
+        sim = running.server.sim
+        taken = manage_job_snapshots(xapi, 'web01', job, take=True, memory=True)
+        export_vm(xapi, [repository], 'web01', job)
+        snapshot_ref = _vm_by_uuid(sim, taken['snapshot']['uuid'])
+        # as if killed between writing the point and marking the checkpoint exported
+        xapi.call('VM.remove_from_other_config', snapshot_ref, 'xo:backup:exported')
+        adopted = manage_job_snapshots(xapi, 'web01', job, take=False, repositories=[open_repository(repository)])
+        assert adopted['adopted_snapshot'] == taken['snapshot']['uuid'] and adopted['removed_snapshots'] == []
+
+        described = describe_repository(open_repository(repository), verify=True)
+        assert described['problems'] == [] and described['files_verified'] == 2, described  # the disk and the image
+        web_uuid = sim.store.raw('VM', _vm_by_uuid_name(sim, 'web01'))['uuid']
+        seed_copy(repository, far, vms=[web_uuid])
+        result = restore(xapi, open_repository(far), web_uuid, name_label='from the far copy')
+        assert result['power_state']['power_state'] == 'suspended'
+        image = sim.store.raw('VDI', sim.store.raw('VM', snapshot_ref)['suspend_VDI'])
+        restored_image = next(ref for ref, obj in sim.store.objects['VDI'].items() if obj['uuid'] == result['power_state']['suspend_vdi_uuid'])
+        assert sim.disk(restored_image).sha256() == sim.disk(sim.store.ref_of_uuid('VDI', image['uuid'])).sha256()
