@@ -165,17 +165,14 @@ def test_checkpoint_export_restore_suspended_and_halted(tmp_path):
         assert [d['name_label'] for d in result['disks']] == ['web01-root']  # the image got no VBD
         assert 'resume' not in record['blocked_operations']
         # its disk, CD drive and VIF are attached as in the checkpoint, so XAPI hands them to the resumed domain
-        def attachment(vm_ref):
-            return sorted((cls, o.get('userdevice', o.get('device')), o['currently_attached'])
-                          for cls in ('VBD', 'VIF') for o in sim.store.objects[cls].values() if o['VM'] == vm_ref)
         recorded = sorted([('VBD', o['userdevice'], o['currently_attached']) for o in point.metadata['vbds'].values()]
                           + [('VIF', o['device'], o['currently_attached']) for o in point.metadata['vifs'].values()])
-        assert attachment(new_vm) == recorded and len(recorded) == 3
+        assert _attachment(sim, new_vm) == recorded and len(recorded) == 3
         assert [o['currently_attached'] for o in sim.store.objects['VBD'].values() if o['VM'] == new_vm and o['type'] == 'Disk'] == [True]
         assert {o['device'] for o in sim.store.objects['VBD'].values() if o['VM'] == new_vm and o['type'] == 'Disk'} == {'xvda'}
         xapi.call('VM.resume', new_vm, False, False)
         assert sim.store.raw('VM', new_vm)['power_state'] == 'Running'
-        assert attachment(new_vm) == recorded
+        assert _attachment(sim, new_vm) == recorded
 
         images = len([o for o in sim.store.objects['VDI'].values() if o['type'] == 'suspend'])
         halted = restore(xapi, repo, web_uuid, job=job, point=0, name_label='cold', power_state='halted', start=True)
@@ -208,6 +205,11 @@ def test_suspended_vm_is_checkpointed_and_restored_with_start_resumed(tmp_path):
         assert result['vm']['started'] and restored['power_state'] == 'Running' and restored['suspend_VDI'] == NULL
         assert result['power_state']['suspend_vdi_uuid'] and not any(
             o['uuid'] == result['power_state']['suspend_vdi_uuid'] for o in sim.store.objects['VDI'].values())  # consumed by resume
+
+
+def _attachment(sim, vm_ref):
+    return sorted((cls, o.get('userdevice', o.get('device')), o['currently_attached'])
+                  for cls in ('VBD', 'VIF') for o in sim.store.objects[cls].values() if o['VM'] == vm_ref)
 
 
 def _vm_by_uuid_name(sim, name):
