@@ -38,7 +38,7 @@ RESUME_OPERATIONS = ('resume', 'resume_on')
 class SuspendRestoreError(RepositoryError):
     """A suspended restore that cannot work, refused before anything is created."""
 
-    error_code = 'restore_failed'
+    error_code = 'suspended_restore_refused'
 
 
 # -- backup --------------------------------------------------------------------------------------
