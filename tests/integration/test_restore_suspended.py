@@ -147,6 +147,7 @@ def test_suspended_restore_refused_on_another_cpu_and_without_image(ansible, poo
     # a plain snapshot of a running VM holds no memory image
     refused = ansible.run_task('vm_restore', {'repository': repo, 'vm': web_uuid, 'power_state': 'suspended'}, expect_failure=True)
     assert 'holds no memory image' in refused['msg'] and 'power_state: halted' in refused['msg']
+    assert refused['error_code'] == 'suspended_restore_refused'
     plain = ansible.run_task('vm_restore', {'repository': repo, 'vm': web_uuid, 'name': 'web plain'})
     assert plain['power_state']['power_state'] == 'halted'
 

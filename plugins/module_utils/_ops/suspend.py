@@ -174,11 +174,19 @@ def plan_power_state(point, image, requested: str | None, host_cpu_info: dict | 
     vm = point.metadata.get('vm') or {}
     if disk_only:
         return PowerStatePlan(HALTED, None, 'a disk restore creates no VM')
-    if image is None or vm.get('power_state') != 'Suspended' or not vm.get('last_booted_record') or not vm.get('last_boot_CPU_flags'):
+    if image is None:
         if requested == SUSPENDED:
             raise SuspendRestoreError('backup %s holds no memory image (it was not taken from a suspended VM or with memory: true), '
                                       'so it cannot be restored suspended: restore it with power_state: halted' % point.timestamp)
         return PowerStatePlan(HALTED, None, 'the backup holds no memory image')
+    missing = [name for name in ('last_booted_record', 'last_boot_CPU_flags') if not vm.get(name)]
+    if vm.get('power_state') != 'Suspended' or missing:
+        # XAPI's VM.create refuses a suspended VM without them (ocaml/xapi/xapi_vm.ml create)
+        why = 'its VM record is not Suspended' if vm.get('power_state') != 'Suspended' else 'its VM record lacks %s' % ', '.join(missing)
+        if requested == SUSPENDED:
+            raise SuspendRestoreError('backup %s holds a memory image but %s, which XAPI needs to create a suspended VM: restore it with '
+                                      'power_state: halted' % (point.timestamp, why))
+        return PowerStatePlan(HALTED, None, 'the backup holds a memory image but %s: the VM is restored halted' % why)
     if requested == HALTED:
         return PowerStatePlan(HALTED, None, 'power_state: halted asked: the memory image is not restored')
     problem = cpu_problem(vm, host_cpu_info or {})

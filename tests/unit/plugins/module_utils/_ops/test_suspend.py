@@ -71,8 +71,9 @@ def test_plan_power_state():
     with pytest.raises(suspend.SuspendRestoreError, match='holds no memory image'):
         suspend.plan_power_state(halted_point, None, 'suspended', INTEL, False)
     # an image without the state XAPI's VM.create needs is not restorable suspended either
-    with pytest.raises(suspend.SuspendRestoreError, match='holds no memory image'):
+    with pytest.raises(suspend.SuspendRestoreError, match='lacks last_booted_record'):
         suspend.plan_power_state(_point(_suspended_vm(last_booted_record='')), image, 'suspended', INTEL, False)
+    assert 'not Suspended' in suspend.plan_power_state(_point(_suspended_vm(power_state='Halted')), image, None, INTEL, False).reason
     with pytest.raises(suspend.SuspendRestoreError, match='must be one of'):
         suspend.plan_power_state(point, image, 'running', INTEL, False)
 
