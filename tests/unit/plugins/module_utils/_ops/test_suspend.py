@@ -16,7 +16,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog imp
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.seed import seed_copy
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import restore
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import destroy_restored_vm, restore
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import job_snapshots, manage_job_snapshots
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.sim_pool import connect, running_pool
@@ -262,3 +262,8 @@ def test_checkpoint_points_are_adopted_listed_verified_and_seeded(tmp_path):
         image = sim.store.raw('VDI', sim.store.raw('VM', snapshot_ref)['suspend_VDI'])
         restored_image = next(ref for ref, obj in sim.store.objects['VDI'].items() if obj['uuid'] == result['power_state']['suspend_vdi_uuid'])
         assert sim.disk(restored_image).sha256() == sim.disk(sim.store.ref_of_uuid('VDI', image['uuid'])).sha256()
+        # restored_vm_destroy of the suspended copy leaves nothing of it: hard_shutdown drops the image, then VM and disks go
+        destroyed = destroy_restored_vm(xapi, result['vm']['uuid'])
+        assert destroyed['vm']['power_state'] == 'Suspended' and len(destroyed['destroyed_vdis']) == 1
+        assert not sim.store.exists('VDI', restored_image)
+        assert not [o for o in sim.store.objects['VDI'].values() if 'restored_from' in str(o['other_config'])]
