@@ -267,3 +267,19 @@ def test_checkpoint_points_are_adopted_listed_verified_and_seeded(tmp_path):
         assert destroyed['vm']['power_state'] == 'Suspended' and len(destroyed['destroyed_vdis']) == 1
         assert not sim.store.exists('VDI', restored_image)
         assert not [o for o in sim.store.objects['VDI'].values() if 'restored_from' in str(o['other_config'])]
+
+
+def test_a_failed_suspended_restore_removes_its_image_too(tmp_path):
+    repository = str(tmp_path / 'repo')
+    (tmp_path / 'repo').mkdir()
+    job = Job('memory')
+    with running_pool(POOL) as running, connect(running) as xapi:
+        sim = running.server.sim
+        manage_job_snapshots(xapi, 'sleepy', job, take=True)
+        export_vm(xapi, [repository], 'sleepy', job)
+        before = set(sim.store.objects['VM']), set(sim.store.objects['VDI'])
+        # the disk's VBD is created after the image, the suspended VM and the disk
+        sim.faults['fail'].setdefault('VBD.create', []).append((['INTERNAL_ERROR', 'injected'], 1))
+        with pytest.raises(Exception, match='everything it created was removed'):
+            restore(xapi, open_repository(repository), sim.store.raw('VM', _vm_by_uuid_name(sim, 'sleepy'))['uuid'], job=job)
+        assert (set(sim.store.objects['VM']), set(sim.store.objects['VDI'])) == before
