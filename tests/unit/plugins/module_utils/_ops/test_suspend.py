@@ -121,12 +121,14 @@ def _vm_by_uuid(sim, uuid):
     return next(ref for ref, obj in sim.store.objects['VM'].items() if obj['uuid'] == uuid)
 
 
-def test_checkpoint_export_restore_suspended_and_halted(tmp_path):
+@pytest.mark.parametrize('profile', ['xcp-ng-8.3', 'xcp-ng-8.2'])
+def test_checkpoint_export_restore_suspended_and_halted(tmp_path, profile):
     repository = str(tmp_path / 'repo')
     (tmp_path / 'repo').mkdir()
     job = Job('memory')
-    with running_pool(POOL) as running, connect(running) as xapi:
+    with running_pool(POOL + 'xapi: {profile: %s}\n' % profile) as running, connect(running) as xapi:
         sim = running.server.sim
+        assert sim.software_version()['xapi'].startswith('1.249' if profile == 'xcp-ng-8.2' else '26.')
         taken = manage_job_snapshots(xapi, 'web01', job, take=True, memory=True)
         assert taken['checkpoint'] and taken['excluded_by'] is None and taken['memory_skipped_reason'] is None
         assert [disk['name_label'] for disk in taken['snapshot']['disks']] == ['web01-root']
