@@ -92,6 +92,7 @@ options:
         of a plain snapshot, so that M(xapi.delta_backup.delta_export) also exports its memory image and
         M(xapi.delta_backup.vm_restore) can bring the VM back suspended. XAPI suspends the VM for the time of the
         checkpoint (the guest pauses for as long as writing its memory takes) and resumes it.
+      - A running VM tagged C(xo-memory-backup) is checkpointed too, as Xen Orchestra does.
       - A VM that is suspended is always checkpointed, whatever this says, since its memory image is copied without touching it
         (a plain snapshot of a suspended VM has no memory).
       - A VM with C([NOBAK]) disks gets a plain snapshot without its memory (RV(memory_skipped_reason) says so). C(VM.checkpoint) has

@@ -31,6 +31,9 @@ SUSPENDED = 'suspended'
 HALTED = 'halted'
 POWER_STATES = (SUSPENDED, HALTED)
 FULL_REASON = 'a suspend image is always exported full: it is rewritten whole at every suspend'
+# The VM tag with which Xen Orchestra checkpoints a VM whatever its job says (@xen-orchestra/backups
+# _runners/_vmRunners/_AbstractXapi.mjs: settings.checkpointSnapshot); honoured the same way.
+MEMORY_TAG = 'xo-memory-backup'
 # XAPI's VM.create ignores blocked_operations; these are blocked on a suspended restore until it is complete.
 RESUME_OPERATIONS = ('resume', 'resume_on')
 
@@ -51,13 +54,14 @@ NOBAK_REASON = ('the VM has [NOBAK] disks: a checkpoint keeps them attached (XAP
 def checkpoint_decision(vm_record: dict, memory: bool, has_excluded_disks: bool) -> tuple[bool, str | None]:
     """(take a checkpoint?, why the memory is left out although wanted, or None).
 
-    Wanted for ``memory`` of a running VM, and for a suspended VM (its image comes for free: XAPI's checkpoint of a
+    Wanted for ``memory`` (or Xen Orchestra's MEMORY_TAG on the VM) of a running VM, and for a suspended VM (its image comes for free: XAPI's checkpoint of a
     suspended VM neither suspends nor resumes it). Not with [NOBAK] disks: the checkpoint is Suspended, so its VBDs stay
     currently_attached and XAPI refuses to destroy them (ocaml/xapi/xapi_vbd_helpers.ml destroy, OPERATION_NOT_ALLOWED
     "still attached"); a checkpoint has no ignore_vdis; and a memory image resumed without one of its disks would lose it
     under the guest. Xen Orchestra's checkpoint does not support [NOBAK] either (@xen-orchestra/xapi vm.mjs checkpoint).
     """
     state = vm_record.get('power_state')
+    memory = memory or MEMORY_TAG in (vm_record.get('tags') or [])
     wanted = state == 'Suspended' or (memory and state == 'Running')
     if wanted and has_excluded_disks:
         return False, NOBAK_REASON

@@ -41,6 +41,8 @@ def test_checkpoint_for_memory_of_a_running_vm_and_always_for_a_suspended_one():
     assert suspend.checkpoint_decision({'power_state': 'Running'}, True, False) == (True, None)
     assert suspend.checkpoint_decision({'power_state': 'Running'}, False, False) == (False, None)
     assert suspend.checkpoint_decision({'power_state': 'Halted'}, True, False) == (False, None)  # nothing in memory
+    # Xen Orchestra's tag asks for it too
+    assert suspend.checkpoint_decision({'power_state': 'Running', 'tags': ['xo-memory-backup']}, False, False) == (True, None)
     # [NOBAK] disks: a plain snapshot, saying why
     assert suspend.checkpoint_decision({'power_state': 'Running'}, True, True) == (False, suspend.NOBAK_REASON)
     assert suspend.checkpoint_decision({'power_state': 'Suspended'}, False, True) == (False, suspend.NOBAK_REASON)
