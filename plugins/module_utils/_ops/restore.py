@@ -619,7 +619,8 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)
         # The memory image of a suspended or checkpointed VM gets no VBD; whether it is restored is decided here.
-        attached, image = split_suspend_image(backup.disks, backup.point)
+        # (With ``disk`` naming it, it is restored alone like any disk, as a VDI of type suspend.)
+        attached, image = (backup.disks, None) if disk_only else split_suspend_image(backup.disks, backup.point)
         backup = dataclasses.replace(backup, disks=attached)
         resumable = image is not None and not disk_only and power_state != HALTED
         power = plan_power_state(backup.point, image, power_state, coordinator_cpu_info(xapi) if resumable else None, disk_only)

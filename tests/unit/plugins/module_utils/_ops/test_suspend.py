@@ -287,3 +287,22 @@ def test_a_failed_suspended_restore_removes_its_image_too(tmp_path):
         with pytest.raises(Exception, match='everything it created was removed'):
             restore(xapi, open_repository(repository), sim.store.raw('VM', _vm_by_uuid_name(sim, 'sleepy'))['uuid'], job=job)
         assert (set(sim.store.objects['VM']), set(sim.store.objects['VDI'])) == before
+
+
+def test_the_memory_image_alone_with_disk(tmp_path):
+    repository = str(tmp_path / 'repo')
+    (tmp_path / 'repo').mkdir()
+    job = Job('memory')
+    with running_pool(POOL) as running, connect(running) as xapi:
+        sim = running.server.sim
+        manage_job_snapshots(xapi, 'sleepy', job, take=True)
+        export_vm(xapi, [repository], 'sleepy', job)
+        vm_uuid = sim.store.raw('VM', _vm_by_uuid_name(sim, 'sleepy'))['uuid']
+        result = restore(xapi, open_repository(repository), vm_uuid, job=job, disk='Suspend image')
+        assert result['vm'] is None and result['power_state']['power_state'] == 'halted'
+        [restored] = result['disks']
+        vdi_ref = sim.store.ref_of_uuid('VDI', restored['vdi_uuid'])
+        assert sim.store.raw('VDI', vdi_ref)['type'] == 'suspend'
+        assert not [vbd for vbd in sim.store.objects['VBD'].values() if vbd['VDI'] == vdi_ref]
+        live_image = sim.store.raw('VM', _vm_by_uuid_name(sim, 'sleepy'))['suspend_VDI']
+        assert sim.disk(sim.store.ref_of_uuid('VDI', restored['vdi_uuid'])).sha256() == sim.disk(live_image).sha256()
