@@ -524,7 +524,8 @@ class RestorePlan:
 
     @property
     def bytes_transferred(self) -> int:
-        return sum(item.length for item in self.disks if item.seconds is not None)
+        image = [self.power.image] if self.power is not None and self.power.image is not None else []  # the memory image too
+        return sum(item.length for item in self.disks + image if item.seconds is not None)
 
 
 def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> CheckedBackup:

@@ -168,6 +168,7 @@ def test_checkpoint_export_restore_suspended_and_halted(tmp_path, profile):
         assert sim.disk(record['suspend_VDI']).sha256() == image_sha  # the memory image byte for byte
         assert sim.store.raw('VDI', record['suspend_VDI'])['type'] == 'suspend'
         assert [d['name_label'] for d in result['disks']] == ['web01-root']  # the image got no VBD
+        assert result['bytes_transferred'] > result['disks'][0]['bytes']  # the image was streamed too
         assert 'resume' not in record['blocked_operations']
         # its disk, CD drive and VIF are attached as in the checkpoint, so XAPI hands them to the resumed domain
         recorded = sorted([('VBD', o['userdevice'], o['currently_attached']) for o in point.metadata['vbds'].values()]
