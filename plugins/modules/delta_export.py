@@ -167,7 +167,10 @@ repositories:
   elements: str
   sample: ["/mnt/backups/near"]
 disks:
-  description: One entry per exported disk.
+  description:
+    - One entry per exported disk.
+    - A checkpoint (O(xapi.delta_backup.vm_snapshot#module:memory)) adds its memory image, named C(Suspend image), always a
+      full, with an empty C(userdevice) and its own uuid as C(vdi_uuid) (its folder, as Xen Orchestra names it).
   returned: always
   type: list
   elements: dict

@@ -155,6 +155,18 @@ options:
     type: bool
     default: true
     version_added: 0.2.0
+  power_state:
+    description:
+      - How a VM backed up with its memory (suspended, or checkpointed with O(xapi.delta_backup.vm_snapshot#module:memory))
+        comes back. V(suspended) restores its memory image and creates it suspended; with O(start) it is then resumed
+        (C(VM.resume)) instead of started. V(halted) leaves the memory image out, and the VM boots from its disks.
+      - Default (null) V(suspended) when the backup holds a memory image, else V(halted). V(suspended) for a backup without
+        a memory image is refused.
+      - A suspended restore is refused before anything is created when the pool coordinator's CPU cannot resume the image
+        (another CPU vendor, or CPU features the VM was running with that it lacks, which is what XAPI checks on C(VM.resume)).
+    type: str
+    choices: [suspended, halted]
+    version_added: 0.3.0
 requirements:
   - XenAPI
 """
@@ -479,6 +491,22 @@ backed_up_guest_agent:
   sample: {"seen": true, "os_version": {"name": "Debian GNU/Linux 12"}, "pv_drivers_version": {"major": "9", "minor": "3", "micro": "3"},
            "pv_drivers_detected": true, "networks": {"0/ip": "192.0.2.10"}, "addresses": ["192.0.2.10"], "ip": "192.0.2.10"}
   version_added: 0.2.0
+power_state:
+  description: How the VM came back (or, in check mode, would). Null with O(disk).
+  returned: success
+  type: dict
+  contains:
+    power_state:
+      description: V(suspended) (memory image restored, VM created suspended) or V(halted).
+      type: str
+    reason:
+      description: Why.
+      type: str
+    suspend_vdi_uuid:
+      description: uuid of the restored memory image (null when none was restored, and in check mode).
+      type: str
+  sample: {"power_state": "suspended", "reason": "the backup holds a memory image", "suspend_vdi_uuid": "6f5e4d3c-2b1a-4098-8765-43210fedcba9"}
+  version_added: 0.3.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
@@ -498,7 +526,7 @@ def restore_vm(module) -> dict:
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
                        allow_vtpm_loss=params['allow_vtpm_loss'],
                        name_template=params['name_template'], keep_tags=params['keep_tags'],
-                       restore_vifs=params['vifs'])
+                       restore_vifs=params['vifs'], power_state=params['power_state'])
 
 
 def main():
@@ -519,6 +547,7 @@ def main():
         name_template=dict(type='str', default='{name_label} ({timestamp})'),
         keep_tags=dict(type='bool', default=False),
         vifs=dict(type='bool', default=True),
+        power_state=dict(type='str', choices=['suspended', 'halted']),
     ))
     run(module, restore_vm)
 

@@ -86,6 +86,21 @@ options:
     type: int
     default: 1
     version_added: 0.2.0
+  memory:
+    description:
+      - With O(state=present), take a checkpoint (XAPI C(VM.checkpoint), a snapshot with the memory) of a running VM instead
+        of a plain snapshot, so that M(xapi.delta_backup.delta_export) also exports its memory image and
+        M(xapi.delta_backup.vm_restore) can bring the VM back suspended. XAPI suspends the VM for the time of the
+        checkpoint (the guest pauses for as long as writing its memory takes) and resumes it.
+      - A running VM tagged C(xo-memory-backup) is checkpointed too, as Xen Orchestra does.
+      - A VM that is suspended is always checkpointed, whatever this says, since its memory image is copied without touching it
+        (a plain snapshot of a suspended VM has no memory).
+      - A VM with C([NOBAK]) disks gets a plain snapshot without its memory (RV(memory_skipped_reason) says so). C(VM.checkpoint) has
+        no C(ignore_vdis), XAPI refuses to destroy the still attached VBDs of a checkpoint, and a memory image resumed without one
+        of its disks would lose it under the guest.
+    type: bool
+    default: false
+    version_added: 0.3.0
 requirements:
   - XenAPI
 """
@@ -297,6 +312,22 @@ xapi_error:
       type: list
       elements: str
       sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
+checkpoint:
+  description:
+    - Whether the snapshot taken is (or, in check mode, would be) a checkpoint with the VM's memory image (O(memory), or a
+      suspended VM). False with O(state=pruned) and when no snapshot was taken.
+  returned: always
+  type: bool
+  sample: false
+  version_added: 0.3.0
+memory_skipped_reason:
+  description:
+    - Why no checkpoint was taken although O(memory) asked for one or the VM is suspended (the VM has C([NOBAK]) disks); null
+      otherwise.
+  returned: always
+  type: str
+  sample: null
+  version_added: 0.3.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
@@ -313,7 +344,7 @@ def snapshot_vm(module) -> dict:
         return manage_job_snapshots(xapi, params['vm'], Job(params['job']), take=params['state'] == 'present',
                                     check_mode=module.check_mode, timeout=params['snapshot_timeout'], repositories=repositories,
                                     block_migrations_while_backing_up=params['block_migrations'],
-                                    max_uncoalesced_vdis=params['max_uncoalesced_vdis'])
+                                    max_uncoalesced_vdis=params['max_uncoalesced_vdis'], memory=params['memory'])
 
 
 def main():
@@ -325,6 +356,7 @@ def main():
         repositories=dict(type='list', elements='path', default=[]),
         block_migrations=dict(type='bool', default=True),
         max_uncoalesced_vdis=dict(type='int', default=1),
+        memory=dict(type='bool', default=False),
     ))
     run(module, snapshot_vm)
 

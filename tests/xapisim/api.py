@@ -18,6 +18,7 @@ import time
 
 from . import datamodel
 from . import guest_agent
+from . import suspend as suspendmod
 from . import unmarshal
 from . import vhd_sr
 from . import vtpm
@@ -1111,9 +1112,13 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         elif dev in used:
             raise XapiError('DEVICE_ALREADY_EXISTS', dev)
         values['userdevice'] = dev
+        given_device = values.get('device') or ''
         values['device'] = 'xvd' + chr(ord('a') + int(dev)) if dev.isdigit() and int(dev) < 26 else ''
         values['currently_attached'] = False
-        del vm
+        if vm['power_state'] == 'Suspended':
+            # ocaml/xapi/xapi_vbd.ml create: a suspended VM's VBD keeps the device and currently_attached given (issue 13)
+            values['device'] = given_device or values['device']
+            values['currently_attached'] = bool(record.get('currently_attached', False))
         return self.store.add('VBD', values)
 
     def destroy_vbd(self, vbd):
@@ -1150,7 +1155,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def create_vif(self, record):
         """VIF.create"""
         values = self._construct('VIF', record)
-        self.store.raw('VM', values['VM'])
+        # ocaml/xapi/xapi_vif.ml create: currently_attached is kept only for a suspended VM (issue 13)
+        values['currently_attached'] = self.store.raw('VM', values['VM'])['power_state'] == 'Suspended' \
+            and bool(record.get('currently_attached', False))
         self.store.raw('network', values['network'])
         if any(o['VM'] == values['VM'] and o['device'] == values['device'] for o in self.store.objects['VIF'].values()):
             raise XapiError('DEVICE_ALREADY_EXISTS', values['device'])
@@ -1204,6 +1211,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         values['other_config'].setdefault(MAC_SEED_KEY, new_uuid())
         values.update(power_state='Halted', domid=-1, resident_on=NULL_REF,
                       allowed_operations=['start', 'clone', 'copy', 'snapshot', 'export', 'destroy'])
+        values.update(self._created_power_state(record))
         return self.store.add('VM', vm_record.on_create(values))
 
     def _vm(self, vm):
@@ -1250,6 +1258,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         # keeps the seed for snapshots and copies VIFs with preserve_mac_address.
         values.update(name_label=new_name, is_a_snapshot=True, is_a_template=True, snapshot_of=vm,
                       snapshot_time=xapi_date(), power_state='Halted', domid=-1, resident_on=NULL_REF,
+                      suspend_VDI=NULL_REF,  # xapi_vm_clone.ml clone: a plain snapshot never gets the suspend VDI
                       snapshot_info={'power-state-at-snapshot': obj['power_state'],
                                      'disk-snapshot-type': 'crash_consistent'},
                       transportable_snapshot_id=new_uuid(), parent=NULL_REF,
@@ -1320,6 +1329,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if obj['is_a_template'] or obj['is_a_snapshot']:
             raise XapiError('VM_IS_TEMPLATE', vm)
         result = self._power(vm, ('Halted',), 'Paused' if start_paused else 'Running', True)
+        self._record_boot_cpu(vm)
         self.guest_agents.on_start(vm)
         return result
 
@@ -1328,7 +1338,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return self._power(vm, ('Running',), 'Halted', False)
 
     def m_VM__hard_shutdown(self, vm):
-        """VM.hard_shutdown"""
+        """VM.hard_shutdown (a suspended VM loses its suspend VDI: _drop_suspend_vdi)"""
+        if self._vm(vm)['power_state'] == 'Suspended':
+            self._drop_suspend_vdi(vm)
         return self._power(vm, ('Running', 'Paused', 'Suspended'), 'Halted', False)
 
     def m_VM__shutdown(self, vm):
@@ -1344,13 +1356,12 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         return self._power(vm, ('Paused',), 'Running', None)
 
     def m_VM__suspend(self, vm):
-        """VM.suspend"""
-        return self._power(vm, ('Running',), 'Suspended', False)
+        """VM.suspend: writes a suspend VDI (see _suspend)"""
+        return self._suspend(vm)
 
     def m_VM__resume(self, vm, start_paused=False, force=False):
-        """VM.resume"""
-        del force
-        result = self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', True)
+        """VM.resume: reads and then destroys the suspend VDI (see _resume)"""
+        result = self._resume(vm, start_paused, force)
         self.guest_agents.on_resume(vm)
         return result
 
@@ -1497,6 +1508,162 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         """VTPM.set_contents (hidden from XAPI's docs)"""
         return vtpm.set_contents(self, ref, contents)
 
+    # -- suspended VMs and checkpoints (issue 13)
+    # Rules and sizes in tests/xapisim/suspend.py; each method cites the XAPI function it copies.
+    def _host_cpu_info(self, host):
+        return dict(self.store.raw('host', host).get('cpu_info') or {})
+
+    def _record_boot_cpu(self, vm):
+        """ocaml/xapi/xapi_xenops.ml update_vm: a running VM's last_boot_CPU_flags = [vendor; featureset]."""
+        obj = self.store.raw('VM', vm)
+        host = obj['resident_on'] if obj['resident_on'] != NULL_REF else self.master_ref
+        self.store.set('VM', vm, 'last_boot_CPU_flags', suspendmod.boot_cpu_flags(obj, self._host_cpu_info(host)))
+
+    @staticmethod
+    def _created_power_state(record):
+        """ocaml/xapi/xapi_vm.ml create: power_state Suspended is kept (with suspend_VDI, last_booted_record and
+        last_boot_CPU_flags) only when all three are given, else VM_BAD_POWER_STATE [new ref; halted; suspended];
+        any other power_state becomes Halted and those three fields are dropped."""
+        if record.get('power_state') != 'Suspended':
+            return {'suspend_VDI': NULL_REF, 'last_booted_record': '', 'last_boot_CPU_flags': {}}
+        if not record.get('last_boot_CPU_flags') or not record.get('last_booted_record') \
+                or record.get('suspend_VDI', NULL_REF) in (NULL_REF, ''):
+            raise XapiError(BAD_POWER, new_ref(), 'halted', 'suspended')
+        return {'power_state': 'Suspended', 'allowed_operations': ['resume', 'hard_shutdown', 'clone', 'copy', 'snapshot', 'checkpoint',
+                                                                   'export', 'destroy']}
+
+    def _suspend_sr(self, vm, obj):
+        """ocaml/xapi/helpers.ml choose_suspend_sr: VM.suspend_SR, else pool.suspend_image_SR, else the resident
+        host's suspend_image_sr, each only if the host sees it; else VM_NO_SUSPEND_SR [vm]."""
+        host = obj['resident_on']
+        pool = self.store.raw('pool', self.pool_ref)
+        host_sr = self.store.raw('host', host).get('suspend_image_sr', NULL_REF) if self.store.exists('host', host) else NULL_REF
+        for sr in (obj.get('suspend_SR', NULL_REF), pool.get('suspend_image_SR', NULL_REF), host_sr):
+            if sr not in (None, '', NULL_REF) and self.store.exists('SR', sr) and sr in self.stores \
+                    and host in self.hosts_seeing_sr(sr):
+                return sr
+        raise XapiError('VM_NO_SUSPEND_SR', vm)
+
+    def _suspend(self, vm):
+        """ocaml/xapi/xapi_vm.ml suspend + xapi_xenops.ml suspend: ha_always_run false, a VDI of type suspend
+        ("Suspend image", memory-sized) on the suspend SR becomes suspend_VDI and receives the memory image,
+        last_booted_record takes xenopsd's metadata; the VM is Suspended, detached, resident nowhere."""
+        obj = self._vm(vm)
+        if obj['is_a_template']:
+            raise XapiError('VM_IS_TEMPLATE', vm)
+        if obj['power_state'] != 'Running':
+            raise XapiError(BAD_POWER, vm, 'running', obj['power_state'].lower())
+        sr = self._suspend_sr(vm, obj)
+        vdi = self.create_vdi(suspendmod.suspend_vdi_record(obj, sr, obj['domid']))
+        disk = self.disk(vdi)
+        try:
+            for offset, data in suspendmod.image_writes(obj['uuid'], new_uuid()):
+                disk.write(offset, data)
+        except StoreFull as exc:
+            self.destroy_vdi(vdi)
+            raise XapiError('SR_SUSPEND_SPACE_INSUFFICIENT', sr) from exc
+        self.store.set('VDI', vdi, 'physical_utilisation', disk.allocated)
+        self.store.update('VM', vm, suspend_VDI=vdi, ha_always_run=False, last_booted_record=suspendmod.last_booted_record(obj))
+        # VBDs and VIFs stay currently_attached: xenopsd reports a suspended VM's devices active (xapi_xenops.ml
+        # update_vbd: plugged || active), and only a Halted state detaches them (xapi_vm_lifecycle.ml force_state_reset).
+        return self._power(vm, ('Running',), 'Suspended', None)
+
+    def _resume(self, vm, start_paused, force):
+        """ocaml/xapi/xapi_vm.ml resume + xapi_xenops.ml resume: unless ``force``, the VM's last_boot_CPU_flags must
+        fit this host's CPU (cpuid_helpers.ml assert_vm_is_compatible, VM_INCOMPATIBLE_WITH_THIS_HOST); without a
+        suspend VDI the VM is reset to Halted and VM_HAS_NO_SUSPEND_VDI raised; after the resume suspend_VDI is
+        NULL and the suspend VDI destroyed."""
+        obj = self._vm(vm)
+        if obj['is_a_template'] or obj['is_a_snapshot']:
+            raise XapiError('VM_IS_TEMPLATE', vm)
+        if obj['power_state'] != 'Suspended':
+            raise XapiError(BAD_POWER, vm, 'suspended', obj['power_state'].lower())
+        if obj.get('ha_restart_priority') == 'restart':
+            self.store.set('VM', vm, 'ha_always_run', True)
+        if not force:
+            why = suspendmod.incompatibility(obj, self._host_cpu_info(self.master_ref))
+            if why:
+                raise XapiError('VM_INCOMPATIBLE_WITH_THIS_HOST', vm, self.master_ref, why)
+        vdi = obj['suspend_VDI']
+        if vdi in (NULL_REF, '') or not self.store.exists('VDI', vdi):
+            self.store.update('VM', vm, power_state='Halted', suspend_VDI=NULL_REF)
+            raise XapiError('VM_HAS_NO_SUSPEND_VDI', 'VM', vm)
+        # xenopsd gets only the VBDs and VIFs that are currently_attached (xapi_xenops.ml create_metadata): the others
+        # stay detached in the resumed VM.
+        self._power(vm, ('Suspended',), 'Paused' if start_paused else 'Running', None)
+        self.store.set('VM', vm, 'suspend_VDI', NULL_REF)
+        self.destroy_vdi(vdi)
+        return ''
+
+    def _drop_suspend_vdi(self, vm):
+        """ocaml/xapi/xapi_vm.ml hard_shutdown of a Suspended VM: destroy the suspend VDI (errors only logged), forget it."""
+        vdi = self.store.raw('VM', vm)['suspend_VDI']
+        if vdi not in (NULL_REF, '') and self.store.exists('VDI', vdi):
+            try:
+                self.destroy_vdi(vdi)
+            except XapiError:
+                pass  # XAPI logs and continues
+        self.store.set('VM', vm, 'suspend_VDI', NULL_REF)
+
+    def m_VM__checkpoint(self, vm, new_name):
+        """VM.checkpoint (ocaml/xapi/xapi_vm_snapshot.ml checkpoint, xapi_vm_clone.ml clone Disk_op_checkpoint): a
+        Running VM is suspended, its disks and suspend VDI are snapshotted (VDI.snapshot), then it is resumed; the
+        snapshot is Suspended with its own suspend VDI. No ignore_vdis: every disk is in it."""
+        obj = self._vm(vm)
+        state = obj['power_state']
+        if obj['is_a_snapshot'] or obj['is_a_template']:
+            raise XapiError('VM_IS_TEMPLATE', vm)
+        if state not in ('Halted', 'Running', 'Suspended'):
+            raise XapiError(BAD_POWER, vm, 'halted, running, suspended', state.lower())
+        if state == 'Running':
+            self._suspend(vm)
+        try:
+            snap = self.m_VM__snapshot(vm, new_name)
+            live_suspend = self.store.raw('VM', vm)['suspend_VDI']
+            info = {'power-state-at-snapshot': state, 'disk-snapshot-type': 'crash_consistent'}
+            if state in ('Running', 'Suspended') and live_suspend != NULL_REF:
+                try:
+                    copy = self._copy_vdi(live_suspend, True)
+                except XapiError:
+                    self.destroy_vm(snap)
+                    raise
+                self.store.update('VM', snap, power_state='Suspended', suspend_VDI=copy, snapshot_info=info)
+                # xapi_vbd_helpers.ml / xapi_vif_helpers.ml copy keep currently_attached; a Suspended clone keeps them
+                self._copy_attachment(vm, snap)
+            else:
+                self.store.update('VM', snap, snapshot_info=info)
+        finally:
+            if state == 'Running':
+                self._resume(vm, False, True)  # "Performing a slow resume" (checkpoint resumes with force:false,
+                # but the CPU cannot have changed while the VM was suspended a moment ago)
+        return snap
+
+    def _copy_attachment(self, source, target):
+        """currently_attached of the source's VBDs (by userdevice) and VIFs (by device) onto the target's."""
+        for cls, key in (('VBD', 'userdevice'), ('VIF', 'device')):
+            attached = {o[key]: o['currently_attached'] for o in self.store.objects[cls].values() if o['VM'] == source}
+            for ref, obj in list(self.store.objects[cls].items()):
+                if obj['VM'] == target and obj[key] in attached:
+                    self.store.set(cls, ref, 'currently_attached', attached[obj[key]])
+
+    def m_VM__set_suspend_VDI(self, vm, value):
+        """VM.set_suspend_VDI (ocaml/xapi/xapi_vm.ml set_suspend_VDI): only while Suspended; not a cbt_metadata VDI;
+        a different VDI must hold the same content (VDI.checksum of both; here the content hash), else
+        SUSPEND_VDI_REPLACEMENT_IS_NOT_IDENTICAL."""
+        obj = self._vm(vm)
+        if obj['power_state'] != 'Suspended':
+            raise XapiError(BAD_POWER, vm, 'suspended', obj['power_state'].lower())
+        target = self.store.raw('VDI', value)
+        if target['type'] == 'cbt_metadata':
+            raise XapiError('VDI_INCOMPATIBLE_TYPE', vm, 'cbt_metadata')
+        current = obj['suspend_VDI']
+        if current != value:
+            sums = [(self.store.raw('VDI', ref)['uuid'], self.disk(ref).sha256()) for ref in (current, value)]
+            if sums[0][1] != sums[1][1]:
+                raise XapiError('SUSPEND_VDI_REPLACEMENT_IS_NOT_IDENTICAL', *['%s : %s' % item for item in sums])
+            self.store.set('VM', vm, 'suspend_VDI', value)
+        return ''
+
     # ------------------------------------------------------------------
     # creation of the static pool objects (config loader helpers)
     # ------------------------------------------------------------------
@@ -1508,7 +1675,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         major, minor = self.api_version()
         self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
                                 'software_version': self.software_version(), 'API_version_major': major,
-                                'API_version_minor': minor, 'control_domain': dom0}, ref=host)
+                                'API_version_minor': minor, 'control_domain': dom0,
+                                'cpu_info': dict(suspendmod.DEFAULT_CPU_INFO)}, ref=host)
         self.store.add('VM', {'name_label': 'Control domain on host: %s' % host_name, 'is_control_domain': True,
                               'power_state': 'Running', 'domid': 0, 'resident_on': host,
                               'memory_static_max': 4 << 30, 'memory_dynamic_max': 4 << 30,
@@ -1541,6 +1709,6 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         major, minor = self.api_version()
         ref = self.store.add('host', {'name_label': host_name, 'hostname': host_name, 'address': address,
                                       'software_version': self.software_version(), 'API_version_major': major,
-                                      'API_version_minor': minor})
+                                      'API_version_minor': minor, 'cpu_info': dict(suspendmod.DEFAULT_CPU_INFO)})
         self.member_refs.append(ref)
         return ref

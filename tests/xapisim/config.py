@@ -125,6 +125,9 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
             if spec.get('default') or default_sr is None:
                 default_sr = ref
         sim.store.set('pool', sim.pool_ref, 'default_SR', default_sr or NULL_REF)
+        # An installed pool has its suspend-image SR set like its default SR (VM.suspend looks there:
+        # ocaml/xapi/helpers.ml choose_suspend_sr); without one VM.suspend fails VM_NO_SUSPEND_SR.
+        sim.store.set('pool', sim.pool_ref, 'suspend_image_SR', default_sr or NULL_REF)
         _make_networks(sim, config.get('networks') or DEFAULT_CONFIG['networks'], names)
         for spec in config.get('templates') or []:
             spec = dict(spec, template=True)
@@ -225,11 +228,13 @@ def _make_vm(sim, spec, names, default_sr):
     if spec.get('vtpm'):
         vtpm.add_from_config(sim, vm, spec['vtpm'])
     state = spec.get('power_state', 'Halted')
-    if state in ('Running', 'Paused') and not spec.get('template'):
+    if state in ('Running', 'Paused', 'Suspended') and not spec.get('template'):
         sim.m_VM__start(vm, state == 'Paused', False)
         agent = sim.guest_agents.agent_of(vm) if state == 'Running' else None
         if agent is not None:
             sim.guest_agents.report(vm, agent)  # running before the simulator started: its agent has reported
+        if state == 'Suspended':
+            sim.m_VM__suspend(vm)  # writes its suspend VDI (issue 13)
     elif state not in ('Halted', 'Running', 'Paused'):
         raise XapiError('INTERNAL_ERROR', 'unsupported power_state %s' % state)
     return vm

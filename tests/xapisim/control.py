@@ -250,9 +250,22 @@ def _op_vtpms(sim, vm):
     """Ground truth of a VM's VTPMs, contents included (issue 13)."""
     with sim.lock:
         return vtpm.ground_truth(sim, find_ref(sim, 'VM', vm))
+
+
 def _op_guest_agents(sim, delay=None, ip=None):
     with sim.lock:
         return sim.guest_agents.settings(delay=delay, ip=ip)
+
+
+def _op_set_host_cpu(sim, host=None, **info):
+    """Change keys of a host's cpu_info (default: the coordinator), e.g. ``vendor`` or ``features_hvm`` (issue 13:
+    VM.resume compares them with the VM's last_boot_CPU_flags)."""
+    ref = find_ref(sim, 'host', host) if host else sim.master_ref
+    with sim.lock:
+        cpu_info = dict(sim.store.raw('host', ref).get('cpu_info') or {})
+        cpu_info.update({str(k): str(v) for k, v in info.items()})
+        sim.store.set('host', ref, 'cpu_info', cpu_info)
+        return cpu_info
 
 
 OPS = {
@@ -268,6 +281,7 @@ OPS = {
     'hold_coalesce': _op_hold_coalesce, 'coalesce_delay': _op_coalesce_delay, 'waiting_base_copies': _op_waiting_base_copies,
     'vdi_vhd_id': _op_vdi_vhd_id, 'vdi_chain_depth': _op_vdi_chain_depth,
     'guest_agents': _op_guest_agents,
+    'set_host_cpu': _op_set_host_cpu,
 }
 
 
@@ -455,6 +469,10 @@ class SimulatorControl:
     def vdi_chain_depth(self, vdi):
         """Depth of the VDI's VHD chain on its SR (1 without parent)."""
         return self.call('vdi_chain_depth', vdi=vdi)
+
+    def set_host_cpu(self, host=None, **info):
+        """Change keys of a host's cpu_info (default: the coordinator); returns the new cpu_info."""
+        return self.call('set_host_cpu', host=host, **info)
 
 
 class ControlError(Exception):

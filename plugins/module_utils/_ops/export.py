@@ -35,6 +35,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import read_vtpms
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import FULL_REASON, snapshot_suspend_vdi, suspended_state
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, format_timestamp, relative_to_vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository, open_or_initialize, repository_location
@@ -287,6 +288,19 @@ def plan_export(xapi, repositories: list[BackupRepository | None], vm: str, job:
     return plan
 
 
+def add_suspend_image(xapi, plan: ExportPlan) -> None:
+    """A checkpoint's memory image is exported with its disks, always full, in a folder named after its own uuid (as XO)."""
+    if plan.snapshot.ref is None:
+        return  # check mode without a snapshot taken
+    image = snapshot_suspend_vdi(xapi, plan.snapshot.ref)
+    if image is None:
+        return
+    ref, record = image
+    plan.disks.append(DiskPlan(disk=SnapshotDisk(vdi_ref=ref, vdi_uuid=record['uuid'], live_vdi_ref=ref, live_vdi_uuid=record['uuid'],
+                                                 virtual_size=int(record.get('virtual_size') or 0), name_label=record.get('name_label', ''),
+                                                 userdevice=''), reason=FULL_REASON))
+
+
 def _all_full(plan: ExportPlan, reason: str) -> ExportPlan:
     plan.mode, plan.reason = 'full', reason
     for disk_plan in plan.disks:
@@ -342,7 +356,8 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             sr_uuid = xapi.call('SR.get_uuid', vdi['SR']) if vdi.get('SR') not in (None, '', NULL_REF) else None
         except XapiError:
             sr_uuid = None
-        vdi['$snapshot_of$uuid'] = disk.live_vdi_uuid
+        if vdi.get('type') != 'suspend':  # a memory image is of no live disk (as XO records it)
+            vdi['$snapshot_of$uuid'] = disk.live_vdi_uuid
         vdi['$SR$uuid'] = sr_uuid
         other = dict(vdi.get('other_config') or {})
         other['xo:backup:vm'] = plan.vm_record['uuid']
@@ -350,7 +365,9 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
             other['xo:base_delta_vdi'] = disk_plan.base_disk.vdi_uuid
         vdi['other_config'] = other
         vdis[disk.vdi_ref] = vdi
-    vm = _stored('VM', plan.vm_record)
+    # A checkpoint's suspended state goes with its image (keyed by its ref in vdis): issue 13, _ops/suspend.py.
+    image_ref = snapshot_record.get('suspend_VDI') if snapshot_record.get('suspend_VDI') in vdis else None
+    vm = _stored('VM', dict(plan.vm_record, **suspended_state(snapshot_record, image_ref)))
     # What the guest agent reported: a health check of a restore expects an agent only when the VM had one.
     vm[GUEST_METRICS_KEY] = _jsonable(backed_up_guest_metrics(xapi, snapshot_record, plan.vm_record))
     return {'vm': vm, 'vm_snapshot': _stored('VM', snapshot_record),
@@ -473,6 +490,7 @@ def export_vm(xapi, repository_paths: list[str], vm: str, job: Job, snapshot_uui
     repositories = [open_or_initialize(path, check_mode=check_mode, file_mode=file_mode, dir_mode=dir_mode) for path in repository_paths]
     plan = plan_export(xapi, repositories, vm, job, snapshot_uuid=snapshot_uuid, full_interval=full_interval, check_mode=check_mode,
                        delta_only=delta_only)
+    add_suspend_image(xapi, plan)
     result = dict(describe_plan(plan), changed=True, repositories=locations, delta_fallback=None)
     if check_mode:
         result.update(bytes_transferred=0, duration=0.0, throughput_mib_s=0.0,

@@ -34,6 +34,10 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import backed_up_agent
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import (
+    HALTED, RESUME_OPERATIONS, PowerStatePlan, SuspendRestoreError, attached_state, backed_up_vbd, coordinator_cpu_info, plan_power_state, split_suspend_image,
+    suspended_create_fields,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
@@ -400,6 +404,7 @@ class RestorePlan:
     tags: list[str] = dataclasses.field(default_factory=list)  # of the new VM (restored_tags)
     dropped_tags: list[str] = dataclasses.field(default_factory=list)  # backed-up tags the new VM does not get
     vm_record: dict = dataclasses.field(default_factory=dict)  # fields set after VM.create, and those not restored
+    power: PowerStatePlan | None = None  # suspended (with the memory image) or halted: _ops/suspend.py
 
     @property
     def point(self) -> BackupPoint:
@@ -411,7 +416,8 @@ class RestorePlan:
 
     @property
     def bytes_transferred(self) -> int:
-        return sum(item.length for item in self.disks if item.seconds is not None)
+        image = [self.power.image] if self.power is not None and self.power.image is not None else []  # the memory image too
+        return sum(item.length for item in self.disks + image if item.seconds is not None)
 
 
 def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> CheckedBackup:
@@ -513,6 +519,7 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'tags': {'kept': plan.tags, 'dropped': plan.dropped_tags},
         'vm_record': {key: value for key, value in plan.vm_record.items() if key != 'bios_strings'},
         'backed_up_guest_agent': backed_up_agent(source_vm),
+        'power_state': plan.power.as_result() if plan.power is not None else None,
     }
 
 
@@ -520,7 +527,7 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
             allow_vtpm_loss: bool = False, name_template: str | None = None, keep_tags: bool = False,
-            restore_vifs: bool = True) -> dict:
+            restore_vifs: bool = True, power_state: str | None = None) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     if name_template and not name_label and not disk:
@@ -530,12 +537,24 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         backup = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
         sr_ref, sr_record = resolve_sr(xapi, sr)
         disk_only = bool(disk)
+        # The memory image of a suspended or checkpointed VM gets no VBD; whether it is restored is decided here.
+        # (With ``disk`` naming it, it is restored alone like any disk, as a VDI of type suspend.)
+        attached, image = (backup.disks, None) if disk_only else split_suspend_image(backup.disks, backup.point)
+        backup = dataclasses.replace(backup, disks=attached)
+        resumable = image is not None and not disk_only and power_state != HALTED
+        power = plan_power_state(backup.point, image, power_state, coordinator_cpu_info(xapi) if resumable else None, disk_only)
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
                             start=start, keep_mac=keep_mac, allow_vtpm_loss=allow_vtpm_loss, name_template=name_template, keep_tags=keep_tags,
                             restore_vifs=restore_vifs,
                             vtpm_unsupported=None if disk_only else pool_vtpm_support(xapi.call('pool.get_restrictions', xapi.call('pool.get_all')[0])))
+        plan.power = power
+        if power.suspended and any(item.action == 'recreate' for item in plan.vtpms):
+            # XAPI creates a vTPM only on a halted VM (ocaml/xapi/xapi_vtpm.ml create), and VM.create makes this one suspended.
+            raise SuspendRestoreError('backup %s holds a memory image and a vTPM: XAPI cannot give a vTPM to a VM created suspended, '
+                                      'so restore it with power_state=halted (the vTPM is restored, the memory image is not)'
+                                      % backup.point.timestamp)
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
@@ -559,15 +578,22 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
 
 def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None) -> None:
     """Create what the plan says, recording it in ``created`` (for the rollback) and the plan (for the result)."""
+    suspended = plan.power is not None and plan.power.suspended
     if not plan.disk_only:
-        created.vm_ref = xapi.call('VM.create', vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac, plan.tags))
+        record = vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac, plan.tags)
+        blocked = blocked_while_restoring(plan.point)
+        if suspended:
+            # The memory image first: XAPI's VM.create takes a suspended VM only with its suspend VDI.
+            record.update(suspended_create_fields(plan.point, _restore_disk(xapi, plan, plan.power.image, created, timeout)))
+            blocked.update(dict.fromkeys(RESUME_OPERATIONS, BLOCK_REASON))
+        created.vm_ref = xapi.call('VM.create', record)
         # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
-        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(plan.point))
+        xapi.call('VM.set_blocked_operations', created.vm_ref, blocked)
         plan.vm_uuid = xapi.call('VM.get_uuid', created.vm_ref)
     for item in plan.disks:
         vdi_ref = _restore_disk(xapi, plan, item, created, timeout)
         if not plan.disk_only:
-            _attach_disk(xapi, created.vm_ref, vdi_ref, item)
+            _attach_disk(xapi, created.vm_ref, vdi_ref, item, suspended)
     # Markers go before the start is unblocked: a kill in between leaves a finished but blocked VM
     # (kept), never an unblocked one that the next restore would take for abandoned.
     for vdi_ref in created.vdi_refs:
@@ -576,12 +602,16 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
         return
     for drive in plan.cd_drives:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
-        xapi.call('VBD.create', constructor_record('VBD', {
+        xapi.call('VBD.create', constructor_record('VBD', dict({
             'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
             'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
-            'unpluggable': True}, 'CD drive %s' % drive['userdevice']))
+            'unpluggable': True}, **(attached_state(backed_up_vbd(plan.point, drive['userdevice'])) if suspended else {})),
+            'CD drive %s' % drive['userdevice']))
     for vif in plan.vifs:
-        vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
+        vif_record = vif_create_record(vif, created.vm_ref, plan.keep_mac)
+        if suspended:
+            vif_record['currently_attached'] = attached_state(vif.record)['currently_attached']
+        vif_ref = xapi.call('VIF.create', vif_record)
         vif.mac = xapi.call('VIF.get_MAC', vif_ref)
     # On the halted VM (VTPM.create wants it so), before the start is unblocked; VM.destroy of a rollback takes them too.
     recreate_vtpms(xapi, created.vm_ref, plan.vtpms)
@@ -589,7 +619,7 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
     if plan.start:
-        xapi.call('VM.start', created.vm_ref, False, False)
+        xapi.call('VM.resume' if suspended else 'VM.start', created.vm_ref, False, False)
         plan.started = True
 
 
@@ -598,7 +628,8 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     point = plan.point
     vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
         'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': plan.sr_ref,
-        'virtual_size': item.virtual_size, 'type': 'user', 'sharable': False, 'read_only': False,
+        'virtual_size': item.virtual_size, 'type': 'suspend' if item.record.get('type') == 'suspend' else 'user',
+        'sharable': False, 'read_only': False,
         'other_config': dict(_clean_other_config(item.record.get('other_config')),
                              **{RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()}),
         'sm_config': {}, 'xenstore_data': {}, 'tags': []}, 'disk %s' % item.name_label))
@@ -612,15 +643,15 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     return vdi_ref
 
 
-def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore) -> None:
-    """The VBD of a restored disk, with the backed-up VBD's settings."""
+def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore, suspended: bool = False) -> None:
+    """The VBD of a restored disk, with the backed-up VBD's settings (and, on a suspended VM, its device and attachment)."""
     vbd = item.vbd
-    xapi.call('VBD.create', constructor_record('VBD', {
+    xapi.call('VBD.create', constructor_record('VBD', dict({
         'VM': vm_ref, 'VDI': vdi_ref, 'userdevice': item.userdevice or 'autodetect',
         'bootable': vbd.get('bootable', item.userdevice == '0'), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
         'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
         'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': vbd.get('unpluggable', False)},
-        'the VBD of disk %s' % item.name_label))
+        **(attached_state(vbd) if suspended else {})), 'the VBD of disk %s' % item.name_label))
 
 
 def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check_mode: bool = False) -> dict:

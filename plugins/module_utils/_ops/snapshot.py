@@ -26,6 +26,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import NotASnapshotError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import checkpoint_decision, snapshot_suspend_vdi
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock import process_is_alive
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import holds_repository, open_repository
 
@@ -189,7 +190,9 @@ def existing_repositories(paths: list[str] | None) -> list:
 def point_snapshot_vdis(point) -> set[str]:
     """uuids of the snapshot VDIs a repository point holds (its metadata's VDI records of exported disks)."""
     vdis = point.metadata.get('vdis') or {}
-    return {str((vdis.get(ref) or {}).get('uuid', '')).lower() for ref in point.metadata.get('vhds') or {}}
+    # A checkpoint's memory image is exported too but is no disk of the snapshot (BackupSnapshot.disks).
+    return {str((vdis.get(ref) or {}).get('uuid', '')).lower() for ref in point.metadata.get('vhds') or {}
+            if (vdis.get(ref) or {}).get('type') != 'suspend'}
 
 
 def deltas_since_full(points: list) -> int:
@@ -336,12 +339,20 @@ def remove_excluded_disks(xapi, snapshot_ref: str) -> list[str]:
 
 
 def take_backup_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, taken_at: datetime.datetime,
-                         timeout: float | None = None) -> BackupSnapshot:
-    """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job."""
+                         timeout: float | None = None, memory: bool = False) -> BackupSnapshot:
+    """Snapshot the VM without its [NOBAK] disks and tag the snapshot and its VDIs for the job.
+
+    A checkpoint (with the memory image) instead with ``memory`` or of a suspended VM, unless it has [NOBAK] disks
+    (suspend.checkpoint_decision).
+    """
     ignored, _described = excluded_vdis(xapi, vm_record)
     name = SNAPSHOT_NAME_FORMAT % (job.name, vm_record.get('name_label', vm_record['uuid']))
     what = 'snapshot of VM %s (%s)' % (vm_record.get('name_label'), vm_record['uuid'])
-    snapshot_ref, excluded_by = _call_snapshot(xapi, vm_ref, name, ignored, timeout, what)
+    if checkpoint_decision(vm_record, memory, bool(ignored))[0]:
+        snapshot_ref = xapi.call_async('VM.checkpoint', vm_ref, name, timeout=timeout, what='checkpoint' + what[len('snapshot'):])
+        excluded_by = None
+    else:
+        snapshot_ref, excluded_by = _call_snapshot(xapi, vm_ref, name, ignored, timeout, what)
     try:
         if excluded_by == EXCLUDED_BY_REMOVAL:
             remove_excluded_disks(xapi, snapshot_ref)
@@ -414,8 +425,12 @@ def destroy_snapshot_vm(xapi, snapshot_ref: str) -> list[str]:
     if not record.get('is_a_snapshot'):
         raise NotASnapshotError('refusing to destroy %s: it is not a snapshot' % record.get('uuid'))
     disks = vm_disks(xapi, record)
+    image = snapshot_suspend_vdi(xapi, snapshot_ref)
     xapi.call('VM.destroy', snapshot_ref, what='removal of snapshot %s' % record.get('uuid'))
     removed = []
+    if image is not None:
+        # VM.destroy leaves a checkpoint's memory image too (ocaml/xapi/xapi_vm_helpers.ml destroy).
+        disks.append((None, {}, image[0], image[1]))
     for _vbd_ref, _vbd, vdi_ref, vdi in disks:
         if not vdi.get('is_a_snapshot'):
             continue  # never a live disk, whatever the VBDs say
@@ -618,7 +633,7 @@ def unhealthy_vdi_chains(xapi, vm_record: dict, max_uncoalesced: int) -> list[st
 
 def manage_job_snapshots(xapi, vm: str, job: Job, take: bool, check_mode: bool = False, timeout: float | None = None,
                          repositories: list | None = None, block_migrations_while_backing_up: bool = True,
-                         max_uncoalesced_vdis: int = DEFAULT_MAX_UNCOALESCED_VDIS) -> dict:
+                         max_uncoalesced_vdis: int = DEFAULT_MAX_UNCOALESCED_VDIS, memory: bool = False) -> dict:
     """Take (``take``) the job's snapshot of the VM, then remove the job's snapshots except the reference.
 
     Returns what the modules report: the new snapshot, the reference snapshot as it was before this
@@ -634,7 +649,8 @@ def manage_job_snapshots(xapi, vm: str, job: Job, take: bool, check_mode: bool =
               'snapshot': None, 'reference_snapshot': reference.as_result() if reference else None, 'removed_snapshots': [],
               'removed_orphan_disks': [], 'excluded_disks': excluded, 'excluded_by': None,
               'adopted_snapshot': adopted.uuid if adopted is not None else None, 'removed_export_vbds': [],
-              'skipped': False, 'skip_reason': None, 'blocked_operations': [], 'kept_blocked_operations': {}, 'unblocked_operations': []}
+              'skipped': False, 'skip_reason': None, 'blocked_operations': [], 'kept_blocked_operations': {}, 'unblocked_operations': [],
+              'checkpoint': False, 'memory_skipped_reason': None}
     # Export VBDs left in the control domain go first: they would make VDI.destroy fail below.
     result['removed_export_vbds'] = remove_export_vbds(xapi, snapshots, job_snapshot_vdis(xapi, vm_record['uuid'], job.id), check_mode)
     if adopted is not None or result['removed_export_vbds']:
@@ -650,16 +666,18 @@ def manage_job_snapshots(xapi, vm: str, job: Job, take: bool, check_mode: bool =
         result['changed'] = result['changed'] or bool(result['unblocked_operations'])
     new_snapshot = None
     if take:
-        new_snapshot = _take_job_snapshot(xapi, vm_ref, vm_record, job, snapshots, result, check_mode, timeout, block_migrations_while_backing_up)
+        new_snapshot = _take_job_snapshot(xapi, vm_ref, vm_record, job, snapshots, result, check_mode, timeout, block_migrations_while_backing_up,
+                                          memory)
     _prune_job_snapshots(xapi, vm_record, job, snapshots, new_snapshot, result, check_mode)
     return result
 
 
 def _take_job_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, snapshots: list[BackupSnapshot], result: dict, check_mode: bool,
-                       timeout: float | None, block_migrations_while_backing_up: bool) -> BackupSnapshot | None:
+                       timeout: float | None, block_migrations_while_backing_up: bool, memory: bool = False) -> BackupSnapshot | None:
     """Block migrations (when asked) and take the snapshot, recording both in ``result``; None in check mode."""
     taken_at = next_snapshot_time(snapshots)
     result['changed'] = True
+    result['checkpoint'], result['memory_skipped_reason'] = checkpoint_decision(vm_record, memory, bool(result['excluded_disks']))
     if block_migrations_while_backing_up:
         result['blocked_operations'], result['kept_blocked_operations'] = block_migrations(xapi, vm_ref, vm_record, job.name, check_mode)
     if check_mode:
@@ -667,7 +685,7 @@ def _take_job_snapshot(xapi, vm_ref: str, vm_record: dict, job: Job, snapshots: 
                               'datetime': format_datetime_tag(taken_at), 'exported': False, 'delta_chain_length': 0, 'disks': []}
         return None
     try:
-        new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job, taken_at, timeout=timeout)
+        new_snapshot = take_backup_snapshot(xapi, vm_ref, vm_record, job, taken_at, timeout=timeout, memory=memory)
     except BaseException:
         if block_migrations_while_backing_up:
             with contextlib.suppress(XapiError):
