@@ -130,6 +130,9 @@ options:
         asks for its recovery key).
       - The vTPM contents are a secret. They are kept only in the backup's metadata file, which has the repository's file mode,
         and never appear in a result or a log.
+    type: bool
+    default: false
+    version_added: 0.2.0
   name_template:
     description:
       - Name of the new VM when O(name) is not given, so that it says which backup it is. Placeholders, each written
