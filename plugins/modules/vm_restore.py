@@ -151,6 +151,7 @@ options:
         VM. The exclusion tag C(xo:no-bak) (also C(xo:no-bak=<reason>)), which keeps jobs away, is kept in every case.
     type: bool
     default: false
+    version_added: 0.2.0
   vifs:
     description:
       - Recreate the backed-up VIFs. With V(false) the VM is restored without network interfaces, so it joins no network
@@ -169,7 +170,7 @@ options:
         (another CPU vendor, or CPU features the VM was running with that it lacks, which is what XAPI checks on C(VM.resume)).
     type: str
     choices: [suspended, halted]
-    version_added: 0.3.0
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -509,7 +510,7 @@ power_state:
       description: uuid of the restored memory image (null when none was restored, and in check mode).
       type: str
   sample: {"power_state": "suspended", "reason": "the backup holds a memory image", "suspend_vdi_uuid": "6f5e4d3c-2b1a-4098-8765-43210fedcba9"}
-  version_added: 0.3.0
+  version_added: 0.2.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run

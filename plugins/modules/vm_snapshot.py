@@ -100,7 +100,7 @@ options:
         of its disks would lose it under the guest.
     type: bool
     default: false
-    version_added: 0.3.0
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -319,7 +319,7 @@ checkpoint:
   returned: always
   type: bool
   sample: false
-  version_added: 0.3.0
+  version_added: 0.2.0
 memory_skipped_reason:
   description:
     - Why no checkpoint was taken although O(memory) asked for one or the VM is suspended (the VM has C([NOBAK]) disks); null
@@ -327,7 +327,7 @@ memory_skipped_reason:
   returned: always
   type: str
   sample: null
-  version_added: 0.3.0
+  version_added: 0.2.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import ModuleFailure, connect, new_module, run
