@@ -20,10 +20,17 @@ description:
     state and for references to objects of the source pool). Its home host (affinity) is kept when this pool has that host.
     The backed-up blocked operations are set again once the restore is done.
   - Each VIF joins the network that O(network_map) names for its backed-up network. Otherwise it joins the network with the backed-up
-    uuid, else the only network with the backed-up name, else the only network with the backed-up VLAN tag (untagged networks
-    count as tag -1). These automatic rules never choose a network without PIFs (a private network, or the Host internal
-    management network) unless O(allow_internal_networks=true). When no network matches, the restore fails before creating
-    anything, naming the VIF and its network. RV(vifs) says which rule chose each network.
+    uuid, else the network with the backed-up name on the backed-up VLAN, else the first network with PIFs on that VLAN (untagged
+    networks count as tag -1; first in PIF device order, then by name). These automatic rules never choose a network without PIFs
+    (a private network, or the Host internal management network) unless O(allow_internal_networks=true). A VIF no network fits is
+    not created and is listed in RV(not_restored) with the O(network_map) to pass. RV(vifs) says which rule chose each network.
+  - Each disk goes to the SR O(sr_map) gives it, else to O(sr), else to the SR of the backed-up uuid when this pool has it, else to
+    the pool's default SR.
+  - VBDs and VIFs keep their backed-up settings (device numbers, bootable flags, modes, QoS, other_config, MTU, locking mode and
+    allowed addresses).
+  - What this pool cannot get back is listed in RV(not_restored) (vGPUs, PCI and USB passthrough, a disc in a CD drive, a missing SR
+    or network that no option maps). With O(strict=true), any of them fails the restore before anything is created.
+  - The collection's C(docs/restore.md) describes what is restored, what is not, and how to map SRs and networks.
   - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
   - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
     is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
@@ -74,7 +81,9 @@ options:
     default: latest
   sr:
     description:
-      - The SR for the new disks, by uuid or name. By default, the pool's default SR.
+      - The SR for every disk that O(sr_map) does not place, by uuid or name.
+      - By default, each such disk goes to the SR it was on at the backup when this pool has an SR of that uuid, else to the
+        pool's default SR (listed in RV(not_restored), since the disk's own SR is missing). RV(disks) says which rule placed each disk.
     type: str
   name:
     description:
@@ -115,6 +124,21 @@ options:
       - Seconds to wait for XAPI to finish each disk import after its last byte.
     type: float
     default: 3600
+  sr_map:
+    description:
+      - Places single disks. Maps a disk to an SR of the pool (uuid or name). The disk is named by its backed-up VDI uuid, its live VDI
+        uuid (as in the repository), its name, its userdevice (V(0), V(1)...) or its device (V(xvda)).
+      - A key that names no disk of the backup, or several, or an SR this pool does not have, fails the restore before anything is created.
+      - Disks it does not name go by O(sr) and the rules above.
+    type: dict
+    default: {}
+    version_added: 0.2.0
+  strict:
+    description:
+      - Fail, before anything is created, when anything of the backup cannot be restored as it was (see RV(not_restored)).
+    type: bool
+    default: false
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -144,6 +168,19 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "VIF {{ item.device }}: {{ item.source_network_name_label }} -> {{ item.network_name_label }} (by {{ item.matched_by }})"
   loop: "{{ restored.vifs }}"
+
+- name: Restore web01 into another pool, its system disk on fast storage and the others on the default SR; fail if anything is left out
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    sr_map:
+      xvda: SSD pool
+      web01 logs: 0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f
+    network_map:
+      dmz-prod: dmz-dr
+    strict: true
+  delegate_to: localhost
+  register: restored
 
 - name: Restore only the data disk of the newest backup
   xapi.delta_backup.vm_restore:
@@ -201,7 +238,7 @@ vm:
       version_added: 0.2.0
   sample: {"uuid": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name_label": "web01 (restored)", "started": false, "affinity_kept": false}
 sr:
-  description: The SR of the new disks.
+  description: The SR given by O(sr), else the pool's default SR (empty when the pool has none). RV(disks) gives each disk's own SR.
   returned: always
   type: dict
   sample: {"uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "name_label": "Local storage"}
@@ -243,6 +280,23 @@ disks:
       description: Seconds its import took (absent in check mode).
       type: float
       sample: 0.8
+    sr_uuid:
+      description: uuid of the SR of the new VDI.
+      type: str
+      sample: a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d
+      version_added: 0.2.0
+    sr_name_label:
+      description: Name of that SR.
+      type: str
+      sample: Local storage
+      version_added: 0.2.0
+    placed_by:
+      description:
+        - The rule that chose the SR. V(sr_map) (O(sr_map)), V(sr) (O(sr)), V(same_sr) (the SR of the backed-up uuid), V(default) (the
+          pool's default SR).
+      type: str
+      sample: same_sr
+      version_added: 0.2.0
 vifs:
   description: The VIFs created (or that would be), with the network chosen for each and how it was chosen.
   returned: always
@@ -268,7 +322,8 @@ vifs:
       version_added: 0.2.0
     matched_by:
       description:
-        - The rule that chose the network. V(map) (O(network_map)), V(uuid) (same network), V(name) (same name), V(vlan) (same VLAN tag).
+        - The rule that chose the network. V(map) (O(network_map)), V(uuid) (same network), V(name) (same name on the same VLAN),
+          V(vlan) (the first network with PIFs on the same VLAN).
       type: str
       sample: vlan
     source_network_uuid:
@@ -337,6 +392,18 @@ throughput_mib_s:
   returned: success and not in check mode
   type: float
   sample: 190.4
+not_restored:
+  description:
+    - What of the backup this pool does not get back, each with C(what) and C(reason) (what to do about it), in check mode as well.
+    - vGPUs, PCI passthrough (C(other_config:pci), attached PCIs), USB passthrough (VUSBs), a disc in a CD drive (recreated empty),
+      a VIF no network fits (not created), a disk whose SR is missing and not mapped (placed on the default SR).
+    - With O(strict=true) a restore that would list anything fails instead, before anything is created.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"what": "the disc in CD drive 3 (debian-12.iso)", "reason": "the CD drive is recreated empty (the ISO may not exist in this pool): insert
+            it again with VBD.insert"}]
+  version_added: 0.2.0
 error_code:
   description:
     - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
@@ -377,7 +444,8 @@ def restore_vm(module) -> dict:
         return restore(xapi, repo, vm_uuid, job=Job(params['job']) if params['job'] else None, point=params['backup'],
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
-                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'])
+                       transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
+                       sr_map=params['sr_map'], strict=params['strict'])
 
 
 def main():
@@ -394,6 +462,8 @@ def main():
         start=dict(type='bool', default=False),
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),
+        sr_map=dict(type='dict', default={}),
+        strict=dict(type='bool', default=False),
     ))
     run(module, restore_vm)
 

@@ -38,7 +38,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import (
-    INTERNAL_NETWORK_KEYS, Placement, choose_network, describe_sr, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
+    INTERNAL_NETWORK_KEYS, PCI_OTHER_CONFIG_KEY, Placement, choose_network, describe_sr, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
@@ -373,6 +373,7 @@ def vm_create_record(point, name_label: str, affinity: str = NULL_REF, keep_mac:
     other = _clean_other_config(source.get('other_config'))
     if not keep_mac:
         other.pop(MAC_SEED_KEY, None)
+    other.pop(PCI_OTHER_CONFIG_KEY, None)  # a device of the source host: listed in not_restored (placement.unrestorable_devices)
     other.update({RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()})
     given.update(name_label=name_label, is_a_template=False, affinity=affinity, other_config=other,
                  generation_id=fresh_generation_id(source.get('generation_id')))
