@@ -117,7 +117,7 @@ options:
   disk:
     description:
       - Restore only this disk to a new, unattached VDI. Give the live VDI uuid (as in the repository), the snapshot VDI uuid,
-        the userdevice (V(0), V(1)...) or the disk name.
+        the userdevice (V(0), V(1)...), the device (V(xvdb)) or the disk name.
     type: str
   transfer_timeout:
     description:

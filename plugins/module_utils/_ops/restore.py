@@ -38,7 +38,8 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import (
-    INTERNAL_NETWORK_KEYS, PCI_OTHER_CONFIG_KEY, Placement, choose_network, describe_sr, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
+    INTERNAL_NETWORK_KEYS, PCI_OTHER_CONFIG_KEY, Placement, choose_network, disk_selectors, place_disks, unrestorable_devices, vbd_fields,
+    vlan_tag,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
@@ -138,14 +139,12 @@ def _vdi_record(point, vdi_ref: str) -> dict:
 
 
 def select_disks(point, disk: str | None) -> list:
-    """Every disk of the point, or the one ``disk`` names (live VDI uuid, snapshot VDI uuid, userdevice or name)."""
+    """Every disk of the point, or the one ``disk`` names (placement.disk_selectors: VDI uuids, name, userdevice, device)."""
     disks = point.disks
     if not disk:
         return disks
     wanted = str(disk).strip()
-    found = [item for item in disks
-             if wanted in (item.vdi_uuid, _vdi_record(point, item.vdi_ref).get('uuid'), str(_vbd_of(point, item.vdi_ref).get('userdevice')),
-                           _vdi_record(point, item.vdi_ref).get('name_label'))]
+    found = [item for item in disks if wanted in disk_selectors(point, item)]
     if not found:
         names = ', '.join('%s (%s)' % (_vdi_record(point, item.vdi_ref).get('name_label', '?'), item.vdi_uuid) for item in disks)
         raise RestoreError('backup %s has no disk %r; its disks are: %s' % (point.timestamp, wanted, names))
