@@ -211,3 +211,28 @@ def test_a_vm_restored_on_another_pool_is_the_same_machine(backed_up, pool_b, tm
         assert now['network'] == network and now['MAC'] != was['MAC']
     assert restored['vifs']['1']['locking_mode'] == 'locked' and restored['vifs']['1']['ipv4_allowed'] == ['10.0.30.5', '10.0.30.6']
     assert restored['vifs']['1']['ipv6_allowed'] == ['fd00:30::5'] and restored['vifs']['2']['MTU'] == '9000'
+
+
+def test_the_roles_pass_the_placement_through(backed_up, pool_b, tmp_path):
+    runner = AnsibleRunner(pool_b, str(tmp_path))
+    counts = object_counts(pool_b)
+    common = {'restore_repository': backed_up['repo'], 'restore_vm': 'win01', 'restore_network_map': {'storage-net': 'san'},
+              # as an AWX survey sends it: text holding a mapping
+              'restore_sr_map': 'xvda: SSD B\n"1": Bulk B\n'}
+    _stats, output = runner.play_collection('restore', dict(common, restore_strict='true'), expect_rc=2)
+    # the logs disk is not mapped and its SR is not in pool B: listed next to the PCI device
+    assert 'strict: 2 thing(s) of backup' in output and "the SR of disk 2 'win01-logs'" in output and 'PCI passthrough' in output
+    assert object_counts(pool_b) == counts
+
+    stats, _output = runner.play_collection('restore', dict(common, restore_strict=''))
+    disks = stats['xapi_delta_backup_restore']['disks']
+    assert sorted((disk['userdevice'], disk['sr_name_label'], disk['placed_by']) for disk in disks) == [
+        ('0', 'SSD B', 'sr_map'), ('1', 'Bulk B', 'sr_map'), ('2', 'DR local', 'default')]
+
+    # health_check hands its map to vm_restore: a disk the VM does not have fails that VM's check, before anything is created
+    counts = object_counts(pool_b)
+    stats, _output = runner.play_collection('health_check', {'health_check_repository': backed_up['repo'], 'health_check_vms': ['win01'],
+                                                             'health_check_sr_map': {'xvdq': 'Bulk B'}, 'health_check_fail_on_error': False})
+    health = stats['xapi_delta_backup_health_check']
+    assert health['failed'] == ['win01'] and "sr_map selector 'xvdq' names no disk" in health['results'][0]['error']
+    assert object_counts(pool_b) == counts

@@ -114,8 +114,8 @@ def test_a_selector_two_disks_share_is_ambiguous():
 def test_no_sr_anywhere_is_an_error():
     backup = point()
     result = placement.place_disks(backup, backup.disks, {}, {}, None, None)
-    assert [error.split(':')[0] for error in result.errors] == ["disk 0 'web root' (VDI %s)" % ROOT, "disk 1 'web data' (VDI %s)" % DATA,
-                                                               "disk 2 'web logs' (VDI %s)" % LOGS]
+    expected = ["disk 0 'web root' (VDI %s)" % ROOT, "disk 1 'web data' (VDI %s)" % DATA, "disk 2 'web logs' (VDI %s)" % LOGS]
+    assert [error.split(':')[0] for error in result.errors] == expected
     assert 'this pool has neither its SR (u-src-local) nor a default SR: give sr, or map the disk with sr_map' in result.errors[0]
 
 
