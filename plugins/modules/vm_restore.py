@@ -50,7 +50,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Checks the chains and reports the VM, disks (with the bytes to stream) and networks that would be created. A merge that a
+    details: Checks the chains and reports the VM, disks (with the bytes to stream and their SRs), networks and RV(not_restored) that
+      would be created. A merge that a
       crash left unfinished is not finished in check mode, so such a backup is refused there.
   diff_mode:
     support: none
