@@ -226,6 +226,8 @@ def test_the_roles_pass_the_placement_through(backed_up, pool_b, tmp_path):
 
     stats, _output = runner.play_collection('restore', dict(common, restore_strict=''))
     disks = stats['xapi_delta_backup_restore']['disks']
+    assert [item['what'].split(' (VDI')[0] for item in stats['xapi_delta_backup_restore']['not_restored']] == [
+        "the SR of disk 2 'win01-logs'", 'PCI passthrough (other_config:pci 0/0000:04:00.0)']
     assert sorted((disk['userdevice'], disk['sr_name_label'], disk['placed_by']) for disk in disks) == [
         ('0', 'SSD B', 'sr_map'), ('1', 'Bulk B', 'sr_map'), ('2', 'DR local', 'default')]
 
