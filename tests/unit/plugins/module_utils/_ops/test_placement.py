@@ -180,3 +180,40 @@ def test_the_plan_refuses_bad_map_entries_even_without_strict():
     where = placement.place_disks(backup, backup.disks, SRS, {'xvdz': 'SSD', 'xvda': 'nowhere'}, None, 'OpaqueRef:slow')
     with pytest.raises(restore.RestoreError, match=r"sr_map selector 'xvdz' names no disk.*; sr_map sends disk 0 'web root' .* to 'nowhere'"):
         restore.plan_restore(checked(backup), 'OpaqueRef:slow', SRS['OpaqueRef:slow'], {}, disk_only=False, placement=where)
+
+
+# -- networks -------------------------------------------------------------------------------------
+
+NETWORKS = {
+    'OpaqueRef:alpha': {'uuid': 'u-alpha', 'name_label': 'alpha', 'has_pifs': True, 'vlan': -1, 'internal': False, 'device': 'eth10'},
+    'OpaqueRef:zeta': {'uuid': 'u-zeta', 'name_label': 'zeta', 'has_pifs': True, 'vlan': -1, 'internal': False, 'device': 'eth2'},
+    'OpaqueRef:v30': {'uuid': 'u-v30', 'name_label': 'dmz', 'has_pifs': True, 'vlan': 30, 'internal': False, 'device': 'eth1'},
+    'OpaqueRef:priv30': {'uuid': 'u-priv30', 'name_label': 'dmz', 'has_pifs': False, 'vlan': None, 'internal': False, 'device': None},
+}
+
+
+def _vif(uuid, name, vlan):
+    return {'device': '0', '$network$uuid': uuid, '$network$name_label': name, '$network$VLAN': vlan}
+
+
+def test_the_first_network_on_a_vlan_is_in_pif_device_order():
+    # eth2 before eth10 (natural order), whatever the names say
+    choice = placement.choose_network(_vif('gone', 'lan', -1), NETWORKS, {}, False)
+    assert (choice.ref, choice.rule, choice.problem) == ('OpaqueRef:zeta', 'vlan', '')
+
+
+def test_a_same_name_network_without_pifs_is_not_chosen_unless_allowed():
+    # "dmz" exists twice: on VLAN 30 and as a private network. VLAN unknown (older metadata): the name decides, never the private one
+    assert placement.choose_network(_vif('gone', 'dmz', None), NETWORKS, {}, False).ref == 'OpaqueRef:v30'
+    # same name, other VLAN: not the same network; the VLAN 31 has no network with PIFs: nothing
+    choice = placement.choose_network(_vif('gone', 'dmz', 31), NETWORKS, {}, False)
+    assert choice.ref is None and not choice.bad_input and "'dmz' (uuid gone, VLAN 31)" in choice.problem
+    # the private network by its uuid: only with allow_internal
+    choice = placement.choose_network(_vif('u-priv30', 'dmz', None), NETWORKS, {}, False)
+    assert (choice.ref, choice.rule) == ('OpaqueRef:v30', 'name'), 'the uuid rule skips it, the name rule finds the network with PIFs'
+    assert (placement.choose_network(_vif('u-priv30', 'dmz', None), NETWORKS, {}, True).ref) == 'OpaqueRef:priv30'
+
+
+def test_a_map_entry_to_no_network_is_bad_input():
+    choice = placement.choose_network(_vif('gone', 'lan', -1), NETWORKS, {'lan': 'nowhere'}, False)
+    assert choice.ref is None and choice.bad_input and "network_map sends network 'lan'" in choice.problem
