@@ -41,6 +41,11 @@ description:
     (RV(removed_leftovers)). Those of another host, or of a process still running, are left alone.
   - Holds the VM's repository lock while it reads, so no merge rewrites a file being restored. A merge that a crash left unfinished
     (see M(xapi.delta_backup.backup_merge)) is finished first, so every backup that the interrupted retention was keeping restores.
+  - What C(VM.create) does not take is set once the disks are in. BIOS strings go through C(VM.set_bios_strings), and
+    C(ha_always_run) is set as Xen Orchestra does (XAPI turns it on when the VM starts). The new record is then compared with the
+    backed-up one, and RV(vm_record) lists whatever this XAPI version could not take. UEFI NVRAM, Secure Boot and viridian platform
+    flags, HVM boot parameters, the vendor device and the hardware platform version go through C(VM.create) itself.
+  - The new VM is named after the backup (O(name_template)), and by default it does not get the backed-up tags (O(keep_tags)).
 author:
   - xapi.delta_backup contributors (@xapi-delta-backup)
 extends_documentation_fragment:
@@ -88,7 +93,8 @@ options:
     type: str
   name:
     description:
-      - Name of the new VM. With O(disk), this is the name of the new VDI. By default, the name at the time of the backup.
+      - Name of the new VM, exactly. By default, O(name_template) names it. With O(disk), this is the name of the new VDI (by
+        default, the name of the disk at the time of the backup).
     type: str
   network_map:
     description:
@@ -137,6 +143,25 @@ options:
   strict:
     description:
       - Fail, before anything is created, when anything of the backup cannot be restored as it was (see RV(not_restored)).
+    type: bool
+    default: false
+    version_added: 0.2.0
+  name_template:
+    description:
+      - Name of the new VM when O(name) is not given, so that it says which backup it is. Placeholders, each written
+        plainly as C({placeholder}) (a literal brace is C({{) or C(})), are C(name_label) (the VM's name at the backup),
+        C(timestamp) (the backup's timestamp, C(YYYYMMDDTHHMMSSZ)), C(vm_uuid) (the backed-up VM's uuid) and C(job) (the job id).
+      - Any other placeholder, or a format such as C({timestamp:>20}), is refused before anything is created.
+      - An empty value names the VM as it was at the backup. Ignored with O(disk).
+    type: str
+    default: "{name_label} ({timestamp})"
+    version_added: 0.2.0
+  keep_tags:
+    description:
+      - Give the new VM the tags of the backup.
+      - By default its tags are dropped (listed in RV(tags)), because a backup job selects VMs by tags (the C(backup) role's
+        C(backup_tags), Xen Orchestra's smart mode), and any tag may be one, so a job would otherwise back the copy up as a second
+        VM. The exclusion tag C(xo:no-bak) (also C(xo:no-bak=<reason>)), which keeps jobs away, is kept in every case.
     type: bool
     default: false
     version_added: 0.2.0
@@ -189,6 +214,19 @@ EXAMPLES = r"""
     vm: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
     disk: "1"
   delegate_to: localhost
+
+- name: Restore web01 to replace it, with its tags, named "web01 (DR 20261124T020000Z)"; show what XAPI could not take
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    name_template: "{name_label} (DR {timestamp})"
+    keep_tags: true
+  delegate_to: localhost
+  register: replaced
+
+- name: Fields of the VM record not restored as they were (for example on an older XAPI)
+  ansible.builtin.debug:
+    msg: "{{ replaced.vm_record.not_restored }}"
 """
 
 RETURN = r"""
@@ -429,6 +467,26 @@ xapi_error:
       type: list
       elements: str
       sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
+tags:
+  description:
+    - Tags of the new VM (C(kept)) and backed-up tags it did not get (C(dropped)); see O(keep_tags). Both empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"kept": ["xo:no-bak=test copy"], "dropped": ["backup-daily", "web"]}
+  version_added: 0.2.0
+vm_record:
+  description:
+    - The fields of the VM record set after C(VM.create), which does not take them (C(set_after_create), for example
+      C(bios_strings) through C(VM.set_bios_strings) and C(ha_always_run)), and those not restored as they were backed up
+      (C(not_restored), each with C(field), a C(key) for one BIOS string, and C(reason)).
+    - C(not_restored) lists the fields this XAPI version does not have (for example C(actions_after_softreboot) on XCP-ng 8.2),
+      the values XAPI changed, and the BIOS strings no one can set. In check mode, those known before anything is created.
+    - Empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
+           "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
+  version_added: 0.2.0
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
@@ -446,7 +504,8 @@ def restore_vm(module) -> dict:
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
-                       sr_map=params['sr_map'], strict=params['strict'])
+                       sr_map=params['sr_map'], strict=params['strict'], name_template=params['name_template'],
+                       keep_tags=params['keep_tags'])
 
 
 def main():
@@ -465,6 +524,8 @@ def main():
         transfer_timeout=dict(type='float', default=3600),
         sr_map=dict(type='dict', default={}),
         strict=dict(type='bool', default=False),
+        name_template=dict(type='str', default='{name_label} ({timestamp})'),
+        keep_tags=dict(type='bool', default=False),
     ))
     run(module, restore_vm)
 

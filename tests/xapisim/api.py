@@ -19,6 +19,7 @@ import time
 from . import datamodel
 from . import unmarshal
 from . import vhd_sr
+from . import vm_record
 from .model import (FIELDS, MODELED, NULL_REF, RW, SRO, DRO, Expr, Store, XapiError, class_name, new_ref,
                     new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
@@ -1199,7 +1200,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         values['other_config'].setdefault(MAC_SEED_KEY, new_uuid())
         values.update(power_state='Halted', domid=-1, resident_on=NULL_REF,
                       allowed_operations=['start', 'clone', 'copy', 'snapshot', 'export', 'destroy'])
-        return self.store.add('VM', values)
+        return self.store.add('VM', vm_record.on_create(values))
 
     def _vm(self, vm):
         obj = self.store.raw('VM', vm)
@@ -1280,6 +1281,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         if obj['power_state'] not in expected:
             raise XapiError(BAD_POWER, vm, ', '.join(s.lower() for s in expected), obj['power_state'].lower())
         running = new_state in ('Running', 'Paused')
+        vm_record.on_power(self.store, vm, obj['power_state'], new_state)
         domid = obj['domid'] if obj['domid'] > 0 and running else (self._next_domid() if running else -1)
         self.store.update('VM', vm, power_state=new_state, domid=domid,
                           resident_on=self.master_ref if running else NULL_REF)
@@ -1356,6 +1358,45 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
     def m_VM__remove_from_other_config(self, vm, key):
         """VM.remove_from_other_config (custom in XAPI)"""
         return self._map_remove('VM', vm, FIELDS['VM']['other_config'], key)
+
+    # -- VM record setters (issue 13): XAPI's custom setters, logic in vm_record.py
+    def m_VM__set_bios_strings(self, vm, value):
+        """VM.set_bios_strings (custom in XAPI, since inverness)"""
+        self._vm(vm)
+        return vm_record.set_bios_strings(self.store, vm, value)
+
+    def m_VM__set_has_vendor_device(self, vm, value):
+        """VM.set_has_vendor_device (custom in XAPI, since dundee)"""
+        self._vm(vm)
+        return vm_record.set_has_vendor_device(self.store, vm, value, BAD_POWER)
+
+    def m_VM__set_ha_restart_priority(self, vm, value):
+        """VM.set_ha_restart_priority (custom in XAPI)"""
+        self._vm(vm)
+        return vm_record.set_ha_restart_priority(self.store, vm, value)
+
+    def m_VM__set_ha_always_run(self, vm, value):
+        """VM.set_ha_always_run (deprecated, custom in XAPI)"""
+        self._vm(vm)
+        return vm_record.set_ha_always_run(self.store, vm, value)
+
+    def m_VM__set_NVRAM(self, vm, value):
+        """VM.set_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._set('VM', vm, FIELDS['VM']['NVRAM'], dict(value))
+
+    def m_VM__add_to_NVRAM(self, vm, key, value):
+        """VM.add_to_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._map_add('VM', vm, FIELDS['VM']['NVRAM'], key, value)
+
+    def m_VM__remove_from_NVRAM(self, vm, key):
+        """VM.remove_from_NVRAM (custom in XAPI, since naples: a halted VM only)"""
+        self._vm(vm)
+        vm_record.assert_halted_for_nvram(self.store, vm, BAD_POWER)
+        return self._map_remove('VM', vm, FIELDS['VM']['NVRAM'], key)
 
     def m_VM__set_memory_limits(self, vm, static_min, static_max, dynamic_min, dynamic_max):
         """VM.set_memory_limits"""

@@ -9,7 +9,7 @@ import re
 
 import yaml
 
-from .model import NULL_REF, XapiError
+from .model import FIELDS, NULL_REF, XapiError
 from .storage import pattern
 
 UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'kib': 1 << 10, 'm': 1 << 20, 'mib': 1 << 20, 'g': 1 << 30, 'gib': 1 << 30,
@@ -168,8 +168,19 @@ def _make_networks(sim, specs, names):
                          'ip_begin': '169.254.0.1', 'ip_end': '169.254.255.254', 'netmask': '255.255.0.0'}})
 
 
+def _set_record_fields(sim, vm, fields, name):
+    """``record:`` of a VM spec: VM fields by their XAPI names, stored as a VM that has lived would hold them
+    (bios_strings, NVRAM, platform, HVM_boot_params, has_vendor_device, ha_restart_priority...), after VM.create."""
+    for field, value in (fields or {}).items():
+        known = FIELDS['VM'].get(field)
+        if known is None or known.inverse or known.kind == 'ref':
+            raise XapiError('INTERNAL_ERROR', 'config: VM %s: record field %r is not a VM field the config may set' % (name, field))
+        sim.store.set('VM', vm, field, dict(value) if isinstance(value, dict) else value)
+
+
 def _make_vm(sim, spec, names, default_sr):
     vm = sim.create_vm(_vm_record(spec, spec['name']))
+    _set_record_fields(sim, vm, spec.get('record'), spec['name'])
     for num, disk in enumerate(spec.get('disks') or []):
         sr = names['SR'][disk['sr']] if disk.get('sr') else default_sr
         vdi = sim.create_vdi({'name_label': disk.get('name', '%s disk %d' % (spec['name'], num)),

@@ -17,13 +17,9 @@ a file being read; a merge that a crash left unfinished is finished first (as ba
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime
 import json
-import os
-import random
-import socket
 import time
 from dataclasses import dataclass
 
@@ -36,37 +32,20 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
-from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import (
-    INTERNAL_NETWORK_KEYS, PCI_OTHER_CONFIG_KEY, Placement, choose_network, disk_selectors, place_disks, unrestorable_devices, vbd_fields,
-    vlan_tag,
+    INTERNAL_NETWORK_KEYS, Placement, choose_network, disk_selectors, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
-from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
+# The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record import (  # noqa: F401  pylint: disable=unused-import
+    BACKUP_KEY_PREFIXES, BLOCK_REASON, IN_PROGRESS_KEY, MAC_SEED_KEY, RESTORED_FROM_KEY, VM_STATE_FIELDS, RestoreError,
+    apply_server_owned_fields, backed_up_blocked_operations, blocked_while_restoring, check_name_template, constructor_record, fresh_generation_id,
+    in_progress_marker, plan_server_owned_fields, resolve_affinity, restored_name, restored_tags, vm_create_record,
+    clean_other_config as _clean_other_config, recorded_fields as _recorded,
+)
 
 MIB = 1024 * 1024
-RESTORED_FROM_KEY = 'xapi_delta_backup:restored_from'
-BLOCK_REASON = 'xapi.delta_backup vm_restore in progress'
-# On the VM and VDIs of a restore until it finishes: names the run (host, pid) so that a later
-# vm_restore can tell a restore killed half-way from one still running, and remove the former.
-IN_PROGRESS_KEY = 'xapi_delta_backup:restore_in_progress'
-# Fields of the backed-up VM that are its state, or its place in the source pool, rather than its configuration:
-# the new VM takes XAPI's default for them. Ref fields (objects of the source pool) are never copied either.
-# blocked_operations is ignored by VM.create (ocaml/xapi/xapi_vm.ml create) and set right after it.
-VM_STATE_FIELDS = ('power_state', 'last_boot_CPU_flags', 'last_booted_record', 'is_snapshot_from_vmpp', 'is_vmss_snapshot',
-                   'ha_always_run', 'blocked_operations')
-# XAPI derives the MACs of VIFs created with MAC "" from this VM other_config key and the device number
-# (ocaml/xapi/xapi_vif_helpers.ml gen_mac); VM.create adds a random one when it is absent (xapi_vm.ml).
-MAC_SEED_KEY = 'mac_seed'
-# Tags of a backup run that must not follow the VM into its restored copy (they would make it look like a job snapshot).
-BACKUP_KEY_PREFIXES = ('xo:backup:', 'xo:base_delta_vdi', 'xo:copy_of', 'xapi_delta_backup:')
-
-
-class RestoreError(RepositoryError):
-    """A restore that cannot start or did not finish (whatever it created is removed again)."""
-
-    error_code = 'restore_failed'
 
 
 # -- choosing what to restore ------------------------------------------------------------------
@@ -244,15 +223,6 @@ def map_networks(point, networks: dict, network_map: dict | None, allow_internal
     return result
 
 
-def _clean_other_config(other) -> dict:
-    return {key: value for key, value in (other or {}).items() if not str(key).startswith(BACKUP_KEY_PREFIXES)}
-
-
-def in_progress_marker() -> str:
-    return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
-                       'started': datetime.datetime.now(datetime.timezone.utc).isoformat()}, sort_keys=True)
-
-
 def _marker_of(record) -> dict | None:
     text = (record.get('other_config') or {}).get(IN_PROGRESS_KEY)
     if text is None:
@@ -304,92 +274,6 @@ def remove_abandoned_restores(xapi, abandoned: dict, check_mode: bool = False) -
             except XapiError as error:
                 removed['problems'].append('%s %s: %s' % (kind[:-1].upper(), record.get('uuid'), error))
     return removed
-
-
-def _wire_value(kind: str, value):
-    """A recorded value as XAPI's XML-RPC wants it (ints as decimal strings; metadata may hold numbers or strings)."""
-    if kind == 'int':
-        return str(int(value))
-    if kind == 'float':
-        return float(value)
-    if kind == 'bool' and not isinstance(value, bool):
-        return str(value).lower() in ('true', '1')
-    return value
-
-
-def constructor_record(cls: str, given: dict, what: str) -> dict:
-    """Every field ``<cls>.create`` reads: from ``given``, else XAPI's default (xapi_constructor.py, from XAPI's datamodel).
-
-    A field XAPI requires (no default) that ``given`` lacks raises RestoreError naming it: XAPI would refuse
-    the call with INTERNAL_ERROR Dispatcher_FieldNotFound.
-    """
-    record, missing = {}, []
-    for name, (kind, default, _release) in CONSTRUCTOR_FIELDS[cls].items():
-        if given.get(name) is not None:
-            record[name] = _wire_value(kind, given[name])
-        elif default is not REQUIRED:
-            record[name] = copy.deepcopy(default)
-        else:
-            missing.append(name)
-    if missing:
-        raise RestoreError('%s lacks %s, which XAPI needs to create the %s' % (what, ', '.join(missing), cls))
-    return record
-
-
-def _recorded(cls: str, source: dict, skip=()) -> dict:
-    """The constructor fields of a backed-up record, without refs of the source pool and the fields in ``skip``."""
-    fields = CONSTRUCTOR_FIELDS[cls]
-    return {name: value for name, value in source.items() if name in fields and name not in skip and not fields[name][0].endswith(' ref')}
-
-
-def resolve_affinity(xapi, source_vm: dict) -> str:
-    """The backed-up VM's home host when this pool has it (same pool), else OpaqueRef:NULL."""
-    ref = source_vm.get('affinity')
-    if ref in (None, '', NULL_REF):
-        return NULL_REF
-    try:
-        xapi.call('host.get_uuid', ref)
-    except XapiError:
-        return NULL_REF
-    return ref
-
-
-def fresh_generation_id(current) -> str:
-    """A new VM generation id, as XAPI's import gives one (xapi_vm_helpers.ml fresh_genid): "" stays "", else two random int64."""
-    if current == '':
-        return ''
-    return '%d:%d' % (random.SystemRandom().randrange(1 << 63), random.SystemRandom().randrange(1 << 63))
-
-
-def vm_create_record(point, name_label: str, affinity: str = NULL_REF, keep_mac: bool = False) -> dict:
-    """The whole VM.create record: the backed-up configuration, XAPI's defaults for state, our markers.
-
-    Without ``keep_mac`` the backed-up other_config:mac_seed is dropped, so XAPI draws a new seed and
-    the VIFs (created with MAC "") get new MACs; with it, the seed stays.
-    """
-    source = point.metadata.get('vm') or {}
-    given = _recorded('VM', source, VM_STATE_FIELDS)
-    other = _clean_other_config(source.get('other_config'))
-    if not keep_mac:
-        other.pop(MAC_SEED_KEY, None)
-    other.pop(PCI_OTHER_CONFIG_KEY, None)  # a device of the source host: listed in not_restored (placement.unrestorable_devices)
-    other.update({RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()})
-    given.update(name_label=name_label, is_a_template=False, affinity=affinity, other_config=other,
-                 generation_id=fresh_generation_id(source.get('generation_id')))
-    return constructor_record('VM', given, 'the VM record of backup %s' % point.timestamp)
-
-
-def backed_up_blocked_operations(point) -> dict:
-    """The backed-up VM's blocked_operations without ours: the migration blocks of the backup run that took the
-    point (snapshot.BLOCK_REASON_PATTERN) and a restore's start block (a point taken of a restored VM)."""
-    blocked = (point.metadata.get('vm') or {}).get('blocked_operations') or {}
-    return {operation: reason for operation, reason in blocked.items()
-            if reason != BLOCK_REASON and not BLOCK_REASON_PATTERN.match(str(reason or ''))}
-
-
-def blocked_while_restoring(point) -> dict:
-    """The backed-up blocked_operations plus our start block, set right after VM.create (which ignores them)."""
-    return dict(backed_up_blocked_operations(point), start=BLOCK_REASON, start_on=BLOCK_REASON)
 
 
 def vif_create_record(vif: VifRestore, vm_ref: str, keep_mac: bool) -> dict:
@@ -485,6 +369,9 @@ class RestorePlan:
     keep_mac: bool
     vm_uuid: str | None = None  # once created
     started: bool = False
+    tags: list[str] = dataclasses.field(default_factory=list)  # of the new VM (restored_tags)
+    dropped_tags: list[str] = dataclasses.field(default_factory=list)  # backed-up tags the new VM does not get
+    vm_record: dict = dataclasses.field(default_factory=dict)  # fields set after VM.create, and those not restored
     not_restored: list = dataclasses.field(default_factory=list)  # {what, reason}: what this pool does not get back
 
     @property
@@ -538,14 +425,17 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
-                 keep_mac: bool = False, placement: Placement | None = None, strict: bool = False) -> RestorePlan:
+                 keep_mac: bool = False, name_template: str | None = None, keep_tags: bool = False, placement: Placement | None = None,
+                 strict: bool = False) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
     Refuses (RestoreError) a start the backed-up VM blocks and bad sr_map or network_map entries. A VIF no network of
     ``networks`` fits, and what else this pool cannot give back (placement.unrestorable_devices, a missing SR), are listed
     in the plan's ``not_restored``; with ``strict`` they are refused instead.
     Disks go to ``placement``'s SRs (placement.place_disks), else all to ``sr_ref``.
-    With ``disk_only``, only the disk is created, named ``name_label`` when given.
+    With ``disk_only``, only the disk is created, named ``name_label`` when given. The VM is named ``name_label``,
+    else ``name_template`` filled in (a bad template is refused here), else as it was backed up; its tags are the
+    backed-up ones with ``keep_tags``, else only the backup-exclusion tags (vm_record.restored_tags).
     """
     point = backup.point
     vm_uuid = point.vm_uuid
@@ -571,10 +461,13 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
                            % backed_up_blocked_operations(point)['start'])
     if disk_only and name_label:
         backup = dataclasses.replace(backup, disks=[dataclasses.replace(item, name_label=name_label) for item in backup.disks])
+    tags, dropped_tags = ([], []) if disk_only else restored_tags(point, keep_tags)
     return RestorePlan(backup=backup, sr_ref=sr_ref, sr_record=sr_record, disk_only=disk_only,
-                       vm_name=name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid,
+                       vm_name=(name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid) if disk_only else
+                       restored_name(point, name_label, name_template),
                        affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
-                       start=start and not disk_only, keep_mac=keep_mac, not_restored=not_restored)
+                       start=start and not disk_only, keep_mac=keep_mac, tags=tags, dropped_tags=dropped_tags,
+                       vm_record={} if disk_only else plan_server_owned_fields(point), not_restored=not_restored)
 
 
 def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
@@ -594,6 +487,8 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
         'bytes_transferred': plan.bytes_transferred,
+        'tags': {'kept': plan.tags, 'dropped': plan.dropped_tags},
+        'vm_record': {key: value for key, value in plan.vm_record.items() if key != 'bios_strings'},
         'not_restored': plan.not_restored,
     }
 
@@ -601,9 +496,11 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
-            sr_map: dict | None = None, strict: bool = False) -> dict:
+            name_template: str | None = None, keep_tags: bool = False, sr_map: dict | None = None, strict: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
+    if name_template and not name_label and not disk:
+        check_name_template(name_template)  # a bad option is refused before the repository is even locked
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
     with lock:
         backup = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
@@ -612,7 +509,8 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
-                            start=start, keep_mac=keep_mac, placement=placement, strict=strict)
+                            start=start, keep_mac=keep_mac, name_template=name_template, keep_tags=keep_tags, placement=placement,
+                            strict=strict)
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
@@ -648,7 +546,7 @@ def place_on_pool(xapi, backup: CheckedBackup, sr: str | None, sr_map: dict | No
 def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None) -> None:
     """Create what the plan says, recording it in ``created`` (for the rollback) and the plan (for the result)."""
     if not plan.disk_only:
-        created.vm_ref = xapi.call('VM.create', vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac))
+        created.vm_ref = xapi.call('VM.create', vm_create_record(plan.point, plan.vm_name, plan.affinity, plan.keep_mac, plan.tags))
         # VM.create ignores blocked_operations: the start block of a restore in progress goes on here.
         xapi.call('VM.set_blocked_operations', created.vm_ref, blocked_while_restoring(plan.point))
         plan.vm_uuid = xapi.call('VM.get_uuid', created.vm_ref)
@@ -671,6 +569,7 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     for vif in plan.vifs:
         vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
         vif.mac = xapi.call('VIF.get_MAC', vif_ref)
+    plan.vm_record = apply_server_owned_fields(xapi, created.vm_ref, plan.point, plan.vm_record)
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
     if plan.start:
