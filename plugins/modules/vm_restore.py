@@ -165,6 +165,18 @@ options:
     type: bool
     default: false
     version_added: 0.2.0
+  allow_vtpm_loss:
+    description:
+      - Restore a VM whose backup has a vTPM even where the vTPM cannot be recreated, without it. This is the case on a pool
+        without vTPM support (XAPI before 22.26, such as XCP-ng 8.2), on a pool whose licence restricts vTPMs, and for a vTPM
+        whose contents the backup could not read. RV(vtpms) then says which vTPM was dropped and why.
+      - By default such a restore fails before creating anything. A VM that loses its vTPM loses what the TPM sealed (BitLocker
+        asks for its recovery key).
+      - The vTPM contents are a secret. They are kept only in the backup's metadata file, which has the repository's file mode,
+        and never appear in a result or a log.
+    type: bool
+    default: false
+    version_added: 0.2.0
 requirements:
   - XenAPI
 """
@@ -487,6 +499,41 @@ vm_record:
   sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
            "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
   version_added: 0.2.0
+vtpms:
+  description:
+    - The backed-up VM's vTPMs and what the restore did with each (in check mode, what it would do). Empty with O(disk). Never
+      holds their contents.
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  contains:
+    source_uuid:
+      description: uuid of the backed-up vTPM (null for a backup written by Xen Orchestra, which does not record it).
+      type: str
+      sample: 3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b
+    is_unique:
+      description: Whether the vTPM is unique (XAPI never copies the contents of a unique vTPM to a snapshot or clone).
+      type: bool
+      sample: false
+    action:
+      description: V(recreate) (created on the new VM with the backed-up contents) or V(drop) (left out, see O(allow_vtpm_loss)).
+      type: str
+      sample: recreate
+    restored:
+      description: Whether it was recreated (false in check mode and when dropped).
+      type: bool
+      sample: true
+    uuid:
+      description: uuid of the new vTPM (null when not created).
+      type: str
+      sample: 9f8e7d6c-5b4a-4392-8a1b-0c9d8e7f6a5b
+    reason:
+      description: Why it was dropped (null otherwise).
+      type: str
+      sample: null
+  sample: [{"source_uuid": "3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b", "is_unique": false, "action": "recreate", "restored": true,
+            "uuid": "9f8e7d6c-5b4a-4392-8a1b-0c9d8e7f6a5b", "reason": null}]
 """
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils.module_runner import connect, new_module, run
@@ -505,7 +552,7 @@ def restore_vm(module) -> dict:
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
                        sr_map=params['sr_map'], strict=params['strict'], name_template=params['name_template'],
-                       keep_tags=params['keep_tags'])
+                       keep_tags=params['keep_tags'], allow_vtpm_loss=params['allow_vtpm_loss'])
 
 
 def main():
@@ -526,6 +573,7 @@ def main():
         strict=dict(type='bool', default=False),
         name_template=dict(type='str', default='{name_label} ({timestamp})'),
         keep_tags=dict(type='bool', default=False),
+        allow_vtpm_loss=dict(type='bool', default=False),
     ))
     run(module, restore_vm)
 

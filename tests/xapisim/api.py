@@ -20,6 +20,7 @@ from . import datamodel
 from . import unmarshal
 from . import vhd_sr
 from . import vm_record
+from . import vtpm
 from .model import (FIELDS, MODELED, NULL_REF, RW, SRO, DRO, Expr, Store, XapiError, class_name, new_ref,
                     new_uuid, xapi_date)
 from .storage import BLOCK_SIZE, CBT_BLOCK, BlockStore, Disk, StoreFull
@@ -1213,6 +1214,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
         obj = self._vm(vm)
         if obj['power_state'] not in ('Halted', 'Suspended'):
             raise XapiError(BAD_POWER, vm, 'halted, suspended', obj['power_state'].lower())
+        vtpm.destroy_all(self, vm)
         for cls in ('VBD', 'VIF'):
             for ref in [r for r, o in self.store.objects[cls].items() if o['VM'] == vm]:
                 self.store.remove(cls, ref)
@@ -1268,8 +1270,9 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                                                 'ipv4_allowed', 'ipv6_allowed')}
                 copy_vif.update(VM=snap, currently_attached=False)
                 self.store.add('VIF', copy_vif)
+            vtpm.copy_all(self, vm, snap)
         except XapiError:
-            for cls in ('VBD', 'VIF'):
+            for cls in ('VBD', 'VIF', 'VTPM'):
                 for ref in [r for r, o in self.store.objects[cls].items() if o['VM'] == snap]:
                     self.store.remove(cls, ref)
             self.store.remove('VM', snap)
@@ -1300,6 +1303,7 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
             for ref, vif in list(self.store.objects['VIF'].items()):
                 if vif['VM'] == vm:
                     self.store.set('VIF', ref, 'currently_attached', attach)
+        vtpm.refresh_allowed_operations(self, vm)
         return ''
 
     def _next_domid(self):
@@ -1465,7 +1469,25 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                                           'other_config', 'device')}
             values.update(VM=clone, VDI=vdi)
             self.store.add('VBD', values)
+        vtpm.copy_all(self, vm, clone)
         return clone
+
+    # -- vTPM (issue 13): bodies in vtpm.py, sources cited there
+    def m_VTPM__create(self, vm, is_unique):
+        """VTPM.create(vM, is_unique)"""
+        return vtpm.create(self, vm, is_unique)
+
+    def m_VTPM__destroy(self, ref):
+        """VTPM.destroy"""
+        return vtpm.destroy(self, ref)
+
+    def m_VTPM__get_contents(self, ref):
+        """VTPM.get_contents (hidden from XAPI's docs)"""
+        return vtpm.get_contents(self, ref)
+
+    def m_VTPM__set_contents(self, ref, contents):
+        """VTPM.set_contents (hidden from XAPI's docs)"""
+        return vtpm.set_contents(self, ref, contents)
 
     # ------------------------------------------------------------------
     # creation of the static pool objects (config loader helpers)
@@ -1486,7 +1508,8 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                               'memory_target': 4 << 30, 'VCPUs_max': 2, 'VCPUs_at_startup': 2,
                               'actions_after_shutdown': 'destroy', 'actions_after_reboot': 'restart',
                               'actions_after_crash': 'restart'}, ref=dom0)
-        self.pool_ref = self.store.add('pool', {'name_label': name, 'master': host})
+        self.pool_ref = self.store.add('pool', {'name_label': name, 'master': host,
+                                                'restrictions': vtpm.default_restrictions(self)})
         return self.pool_ref
 
     def add_physical_pif(self, host, network, device, mtu=1500):

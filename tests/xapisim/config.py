@@ -11,6 +11,7 @@ import yaml
 
 from .model import FIELDS, NULL_REF, XapiError
 from .storage import pattern
+from . import vtpm
 
 UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'kib': 1 << 10, 'm': 1 << 20, 'mib': 1 << 20, 'g': 1 << 30, 'gib': 1 << 30,
          't': 1 << 40, 'tib': 1 << 40}
@@ -95,6 +96,11 @@ def build(sim, config):  # pylint: disable=too-many-locals,too-many-branches
         pool = config.get('pool') or {}
         hosts = config.get('hosts') or [{'name': 'xcp-host1', 'address': '127.0.0.1'}]
         sim.add_pool(pool.get('name', 'xapisim-pool'), hosts[0]['name'], hosts[0].get('address', '127.0.0.1'))
+        if pool.get('restrictions'):
+            # Licence features (e.g. restrict_vtpm: "true" for a pool whose licence forbids vTPMs).
+            restrictions = dict(sim.store.raw('pool', sim.pool_ref)['restrictions'])
+            restrictions.update({str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in pool['restrictions'].items()})
+            sim.store.set('pool', sim.pool_ref, 'restrictions', restrictions)
         names['host'][hosts[0]['name']] = sim.master_ref
         for host in hosts[1:]:
             names['host'][host['name']] = sim.add_slave_host(host['name'], host.get('address', '127.0.0.2'))
@@ -204,6 +210,8 @@ def _make_vm(sim, spec, names, default_sr):
         net = names['network'].get(nic.get('network')) or next(iter(names['network'].values()))
         sim.create_vif({'device': str(nic.get('device', num)), 'network': net, 'VM': vm, 'MAC': nic.get('mac', ''),
                         'MTU': 1500, 'other_config': {}})
+    if spec.get('vtpm'):
+        vtpm.add_from_config(sim, vm, spec['vtpm'])
     state = spec.get('power_state', 'Halted')
     if state in ('Running', 'Paused') and not spec.get('template'):
         sim.m_VM__start(vm, state == 'Paused', False)

@@ -20,6 +20,7 @@ import uuid as uuidlib
 
 from . import config as configmod
 from . import vhd_sr
+from . import vtpm
 from .api import new_faults
 from .model import XapiError
 from .storage import StoreFull, pattern
@@ -245,7 +246,14 @@ def _op_set_power_state(sim, vm, state):
         sim.store.set('VM', ref, 'power_state', state)
 
 
+def _op_vtpms(sim, vm):
+    """Ground truth of a VM's VTPMs, contents included (issue 13)."""
+    with sim.lock:
+        return vtpm.ground_truth(sim, find_ref(sim, 'VM', vm))
+
+
 OPS = {
+    'vtpms': _op_vtpms,
     'info': _op_info, 'reset': _op_reset, 'load_config': _op_load_config, 'sessions': _op_sessions,
     'write_vdi': _op_write_vdi, 'vdi_sha256': _op_vdi_sha256, 'vdi_fingerprint': _op_vdi_fingerprint,
     'vdi_blocks': _op_vdi_blocks,
@@ -397,6 +405,10 @@ class SimulatorControl:
     def record(self, cls, ident):
         """A record as JSON (dates as text)."""
         return self.call('record', cls=cls, ident=ident)
+
+    def vtpms(self, vm):
+        """[{uuid, is_unique, contents}] of the VM's VTPMs, read from the simulator's store (ground truth)."""
+        return self.call('vtpms', vm=vm)
 
     def set_power_state(self, vm, state):
         """Force a VM's power_state (no side effects)."""

@@ -221,6 +221,9 @@ class ClassDef:
         self.fields = {f['name']: FieldDef(f) for f in raw['fields']}
         self.messages = {m['name']: MessageDef(name, m, supplement) for m in raw['messages']}
         self.enums = raw.get('enums', {})
+        # Messages hidden from XAPI's docs (so from the JSON), written down in the supplement with their source.
+        for hidden in (supplement.get('hidden_messages') or {}).get(name) or []:
+            self.messages[hidden['name']] = MessageDef(name, dict(hidden, release=str(hidden['release'])), supplement)
         everything = self.messages.get('get_all_records')
         if everything is not None and 'get_all_records_where' not in self.messages:
             # ocaml/idl/datamodel_utils.ml: get_all_records_where comes with get_all_records (hidden from docs,

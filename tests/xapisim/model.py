@@ -77,7 +77,7 @@ MODELED = {
     'SR': {'VDIs': ('VDI', 'SR'), 'PBDs': ('PBD', 'SR')},
     'PBD': {},
     'VM': {'snapshots': ('VM', 'snapshot_of'), 'children': ('VM', 'parent'), 'VBDs': ('VBD', 'VM'),
-           'VIFs': ('VIF', 'VM')},
+           'VIFs': ('VIF', 'VM'), 'VTPMs': ('VTPM', 'VM')},
     'VBD': {},
     'VDI': {'VBDs': ('VBD', 'VDI'), 'snapshots': ('VDI', 'snapshot_of')},
     'VIF': {},
@@ -87,6 +87,8 @@ MODELED = {
     'PIF': {'VLAN_slave_of': ('VLAN', 'tagged_PIF')},
     'VLAN': {},
     'task': {'subtasks': ('task', 'subtask_of')},
+    # ocaml/idl/datamodel_vtpm.ml: VTPM.VM is the VM's VTPMs; the contents live in a Secret the record never shows.
+    'VTPM': {},
 }
 QUALIFIERS = {'RW': RW, 'RO/constructor': SRO, 'RO/runtime': DRO}
 KINDS = {'string': 'str', 'int': 'int', 'float': 'float', 'bool': 'bool', 'datetime': 'date', 'enum': 'enum',

@@ -22,6 +22,10 @@ from .storage import BLOCK_SIZE, ZERO_BLOCK, StoreFull
 from .vhd_stream import BITMAP_FULL, ExportLayout, VhdError, import_vhd
 
 CHUNK = 4 * 1024 * 1024
+# -- vTPM (issue 13): XAPI reads at most 300 KiB of an API request (ocaml/xapi-consts/constants.ml
+# http_limit_max_rpc_size, checked against Content-Length by ocaml/libs/http-lib/http_svr.ml read_body from
+# ocaml/xapi/api_server.ml callback), which bounds what VTPM.set_contents can take.
+MAX_RPC_BODY = 300 * 1024
 
 
 # XAPI's gencert makes each host's certificate on first boot (ocaml/gencert/selfcert.ml ``host``):
@@ -227,6 +231,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- XML-RPC ----------------------------------------------------------
     def _rpc(self):
+        if int(self.headers.get('Content-Length') or 0) > MAX_RPC_BODY:
+            # read_body raises Client_requested_size_over_limit before reading; the handler's catch-all answers
+            # response_internal_error and closes (http_svr.ml). Deviation: the body is drained first, so that the
+            # client reliably reads the 500 page instead of a reset that depends on socket buffer sizes.
+            self._read_body()
+            page = ('<html><body><h1>HTTP 500 internal server error</h1>An unexpected error occurred; please wait a while and '
+                    'try again. If the problem persists, please contact your support representative.<h1> Additional '
+                    'information </h1>Http_svr.Client_requested_size_over_limit</body></html>').encode()
+            self._reply(500, page, 'text/html', close=True)
+            return
         body = self._read_body()
         try:
             method, params = wire.decode_request(body)

@@ -33,6 +33,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session im
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.errors import ExportNotVhdError, TransferCutError, TransferTooLongError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.pool import find_vm, is_excluded_disk, vm_disks
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import read_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, format_timestamp, relative_to_vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupRepository, open_or_initialize, repository_location
@@ -351,7 +352,8 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
         vdi['other_config'] = other
         vdis[disk.vdi_ref] = vdi
     return {'vm': _jsonable(plan.vm_record), 'vm_snapshot': _jsonable(snapshot_record), 'vbds': _jsonable(vbds),
-            'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis)}
+            'vifs': _jsonable(vifs), 'vdis': _jsonable(vdis),
+            'vtpms': read_vtpms(xapi, plan.snapshot.ref, plan.vm_record.get('VTPMs'))}
 
 
 def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list[BackupRepository], written: list,
@@ -406,7 +408,7 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], tim
                     differencing={disk.disk_plan.disk.vdi_ref: disk.disk_plan.mode == 'delta' for disk in disks},
                     size=sum(disk.size for disk in disks), sha256={disk.path: disk.sha256 for disk in disks},
                     virtual_sizes={disk.disk_plan.disk.vdi_ref: disk.disk_plan.disk.virtual_size for disk in disks},
-                    extra={'xapi_delta_backup_job': plan.job.name})
+                    extra=dict(records['vtpms'], xapi_delta_backup_job=plan.job.name))
                 written.append((repository, repository.write_metadata(vm_uuid, plan.timestamp, metadata)))
         except BaseException:
             _remove_quietly(written)

@@ -35,8 +35,10 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import (
     INTERNAL_NETWORK_KEYS, Placement, choose_network, disk_selectors, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record import (  # noqa: F401  pylint: disable=unused-import
     BACKUP_KEY_PREFIXES, BLOCK_REASON, IN_PROGRESS_KEY, MAC_SEED_KEY, RESTORED_FROM_KEY, VM_STATE_FIELDS, RestoreError,
@@ -373,6 +375,7 @@ class RestorePlan:
     dropped_tags: list[str] = dataclasses.field(default_factory=list)  # backed-up tags the new VM does not get
     vm_record: dict = dataclasses.field(default_factory=dict)  # fields set after VM.create, and those not restored
     not_restored: list = dataclasses.field(default_factory=list)  # {what, reason}: what this pool does not get back
+    vtpms: list = dataclasses.field(default_factory=list)  # VtpmRestore of each backed-up vTPM (_ops/vtpm.py)
 
     @property
     def point(self) -> BackupPoint:
@@ -426,7 +429,7 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
                  keep_mac: bool = False, name_template: str | None = None, keep_tags: bool = False, placement: Placement | None = None,
-                 strict: bool = False) -> RestorePlan:
+                 strict: bool = False, vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
     Refuses (RestoreError) a start the backed-up VM blocks and bad sr_map or network_map entries. A VIF no network of
@@ -436,6 +439,7 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     With ``disk_only``, only the disk is created, named ``name_label`` when given. The VM is named ``name_label``,
     else ``name_template`` filled in (a bad template is refused here), else as it was backed up; its tags are the
     backed-up ones with ``keep_tags``, else only the backup-exclusion tags (vm_record.restored_tags).
+    Refuses a backed-up vTPM the pool cannot recreate (``vtpm_unsupported`` says why) unless ``allow_vtpm_loss``.
     """
     point = backup.point
     vm_uuid = point.vm_uuid
@@ -459,6 +463,15 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
+    vtpms = []
+    if not disk_only:
+        try:
+            vtpms = backed_up_vtpms(point.metadata)
+        except ValueError as error:
+            raise RestoreError('backup %s cannot be restored: %s' % (point.timestamp, error)) from None
+        vtpms, refusal = plan_vtpms(vtpms, vtpm_unsupported, allow_vtpm_loss)
+        if refusal:
+            raise RestoreError('backup %s: %s' % (point.timestamp, refusal))
     if disk_only and name_label:
         backup = dataclasses.replace(backup, disks=[dataclasses.replace(item, name_label=name_label) for item in backup.disks])
     tags, dropped_tags = ([], []) if disk_only else restored_tags(point, keep_tags)
@@ -467,7 +480,7 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
                        restored_name(point, name_label, name_template),
                        affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
                        start=start and not disk_only, keep_mac=keep_mac, tags=tags, dropped_tags=dropped_tags,
-                       vm_record={} if disk_only else plan_server_owned_fields(point), not_restored=not_restored)
+                       vm_record={} if disk_only else plan_server_owned_fields(point), not_restored=not_restored, vtpms=vtpms)
 
 
 def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
@@ -490,13 +503,15 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'tags': {'kept': plan.tags, 'dropped': plan.dropped_tags},
         'vm_record': {key: value for key, value in plan.vm_record.items() if key != 'bios_strings'},
         'not_restored': plan.not_restored,
+        'vtpms': [item.as_result() for item in plan.vtpms],
     }
 
 
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
-            name_template: str | None = None, keep_tags: bool = False, sr_map: dict | None = None, strict: bool = False) -> dict:
+            name_template: str | None = None, keep_tags: bool = False, sr_map: dict | None = None, strict: bool = False,
+            allow_vtpm_loss: bool = False) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     if name_template and not name_label and not disk:
@@ -510,7 +525,8 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
                             start=start, keep_mac=keep_mac, name_template=name_template, keep_tags=keep_tags, placement=placement,
-                            strict=strict)
+                            strict=strict, allow_vtpm_loss=allow_vtpm_loss,
+                            vtpm_unsupported=None if disk_only else pool_vtpm_support(xapi.call('pool.get_restrictions', xapi.call('pool.get_all')[0])))
         # Only once the plan is sound: a restore refused for bad input changes nothing on the pool.
         leftovers = remove_abandoned_restores(xapi, find_abandoned_restores(xapi), check_mode)
         if check_mode:
@@ -569,6 +585,8 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
     for vif in plan.vifs:
         vif_ref = xapi.call('VIF.create', vif_create_record(vif, created.vm_ref, plan.keep_mac))
         vif.mac = xapi.call('VIF.get_MAC', vif_ref)
+    # On the halted VM (VTPM.create wants it so), before the start is unblocked; VM.destroy of a rollback takes them too.
+    recreate_vtpms(xapi, created.vm_ref, plan.vtpms)
     plan.vm_record = apply_server_owned_fields(xapi, created.vm_ref, plan.point, plan.vm_record)
     xapi.call('VM.remove_from_other_config', created.vm_ref, IN_PROGRESS_KEY)
     xapi.call('VM.set_blocked_operations', created.vm_ref, backed_up_blocked_operations(plan.point))
