@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Issue 13's end-to-end restore: a UEFI VM with BIOS strings, NVRAM, locked VIFs on a VLAN and three disks on two
+"""Issue 13's end-to-end restore: a UEFI VM with a vTPM, BIOS strings, NVRAM, locked VIFs on a VLAN and three disks on two
 SRs is backed up on pool A and restored on pool B, another simulator whose SRs and networks have other names and
 uuids (each disk mapped to an SR, one network mapped, the others matched by VLAN). The restored VM is compared
 with the original field by field (VM record, VBDs, VIFs) and its disks byte for byte (the simulators' content hashes).
@@ -8,11 +8,15 @@ Real ansible-playbook runs against two real simulator processes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness import AnsibleRunner
 from xapisim.testing import start_server
 
+# What the VM's vTPM holds (its swtpm state as VTPM.get_contents returns it): a secret, compared through the simulators' stores.
+VTPM_CONTENTS = 'd2luMDEgVFBNIHN0YXRl c2F2ZQ== dm9sYXRpbGU='
 POOL_A = """
 pool: {name: production}
 xapi: {profile: xcp-ng-8.3}
@@ -30,6 +34,7 @@ vms:
     memory: 4GiB
     vcpus: 2
     cdrom: true
+    vtpm: {contents: "%s"}
     disks:
       - {name: win01-root, size: 64MiB, sr: Local storage, data: [{offset: 0, length: 4MiB, seed: 31}, {offset: 40MiB, length: 2MiB, seed: 32}]}
       - {name: win01-data, size: 48MiB, sr: NFS A, data: [{offset: 2MiB, length: 6MiB, seed: 33}]}
@@ -37,7 +42,7 @@ vms:
     vifs:
       - {network: lan}
       - {network: vlan30-prod}
-"""
+""" % VTPM_CONTENTS
 # Pool B: other SR names and uuids (none of pool A's), the VLAN 30 network under another name, the VLAN 40 one as well.
 POOL_B = """
 pool: {name: disaster-recovery}
@@ -62,8 +67,7 @@ NOT_COMPARED = {'uuid', 'name_label', 'other_config', 'affinity', 'generation_id
                 'pending_guidances', 'pending_guidances_recommended', 'pending_guidances_full', 'requires_reboot', 'domarch',
                 'is_control_domain', 'appliance', 'protection_policy', 'snapshot_schedule', 'groups', 'VGPUs', 'attached_PCIs', 'VUSBs',
                 'power_state_at_snapshot'}
-# Restored by the VM-record work of issue 13 (VM.set_bios_strings after VM.create), not by this branch yet.
-AWAITING_VM_RECORD = {'bios_strings'}
+BIOS_STRINGS = {'bios-vendor': 'Acme', 'system-manufacturer': 'Acme', 'system-serial-number': 'SN-4711'}
 VBD_FIELDS = ('type', 'bootable', 'mode', 'unpluggable', 'empty', 'other_config', 'qos_algorithm_type', 'qos_algorithm_params')
 VIF_FIELDS = ('MTU', 'locking_mode', 'ipv4_allowed', 'ipv6_allowed', 'qos_algorithm_type', 'qos_algorithm_params', 'other_config')
 
@@ -126,7 +130,7 @@ def backed_up(ansible, pool, tmp_path):
         api.VM.set_HVM_boot_params(vm, {'firmware': 'uefi', 'order': 'dc'})
         api.VM.set_platform(vm, {'secureboot': 'true', 'viridian': 'true', 'device-model': 'qemu-upstream-uefi', 'device_id': '0002'})
         api.VM.set_NVRAM(vm, {'EFI-variables': 'RUZJIHZhcmlhYmxlcyBvZiB3aW4wMQ=='})
-        api.VM.set_bios_strings(vm, {'bios-vendor': 'Acme', 'system-manufacturer': 'Acme', 'system-serial-number': 'SN-4711'})
+        api.VM.set_bios_strings(vm, BIOS_STRINGS)
         # PCI passthrough of a device of the source host: cannot follow the VM (not_restored)
         api.VM.add_to_other_config(vm, 'pci', '0/0000:04:00.0')
         vifs = {api.VIF.get_device(ref): ref for ref in api.VM.get_VIFs(vm)}
@@ -185,10 +189,16 @@ def test_a_vm_restored_on_another_pool_is_the_same_machine(backed_up, pool_b, tm
     restored = vm_picture(pool_b, result['vm']['uuid'])
 
     # the VM record: every configuration field as it was (UEFI boot, Secure Boot platform flags, NVRAM, memory, vCPUs...)
-    compared = sorted(set(source['vm']) - NOT_COMPARED - AWAITING_VM_RECORD)
+    compared = sorted(set(source['vm']) - NOT_COMPARED)
     assert {name: restored['vm'][name] for name in compared} == {name: source['vm'][name] for name in compared}
     assert restored['vm']['HVM_boot_params'] == {'firmware': 'uefi', 'order': 'dc'} and restored['vm']['platform']['secureboot'] == 'true'
     assert restored['vm']['NVRAM'] == {'EFI-variables': 'RUZJIHZhcmlhYmxlcyBvZiB3aW4wMQ=='}
+    # BIOS strings: VM.create stores none, VM.set_bios_strings puts them back (XAPI fills its other keys, so the backed-up ones are compared)
+    assert {key: restored['vm']['bios_strings'].get(key) for key in BIOS_STRINGS} == BIOS_STRINGS
+    # the vTPM: recreated with the backed-up contents (read from pool B's own store), never in the result
+    assert [(item['action'], item['restored']) for item in result['vtpms']] == [('recreate', True)]
+    assert [entry['contents'] for entry in pool_b.control.vtpms(result['vm']['uuid'])] == [VTPM_CONTENTS]
+    assert VTPM_CONTENTS not in json.dumps(result)
     assert restored['vm']['name_label'] == 'win01 (DR)' and restored['vm']['power_state'] == 'Halted'
     assert 'pci' not in restored['vm']['other_config'], 'a PCI device of the source host is not passed through on this pool'
     assert restored['vm']['affinity'] == 'OpaqueRef:NULL', 'the home host is not in this pool'
