@@ -20,10 +20,17 @@ description:
     state and for references to objects of the source pool). Its home host (affinity) is kept when this pool has that host.
     The backed-up blocked operations are set again once the restore is done.
   - Each VIF joins the network that O(network_map) names for its backed-up network. Otherwise it joins the network with the backed-up
-    uuid, else the only network with the backed-up name, else the only network with the backed-up VLAN tag (untagged networks
-    count as tag -1). These automatic rules never choose a network without PIFs (a private network, or the Host internal
-    management network) unless O(allow_internal_networks=true). When no network matches, the restore fails before creating
-    anything, naming the VIF and its network. RV(vifs) says which rule chose each network.
+    uuid, else the network with the backed-up name on the backed-up VLAN, else the first network with PIFs on that VLAN (untagged
+    networks count as tag -1; first in PIF device order, then by name). These automatic rules never choose a network without PIFs
+    (a private network, or the Host internal management network) unless O(allow_internal_networks=true). A VIF no network fits is
+    not created and is listed in RV(not_restored) with the O(network_map) to pass. RV(vifs) says which rule chose each network.
+  - Each disk goes to the SR O(sr_map) gives it, else to O(sr), else to the SR of the backed-up uuid when this pool has it, else to
+    the pool's default SR.
+  - VBDs and VIFs keep their backed-up settings (device numbers, bootable flags, modes, QoS, other_config, MTU, locking mode and
+    allowed addresses).
+  - What this pool cannot get back is listed in RV(not_restored) (vGPUs, PCI and USB passthrough, a disc in a CD drive, a missing SR
+    or network that no option maps). With O(strict=true), any of them fails the restore before anything is created.
+  - The collection's C(docs/restore.md) describes what is restored, what is not, and how to map SRs and networks.
   - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
   - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
     is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
@@ -48,7 +55,8 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Checks the chains and reports the VM, disks (with the bytes to stream) and networks that would be created. A merge that a
+    details: Checks the chains and reports the VM, disks (with the bytes to stream and their SRs), networks and RV(not_restored) that
+      would be created. A merge that a
       crash left unfinished is not finished in check mode, so such a backup is refused there.
   diff_mode:
     support: none
@@ -79,7 +87,9 @@ options:
     default: latest
   sr:
     description:
-      - The SR for the new disks, by uuid or name. By default, the pool's default SR.
+      - The SR for every disk that O(sr_map) does not place, by uuid or name.
+      - By default, each such disk goes to the SR it was on at the backup when this pool has an SR of that uuid, else to the
+        pool's default SR (listed in RV(not_restored), since the disk's own SR is missing). RV(disks) says which rule placed each disk.
     type: str
   name:
     description:
@@ -114,22 +124,25 @@ options:
   disk:
     description:
       - Restore only this disk to a new, unattached VDI. Give the live VDI uuid (as in the repository), the snapshot VDI uuid,
-        the userdevice (V(0), V(1)...) or the disk name.
+        the userdevice (V(0), V(1)...), the device (V(xvdb)) or the disk name.
     type: str
   transfer_timeout:
     description:
       - Seconds to wait for XAPI to finish each disk import after its last byte.
     type: float
     default: 3600
-  allow_vtpm_loss:
+  sr_map:
     description:
-      - Restore a VM whose backup has a vTPM even where the vTPM cannot be recreated, without it. This is the case on a pool
-        without vTPM support (XAPI before 22.26, such as XCP-ng 8.2), on a pool whose licence restricts vTPMs, and for a vTPM
-        whose contents the backup could not read. RV(vtpms) then says which vTPM was dropped and why.
-      - By default such a restore fails before creating anything. A VM that loses its vTPM loses what the TPM sealed (BitLocker
-        asks for its recovery key).
-      - The vTPM contents are a secret. They are kept only in the backup's metadata file, which has the repository's file mode,
-        and never appear in a result or a log.
+      - Places single disks. Maps a disk to an SR of the pool (uuid or name). The disk is named by its backed-up VDI uuid, its live VDI
+        uuid (as in the repository), its name, its userdevice (V(0), V(1)...) or its device (V(xvda)).
+      - A key that names no disk of the backup, or several, or an SR this pool does not have, fails the restore before anything is created.
+      - Disks it does not name go by O(sr) and the rules above.
+    type: dict
+    default: {}
+    version_added: 0.2.0
+  strict:
+    description:
+      - Fail, before anything is created, when anything of the backup cannot be restored as it was (see RV(not_restored)).
     type: bool
     default: false
     version_added: 0.2.0
@@ -149,6 +162,18 @@ options:
       - By default its tags are dropped (listed in RV(tags)), because a backup job selects VMs by tags (the C(backup) role's
         C(backup_tags), Xen Orchestra's smart mode), and any tag may be one, so a job would otherwise back the copy up as a second
         VM. The exclusion tag C(xo:no-bak) (also C(xo:no-bak=<reason>)), which keeps jobs away, is kept in every case.
+    type: bool
+    default: false
+    version_added: 0.2.0
+  allow_vtpm_loss:
+    description:
+      - Restore a VM whose backup has a vTPM even where the vTPM cannot be recreated, without it. This is the case on a pool
+        without vTPM support (XAPI before 22.26, such as XCP-ng 8.2), on a pool whose licence restricts vTPMs, and for a vTPM
+        whose contents the backup could not read. RV(vtpms) then says which vTPM was dropped and why.
+      - By default such a restore fails before creating anything. A VM that loses its vTPM loses what the TPM sealed (BitLocker
+        asks for its recovery key).
+      - The vTPM contents are a secret. They are kept only in the backup's metadata file, which has the repository's file mode,
+        and never appear in a result or a log.
     type: bool
     default: false
     version_added: 0.2.0
@@ -200,6 +225,19 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "VIF {{ item.device }}: {{ item.source_network_name_label }} -> {{ item.network_name_label }} (by {{ item.matched_by }})"
   loop: "{{ restored.vifs }}"
+
+- name: Restore web01 into another pool, its system disk on fast storage and the others on the default SR; fail if anything is left out
+  xapi.delta_backup.vm_restore:
+    repository: /mnt/backups
+    vm: web01
+    sr_map:
+      xvda: SSD pool
+      web01 logs: 0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f
+    network_map:
+      dmz-prod: dmz-dr
+    strict: true
+  delegate_to: localhost
+  register: restored
 
 - name: Restore only the data disk of the newest backup
   xapi.delta_backup.vm_restore:
@@ -270,7 +308,7 @@ vm:
       version_added: 0.2.0
   sample: {"uuid": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name_label": "web01 (restored)", "started": false, "affinity_kept": false}
 sr:
-  description: The SR of the new disks.
+  description: The SR given by O(sr), else the pool's default SR (empty when the pool has none). RV(disks) gives each disk's own SR.
   returned: always
   type: dict
   sample: {"uuid": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "name_label": "Local storage"}
@@ -312,6 +350,23 @@ disks:
       description: Seconds its import took (absent in check mode).
       type: float
       sample: 0.8
+    sr_uuid:
+      description: uuid of the SR of the new VDI.
+      type: str
+      sample: a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d
+      version_added: 0.2.0
+    sr_name_label:
+      description: Name of that SR.
+      type: str
+      sample: Local storage
+      version_added: 0.2.0
+    placed_by:
+      description:
+        - The rule that chose the SR. V(sr_map) (O(sr_map)), V(sr) (O(sr)), V(same_sr) (the SR of the backed-up uuid), V(default) (the
+          pool's default SR).
+      type: str
+      sample: same_sr
+      version_added: 0.2.0
 vifs:
   description: The VIFs created (or that would be), with the network chosen for each and how it was chosen.
   returned: always
@@ -337,7 +392,8 @@ vifs:
       version_added: 0.2.0
     matched_by:
       description:
-        - The rule that chose the network. V(map) (O(network_map)), V(uuid) (same network), V(name) (same name), V(vlan) (same VLAN tag).
+        - The rule that chose the network. V(map) (O(network_map)), V(uuid) (same network), V(name) (same name on the same VLAN),
+          V(vlan) (the first network with PIFs on the same VLAN).
       type: str
       sample: vlan
     source_network_uuid:
@@ -406,6 +462,18 @@ throughput_mib_s:
   returned: success and not in check mode
   type: float
   sample: 190.4
+not_restored:
+  description:
+    - What of the backup this pool does not get back, each with C(what) and C(reason) (what to do about it), in check mode as well.
+    - vGPUs, PCI passthrough (C(other_config:pci), attached PCIs), USB passthrough (VUSBs), a disc in a CD drive (recreated empty),
+      a VIF no network fits (not created), a disk whose SR is missing and not mapped (placed on the default SR).
+    - With O(strict=true) a restore that would list anything fails instead, before anything is created.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"what": "the disc in CD drive 3 (debian-12.iso)", "reason": "the CD drive is recreated empty (the ISO may not exist in this pool): insert
+            it again with VBD.insert"}]
+  version_added: 0.2.0
 error_code:
   description:
     - The kind of failure that ended the task, a stable lowercase name to test in C(failed_when) or C(rescue) instead of
@@ -430,6 +498,26 @@ xapi_error:
       type: list
       elements: str
       sample: ["OpaqueRef:0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "snapshot"]
+tags:
+  description:
+    - Tags of the new VM (C(kept)) and backed-up tags it did not get (C(dropped)); see O(keep_tags). Both empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"kept": ["xo:no-bak=test copy"], "dropped": ["backup-daily", "web"]}
+  version_added: 0.2.0
+vm_record:
+  description:
+    - The fields of the VM record set after C(VM.create), which does not take them (C(set_after_create), for example
+      C(bios_strings) through C(VM.set_bios_strings) and C(ha_always_run)), and those not restored as they were backed up
+      (C(not_restored), each with C(field), a C(key) for one BIOS string, and C(reason)).
+    - C(not_restored) lists the fields this XAPI version does not have (for example C(actions_after_softreboot) on XCP-ng 8.2),
+      the values XAPI changed, and the BIOS strings no one can set. In check mode, those known before anything is created.
+    - Empty with O(disk).
+  returned: always
+  type: dict
+  sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
+           "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
+  version_added: 0.2.0
 vtpms:
   description:
     - The backed-up VM's vTPMs and what the restore did with each (in check mode, what it would do). Empty with O(disk). Never
@@ -465,25 +553,6 @@ vtpms:
       sample: null
   sample: [{"source_uuid": "3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b", "is_unique": false, "action": "recreate", "restored": true,
             "uuid": "9f8e7d6c-5b4a-4392-8a1b-0c9d8e7f6a5b", "reason": null}]
-tags:
-  description:
-    - Tags of the new VM (C(kept)) and backed-up tags it did not get (C(dropped)); see O(keep_tags). Both empty with O(disk).
-  returned: always
-  type: dict
-  sample: {"kept": ["xo:no-bak=test copy"], "dropped": ["backup-daily", "web"]}
-  version_added: 0.2.0
-vm_record:
-  description:
-    - The fields of the VM record set after C(VM.create), which does not take them (C(set_after_create), for example
-      C(bios_strings) through C(VM.set_bios_strings) and C(ha_always_run)), and those not restored as they were backed up
-      (C(not_restored), each with C(field), a C(key) for one BIOS string, and C(reason)).
-    - C(not_restored) lists the fields this XAPI version does not have (for example C(actions_after_softreboot) on XCP-ng 8.2),
-      the values XAPI changed, and the BIOS strings no one can set. In check mode, those known before anything is created.
-    - Empty with O(disk).
-  returned: always
-  type: dict
-  sample: {"set_after_create": ["bios_strings"], "not_restored": [{"field": "actions_after_softreboot",
-           "reason": "this XAPI version has no VM field actions_after_softreboot"}]}
 backed_up_guest_agent:
   description:
     - What the backed-up VM's guest agent had reported when the backup was taken (its C(VM_guest_metrics)), in the form
@@ -528,8 +597,8 @@ def restore_vm(module) -> dict:
                        sr=params['sr'], name_label=params['name'], network_map=params['network_map'], start=params['start'],
                        disk=params['disk'], check_mode=module.check_mode, keep_mac=params['keep_mac'],
                        transfer_timeout=params['transfer_timeout'], allow_internal_networks=params['allow_internal_networks'],
-                       allow_vtpm_loss=params['allow_vtpm_loss'],
-                       name_template=params['name_template'], keep_tags=params['keep_tags'],
+                       sr_map=params['sr_map'], strict=params['strict'], name_template=params['name_template'],
+                       keep_tags=params['keep_tags'], allow_vtpm_loss=params['allow_vtpm_loss'],
                        restore_vifs=params['vifs'], power_state=params['power_state'])
 
 
@@ -547,9 +616,11 @@ def main():
         start=dict(type='bool', default=False),
         disk=dict(type='str'),
         transfer_timeout=dict(type='float', default=3600),
-        allow_vtpm_loss=dict(type='bool', default=False),
+        sr_map=dict(type='dict', default={}),
+        strict=dict(type='bool', default=False),
         name_template=dict(type='str', default='{name_label} ({timestamp})'),
         keep_tags=dict(type='bool', default=False),
+        allow_vtpm_loss=dict(type='bool', default=False),
         vifs=dict(type='bool', default=True),
         power_state=dict(type='str', choices=['suspended', 'halted']),
     ))

@@ -1,7 +1,8 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """vm_restore creates the VM as real XAPI requires: every VM.create field, blocked_operations set afterwards,
-fresh MACs unless keep_mac, networks mapped by uuid, name or VLAN tag, never a network without PIFs unless asked.
+fresh MACs unless keep_mac, networks mapped by uuid, name on the VLAN or the first network on the VLAN, never a network without
+PIFs unless asked (such a VIF is listed in not_restored, or refused with strict).
 Real ansible-playbook against the simulator, whose VM.create/VIF.create follow XAPI (mac_seed, MAC derivation)."""
 
 from __future__ import annotations
@@ -99,19 +100,26 @@ def prod(ansible, pool, tmp_path):
     return dict(app, source=source, source_vifs=vifs, host=host, export=export)
 
 
-def restore(app, expect_failure=False, **options):
-    return app['ansible'].run_task('vm_restore', dict({'repository': app['repo'], 'vm': 'app01'}, **options), expect_failure=expect_failure)
+def restore(app, expect_failure=False, check=False, **options):
+    return app['ansible'].run_task('vm_restore', dict({'repository': app['repo'], 'vm': 'app01'}, **options), expect_failure=expect_failure,
+                                   check=check)
 
 
 def test_same_pool_restore(prod):
     sim = prod['sim']
     assert sorted(prod['source_vifs']) == ['0', '1', '2']
-    # The VIF on the Host internal management network: refused before anything is created
+    # The VIF on the Host internal management network: with strict, refused before anything is created
     counts = object_counts(sim)
-    refused = restore(prod, expect_failure=True)
+    refused = restore(prod, expect_failure=True, strict=True)
+    assert "strict: 1 thing(s) of backup" in refused['msg'], refused['msg']
     assert "VIF 2 of the backup was on network 'Host internal management network'" in refused['msg'], refused['msg']
     assert 'allow_internal_networks=true' in refused['msg'] and 'network_map' in refused['msg']
     assert object_counts(sim) == counts
+    # without strict, the VM comes back without that VIF, which not_restored names
+    partial = restore(prod, name='app01 partial')
+    assert [vif['device'] for vif in partial['vifs']] == ['0', '1'] and sorted(vm_state(sim, partial['vm']['uuid'])[1]) == ['0', '1']
+    assert [item['what'] for item in partial['not_restored']] == ['VIF 2']
+    assert "VIF 2 of the backup was on network 'Host internal management network'" in partial['not_restored'][0]['reason']
 
     fresh = restore(prod, name='app01 copy', allow_internal_networks=True)
     assert [(vif['device'], vif['matched_by'], vif['network_name_label']) for vif in fresh['vifs']] == [
@@ -151,12 +159,16 @@ def test_restore_into_another_pool_maps_by_vlan_tag(prod, profile):
     sim.control.load_config(OTHER_POOL % profile)
     assert sim.control.record('host', 'dr-host1')['software_version']['xapi'].startswith('1.249' if profile == 'xcp-ng-8.2' else '2')
     counts = object_counts(sim)
-    # lan is untagged: both physical networks of this pool (eth0, eth1) are candidates, so nothing is guessed
-    refused = restore(prod, expect_failure=True, allow_internal_networks=True)
-    assert "VIF 0 of the backup was on network 'lan'" in refused['msg'] and 'several networks of this pool carry its VLAN tag' in refused['msg']
+    # lan is untagged: both physical networks of this pool (eth0, eth1) carry no tag; the first in PIF device order (eth0) is chosen
+    checked = restore(prod, check=True, allow_internal_networks=True)
+    assert [(vif['device'], vif['matched_by'], vif['network_name_label']) for vif in checked['vifs']] == [
+        ('0', 'vlan', 'Network 0'), ('1', 'vlan', 'vlan20-test'), ('2', 'name', 'Host internal management network')]
     assert object_counts(sim) == counts
-    # without allow_internal_networks the VIF of the internal network is refused as well (first VIF 0, so map it)
-    refused = restore(prod, expect_failure=True, network_map={'lan': 'Network 0'})
+    # the SR of the disk is not in this pool either: the default SR, which not_restored says
+    assert [item['what'].split(' (VDI')[0] for item in checked['not_restored']] == ["the SR of disk 0 'app01-root'"]
+    assert [(disk['sr_name_label'], disk['placed_by']) for disk in checked['disks']] == [('Local storage', 'default')]
+    # without allow_internal_networks the VIF of the internal network is refused with strict
+    refused = restore(prod, expect_failure=True, network_map={'lan': 'Network 0'}, strict=True)
     assert "VIF 2 of the backup was on network 'Host internal management network'" in refused['msg'], refused['msg']
     assert object_counts(sim) == counts
 

@@ -1277,9 +1277,11 @@ class Simulator:  # pylint: disable=too-many-public-methods,too-many-instance-at
                                                 'device')}
                 copy_vbd.update(VM=snap, VDI=vdi, currently_attached=False)
                 self.store.add('VBD', copy_vbd)
+            # ocaml/xapi/xapi_vif_helpers.ml copy: the locking rules (locking_mode, ipv4/ipv6_allowed) come along.
             for vif in [o for o in self.store.objects['VIF'].values() if o['VM'] == vm]:
                 copy_vif = {k: vif[k] for k in ('device', 'network', 'MAC', 'MTU', 'other_config',
-                                                'qos_algorithm_type', 'qos_algorithm_params', 'locking_mode')}
+                                                'qos_algorithm_type', 'qos_algorithm_params', 'locking_mode',
+                                                'ipv4_allowed', 'ipv6_allowed')}
                 copy_vif.update(VM=snap, currently_attached=False)
                 self.store.add('VIF', copy_vif)
             vtpm.copy_all(self, vm, snap)

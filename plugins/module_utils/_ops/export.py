@@ -339,6 +339,10 @@ def _metadata_records(xapi, plan: ExportPlan) -> dict:
     vbds, vifs, vdis = {}, {}, {}
     for vbd_ref in snapshot_record.get('VBDs') or []:
         vbds[vbd_ref] = xapi.call('VBD.get_record', vbd_ref)
+        if vbds[vbd_ref].get('type') == 'CD' and not vbds[vbd_ref].get('empty', True):
+            # The inserted ISO, named in vm_restore's not_restored (CD drives come back empty).
+            with contextlib.suppress(XapiError):
+                vbds[vbd_ref]['$VDI$name_label'] = xapi.call('VDI.get_name_label', vbds[vbd_ref]['VDI'])
     for vif_ref in snapshot_record.get('VIFs') or []:
         vif = xapi.call('VIF.get_record', vif_ref)
         try:

@@ -32,6 +32,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.lock impor
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import finish_interrupted_merges, refuse_unfinished_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import (
+    INTERNAL_NETWORK_KEYS, Placement, choose_network, disk_selectors, place_disks, unrestorable_devices, vbd_fields, vlan_tag,
+)
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import backed_up_agent
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import (
@@ -40,6 +43,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend imp
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record import (  # noqa: F401  pylint: disable=unused-import
     BACKUP_KEY_PREFIXES, BLOCK_REASON, IN_PROGRESS_KEY, MAC_SEED_KEY, RESTORED_FROM_KEY, VM_STATE_FIELDS, RestoreError,
@@ -49,8 +53,6 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vm_record i
 )
 
 MIB = 1024 * 1024
-# Keys XAPI puts on the Host internal management network (ocaml/xapi/create_networks.ml).
-INTERNAL_NETWORK_KEYS = ('is_host_internal_management_network', 'is_guest_installer_network')
 
 
 # -- choosing what to restore ------------------------------------------------------------------
@@ -111,20 +113,24 @@ def cd_drives(point) -> list:
     return sorted(drives, key=lambda drive: (len(drive['userdevice']), drive['userdevice']))
 
 
+def cd_vbd(point, userdevice: str) -> dict:
+    """The backed-up VBD of the CD drive at ``userdevice`` ({} when none)."""
+    return next((vbd for vbd in (point.metadata.get('vbds') or {}).values()
+                 if isinstance(vbd, dict) and vbd.get('type') == 'CD' and str(vbd.get('userdevice', '')) == userdevice), {})
+
+
 def _vdi_record(point, vdi_ref: str) -> dict:
     record = (point.metadata.get('vdis') or {}).get(vdi_ref)
     return record if isinstance(record, dict) else {}
 
 
 def select_disks(point, disk: str | None) -> list:
-    """Every disk of the point, or the one ``disk`` names (live VDI uuid, snapshot VDI uuid, userdevice or name)."""
+    """Every disk of the point, or the one ``disk`` names (placement.disk_selectors: VDI uuids, name, userdevice, device)."""
     disks = point.disks
     if not disk:
         return disks
     wanted = str(disk).strip()
-    found = [item for item in disks
-             if wanted in (item.vdi_uuid, _vdi_record(point, item.vdi_ref).get('uuid'), str(_vbd_of(point, item.vdi_ref).get('userdevice')),
-                           _vdi_record(point, item.vdi_ref).get('name_label'))]
+    found = [item for item in disks if wanted in disk_selectors(point, item)]
     if not found:
         names = ', '.join('%s (%s)' % (_vdi_record(point, item.vdi_ref).get('name_label', '?'), item.vdi_uuid) for item in disks)
         raise RestoreError('backup %s has no disk %r; its disks are: %s' % (point.timestamp, wanted, names))
@@ -156,70 +162,26 @@ def resolve_sr(xapi, sr: str | None) -> tuple[str, dict]:
     return refs[0], xapi.call('SR.get_record', refs[0])
 
 
-def _vlan_tag(value) -> int | None:
-    """A recorded VLAN tag (-1: a physical network) as an int; None when unknown (older metadata, no PIF)."""
-    if value in (None, ''):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def pool_networks(xapi) -> dict:
-    """The pool's networks: ref -> uuid, name_label, VLAN tag (of its first PIF, as XO records it) and whether it has PIFs."""
+    """The pool's networks: ref -> uuid, name_label, VLAN tag (of its first PIF, as XO records it), whether it has PIFs, the device of its first PIF."""
     pifs = xapi.call('PIF.get_all_records')
     networks = {}
     for ref, record in xapi.call('network.get_all_records').items():
         own = [pifs[pif] for pif in record.get('PIFs') or [] if pif in pifs]
         other = record.get('other_config') or {}
         networks[ref] = {'uuid': record.get('uuid'), 'name_label': record.get('name_label'), 'has_pifs': bool(own),
-                         'vlan': _vlan_tag(own[0].get('VLAN')) if own else None,
-                         'internal': any(str(other.get(key, '')).lower() == 'true' for key in INTERNAL_NETWORK_KEYS)}
+                         'vlan': vlan_tag(own[0].get('VLAN')) if own else None,
+                         'internal': any(str(other.get(key, '')).lower() == 'true' for key in INTERNAL_NETWORK_KEYS),
+                         'device': own[0].get('device') if own else None}
     return networks
 
 
-def _describe_network(network: dict) -> str:
-    vlan = network.get('vlan')
-    return '%r (uuid %s%s)' % (network.get('name_label'), network.get('uuid'),
-                               ', VLAN %d' % vlan if vlan is not None and vlan >= 0 else ', untagged' if vlan == -1 else '')
-
-
 def map_network(vif: dict, networks: dict, mapping: dict, allow_internal: bool) -> tuple[str, str]:
-    """(network ref, rule) for one backed-up VIF, as a careful operator would choose.
-
-    An explicit ``mapping`` entry (source uuid or name -> pool uuid or name) wins; else the network with the
-    same uuid, else the only one with the same name, else the only one with the same VLAN tag. The automatic
-    rules never choose a network without PIFs (a private network, the Host internal management network)
-    unless ``allow_internal``. Nothing matching raises RestoreError saying what to pass.
-    """
-    source = {'uuid': vif.get('$network$uuid'), 'name_label': vif.get('$network$name_label'), 'vlan': _vlan_tag(vif.get('$network$VLAN'))}
-    wanted = mapping.get(source['uuid']) if source['uuid'] in mapping else mapping.get(source['name_label'])
-    if wanted is not None:
-        found = [ref for ref, net in networks.items() if net['uuid'] == wanted] or \
-            [ref for ref, net in networks.items() if net['name_label'] == wanted]
-        if len(found) != 1:
-            raise RestoreError('network_map sends network %s to %r, which is %s network of this pool: give a network uuid or a unique name'
-                               % (_describe_network(source), wanted, 'not a' if not found else 'more than one'))
-        return found[0], 'map'
-    usable = {ref: net for ref, net in networks.items() if allow_internal or (net['has_pifs'] and not net['internal'])}
-    skipped = []
-    for rule, key in (('uuid', 'uuid'), ('name', 'name_label'), ('vlan', 'vlan')):
-        if source[key] is None:
-            continue
-        found = [ref for ref, net in networks.items() if net[key] == source[key]]
-        kept = [ref for ref in found if ref in usable]
-        skipped.extend(networks[ref] for ref in found if ref not in usable and networks[ref] not in skipped)
-        if len(kept) == 1:
-            return kept[0], rule
-    why = 'no network of this pool has its uuid, its name or its VLAN tag'
-    if skipped:
-        why = 'the only networks matching it, %s, have no PIFs (private or Host internal management networks), which a restore ' \
-              'joins only with allow_internal_networks=true' % ', '.join(_describe_network(net) for net in skipped)
-    elif source['vlan'] is not None and len([net for net in usable.values() if net['vlan'] == source['vlan']]) > 1:
-        why = 'several networks of this pool carry its VLAN tag'
-    raise RestoreError('VIF %s of the backup was on network %s: %s. Say where it goes with network_map, e.g. network_map: {%r: <network '
-                       'name or uuid of this pool>}' % (vif.get('device'), _describe_network(source), why, source['name_label'] or source['uuid']))
+    """(network ref, rule) for one backed-up VIF (rules: placement.choose_network); RestoreError saying what to pass when none fits."""
+    choice = choose_network(vif, networks, mapping, allow_internal)
+    if choice.ref is None:
+        raise RestoreError(choice.problem)
+    return choice.ref, choice.rule
 
 
 @dataclass
@@ -249,13 +211,22 @@ class VifRestore:
         return entry
 
 
-def map_networks(point, networks: dict, network_map: dict | None, allow_internal: bool = False) -> list[VifRestore]:
-    """One entry per backed-up VIF, in device order: the network it will join and the rule that chose it (see map_network)."""
+def map_networks(point, networks: dict, network_map: dict | None, allow_internal: bool = False, unmapped: list | None = None) -> list[VifRestore]:
+    """One entry per backed-up VIF, in device order: the network it will join and the rule that chose it (see map_network).
+
+    A VIF no network fits raises RestoreError, or with ``unmapped`` (a list) is left out and described there ({what, reason}).
+    A network_map entry naming no network of this pool always raises.
+    """
     mapping = {str(k): str(v) for k, v in (network_map or {}).items()}
     result = []
     for vif in sorted((point.metadata.get('vifs') or {}).values(), key=lambda vif: (len(str(vif.get('device'))), str(vif.get('device')))):
-        ref, how = map_network(vif, networks, mapping, allow_internal)
-        result.append(VifRestore(record=vif, network_ref=ref, network=networks[ref], matched_by=how))
+        choice = choose_network(vif, networks, mapping, allow_internal)
+        if choice.ref is None and (unmapped is None or choice.bad_input):
+            raise RestoreError(choice.problem)
+        if choice.ref is None:
+            unmapped.append({'what': 'VIF %s' % vif.get('device'), 'reason': choice.problem})
+            continue
+        result.append(VifRestore(record=vif, network_ref=choice.ref, network=networks[choice.ref], matched_by=choice.rule))
     return result
 
 
@@ -364,12 +335,17 @@ class DiskRestore:
     vdi_uuid: str | None = None  # once created
     seconds: float | None = None  # the transfer, once done
     storage: Storage | None = None  # the repository's, where ``chain`` lies (None: local paths)
+    sr_ref: str | None = None  # the SR of the new VDI, once placed (None: the plan's sr_ref)
+    sr_record: dict | None = None
+    placed_by: str | None = None  # the placement rule that chose it (placement.BY_*)
 
     def as_result(self) -> dict:
         entry = {'source_vdi_uuid': self.disk.vdi_uuid, 'vdi_uuid': self.vdi_uuid, 'name_label': self.name_label,
                  'userdevice': self.userdevice, 'virtual_size': self.virtual_size, 'bytes': self.length, 'chain_length': len(self.chain)}
         if self.seconds is not None:
             entry['duration'] = self.seconds
+        if self.sr_record is not None:
+            entry.update(sr_uuid=self.sr_record.get('uuid'), sr_name_label=self.sr_record.get('name_label'), placed_by=self.placed_by)
         return entry
 
 
@@ -400,10 +376,11 @@ class RestorePlan:
     keep_mac: bool
     vm_uuid: str | None = None  # once created
     started: bool = False
-    vtpms: list = dataclasses.field(default_factory=list)  # VtpmRestore of each backed-up vTPM (_ops/vtpm.py)
     tags: list[str] = dataclasses.field(default_factory=list)  # of the new VM (restored_tags)
     dropped_tags: list[str] = dataclasses.field(default_factory=list)  # backed-up tags the new VM does not get
     vm_record: dict = dataclasses.field(default_factory=dict)  # fields set after VM.create, and those not restored
+    not_restored: list = dataclasses.field(default_factory=list)  # {what, reason}: what this pool does not get back
+    vtpms: list = dataclasses.field(default_factory=list)  # VtpmRestore of each backed-up vTPM (_ops/vtpm.py)
     power: PowerStatePlan | None = None  # suspended (with the memory image) or halted: _ops/suspend.py
 
     @property
@@ -459,12 +436,15 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
 
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
                  network_map: dict | None = None, allow_internal_networks: bool = False, affinity: str = NULL_REF, start: bool = False,
-                 keep_mac: bool = False, name_template: str | None = None, keep_tags: bool = False,
-                 vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False,
+                 keep_mac: bool = False, name_template: str | None = None, keep_tags: bool = False, placement: Placement | None = None,
+                 strict: bool = False, vtpm_unsupported: str | None = None, allow_vtpm_loss: bool = False,
                  restore_vifs: bool = True) -> RestorePlan:
     """What the restore will create, from the checked backup and the pool's SR and networks: pure (reads nothing).
 
-    Refuses (RestoreError) a VIF no network of ``networks`` fits and a start the backed-up VM blocks.
+    Refuses (RestoreError) a start the backed-up VM blocks and bad sr_map or network_map entries. A VIF no network of
+    ``networks`` fits, and what else this pool cannot give back (placement.unrestorable_devices, a missing SR), are listed
+    in the plan's ``not_restored``; with ``strict`` they are refused instead.
+    Disks go to ``placement``'s SRs (placement.place_disks), else all to ``sr_ref``.
     With ``disk_only``, only the disk is created, named ``name_label`` when given. The VM is named ``name_label``,
     else ``name_template`` filled in (a bad template is refused here), else as it was backed up; its tags are the
     backed-up ones with ``keep_tags``, else only the backup-exclusion tags (vm_record.restored_tags).
@@ -473,8 +453,23 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     point = backup.point
     vm_uuid = point.vm_uuid
     source_vm = point.metadata.get('vm') or {}
+    not_restored = []
+    if placement is not None:
+        if placement.errors:
+            raise RestoreError('; '.join(placement.errors))
+        not_restored.extend(placement.not_restored)
+        backup = dataclasses.replace(backup, disks=[dataclasses.replace(item, sr_ref=placement.disks[item.disk.vdi_uuid].sr_ref,
+                                                                        sr_record=placement.disks[item.disk.vdi_uuid].sr_record,
+                                                                        placed_by=placement.disks[item.disk.vdi_uuid].placed_by)
+                                                    for item in backup.disks])
     # Without restore_vifs the VM joins no network (a health check's temporary VM), so no network needs to match.
-    vifs = [] if disk_only or not restore_vifs else map_networks(point, networks, network_map, allow_internal_networks)
+    vifs = [] if disk_only or not restore_vifs else map_networks(point, networks, network_map, allow_internal_networks, unmapped=not_restored)
+    if not disk_only:
+        not_restored.extend(unrestorable_devices(point))
+    if strict and not_restored:
+        raise RestoreError('strict: %d thing(s) of backup %s cannot be restored on this pool, so nothing was created: %s. Map the SRs and networks '
+                           '(sr_map, sr, network_map), or restore with strict=false to restore without them'
+                           % (len(not_restored), point.timestamp, '; '.join('%s: %s' % (item['what'], item['reason']) for item in not_restored)))
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
@@ -494,8 +489,8 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
                        vm_name=(name_label or source_vm.get('name_label') or 'restored VM %s' % vm_uuid) if disk_only else
                        restored_name(point, name_label, name_template),
                        affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
-                       start=start and not disk_only, keep_mac=keep_mac, vtpms=vtpms, tags=tags, dropped_tags=dropped_tags,
-                       vm_record={} if disk_only else plan_server_owned_fields(point))
+                       start=start and not disk_only, keep_mac=keep_mac, tags=tags, dropped_tags=dropped_tags,
+                       vm_record={} if disk_only else plan_server_owned_fields(point), not_restored=not_restored, vtpms=vtpms)
 
 
 def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
@@ -515,9 +510,10 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
         'bytes_transferred': plan.bytes_transferred,
-        'vtpms': [item.as_result() for item in plan.vtpms],
         'tags': {'kept': plan.tags, 'dropped': plan.dropped_tags},
         'vm_record': {key: value for key, value in plan.vm_record.items() if key != 'bios_strings'},
+        'not_restored': plan.not_restored,
+        'vtpms': [item.as_result() for item in plan.vtpms],
         'backed_up_guest_agent': backed_up_agent(source_vm),
         'power_state': plan.power.as_result() if plan.power is not None else None,
     }
@@ -526,8 +522,8 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
 def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: str | None = None, name_label: str | None = None,
             network_map: dict | None = None, start: bool = False, disk: str | None = None, check_mode: bool = False,
             keep_mac: bool = False, transfer_timeout: float | None = None, allow_internal_networks: bool = False,
-            allow_vtpm_loss: bool = False, name_template: str | None = None, keep_tags: bool = False,
-            restore_vifs: bool = True, power_state: str | None = None) -> dict:
+            name_template: str | None = None, keep_tags: bool = False, sr_map: dict | None = None, strict: bool = False,
+            allow_vtpm_loss: bool = False, restore_vifs: bool = True, power_state: str | None = None) -> dict:
     """Restore the VM (or with ``disk``, that one disk to a new VDI); see the module documentation."""
     started = time.monotonic()
     if name_template and not name_label and not disk:
@@ -535,19 +531,22 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
     lock = contextlib.nullcontext() if check_mode else repo.lock(vm_uuid, 'vm_restore')
     with lock:
         backup = prepare_restore(repo, vm_uuid, job.id if job else None, point, disk, finish_merges=not check_mode)
-        sr_ref, sr_record = resolve_sr(xapi, sr)
+        sr_ref, sr_record, placement = place_on_pool(xapi, backup, sr, sr_map)
         disk_only = bool(disk)
         # The memory image of a suspended or checkpointed VM gets no VBD; whether it is restored is decided here.
         # (With ``disk`` naming it, it is restored alone like any disk, as a VDI of type suspend.)
         attached, image = (backup.disks, None) if disk_only else split_suspend_image(backup.disks, backup.point)
         backup = dataclasses.replace(backup, disks=attached)
+        if image is not None and image.disk.vdi_uuid in placement.disks:
+            placed = placement.disks[image.disk.vdi_uuid]  # the memory image goes where placement puts it, like a disk
+            image = dataclasses.replace(image, sr_ref=placed.sr_ref, sr_record=placed.sr_record, placed_by=placed.placed_by)
         resumable = image is not None and not disk_only and power_state != HALTED
         power = plan_power_state(backup.point, image, power_state, coordinator_cpu_info(xapi) if resumable else None, disk_only)
         plan = plan_restore(backup, sr_ref, sr_record, {} if disk_only else pool_networks(xapi), disk_only, name_label=name_label,
                             network_map=network_map, allow_internal_networks=allow_internal_networks,
                             affinity=NULL_REF if disk_only else resolve_affinity(xapi, backup.point.metadata.get('vm') or {}),
-                            start=start, keep_mac=keep_mac, allow_vtpm_loss=allow_vtpm_loss, name_template=name_template, keep_tags=keep_tags,
-                            restore_vifs=restore_vifs,
+                            start=start, keep_mac=keep_mac, name_template=name_template, keep_tags=keep_tags, placement=placement,
+                            strict=strict, allow_vtpm_loss=allow_vtpm_loss, restore_vifs=restore_vifs,
                             vtpm_unsupported=None if disk_only else pool_vtpm_support(xapi.call('pool.get_restrictions', xapi.call('pool.get_all')[0])))
         plan.power = power
         if power.suspended and any(item.action == 'recreate' for item in plan.vtpms):
@@ -576,6 +575,17 @@ def restore(xapi, repo, vm_uuid: str, job: Job | None = None, point=None, sr: st
                 throughput_mib_s=round(plan.bytes_transferred / MIB / elapsed, 1))
 
 
+def place_on_pool(xapi, backup: CheckedBackup, sr: str | None, sr_map: dict | None) -> tuple[str | None, dict, Placement]:
+    """The ``sr`` SR (else the pool's default SR, the result's ``sr``; None and {} when the pool has none) and each disk's SR."""
+    srs = xapi.call('SR.get_all_records')
+    default_ref = xapi.call('pool.get_default_SR', xapi.call('pool.get_all')[0])
+    default_ref = default_ref if default_ref in srs else None
+    sr_ref = resolve_sr(xapi, sr)[0] if sr else None
+    placement = place_disks(backup.point, [item.disk for item in backup.disks], srs, sr_map, sr_ref, default_ref)
+    shown = sr_ref or default_ref
+    return shown, srs.get(shown, {}) if shown else {}, placement
+
+
 def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None) -> None:
     """Create what the plan says, recording it in ``created`` (for the rollback) and the plan (for the result)."""
     suspended = plan.power is not None and plan.power.suspended
@@ -602,11 +612,12 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
         return
     for drive in plan.cd_drives:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
-        xapi.call('VBD.create', constructor_record('VBD', dict({
-            'VM': created.vm_ref, 'VDI': NULL_REF, 'userdevice': drive['userdevice'] or 'autodetect', 'bootable': drive['bootable'],
-            'mode': 'RO', 'type': 'CD', 'empty': True, 'other_config': {}, 'qos_algorithm_type': '', 'qos_algorithm_params': {},
-            'unpluggable': True}, **(attached_state(backed_up_vbd(plan.point, drive['userdevice'])) if suspended else {})),
-            'CD drive %s' % drive['userdevice']))
+        given = dict({'bootable': drive['bootable'], 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': True},
+                     **vbd_fields(cd_vbd(plan.point, drive['userdevice']), CONSTRUCTOR_FIELDS['VBD'], _clean_other_config))
+        given.update(VM=created.vm_ref, VDI=NULL_REF, userdevice=drive['userdevice'] or 'autodetect', mode='RO', type='CD', empty=True)
+        if suspended:
+            given.update(attached_state(backed_up_vbd(plan.point, drive['userdevice'])))
+        xapi.call('VBD.create', constructor_record('VBD', given, 'CD drive %s' % drive['userdevice']))
     for vif in plan.vifs:
         vif_record = vif_create_record(vif, created.vm_ref, plan.keep_mac)
         if suspended:
@@ -627,7 +638,7 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     """Create the disk's VDI (marked as a restore in progress) and stream its chain into it; returns the VDI ref."""
     point = plan.point
     vdi_ref = xapi.call('VDI.create', constructor_record('VDI', {
-        'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': plan.sr_ref,
+        'name_label': item.name_label, 'name_description': item.record.get('name_description', ''), 'SR': item.sr_ref or plan.sr_ref,
         'virtual_size': item.virtual_size, 'type': 'suspend' if item.record.get('type') == 'suspend' else 'user',
         'sharable': False, 'read_only': False,
         'other_config': dict(_clean_other_config(item.record.get('other_config')),
@@ -644,14 +655,15 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
 
 
 def _attach_disk(xapi, vm_ref: str, vdi_ref: str, item: DiskRestore, suspended: bool = False) -> None:
-    """The VBD of a restored disk, with the backed-up VBD's settings (and, on a suspended VM, its device and attachment)."""
+    """The VBD of a restored disk, with the backed-up VBD's settings (placement.vbd_fields: QoS, other_config, unpluggable...;
+    on a suspended VM, its device and attachment)."""
     vbd = item.vbd
-    xapi.call('VBD.create', constructor_record('VBD', dict({
-        'VM': vm_ref, 'VDI': vdi_ref, 'userdevice': item.userdevice or 'autodetect',
-        'bootable': vbd.get('bootable', item.userdevice == '0'), 'mode': vbd.get('mode') or 'RW', 'type': 'Disk',
-        'empty': False, 'other_config': {}, 'qos_algorithm_type': vbd.get('qos_algorithm_type') or '',
-        'qos_algorithm_params': vbd.get('qos_algorithm_params') or {}, 'unpluggable': vbd.get('unpluggable', False)},
-        **(attached_state(vbd) if suspended else {})), 'the VBD of disk %s' % item.name_label))
+    given = dict({'bootable': item.userdevice == '0', 'mode': 'RW', 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': False},
+                 **vbd_fields(vbd, CONSTRUCTOR_FIELDS['VBD'], _clean_other_config))
+    given.update(VM=vm_ref, VDI=vdi_ref, userdevice=item.userdevice or 'autodetect', type='Disk', empty=False)
+    if suspended:
+        given.update(attached_state(vbd))
+    xapi.call('VBD.create', constructor_record('VBD', given, 'the VBD of disk %s' % item.name_label))
 
 
 def destroy_restored_vm(xapi, vm_uuid: str, name_label: str | None = None, check_mode: bool = False) -> dict:

@@ -24,6 +24,7 @@ import string
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import BLOCK_REASON_PATTERN
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement import PCI_OTHER_CONFIG_KEY
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS, REQUIRED
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.wire_types import WireTypeError, xmlrpc_value
 
@@ -155,6 +156,7 @@ def vm_create_record(point, name_label: str, affinity: str = NULL_REF, keep_mac:
     other = clean_other_config(source.get('other_config'))
     if not keep_mac:
         other.pop(MAC_SEED_KEY, None)
+    other.pop(PCI_OTHER_CONFIG_KEY, None)  # a device of the source host: listed in not_restored (placement.unrestorable_devices)
     other.update({RESTORED_FROM_KEY: '%s@%s' % (point.vm_uuid, point.timestamp), IN_PROGRESS_KEY: in_progress_marker()})
     given.update(name_label=name_label, is_a_template=False, affinity=affinity, other_config=other,
                  generation_id=fresh_generation_id(source.get('generation_id')))

@@ -74,10 +74,15 @@ def test_a_disk_only_plan_consults_no_network_and_names_the_disk():
     assert only.disks[0].name_label == 'disk 1', 'the checked backup given is not changed'
 
 
-def test_a_vif_no_network_fits_is_refused_before_anything_is_created():
+def test_a_vif_no_network_fits_is_listed_as_not_restored_or_refused_when_strict():
     backup = backed_up(vifs={'OpaqueRef:vif': {'device': '0', '$network$uuid': 'gone', '$network$name_label': 'storage', '$network$VLAN': 99}})
-    with pytest.raises(restore.RestoreError, match=r"VIF 0 of the backup was on network 'storage'.*Say where it goes with network_map"):
-        restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False)
+    plan = restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False)
+    assert plan.vifs == []
+    assert [item['what'] for item in plan.not_restored] == ['VIF 0', 'the disc in CD drive 3']
+    assert "VIF 0 of the backup was on network 'storage'" in plan.not_restored[0]['reason'] and 'network_map' in plan.not_restored[0]['reason']
+    with pytest.raises(restore.RestoreError, match=r"strict: 2 thing\(s\) of backup .* cannot be restored on this pool, so nothing was created: "
+                                                   r"VIF 0: VIF 0 of the backup was on network 'storage'.*Say where it goes with network_map"):
+        restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False, strict=True)
 
 
 def test_a_start_the_backed_up_vm_blocks_is_refused():

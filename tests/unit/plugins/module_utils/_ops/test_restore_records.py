@@ -149,7 +149,10 @@ def _vif(uuid, name, vlan, device='0'):
 
 @pytest.mark.parametrize('vif, mapping, allow, expected', [
     (_vif('u-v20', 'renamed', 20), {}, False, ('OpaqueRef:v20', 'uuid')),
-    (_vif('gone', 'vlan20-test', 99), {}, False, ('OpaqueRef:v20', 'name')),
+    (_vif('gone', 'vlan20-test', 20), {}, False, ('OpaqueRef:v20', 'name')),
+    (_vif('gone', 'dmz-b', 30), {}, False, ('OpaqueRef:v30b', 'name')),             # same name and VLAN before the first on the VLAN
+    (_vif('gone', 'dmz-b', 20), {}, False, ('OpaqueRef:v20', 'vlan')),              # a name on another VLAN is not the same network
+    (_vif('gone', 'dmz-prod', 30), {}, False, ('OpaqueRef:v30a', 'vlan')),          # several on the VLAN: the first (device, then name)
     (_vif('gone', 'vlan20-prod', 20), {}, False, ('OpaqueRef:v20', 'vlan')),
     (_vif('gone', 'vlan20-prod', '20'), {}, False, ('OpaqueRef:v20', 'vlan')),        # a tag recorded as text
     (_vif('gone', 'old lan', -1), {}, False, ('OpaqueRef:lan', 'vlan')),              # the only untagged network
@@ -167,9 +170,9 @@ def test_mapping_rules(vif, mapping, allow, expected):
      r"VIF 0 of the backup was on network 'Host internal management network' \(uuid u-himn\): the only networks matching it, "
      r"'Host internal management network' \(uuid u-himn\), have no PIFs .* allow_internal_networks=true\. Say where it goes with network_map"),
     (_vif('u-priv', 'Isolated', None), {}, 'have no PIFs'),
-    (_vif('gone', 'dmz-prod', 30), {}, r"'dmz-prod' \(uuid gone, VLAN 30\): several networks of this pool carry its VLAN tag"),
+    (_vif('gone', 'Isolated', None), {}, r"'Isolated' \(uuid gone\): the only networks matching it, 'Isolated' \(uuid u-priv\), have no PIFs"),
     (_vif('gone', 'far away', 45, device='2'), {},
-     r"VIF 2 of the backup was on network 'far away' \(uuid gone, VLAN 45\): no network of this pool has its uuid, its name or its VLAN tag\. "
+     r"VIF 2 of the backup was on network 'far away' \(uuid gone, VLAN 45\): no network of this pool has its uuid, its name on its VLAN, or PIFs on its VLAN\. "
      r"Say where it goes with network_map, e.g. network_map: \{'far away': <network name or uuid of this pool>\}"),
     (_vif('gone', 'old', None), {'old': 'nope'}, "network_map sends network 'old' .* to 'nope', which is not a network of this pool"),
 ])
