@@ -22,7 +22,7 @@ NULL_REF = 'OpaqueRef:NULL'
 BY_SR_MAP, BY_SR, BY_SAME_SR, BY_DEFAULT = 'sr_map', 'sr', 'same_sr', 'default'
 # Keys XAPI puts on the Host internal management network (ocaml/xapi/create_networks.ml).
 INTERNAL_NETWORK_KEYS = ('is_host_internal_management_network', 'is_guest_installer_network')
-# VM other_config key of XCP-ng/XenServer PCI passthrough ("0/0000:04:00.0,..."), read by ocaml/xapi/xapi_pci_helpers.ml.
+# VM other_config key of PCI passthrough ("0/0000:04:00.0,..."), read by ocaml/xapi/pciops.ml other_pcidevs_of_vm.
 PCI_OTHER_CONFIG_KEY = 'pci'
 # Fields XAPI sets itself on a VBD: the device name comes from userdevice when plugged (ocaml/xapi/xapi_vbd.ml create).
 VBD_SERVER_FIELDS = ('device', 'currently_attached')
