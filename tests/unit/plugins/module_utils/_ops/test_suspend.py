@@ -307,3 +307,30 @@ def test_the_memory_image_alone_with_disk(tmp_path):
         assert not [vbd for vbd in sim.store.objects['VBD'].values() if vbd['VDI'] == vdi_ref]
         live_image = sim.store.raw('VM', _vm_by_uuid_name(sim, 'sleepy'))['suspend_VDI']
         assert sim.disk(sim.store.ref_of_uuid('VDI', restored['vdi_uuid'])).sha256() == sim.disk(live_image).sha256()
+
+
+def test_a_suspended_point_with_a_vtpm_is_refused_suspended_and_restores_halted_with_it(tmp_path):
+    """XAPI creates a vTPM only on a halted VM (xapi_vtpm.ml create) and VM.create makes a suspended restore suspended at
+    once: such a point is refused suspended, before anything is created, and comes back halted with its vTPM."""
+    repository = str(tmp_path / 'repo')
+    (tmp_path / 'repo').mkdir()
+    job = Job('tpm')
+    pool = POOL.replace("  - name: sleepy\n", "  - name: sleepy\n    vtpm: {contents: c2xlZXB5 dHBt c3RhdGU=, is_unique: false}\n")
+    assert pool != POOL
+    with running_pool(pool) as running, connect(running) as xapi:
+        sim = running.server.sim
+        live = _vm_by_uuid_name(sim, 'sleepy')
+        manage_job_snapshots(xapi, 'sleepy', job, take=True)
+        export_vm(xapi, [repository], 'sleepy', job)
+        repo = open_repository(repository)
+        vm_uuid = sim.store.raw('VM', live)['uuid']
+        count = len(sim.store.objects['VM']), len(sim.store.objects['VDI'])
+        with pytest.raises(suspend.SuspendRestoreError, match='vTPM.*power_state=halted'):
+            restore(xapi, repo, vm_uuid, job=job, name_label='tpm suspended')
+        assert (len(sim.store.objects['VM']), len(sim.store.objects['VDI'])) == count
+        result = restore(xapi, repo, vm_uuid, job=job, name_label='tpm halted', power_state='halted')
+        assert result['power_state']['power_state'] == 'halted'
+        assert [item['restored'] for item in result['vtpms']] == [True]
+        new_vm = _vm_by_uuid(sim, result['vm']['uuid'])
+        assert sim.store.raw('VM', new_vm)['power_state'] == 'Halted'
+        assert [entry['contents'] for entry in running.control.vtpms(new_vm)] == ['c2xlZXB5 dHBt c3RhdGU=']
