@@ -104,7 +104,7 @@ def test_checkpoint_of_a_halted_vm_is_halted(xapi):
 
 
 def _create_record(api, source, **changes):
-    record = {k: v for k, v in api.VM.get_record(source).items()}
+    record = dict(api.VM.get_record(source))
     record.update(name_label='copy', is_a_template=False, affinity=NULL, **changes)
     return record
 
