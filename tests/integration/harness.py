@@ -30,6 +30,20 @@ def collections_root() -> str:
     return os.sep.join(parts[:-3])
 
 
+class XenApi:
+    """A logged-in XenAPI session to a simulator, for reading ground truth (``with XenApi(sim) as api``)."""
+
+    def __init__(self, sim):
+        self.session = sim.xenapi_session()
+        self.session.login_with_password('root', 'secret', '1.0', 'integration-tests')
+
+    def __enter__(self):
+        return self.session.xenapi
+
+    def __exit__(self, *exc):
+        self.session.xenapi.session.logout()
+
+
 class TaskFailed(AssertionError):
     """A task failed that the test expected to succeed."""
 

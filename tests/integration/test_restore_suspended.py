@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+from harness import XenApi
 
 MIB = 1024 * 1024
 JOB = 'with-memory'
@@ -35,22 +36,8 @@ vms:
 """
 
 
-class Api:
-    """A logged-in XenAPI session (``with Api(sim) as api``)."""
-
-    def __init__(self, sim):
-        self.session = sim.xenapi_session()
-        self.session.login_with_password('root', 'secret', '1.0', 'integration-tests')
-
-    def __enter__(self):
-        return self.session.xenapi
-
-    def __exit__(self, *exc):
-        self.session.xenapi.session.logout()
-
-
 def suspend_vdi_of(sim, vm_uuid):
-    with Api(sim) as api:
+    with XenApi(sim) as api:
         ref = api.VM.get_suspend_VDI(api.VM.get_by_uuid(vm_uuid))
         return None if ref == 'OpaqueRef:NULL' else api.VDI.get_uuid(ref)
 
@@ -111,7 +98,7 @@ def test_checkpoint_and_suspended_vm_come_back_suspended_and_resume(ansible, poo
     assert control.vdi_sha256(restored['power_state']['suspend_vdi_uuid']) == truth[latest]['Suspend image']
     assert {disk['name_label']: control.vdi_sha256(disk['vdi_uuid']) for disk in restored['disks']} == {
         name: digest for name, digest in truth[latest].items() if name != 'Suspend image'}
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         ref = api.VM.get_by_uuid(restored['vm']['uuid'])
         api.VM.resume(ref, False, False)
         assert api.VM.get_power_state(ref) == 'Running' and api.VM.get_suspend_VDI(ref) == 'OpaqueRef:NULL'
@@ -152,11 +139,11 @@ def test_suspended_restore_refused_on_another_cpu_and_without_image(ansible, poo
     assert plain['power_state']['power_state'] == 'halted'
 
     control.set_host_cpu(vendor='AuthenticAMD')
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         before = (len(api.VM.get_all()), len(api.VDI.get_all()))
     refused = ansible.run_task('vm_restore', {'repository': repo, 'vm': control.record('VM', 'sleepy')['uuid']}, expect_failure=True)
     assert 'cannot resume' in refused['msg'] and 'AuthenticAMD' in refused['msg'] and 'power_state: halted' in refused['msg']
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         assert (len(api.VM.get_all()), len(api.VDI.get_all())) == before
     # check mode says how it would come back
     checked = ansible.run_task('vm_restore', {'repository': repo, 'vm': control.record('VM', 'sleepy')['uuid'], 'power_state': 'halted'},

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from harness import AnsibleRunner
+from harness import AnsibleRunner, XenApi
 from xapisim.testing import start_server
 
 # What the VM's vTPM holds (its swtpm state as VTPM.get_contents returns it): a secret, compared through the simulators' stores.
@@ -72,23 +72,9 @@ VBD_FIELDS = ('type', 'bootable', 'mode', 'unpluggable', 'empty', 'other_config'
 VIF_FIELDS = ('MTU', 'locking_mode', 'ipv4_allowed', 'ipv6_allowed', 'qos_algorithm_type', 'qos_algorithm_params', 'other_config')
 
 
-class Api:
-    """A logged-in XenAPI session to one simulator."""
-
-    def __init__(self, sim):
-        self.session = sim.xenapi_session()
-        self.session.login_with_password('root', 'secret', '1.0', 'integration-tests')
-
-    def __enter__(self):
-        return self.session.xenapi
-
-    def __exit__(self, *exc):
-        self.session.xenapi.session.logout()
-
-
 def vm_picture(sim, vm_uuid: str) -> dict:
     """What a restore must keep: the VM record, its VBDs by userdevice (with their disk's SR and content hash), its VIFs by device."""
-    with Api(sim) as api:
+    with XenApi(sim) as api:
         ref = api.VM.get_by_uuid(vm_uuid)
         record = api.VM.get_record(ref)
         vbds, vifs = {}, {}
@@ -110,7 +96,7 @@ def vm_picture(sim, vm_uuid: str) -> dict:
 
 
 def object_counts(sim) -> tuple:
-    with Api(sim) as api:
+    with XenApi(sim) as api:
         return len(api.VM.get_all()), len(api.VDI.get_all()), len(api.VBD.get_all()), len(api.VIF.get_all())
 
 
@@ -125,7 +111,7 @@ def pool_b(tmp_path):
 def backed_up(ansible, pool, tmp_path):
     """win01 on pool A made a UEFI machine with BIOS strings, NVRAM, locked VIFs and per-device settings, backed up once."""
     pool.control.load_config(POOL_A)
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         vm = api.VM.get_by_name_label('win01')[0]
         api.VM.set_HVM_boot_params(vm, {'firmware': 'uefi', 'order': 'dc'})
         api.VM.set_platform(vm, {'secureboot': 'true', 'viridian': 'true', 'device-model': 'qemu-upstream-uefi', 'device_id': '0002'})
@@ -165,7 +151,7 @@ def backed_up(ansible, pool, tmp_path):
 def test_a_vm_restored_on_another_pool_is_the_same_machine(backed_up, pool_b, tmp_path):
     source = backed_up['source']
     runner = AnsibleRunner(pool_b, str(tmp_path))
-    with Api(pool_b) as api:
+    with XenApi(pool_b) as api:
         bulk_uuid = api.SR.get_uuid(api.SR.get_by_name_label('Bulk B')[0])
     logs_uuid = source['vbds']['2']['vdi_uuid']
     options = {'repository': backed_up['repo'], 'vm': 'win01', 'name': 'win01 (DR)',

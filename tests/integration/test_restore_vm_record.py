@@ -14,6 +14,7 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS
 
 from lifecycle import backup
+from harness import XenApi
 
 # The 16 keys XAPI keeps (constants.ml generic_bios_strings), with a vendor and serial number of this VM's own.
 BIOS = {'bios-vendor': 'Dell Inc.', 'bios-version': '2.17.1', 'system-manufacturer': 'Dell Inc.', 'system-product-name': 'PowerEdge R740',
@@ -54,27 +55,13 @@ NOT_COMPARED = ('name_label', 'other_config', 'generation_id', 'affinity', 'tags
                 'last_booted_record', 'suspend_VDI', 'suspend_SR', 'appliance', 'protection_policy', 'snapshot_schedule')
 
 
-class Api:
-    """A logged-in XenAPI session to the simulator."""
-
-    def __init__(self, sim):
-        self.session = sim.xenapi_session()
-        self.session.login_with_password('root', 'secret', '1.0', 'integration-tests')
-
-    def __enter__(self):
-        return self.session.xenapi
-
-    def __exit__(self, *exc):
-        self.session.xenapi.session.logout()
-
-
 def _source_pool(profile: str) -> str:
     return SOURCE_POOL % (profile, json.dumps(PLATFORM), json.dumps(NVRAM), json.dumps(BIOS))
 
 
 def _backed_up(ansible, pool, tmp_path, profile):
     pool.control.load_config(_source_pool(profile))
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         original = api.VM.get_record(api.VM.get_by_name_label('app01')[0])
     repository = tmp_path / 'repo'
     repository.mkdir()
@@ -89,7 +76,7 @@ def _restore(app, expect_failure=False, check=False, **options):
 
 
 def _counts(sim):
-    with Api(sim) as api:
+    with XenApi(sim) as api:
         return len(api.VM.get_all()), len(api.VDI.get_all())
 
 
@@ -108,7 +95,7 @@ def test_a_uefi_vm_comes_back_with_its_whole_record(ansible, pool, tmp_path, sou
     timestamp = result['backup']['timestamp']
     assert result['vm']['name_label'] == 'app01 (%s)' % timestamp and result['vm']['started'] is True
     assert result['tags'] == planned['tags']
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         restored = api.VM.get_record(api.VM.get_by_uuid(result['vm']['uuid']))
     assert restored['name_label'] == 'app01 (%s)' % timestamp and restored['tags'] == ['xo:no-bak=copies are not backed up']
 
@@ -148,7 +135,7 @@ def test_name_and_tags_options(ansible, pool, tmp_path):
     assert kept['tags'] == {'kept': ['backup-daily', 'windows', 'xo:no-bak=copies are not backed up'], 'dropped': []}
     exact = _restore(app, name='app01 exact', name_template='ignored {name_label}')
     assert exact['vm']['name_label'] == 'app01 exact' and exact['tags']['dropped'] == ['backup-daily', 'windows']
-    with Api(pool) as api:
+    with XenApi(pool) as api:
         assert api.VM.get_tags(api.VM.get_by_uuid(kept['vm']['uuid'])) == ['backup-daily', 'windows', 'xo:no-bak=copies are not backed up']
         assert api.VM.get_tags(api.VM.get_by_uuid(exact['vm']['uuid'])) == ['xo:no-bak=copies are not backed up']
     # a job selecting by tag (vm_info tags, as the backup role asks it) finds the original and the copy that kept its tags only
