@@ -38,7 +38,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.placement i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.vtpm import backed_up_vtpms, plan_vtpms, pool_vtpm_support, recreate_vtpms
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.guest import backed_up_agent
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend import (
-    HALTED, RESUME_OPERATIONS, PowerStatePlan, SuspendRestoreError, attached_state, backed_up_vbd, coordinator_cpu_info, plan_power_state, split_suspend_image,
+    HALTED, RESUME_OPERATIONS, PowerStatePlan, SuspendRestoreError, attached_state, coordinator_cpu_info, plan_power_state, split_suspend_image,
     suspended_create_fields,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
@@ -612,11 +612,12 @@ def _carry_out(xapi, plan: RestorePlan, created: _Created, timeout: float | None
         return
     for drive in plan.cd_drives:
         # Recreated empty: the ISO the VM had inserted may not exist in this pool (or its SR may be gone).
+        backed_up = cd_vbd(plan.point, drive['userdevice'])
         given = dict({'bootable': drive['bootable'], 'qos_algorithm_type': '', 'qos_algorithm_params': {}, 'unpluggable': True},
-                     **vbd_fields(cd_vbd(plan.point, drive['userdevice']), CONSTRUCTOR_FIELDS['VBD'], _clean_other_config))
+                     **vbd_fields(backed_up, CONSTRUCTOR_FIELDS['VBD'], _clean_other_config))
         given.update(VM=created.vm_ref, VDI=NULL_REF, userdevice=drive['userdevice'] or 'autodetect', mode='RO', type='CD', empty=True)
         if suspended:
-            given.update(attached_state(backed_up_vbd(plan.point, drive['userdevice'])))
+            given.update(attached_state(backed_up))
         xapi.call('VBD.create', constructor_record('VBD', given, 'CD drive %s' % drive['userdevice']))
     for vif in plan.vifs:
         vif_record = vif_create_record(vif, created.vm_ref, plan.keep_mac)

@@ -217,14 +217,6 @@ def attached_state(backed_up: dict) -> dict:
     return {'device': str(backed_up.get('device') or ''), 'currently_attached': bool(backed_up.get('currently_attached'))}
 
 
-def backed_up_vbd(point, userdevice: str) -> dict:
-    """The point's VBD record of that userdevice ({} when none)."""
-    for vbd in (point.metadata.get('vbds') or {}).values():
-        if isinstance(vbd, dict) and str(vbd.get('userdevice')) == str(userdevice):
-            return vbd
-    return {}
-
-
 def suspended_create_fields(point, image_vdi_ref: str) -> dict:
     """What VM.create needs, beyond the configuration, to create the VM Suspended on the restored image."""
     vm = point.metadata.get('vm') or {}
