@@ -443,7 +443,7 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
 
     Refuses (RestoreError) a start the backed-up VM blocks and bad sr_map or network_map entries. A VIF no network of
     ``networks`` fits, and what else this pool cannot give back (placement.unrestorable_devices, a missing SR), are listed
-    in the plan's ``not_restored``; with ``strict`` they are refused instead.
+    in the plan's ``not_restored``; with ``strict`` they are refused instead, and so are BIOS strings XAPI will not set.
     Disks go to ``placement``'s SRs (placement.place_disks), else all to ``sr_ref``.
     With ``disk_only``, only the disk is created, named ``name_label`` when given. The VM is named ``name_label``,
     else ``name_template`` filled in (a bad template is refused here), else as it was backed up; its tags are the
@@ -466,10 +466,15 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
     vifs = [] if disk_only or not restore_vifs else map_networks(point, networks, network_map, allow_internal_networks, unmapped=not_restored)
     if not disk_only:
         not_restored.extend(unrestorable_devices(point))
-    if strict and not_restored:
+    vm_record = {} if disk_only else plan_server_owned_fields(point)
+    # strict refuses all that is known not to come back: what this pool lacks, and the BIOS strings XAPI will not take
+    # (reported under vm_record); a vTPM dropped with allow_vtpm_loss was consented to by name.
+    refused = not_restored + [{'what': 'BIOS string %s' % item['key'], 'reason': item['reason']}
+                              for item in vm_record.get('not_restored', []) if item.get('field') == 'bios_strings']
+    if strict and refused:
         raise RestoreError('strict: %d thing(s) of backup %s cannot be restored on this pool, so nothing was created: %s. Map the SRs and networks '
                            '(sr_map, sr, network_map), or restore with strict=false to restore without them'
-                           % (len(not_restored), point.timestamp, '; '.join('%s: %s' % (item['what'], item['reason']) for item in not_restored)))
+                           % (len(refused), point.timestamp, '; '.join('%s: %s' % (item['what'], item['reason']) for item in refused)))
     if start and not disk_only and 'start' in backed_up_blocked_operations(point):
         raise RestoreError('the backed-up VM has its start blocked (%r), and the restored VM keeps that block: restore it with start=false'
                            % backed_up_blocked_operations(point)['start'])
@@ -490,7 +495,7 @@ def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: 
                        restored_name(point, name_label, name_template),
                        affinity=NULL_REF if disk_only else affinity, vifs=vifs, cd_drives=[] if disk_only else cd_drives(point),
                        start=start and not disk_only, keep_mac=keep_mac, tags=tags, dropped_tags=dropped_tags,
-                       vm_record={} if disk_only else plan_server_owned_fields(point), not_restored=not_restored, vtpms=vtpms)
+                       vm_record=vm_record, not_restored=not_restored, vtpms=vtpms)
 
 
 def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:

@@ -85,6 +85,16 @@ def test_a_vif_no_network_fits_is_listed_as_not_restored_or_refused_when_strict(
         restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False, strict=True)
 
 
+def test_strict_refuses_bios_strings_xapi_will_not_set_too():
+    backup = backed_up(vifs={})
+    backup.point.metadata['vm']['bios_strings'] = {'bios-vendor': 'Acme', 'hp-rombios': 'COMPAQ'}
+    plan = restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False)
+    assert [item['key'] for item in plan.vm_record['not_restored']] == ['hp-rombios']
+    assert plan.vm_record['bios_strings'] == {'bios-vendor': 'Acme'}
+    with pytest.raises(restore.RestoreError, match=r"strict: 2 thing\(s\) .*the disc in CD drive 3: .*; BIOS string hp-rombios: XAPI lets no one set"):
+        restore.plan_restore(backup, 'OpaqueRef:sr', SR_RECORD, NETWORKS, disk_only=False, strict=True)
+
+
 def test_a_start_the_backed_up_vm_blocks_is_refused():
     backup = backed_up(blocked={'start': 'kept for maintenance'})
     with pytest.raises(restore.RestoreError, match=r"has its start blocked \('kept for maintenance'\).*restore it with start=false"):
