@@ -98,7 +98,7 @@ pytest: layout
 # The backup lifecycle suites again on a simulated XCP-ng 8.2 LTS pool (xapi 1.249: no VM.snapshot ignore_vdis,
 # an older datamodel): every pool those tests load without an xapi section gets that profile.
 PROFILE_SUITES := $(addprefix tests/integration/,test_delta_export.py test_merge_seed_restore.py test_roles.py \
-  test_vm_modules.py test_backup_info.py test_disk_growth.py)
+  test_vm_modules.py test_backup_info.py test_disk_growth.py test_restore_suspended.py test_health_check_agent.py test_restore_xo_point.py)
 pytest-xcp-ng-8.2: layout
 	cd $(COLLECTION) && XAPISIM_PROFILE=xcp-ng-8.2 PYTHONPATH=$(COLLECTIONS_ROOT):$(COLLECTION)/tests ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT) \
 	  $(BIN)/python -m pytest -p no:cacheprovider -n 2 --timeout 900 $(PROFILE_SUITES)
