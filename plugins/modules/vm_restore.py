@@ -143,8 +143,8 @@ options:
   strict:
     description:
       - Fail, before anything is created, when anything of the backup cannot be restored as it was (see RV(not_restored)),
-        including BIOS strings XAPI will not set (listed in RV(vm_record)). A vTPM dropped with O(allow_vtpm_loss) does not count:
-        that option consents to it.
+        including BIOS strings XAPI will not set (listed in RV(vm_record)). A vTPM dropped with O(allow_vtpm_loss) does not count,
+        since that option consents to it.
     type: bool
     default: false
     version_added: 0.2.0
