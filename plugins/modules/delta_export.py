@@ -215,10 +215,13 @@ disks:
       description: Path of the VHD relative to the VM's folder (not in check mode).
       type: str
       sample: vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/20261126T020000Z.vhd
-    sha256:
-      description: SHA-256 of the VHD file (not in check mode).
+    block_checksums:
+      description:
+        - Path, relative to the VM's folder, of the VHD's block checksum file (not in check mode).
+        - It holds a SHA-256 of every block and of the footer, header and BAT, computed as the bytes were written.
+          Every reader (merge, restore, seed copy, verify) checks each block it reads against it.
       type: str
-      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      sample: vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/20261126T020000Z.vhd.blocksums
     duration:
       description: Seconds spent on this disk (not in check mode).
       type: float

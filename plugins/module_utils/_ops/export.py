@@ -47,6 +47,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.record_types import RECORD_TYPES
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.wire_types import jsonrpc_record
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import ParentLink, VhdChain, VhdError, rewrite_identity
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME, sidecar_name
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import vhd_timestamp
 
 MIB = 1024 * 1024
@@ -158,14 +159,14 @@ class ExportedDisk:
     path: str  # relative to the VM folder, as the metadata's vhds write it
     size: int
     blocks: int
-    sha256: str
     seconds: float
 
     def as_result(self) -> dict:
         disk = self.disk_plan.disk
         return {'vdi_uuid': disk.live_vdi_uuid, 'snapshot_vdi_uuid': disk.vdi_uuid, 'name_label': disk.name_label,
                 'userdevice': disk.userdevice, 'mode': self.disk_plan.mode, 'reason': self.disk_plan.reason,
-                'virtual_size': disk.virtual_size, 'size': self.size, 'blocks': self.blocks, 'path': self.path, 'sha256': self.sha256,
+                'virtual_size': disk.virtual_size, 'size': self.size, 'blocks': self.blocks, 'path': self.path,
+                'block_checksums': sidecar_name(self.path),
                 'duration': round(self.seconds, 3), 'throughput_mib_s': round(self.size / MIB / self.seconds, 1)}
 
 
@@ -411,10 +412,11 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):
             raise TransferTooLongError('export of %s sent data after the end of its VHD' % disk.vdi_uuid)
-    written.extend((repository, writer.path) for repository, writer in zip(repositories, writers, strict=True))
+    for repository, writer in zip(repositories, writers, strict=True):
+        written.extend([(repository, writer.path), (repository, writer.sidecar_path)])
     elapsed = max(time.monotonic() - started, 1e-6)
     relative = relative_to_vm_folder(plan.vm_record['uuid'], writers[0].path)
-    return ExportedDisk(disk_plan=disk_plan, path=relative, size=result.length, blocks=result.blocks, sha256=writers[0].sha256, seconds=elapsed)
+    return ExportedDisk(disk_plan=disk_plan, path=relative, size=result.length, blocks=result.blocks, seconds=elapsed)
 
 
 def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], timeout: float | None = None) -> dict:
@@ -437,7 +439,7 @@ def run_export(xapi, plan: ExportPlan, repositories: list[BackupRepository], tim
                     vm=records['vm'], vm_snapshot=records['vm_snapshot'], vbds=records['vbds'], vifs=records['vifs'], vdis=records['vdis'],
                     vhds={disk.disk_plan.disk.vdi_ref: disk.path for disk in disks},
                     differencing={disk.disk_plan.disk.vdi_ref: disk.disk_plan.mode == 'delta' for disk in disks},
-                    size=sum(disk.size for disk in disks), sha256={disk.path: disk.sha256 for disk in disks},
+                    size=sum(disk.size for disk in disks), block_checksums={disk.path: HASH_NAME for disk in disks},
                     virtual_sizes={disk.disk_plan.disk.vdi_ref: disk.disk_plan.disk.virtual_size for disk in disks},
                     extra=dict(records['vtpms'], xapi_delta_backup_job=plan.job.name))
                 written.append((repository, repository.write_metadata(vm_uuid, plan.timestamp, metadata)))

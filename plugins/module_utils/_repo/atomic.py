@@ -2,7 +2,11 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Backup files that appear under their final name only once complete and durable, with their size and SHA-256."""
+"""Backup files that appear under their final name only once complete and durable, with their size and checksums.
+
+A VHD is written with its block checksum file (``_vhd/blocksums.py``), computed as the bytes pass;
+the checksum file is made durable first, so a VHD never appears without it.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,39 @@ import hashlib
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import AtomicWriter, Storage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, StreamSums, sidecar_name
 
 
 class AtomicFile:
-    """A file written through ``Storage.atomic_writer``, counting bytes and computing the SHA-256 while writing.
+    """A file written through ``Storage.atomic_writer``, counting bytes and checksumming while writing.
 
     Use as a context manager: leaving normally commits, an exception drops the temporary file.
-    ``path`` is the storage path, ``shown`` how messages name it.
+    ``path`` is the storage path, ``shown`` how messages name it. With ``vhd`` the bytes are a
+    VHD in file order: instead of one SHA-256 of the file, the block checksums are computed and
+    written as ``<path>.blocksums`` just before the file itself is published (``block_sums``).
     """
 
-    def __init__(self, storage: Storage, path: str, overwrite: bool = False):
+    def __init__(self, storage: Storage, path: str, overwrite: bool = False, vhd: bool = False):
         self.storage = storage
         self.path = path
         self.shown = storage.describe(path)
         self.overwrite = overwrite
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = None if vhd else hashlib.sha256()
+        self._sums = StreamSums(self.shown) if vhd else None
+        self.block_sums: BlockSums | None = None
+        self._sidecar_written = False
         self._writer: AtomicWriter | None = None
 
     @property
     def sha256(self) -> str:
+        if self._hash is None:
+            raise ValueError('%s is a VHD: it has block checksums, not one sha256' % self.shown)
         return self._hash.hexdigest()
+
+    @property
+    def sidecar_path(self) -> str:
+        return sidecar_name(self.path)
 
     def __enter__(self) -> 'AtomicFile':
         try:
@@ -51,7 +67,7 @@ class AtomicFile:
         self.size += len(data)
 
     def update_hash(self, data) -> None:
-        self._hash.update(data)
+        (self._hash or self._sums).update(data)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -60,6 +76,10 @@ class AtomicFile:
             self.abort()
 
     def commit(self) -> None:
+        if self._sums is not None:
+            self.block_sums = self._sums.finish()
+            self._sidecar_written = True
+            self.block_sums.save(self.storage, self.sidecar_path)
         try:
             self._writer.commit()
         except FileExistsError:
@@ -68,6 +88,8 @@ class AtomicFile:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.abort()
+        if self._sidecar_written:
+            self.storage.remove_if_present(self.sidecar_path)
 
 
 def write_file_atomically(storage: Storage, path: str, data: bytes, overwrite: bool = False) -> str:

@@ -2,21 +2,28 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Integrity of a repository's files: the sha256 recorded for each VHD in our metadata section, and chain checks.
+"""Integrity of a repository's files: block checksums (``_vhd/blocksums.py``), the whole-file sha256 of
+repositories written before them, and chain checks.
 
-Shared by retention (merge), seed copy, restore and the catalog: every problem names its file.
+Shared by retention (merge), seed copy, restore and the catalog: every problem names its file, and a
+damaged block is named by file, block number and virtual offset.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
+import posixpath
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import check_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile, check_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import (
+    BlockSums, BlockSumsError, sidecar_name, structure_problems, verify_blocks,
+)
 
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_HASH_THREADS = 8
@@ -123,3 +130,76 @@ def verify_chain(repo, vm_uuid: str, chain: list, checksums: dict, what: str) ->
     if problems:
         raise IntegrityError(what, problems)
     return {'verified': verified, 'unverified': unverified}
+
+
+# -- block checksums ---------------------------------------------------------------------------------------------
+
+
+def recorded_block_checksums(points: list) -> set:
+    """Relative VHD paths the points' metadata says were written with a block checksum file."""
+    recorded = set()
+    for point in points:
+        section = point.metadata.get(OWN_FIELD) or {}
+        recorded.update(relative for relative in (section.get('block_checksums') or {}))
+    return recorded
+
+
+@dataclasses.dataclass
+class ChainIntegrity:
+    """What :func:`check_chain_integrity` found for a chain (paths relative to the VM folder)."""
+
+    verified: list  # block checksums whose structures (and blocks, where read) matched, or a legacy sha256 that matched
+    unverified: list  # neither block checksums nor a sha256 (e.g. written by Xen Orchestra)
+    legacy: list  # checked by their whole-file sha256 (written before block checksums)
+    sums: dict  # storage path -> BlockSums, for readers to check each block they read (``blocksums.attach``)
+
+
+def check_chain_integrity(repo, vm_uuid: str, chain: list, points: list, what: str, read_blocks=()) -> ChainIntegrity:
+    """Check a newest-first chain of storage paths before it is read or merged.
+
+    Every file: structure and links; its block checksum file, when it has one: identity, footer,
+    header and BAT digests (a few KiB whatever the disk size); the blocks of the files in
+    ``read_blocks`` (storage paths, or ``True`` for every file) are all read and checked.  A file
+    with only a legacy whole-file sha256 is hashed whole.  A file the metadata says was written with
+    block checksums but has none is damage.  Raises :class:`IntegrityError` naming every problem.
+    """
+    problems = chain_structure_problems(repo, chain)
+    with_blocks = recorded_block_checksums(points)
+    legacy_sums = recorded_checksums(points)
+    result = ChainIntegrity(verified=[], unverified=[], legacy=[], sums={})
+    legacy_paths = []
+    for path in chain:
+        relative = relative_to_vm_folder(vm_uuid, path)
+        try:
+            sums = BlockSums.load_for(repo.storage, path)
+        except BlockSumsError as error:
+            problems.append(str(error))
+            continue
+        if sums is None:
+            if relative in legacy_sums:
+                legacy_paths.append(path)
+            elif relative in with_blocks:
+                problems.append('%s: its block checksum file %s is missing (written with one: it was removed)'
+                                % (repo.describe(path), posixpath.basename(sidecar_name(path))))
+            else:
+                result.unverified.append(relative)
+            continue
+        try:
+            with VhdFile.open_in(repo.storage, path) as vhd:
+                found = structure_problems(vhd, sums)
+                if not found and (read_blocks is True or path in read_blocks):
+                    found = [str(problem) for problem in verify_blocks(vhd, sums)]
+        except (VhdError, OSError) as error:
+            found = [] if problems else [str(error)]  # structural errors were already named
+        problems.extend(found)
+        if not found:
+            result.verified.append(relative)
+            result.sums[path] = sums
+    if legacy_paths:
+        found, verified, _unverified = checksum_problems(repo, vm_uuid, legacy_paths, legacy_sums)
+        problems.extend(found)
+        result.legacy.extend(verified)
+        result.verified.extend(verified)
+    if problems:
+        raise IntegrityError(what, problems)
+    return result

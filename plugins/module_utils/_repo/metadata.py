@@ -76,8 +76,8 @@ def validate_metadata(data, path: str) -> dict:
         _require_type(path, data, 'size', int, 'an integer number of bytes')
     own = data.get(OWN_FIELD)
     if own is not None:
-        if not isinstance(own, dict) or not isinstance(own.get('sha256', {}), dict) or not isinstance(own.get('virtual_sizes', {}), dict):
-            raise MetadataError(path, 'field %r must be an object with sha256 and virtual_sizes objects' % OWN_FIELD)
+        if not isinstance(own, dict) or not all(isinstance(own.get(key, {}), dict) for key in ('sha256', 'block_checksums', 'virtual_sizes')):
+            raise MetadataError(path, 'field %r must be an object with sha256, block_checksums and virtual_sizes objects' % OWN_FIELD)
         bad_sizes = {ref: size for ref, size in own.get('virtual_sizes', {}).items() if not isinstance(size, int) or isinstance(size, bool) or size < 0}
         if bad_sizes:
             raise MetadataError(path, '%s.virtual_sizes must map VDI refs to sizes in bytes, got %r' % (OWN_FIELD, bad_sizes))
@@ -117,12 +117,16 @@ def is_full_mode_backup(data) -> bool:
 
 
 def build_metadata(job_id: str, schedule_id: str, timestamp_ms: int, vm: dict, vm_snapshot: dict, vbds: dict, vifs: dict, vdis: dict,
-                   vhds: dict, differencing: dict, size: int, sha256: dict, virtual_sizes: dict,
+                   vhds: dict, differencing: dict, size: int, block_checksums: dict, virtual_sizes: dict,
                    collection_version: str = COLLECTION_VERSION, extra: dict | None = None) -> dict:
     """Metadata in XO's 2.0.0 delta format plus our own ``xapi_delta_backup`` section.
 
-    ``vhds`` maps VDI refs to paths relative to the VM folder; ``sha256`` and ``virtual_sizes``
-    are keyed by those same relative paths and by VDI ref respectively.
+    ``vhds`` maps VDI refs to paths relative to the VM folder; ``block_checksums`` and ``virtual_sizes``
+    are keyed by those same relative paths and by VDI ref respectively. ``block_checksums`` names the
+    VHDs written with a block checksum file (``<vhd>.blocksums``, see ``_vhd/blocksums.py``), each
+    mapped to its hash name: a VHD listed there whose checksum file is missing is damage. The
+    ``sha256`` map (one digest per whole file) is only found in repositories written before block
+    checksums; a merge migrates the files it touches (``_repo/migrate.py``).
     """
     metadata = {
         'version': METADATA_VERSION,
@@ -138,7 +142,7 @@ def build_metadata(job_id: str, schedule_id: str, timestamp_ms: int, vm: dict, v
         'vhds': dict(vhds),
         'isVhdDifferencing': {ref: bool(flag) for ref, flag in differencing.items()},
         'size': int(size),
-        OWN_FIELD: {'collection_version': collection_version, 'sha256': dict(sha256), 'virtual_sizes': dict(virtual_sizes)},
+        OWN_FIELD: {'collection_version': collection_version, 'block_checksums': dict(block_checksums), 'virtual_sizes': dict(virtual_sizes)},
     }
     metadata.update(extra or {})
     return validate_metadata(metadata, '<new backup metadata>')

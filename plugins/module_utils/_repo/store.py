@@ -30,6 +30,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage, Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage.local import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import sidecar_name
 
 
 # -- backup points -----------------------------------------------------------------------------
@@ -163,10 +164,10 @@ class BackupRepository:
     # writing
 
     def open_vhd_writer(self, vm_uuid: str, job_id: str, vdi_uuid: str, timestamp: str) -> AtomicFile:
-        """An AtomicFile for one disk of a run; it becomes visible to listings only via the JSON."""
+        """An AtomicFile for one disk of a run, written with its block checksums; it becomes visible to listings only via the JSON."""
         path = vhd_file(vm_uuid, job_id, vdi_uuid, timestamp)
         self.make_dirs(posixpath.dirname(path))
-        return AtomicFile(self.storage, path)
+        return AtomicFile(self.storage, path, vhd=True)
 
     def write_metadata(self, vm_uuid: str, timestamp: str, metadata: dict) -> str:
         """Write ``<timestamp>.json`` last, after checking every VHD it names is in place; return its storage path."""
@@ -197,9 +198,11 @@ class BackupRepository:
         return True
 
     def remove_files(self, paths) -> None:
-        """Remove files (absent ones are fine), then make the removals durable folder by folder."""
+        """Remove files (absent ones are fine) and the block checksums of removed VHDs, then make the removals durable folder by folder."""
         for path in paths:
             self.storage.remove_if_present(path)
+            if path.endswith('.vhd'):
+                self.storage.remove_if_present(sidecar_name(path))
         for folder in sorted({posixpath.dirname(path) for path in paths}):
             self.storage.sync_dir(folder)
 

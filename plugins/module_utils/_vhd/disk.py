@@ -16,7 +16,7 @@ import abc
 import array
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import (
     LocalStorage, RandomAccessFile, Storage, split_local_path,
@@ -208,6 +208,9 @@ class VhdFile(Disk):
             raise
         self._bat: array.array | None = None
         self._unused_flags: bytes | None = None
+        # ``verify_block(index, span)`` checks each block read (bitmap + data) against its recorded
+        # checksum when set (``blocksums.attach``): readers then verify exactly what they read.
+        self.verify_block: Callable[[int, memoryview], None] | None = None
 
     @classmethod
     def open(cls, path, writable: bool = False) -> 'VhdFile':
@@ -384,6 +387,8 @@ class VhdFile(Disk):
                 data += bytes(self.block_size - length)
             return limit, memoryview(data)
         raw = pread_exact(self.file, self.bitmap_size + self.block_size, offset, self.path, "block[%d]" % index, "data")
+        if self.verify_block is not None:
+            self.verify_block(index, raw)
         bitmap = raw[:self.bitmap_size]
         if bitmap.count(0xFF) == self.bitmap_size:
             mask = limit

@@ -38,7 +38,7 @@ def block_bytes(seed: int) -> bytes:
 class RepoBuilder:
     """A VM's backup history: full then deltas of whole 2 MiB blocks, each point's disk content modelled."""
 
-    def __init__(self, root: str, vm: str = VM, disks: int = 1, size: int = 48 * BLOCK, seed: int = 1):
+    def __init__(self, root: str, vm: str = VM, disks: int = 1, size: int = 48 * BLOCK, seed: int = 1, legacy: bool = False):
         os.makedirs(root, exist_ok=True)
         self.repo = open_repository(root, create=True)
         self.vm = vm
@@ -49,12 +49,14 @@ class RepoBuilder:
         self.truth = {}                                    # timestamp -> [content dict per disk]
         self.last = [None] * disks                         # (snapshot vdi uuid, timestamp) of the newest file
         self.counter = 0
+        # legacy: write points as collections before block checksums did (one sha256 per file, no sidecar)
+        self.legacy = legacy
 
     def add_point(self, full: bool = False, changed_blocks: int = 4, only=None) -> str:
         """One backup run; ``only`` limits it to some disk numbers (a disk detached from the VM)."""
         self.counter += 1
         timestamp = '202601%02dT010000Z' % self.counter
-        vhds, differencing, sha, sizes, vdis = {}, {}, {}, {}, {}
+        vhds, differencing, sha, sums, sizes, vdis = {}, {}, {}, {}, {}, {}
         for disk, live in enumerate(self.live):
             if only is not None and disk not in only:
                 continue
@@ -78,14 +80,20 @@ class RepoBuilder:
             relative = vhd_relative_path(JOB, live, timestamp)
             vhds[ref] = relative
             differencing[ref] = not is_full
-            sha[relative] = target.sha256
+            if self.legacy:
+                sha[relative] = hashlib.sha256(self.repo.storage.read_bytes(target.path)).hexdigest()
+                self.repo.storage.remove(target.sidecar_path)
+            else:
+                sums[relative] = 'sha256'
             sizes[ref] = self.size
             vdis[ref] = {'uuid': snap, 'name_label': 'disk %d' % disk, 'name_description': '', '$snapshot_of$uuid': live,
                          'virtual_size': str(self.size), 'type': 'user'}
             self.last[disk] = (snap, timestamp)
         self.truth[timestamp] = [dict(c) if only is None or number in only else None for number, c in enumerate(self.content)]
         metadata = build_metadata(JOB, SCHEDULE, 1767229200000 + self.counter, {'uuid': self.vm, 'name_label': 'vm1'},
-                                  {'uuid': str(uuid.uuid4())}, {}, {}, vdis, vhds, differencing, size=0, sha256=sha, virtual_sizes=sizes)
+                                  {'uuid': str(uuid.uuid4())}, {}, {}, vdis, vhds, differencing, size=0, block_checksums=sums, virtual_sizes=sizes)
+        if self.legacy:
+            metadata['xapi_delta_backup'] = {'collection_version': '1.0.0', 'sha256': sha, 'virtual_sizes': sizes}
         self.repo.write_metadata(self.vm, timestamp, metadata)
         return timestamp
 
@@ -112,11 +120,10 @@ def assert_points_restorable(builder: RepoBuilder, timestamps: list) -> None:
     repo = builder.repo
     points = {p.timestamp: p for p in repo.list_backups(builder.vm)}
     assert sorted(points) == sorted(timestamps)
-    checksums = integrity.recorded_checksums(list(points.values()))
     for timestamp in timestamps:
         point = points[timestamp]
         for disk in point.disks:
             chain = repo.vhd_chain(point, disk)
-            checked = integrity.verify_chain(repo, point.vm_uuid, chain, checksums, 'test')
-            assert not checked['unverified']
+            checked = integrity.check_chain_integrity(repo, point.vm_uuid, chain, list(points.values()), 'test', read_blocks=True)
+            assert not checked.unverified
             assert chain_sha(repo, point, disk) == builder.expected_disk(timestamp, builder.live.index(disk.vdi_uuid))

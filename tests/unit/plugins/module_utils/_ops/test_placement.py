@@ -46,7 +46,7 @@ def point(vm_extra=None, cd=None) -> BackupPoint:
     if cd is not None:
         vbds['OpaqueRef:cd'] = cd
     vm = dict({'uuid': VM, 'name_label': 'web01', 'VGPUs': [], 'attached_PCIs': [], 'VUSBs': [], 'other_config': {}}, **(vm_extra or {}))
-    metadata = build_metadata(JOB, SCHEDULE, 1, vm, {}, vbds, {}, vdis, vhds, {ref: False for ref in vhds}, size=0, sha256={}, virtual_sizes={})
+    metadata = build_metadata(JOB, SCHEDULE, 1, vm, {}, vbds, {}, vdis, vhds, {ref: False for ref in vhds}, size=0, block_checksums={}, virtual_sizes={})
     return BackupPoint(vm_uuid=VM, timestamp=STAMP, metadata_storage_path='xo-vm-backups/%s/%s.json' % (VM, STAMP),
                        metadata_path='/backups/xo-vm-backups/%s/%s.json' % (VM, STAMP), metadata=metadata)
 

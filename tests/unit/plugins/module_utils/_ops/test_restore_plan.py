@@ -39,7 +39,7 @@ def backed_up(blocked=None, vifs=None) -> restore.CheckedBackup:
                            '$network$VLAN': -1}}
     vm = {'uuid': VM, 'name_label': 'web01', 'blocked_operations': blocked or {}}
     vhds = {'OpaqueRef:root': vhd_relative_path(JOB, ROOT, STAMP), 'OpaqueRef:data': vhd_relative_path(JOB, DATA, STAMP)}
-    metadata = build_metadata(JOB, SCHEDULE, 1, vm, {}, vbds, vifs, {}, vhds, {ref: True for ref in vhds}, size=0, sha256={}, virtual_sizes={})
+    metadata = build_metadata(JOB, SCHEDULE, 1, vm, {}, vbds, vifs, {}, vhds, {ref: True for ref in vhds}, size=0, block_checksums={}, virtual_sizes={})
     point = BackupPoint(vm_uuid=VM, timestamp=STAMP, metadata_storage_path='xo-vm-backups/%s/%s.json' % (VM, STAMP),
                         metadata_path='/backups/xo-vm-backups/%s/%s.json' % (VM, STAMP), metadata=metadata)
     disks = []

@@ -40,7 +40,7 @@ def point(number: int, disks: dict) -> BackupPoint:
         ref = 'OpaqueRef:%d-%d' % (number, index)
         vhds[ref] = vhd_relative_path(job_id, disk, stamp(number))
         differencing[ref] = not full
-    metadata = build_metadata(JOB, SCHEDULE, number, {'uuid': VM}, {}, {}, {}, {}, vhds, differencing, size=0, sha256={}, virtual_sizes={})
+    metadata = build_metadata(JOB, SCHEDULE, number, {'uuid': VM}, {}, {}, {}, {}, vhds, differencing, size=0, block_checksums={}, virtual_sizes={})
     name = '%s.json' % stamp(number)
     return BackupPoint(vm_uuid=VM, timestamp=stamp(number), metadata_storage_path=posixpath.join(VM_DIR, name),
                        metadata_path=posixpath.join(SHOWN_VM_DIR, name), metadata=metadata)

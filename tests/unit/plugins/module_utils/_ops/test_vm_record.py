@@ -47,7 +47,7 @@ def _pool(profile: str) -> str:
 
 
 def _point(vm: dict, timestamp: str = STAMP) -> BackupPoint:
-    metadata = build_metadata(JOB, SCHEDULE, 1, dict(vm, uuid=VM), {}, {}, {}, {}, {}, {}, size=0, sha256={}, virtual_sizes={})
+    metadata = build_metadata(JOB, SCHEDULE, 1, dict(vm, uuid=VM), {}, {}, {}, {}, {}, {}, size=0, block_checksums={}, virtual_sizes={})
     return BackupPoint(vm_uuid=VM, timestamp=timestamp, metadata_storage_path='xo-vm-backups/%s/%s.json' % (VM, timestamp),
                        metadata_path='/b/xo-vm-backups/%s/%s.json' % (VM, timestamp), metadata=metadata)
 

@@ -50,10 +50,10 @@ def add_backup(repo: BackupRepository, timestamp: str, disks: dict, vm: str = VM
         relative = vhd_relative_path(JOB, vdi_uuid, timestamp)
         vhds[ref] = relative
         differencing[ref] = kind == DELTA
-        sha[relative] = target.sha256
+        sha[relative] = 'sha256'
         sizes[ref] = 10 * 1024 ** 3
     metadata = build_metadata(JOB, SCHEDULE, 1767229200000, {'uuid': vm}, {'uuid': 'snap'}, {}, {}, {}, vhds, differencing,
-                              size=sizes_written, sha256=sha, virtual_sizes=sizes)
+                              size=sizes_written, block_checksums=sha, virtual_sizes=sizes)
     if write_json:
         repo.write_metadata(vm, timestamp, metadata)
     return metadata

@@ -21,5 +21,5 @@ def test_recorded_version_is_galaxy_version():
 
 
 def test_new_metadata_records_it():
-    metadata = build_metadata(JOB, JOB, 0, {}, {}, {}, {}, {}, {}, {}, size=0, sha256={}, virtual_sizes={})
+    metadata = build_metadata(JOB, JOB, 0, {}, {}, {}, {}, {}, {}, {}, size=0, block_checksums={}, virtual_sizes={})
     assert metadata['xapi_delta_backup']['collection_version'] == COLLECTION_VERSION

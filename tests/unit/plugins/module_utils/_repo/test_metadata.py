@@ -27,7 +27,7 @@ SHA_A, SHA_B = 'a' * 64, 'b' * 64
 def sample(**changes) -> dict:
     metadata = build_metadata(JOB, SCHEDULE, 1767229200000, {'uuid': VM, 'name_label': 'web'}, {'uuid': 'snap'}, {'OpaqueRef:vbd': {}},
                               {'OpaqueRef:vif': {}}, {REF_A: {'uuid': VDI_A}, REF_B: {'uuid': VDI_B}}, {REF_A: REL_A, REF_B: REL_B},
-                              {REF_A: False, REF_B: 1}, size=1234, sha256={REL_A: SHA_A, REL_B: SHA_B},
+                              {REF_A: False, REF_B: 1}, size=1234, block_checksums={REL_A: SHA_A, REL_B: SHA_B},
                               virtual_sizes={REF_A: 10 * 1024 ** 3, REF_B: 0})
     metadata.update(changes)
     return metadata
@@ -49,17 +49,17 @@ def test_build_writes_xo_2_0_0_delta_with_our_section():
     assert metadata['isVhdDifferencing'] == {REF_A: False, REF_B: True}
     assert metadata['isVhdDifferencing'][REF_B] is True
     assert metadata['size'] == 1234
-    assert metadata[OWN_FIELD] == {'collection_version': COLLECTION_VERSION, 'sha256': {REL_A: SHA_A, REL_B: SHA_B},
+    assert metadata[OWN_FIELD] == {'collection_version': COLLECTION_VERSION, 'block_checksums': {REL_A: SHA_A, REL_B: SHA_B},
                                    'virtual_sizes': {REF_A: 10 * 1024 ** 3, REF_B: 0}}
 
 
 def test_build_copies_its_mappings_and_adds_extra_fields():
     vhds, sha = {REF_A: REL_A}, {REL_A: SHA_A}
-    metadata = build_metadata(JOB, SCHEDULE, 1.5e12, {}, {}, {}, {}, {}, vhds, {REF_A: False}, size=7.0, sha256=sha, virtual_sizes={},
+    metadata = build_metadata(JOB, SCHEDULE, 1.5e12, {}, {}, {}, {}, {}, vhds, {REF_A: False}, size=7.0, block_checksums=sha, virtual_sizes={},
                               collection_version='9.9.9', extra={'xoMetadata': 'kept'})
     vhds[REF_B] = REL_B
     sha[REL_B] = SHA_B
-    assert metadata['vhds'] == {REF_A: REL_A} and metadata[OWN_FIELD]['sha256'] == {REL_A: SHA_A}
+    assert metadata['vhds'] == {REF_A: REL_A} and metadata[OWN_FIELD]['block_checksums'] == {REL_A: SHA_A}
     assert metadata['timestamp'] == 1500000000000 and isinstance(metadata['timestamp'], int) and metadata['size'] == 7
     assert metadata[OWN_FIELD]['collection_version'] == '9.9.9' and metadata['xoMetadata'] == 'kept'
 
@@ -70,14 +70,14 @@ def test_build_copies_its_mappings_and_adds_extra_fields():
 ])
 def test_build_validates_the_ids(job_id, schedule_id, problem):
     with pytest.raises(RepositoryError, match=problem):
-        build_metadata(job_id, schedule_id, 0, {}, {}, {}, {}, {}, {}, {}, size=0, sha256={}, virtual_sizes={})
+        build_metadata(job_id, schedule_id, 0, {}, {}, {}, {}, {}, {}, {}, size=0, block_checksums={}, virtual_sizes={})
 
 
 def test_build_refuses_what_it_would_not_read_back():
     with pytest.raises(MetadataError, match=r"<new backup metadata> is invalid: vhds\['r'\] = '../x.vhd' is not a vdis/"):
-        build_metadata(JOB, SCHEDULE, 0, {}, {}, {}, {}, {}, {'r': '../x.vhd'}, {}, size=0, sha256={}, virtual_sizes={})
+        build_metadata(JOB, SCHEDULE, 0, {}, {}, {}, {}, {}, {'r': '../x.vhd'}, {}, size=0, block_checksums={}, virtual_sizes={})
     with pytest.raises(MetadataError, match='virtual_sizes must map VDI refs to sizes in bytes'):
-        build_metadata(JOB, SCHEDULE, 0, {}, {}, {}, {}, {}, {}, {}, size=0, sha256={}, virtual_sizes={REF_A: -1})
+        build_metadata(JOB, SCHEDULE, 0, {}, {}, {}, {}, {}, {}, {}, size=0, block_checksums={}, virtual_sizes={REF_A: -1})
 
 
 # -- validation, field by field --------------------------------------------------------------------
@@ -110,7 +110,7 @@ def test_build_refuses_what_it_would_not_read_back():
     (lambda m: dict(m, isVhdDifferencing={'r': 2}), r"isVhdDifferencing\['r'\] must be a boolean, got 2"),
     (lambda m: dict(m, size='big'), "field 'size' must be an integer number of bytes, got str"),
     (lambda m: dict(m, size=False), "field 'size' must be an integer number of bytes, got bool"),
-    (lambda m: dict(m, xapi_delta_backup=[]), 'field .xapi_delta_backup. must be an object with sha256 and virtual_sizes objects'),
+    (lambda m: dict(m, xapi_delta_backup=[]), 'field .xapi_delta_backup. must be an object with sha256, block_checksums and virtual_sizes objects'),
     (lambda m: dict(m, xapi_delta_backup={'sha256': []}), 'field .xapi_delta_backup. must be an object with sha256'),
     (lambda m: dict(m, xapi_delta_backup={'virtual_sizes': 'x'}), 'field .xapi_delta_backup. must be an object with sha256'),
 ])

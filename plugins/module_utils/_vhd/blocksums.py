@@ -1,0 +1,410 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, xapi.delta_backup contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Block-level integrity: one checksum per data block of a VHD, kept in a sidecar next to it.
+
+Why a sidecar: a whole-file checksum must be recomputed from every byte after a merge changes a
+few blocks, so its cost follows the disk, not the change.  A checksum per block lets any reader
+check exactly what it reads, and lets a merge update only the entries of the blocks it writes.
+
+``<name>.vhd.blocksums`` (binary, big-endian) holds:
+
+* a 512-byte header: magic, format version, hash name, block size, entry count, the VHD's disk
+  type, unique id and parent unique id, the sha256 of the VHD's end footer, dynamic header and
+  BAT (the structures a merge rewrites), and the sha256 of the header itself;
+* one 32-byte entry per BAT entry: sha256 of the block as stored (sector bitmap, then data); all
+  zero bytes for an absent block; all ``0xFF`` bytes for a present block whose checksum is not
+  known (a merge into a file written by another tool).
+
+Xen Orchestra lists a VDI folder for ``.vhd`` files and merge states only, so it neither removes
+nor reads a file with this suffix (xen-orchestra ``@xen-orchestra/backup-archive`` RemoteDiskLineage
+``init``: ``isDisk``; orphan data files are removed only inside a VHD directory's data folders).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import struct
+from collections.abc import Iterable
+
+from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
+
+from .disk import VhdFile, pread_exact
+from .structures import (
+    BAT_UNUSED, DISK_FIXED, FOOTER_SIZE, HEADER_SIZE, SECTOR, Footer, Header, VhdError, bat_parse, bitmap_size,
+)
+
+SUFFIX = ".blocksums"
+MAGIC = b"XDBBSUM1"
+VERSION = 1
+HASH_NAME = "sha256"
+DIGEST_SIZE = 32
+HEADER_BYTES = 512
+ABSENT = bytes(DIGEST_SIZE)
+UNKNOWN = b"\xff" * DIGEST_SIZE
+#: Cap on the threads hashing a file (hashlib and pread release the GIL, so threads use every core).
+MAX_HASH_THREADS = 8
+#: Blocks read and hashed per task when a whole file is hashed (bounds memory: tasks x span).
+BLOCKS_PER_TASK = 4
+
+# magic, version, hash name, block size, entries, disk type, unique id, parent unique id,
+# footer / header / BAT digests, flags; then the sha256 of everything before it.
+_HEAD = struct.Struct(">8sI16sIII16s16s32s32s32sI")
+#: Flag: the file was merged by another tool and checked block by block against what we recorded.
+FLAG_FOREIGN_MERGE = 1
+
+
+def sidecar_name(vhd_name: str) -> str:
+    """The block checksum file of a VHD (a storage path or a file name)."""
+    return vhd_name + SUFFIX
+
+
+def is_sidecar_name(name: str) -> bool:
+    return name.endswith(".vhd" + SUFFIX)
+
+
+def block_digest(span) -> bytes:
+    """Checksum of one stored block: its sector bitmap followed by its data (a bytes-like object)."""
+    return hashlib.sha256(span).digest()
+
+
+def structure_digests(footer_raw: bytes, header_raw: bytes, bat_raw: bytes) -> tuple[bytes, bytes, bytes]:
+    return hashlib.sha256(footer_raw).digest(), hashlib.sha256(header_raw).digest(), hashlib.sha256(bat_raw).digest()
+
+
+class BlockSumsError(VhdError):
+    """A block checksum file that is missing, unreadable or not ours."""
+
+    error_code = 'invalid_block_checksums'
+
+
+@dataclasses.dataclass
+class BlockSums:
+    """The checksums of one VHD's blocks and structures (see the module docstring)."""
+
+    block_size: int
+    entries: int
+    disk_type: int
+    unique_id: bytes
+    parent_unique_id: bytes
+    footer_digest: bytes = ABSENT
+    header_digest: bytes = ABSENT
+    bat_digest: bytes = ABSENT
+    flags: int = 0
+    digests: bytearray = dataclasses.field(default_factory=bytearray)
+
+    def __post_init__(self):
+        if not self.digests:
+            self.digests = bytearray(self.entries * DIGEST_SIZE)
+        if len(self.digests) != self.entries * DIGEST_SIZE:
+            raise ValueError("%d digest bytes for %d entries" % (len(self.digests), self.entries))
+
+    # -- entries --------------------------------------------------------------------------------------------
+
+    def digest(self, index: int) -> bytes:
+        """The entry of block ``index``: a digest, :data:`ABSENT` or :data:`UNKNOWN`."""
+        if index >= self.entries:
+            return ABSENT
+        return bytes(self.digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE])
+
+    def set(self, index: int, digest: bytes) -> None:
+        self.digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = digest
+
+    def grow(self, entries: int) -> None:
+        """Room for ``entries`` blocks (a merge into a smaller parent); new entries are absent."""
+        if entries > self.entries:
+            self.digests.extend(bytes((entries - self.entries) * DIGEST_SIZE))
+            self.entries = entries
+
+    def present(self) -> list[int]:
+        """Indices of the blocks recorded as present (known or not)."""
+        view = memoryview(self.digests)
+        return [index for index in range(self.entries) if view[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] != ABSENT]
+
+    @staticmethod
+    def entry_offset(index: int) -> int:
+        """Where entry ``index`` lies in the file (entries are updated in place by a merge)."""
+        return HEADER_BYTES + index * DIGEST_SIZE
+
+    # -- serialisation -------------------------------------------------------------------------------------
+
+    def pack_header(self) -> bytes:
+        head = _HEAD.pack(MAGIC, VERSION, HASH_NAME.encode("ascii"), self.block_size, self.entries, self.disk_type,
+                          self.unique_id, self.parent_unique_id, self.footer_digest, self.header_digest, self.bat_digest, self.flags)
+        return (head + hashlib.sha256(head).digest()).ljust(HEADER_BYTES, b"\x00")
+
+    def pack(self) -> bytes:
+        return self.pack_header() + bytes(self.digests)
+
+    @classmethod
+    def parse(cls, raw: bytes, path: str) -> 'BlockSums':
+        if len(raw) < HEADER_BYTES:
+            raise BlockSumsError(path, "block checksums", "header", 0, "file of %d bytes is too short" % len(raw))
+        head = raw[:_HEAD.size]
+        (magic, version, hash_name, block_size, entries, disk_type, unique_id, parent_unique_id,
+         footer_digest, header_digest, bat_digest, flags) = _HEAD.unpack(head)
+        if magic != MAGIC:
+            raise BlockSumsError(path, "block checksums", "magic", 0, "not a block checksum file")
+        if hashlib.sha256(head).digest() != raw[_HEAD.size:_HEAD.size + DIGEST_SIZE]:
+            raise BlockSumsError(path, "block checksums", "header", 0, "header checksum mismatch (the file is damaged)")
+        if version != VERSION or hash_name.rstrip(b"\x00") != HASH_NAME.encode("ascii"):
+            raise BlockSumsError(path, "block checksums", "version", 8, "version %d / hash %r unsupported by this collection: upgrade it"
+                                 % (version, hash_name.rstrip(b"\x00")))
+        size = HEADER_BYTES + entries * DIGEST_SIZE
+        if len(raw) != size:
+            raise BlockSumsError(path, "block checksums", "entries", 36, "%d bytes, %d expected for %d entries (truncated or damaged)"
+                                 % (len(raw), size, entries))
+        return cls(block_size=block_size, entries=entries, disk_type=disk_type, unique_id=unique_id, parent_unique_id=parent_unique_id,
+                   footer_digest=footer_digest, header_digest=header_digest, bat_digest=bat_digest, flags=flags,
+                   digests=bytearray(raw[HEADER_BYTES:]))
+
+    @classmethod
+    def load(cls, storage: Storage, name: str) -> 'BlockSums':
+        """Read the checksum file ``name`` (the sidecar's own path) from ``storage``."""
+        try:
+            raw = storage.read_bytes(name)
+        except OSError as error:
+            raise BlockSumsError(storage.describe(name), "block checksums", "file", None, "cannot be read (%s)" % (error.strerror or error)) from None
+        return cls.parse(raw, storage.describe(name))
+
+    @classmethod
+    def load_for(cls, storage: Storage, vhd_name: str) -> 'BlockSums | None':
+        """The sidecar of the VHD ``vhd_name``, or ``None`` when it has none."""
+        name = sidecar_name(vhd_name)
+        if not storage.exists(name):
+            return None
+        return cls.load(storage, name)
+
+    def save(self, storage: Storage, name: str) -> None:
+        """Write atomically as ``name`` (the sidecar's own path), replacing any previous one."""
+        storage.write_bytes_atomically(name, self.pack(), overwrite=True)
+
+    # -- the structures ------------------------------------------------------------------------------------
+
+    def set_structures(self, footer_raw: bytes, header_raw: bytes, bat_raw: bytes) -> None:
+        self.footer_digest, self.header_digest, self.bat_digest = structure_digests(footer_raw, header_raw, bat_raw)
+
+    def describe_block(self, vhd_path: str, index: int) -> str:
+        return "%s: block %d (virtual offset %d)" % (vhd_path, index, index * self.block_size)
+
+
+def read_structures(vhd: VhdFile) -> tuple[bytes, bytes, bytes]:
+    """The raw end footer, dynamic header and BAT of a dynamic or differencing file (what the sidecar's digests cover)."""
+    footer = pread_exact(vhd.file, FOOTER_SIZE, vhd.footer_offset, vhd.path, "footer", "cookie")
+    header = pread_exact(vhd.file, HEADER_SIZE, vhd.footer.data_offset, vhd.path, "header", "cookie")
+    bat = pread_exact(vhd.file, vhd.header.max_table_entries * 4, vhd.header.table_offset, vhd.path, "BAT", "entries")
+    return footer, header, bat
+
+
+def new_sums_for(vhd: VhdFile) -> BlockSums:
+    """An empty sidecar for ``vhd``: identity and structures filled in, every block absent."""
+    sums = BlockSums(block_size=vhd.block_size, entries=vhd.header.max_table_entries, disk_type=vhd.disk_type,
+                     unique_id=vhd.unique_id, parent_unique_id=vhd.header.parent_unique_id)
+    sums.set_structures(*read_structures(vhd))
+    return sums
+
+
+# -- whole files: hash (record, migrate) and verify, on every core ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockProblem:
+    """One damaged or unrecorded block, named by file, block number and virtual offset."""
+
+    path: str
+    index: int
+    virtual_offset: int
+    problem: str
+
+    def __str__(self) -> str:
+        return "%s: block %d (virtual offset %d): %s" % (self.path, self.index, self.virtual_offset, self.problem)
+
+
+def hash_blocks(vhd: VhdFile, indices: Iterable[int], threads: int | None = None) -> dict:
+    """sha256 of the stored span (bitmap + data) of each present block in ``indices``: index to digest.
+
+    Reads and hashes on ``threads`` threads (every core by default): pread and hashlib release the GIL.
+    """
+    span = vhd.bitmap_size + vhd.block_size
+    bat = vhd.bat
+    indices = [index for index in indices if bat[index] != BAT_UNUSED]
+    tasks = [indices[start:start + BLOCKS_PER_TASK] for start in range(0, len(indices), BLOCKS_PER_TASK)]
+
+    def run(task):
+        return [(index, block_digest(pread_exact(vhd.file, span, bat[index] * SECTOR, vhd.path, "block[%d]" % index, "data")))
+                for index in task]
+
+    threads = threads or min(os.cpu_count() or 1, MAX_HASH_THREADS)
+    if threads <= 1 or len(tasks) <= 1:
+        return dict(pair for task in tasks for pair in run(task))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(pair for result in pool.map(run, tasks) for pair in result)
+
+
+def compute_sums(vhd: VhdFile, threads: int | None = None) -> BlockSums:
+    """The sidecar of an existing file, from reading all of it (migration, or recording another tool's file)."""
+    if vhd.is_fixed:
+        raise VhdError(vhd.path, "footer", "disk_type", vhd.footer_offset + 60, "a fixed disk has no blocks to checksum")
+    sums = new_sums_for(vhd)
+    for index, digest in hash_blocks(vhd, range(vhd.block_count), threads).items():
+        sums.set(index, digest)
+    return sums
+
+
+def structure_problems(vhd: VhdFile, sums: BlockSums) -> list[str]:
+    """Differences between a file's identity, footer, header and BAT and what its sidecar recorded."""
+    problems = []
+    if sums.unique_id != vhd.unique_id:
+        problems.append("%s: unique id %s, the block checksums are of %s (the file was replaced)"
+                        % (vhd.path, vhd.unique_id.hex(), sums.unique_id.hex()))
+        return problems
+    if sums.block_size != vhd.block_size or sums.entries < vhd.block_count:
+        problems.append("%s: block size %d and %d blocks, the block checksums have %d and %d" % (
+            vhd.path, vhd.block_size, vhd.block_count, sums.block_size, sums.entries))
+        return problems
+    footer, header, bat = structure_digests(*read_structures(vhd))
+    for name, actual, recorded in (("footer", footer, sums.footer_digest), ("dynamic header", header, sums.header_digest),
+                                   ("BAT", bat, sums.bat_digest)):
+        if actual != recorded:
+            problems.append("%s: its %s differs from the one recorded with its block checksums (changed or damaged)" % (vhd.path, name))
+    return problems
+
+
+def verify_blocks(vhd: VhdFile, sums: BlockSums, indices: Iterable[int] | None = None, threads: int | None = None) -> list[BlockProblem]:
+    """Hash every present block (or those of ``indices``) and compare with the sidecar; returns the problems."""
+    indices = range(vhd.block_count) if indices is None else indices
+    bat = vhd.bat
+    problems = []
+    wanted = []
+    for index in indices:
+        recorded = sums.digest(index)
+        present = bat[index] != BAT_UNUSED
+        if present and recorded == ABSENT:
+            problems.append(BlockProblem(vhd.path, index, index * vhd.block_size, "present in the file but recorded as absent"))
+        elif not present and recorded != ABSENT:
+            problems.append(BlockProblem(vhd.path, index, index * vhd.block_size, "recorded but absent from the file's BAT"))
+        elif present and recorded != UNKNOWN:
+            wanted.append(index)
+    for index, digest in sorted(hash_blocks(vhd, wanted, threads).items()):
+        if digest != sums.digest(index):
+            problems.append(BlockProblem(vhd.path, index, index * vhd.block_size,
+                                         "does not match its recorded checksum (the block is damaged)"))
+    return problems
+
+
+def check_read_block(vhd: VhdFile, sums: BlockSums, index: int, span) -> None:
+    """Raise :class:`VhdError` naming the block when a block just read (bitmap + data) is not what was recorded."""
+    recorded = sums.digest(index)
+    if recorded == UNKNOWN:
+        return
+    if recorded == ABSENT:
+        raise VhdError(vhd.path, "block[%d]" % index, "checksum", None,
+                       "block %d (virtual offset %d) is present but recorded as absent" % (index, index * vhd.block_size))
+    if block_digest(span) != recorded:
+        raise VhdError(vhd.path, "block[%d]" % index, "checksum", vhd.bat[index] * SECTOR,
+                       "block %d (virtual offset %d) does not match its recorded checksum (the block is damaged)"
+                       % (index, index * vhd.block_size))
+
+
+def attach(vhd: VhdFile, sums: BlockSums) -> VhdFile:
+    """Make every block read from ``vhd`` (restore, merge, copy) be checked against ``sums``; returns ``vhd``."""
+    vhd.verify_block = lambda index, span: check_read_block(vhd, sums, index, span)
+    return vhd
+
+
+# -- a VHD written as a stream: checksums computed as the bytes pass --------------------------------------------
+
+
+class StreamSums:
+    """Consumer of a dynamic or differencing VHD's bytes in file order (``update(chunk)``), producing its sidecar.
+
+    The export writes each file once; this sees the same bytes (on a write-behind thread) and
+    hashes each block span as it passes, so the checksums cost no extra read.  Bytes between
+    structures are ignored; blocks must not overlap (any VHD we accept does not).
+    """
+
+    def __init__(self, name: str = "<stream>"):
+        self.name = name
+        self.position = 0
+        self._head = bytearray()  # bytes kept until the footer, header and BAT are known
+        self._spans: list | None = None  # (offset, index), ascending
+        self._next = 0  # next span to fill
+        self._hash = None
+        self._tail = bytearray()  # the last FOOTER_SIZE bytes seen (the end footer, once finished)
+        self.sums: BlockSums | None = None
+        self._span_size = 0
+
+    def update(self, chunk) -> None:
+        view = memoryview(chunk).cast("B")
+        start = self.position
+        self.position += len(view)
+        self._tail = (self._tail + view[-FOOTER_SIZE:])[-FOOTER_SIZE:]
+        if self._spans is None:
+            self._head.extend(view)
+            if not self._parse_head():
+                return
+            view = memoryview(bytes(self._head))
+            start = 0
+            self._head = bytearray()
+        self._hash_spans(view, start)
+
+    def _parse_head(self) -> bool:
+        head = self._head
+        if len(head) < FOOTER_SIZE:
+            return False
+        footer = Footer.parse(bytes(head[:FOOTER_SIZE]), self.name, 0)
+        if footer.disk_type == DISK_FIXED:
+            raise VhdError(self.name, "footer", "disk_type", 60, "a fixed disk has no blocks to checksum")
+        if len(head) < footer.data_offset + HEADER_SIZE:
+            return False
+        header_raw = bytes(head[footer.data_offset:footer.data_offset + HEADER_SIZE])
+        header = Header.parse(header_raw, self.name, footer.data_offset)
+        bat_end = header.table_offset + header.max_table_entries * 4
+        if len(head) < bat_end:
+            return False
+        bat_raw = bytes(head[header.table_offset:bat_end])
+        bat = bat_parse(bat_raw, header.max_table_entries)
+        self.sums = BlockSums(block_size=header.block_size, entries=header.max_table_entries, disk_type=footer.disk_type,
+                              unique_id=footer.unique_id, parent_unique_id=header.parent_unique_id)
+        self._header_raw, self._bat_raw = header_raw, bat_raw
+        self._span_size = bitmap_size(header.block_size) + header.block_size
+        self._spans = sorted((entry * SECTOR, index) for index, entry in enumerate(bat) if entry != BAT_UNUSED)
+        return True
+
+    def _hash_spans(self, view: memoryview, start: int) -> None:
+        end = start + len(view)
+        spans = self._spans
+        while self._next < len(spans):
+            offset, index = spans[self._next]
+            if offset >= end:
+                return
+            span_end = offset + self._span_size
+            if span_end <= start:  # cannot happen for a stream in file order; keeps a bad one from looping
+                raise VhdError(self.name, "block[%d]" % index, "offset", offset, "block before the bytes already written")
+            if self._hash is None:
+                self._hash = hashlib.sha256()
+            lo = max(offset, start) - start
+            hi = min(span_end, end) - start
+            self._hash.update(view[lo:hi])
+            if span_end > end:
+                return
+            self.sums.set(index, self._hash.digest())
+            self._hash = None
+            self._next += 1
+
+    __call__ = update
+
+    def finish(self) -> BlockSums:
+        """The sidecar, once every byte was given; raises :class:`VhdError` if the stream ended early."""
+        if self.sums is None or self._next < len(self._spans) or len(self._tail) < FOOTER_SIZE:
+            raise VhdError(self.name, "block checksums", "length", self.position, "the VHD stream ended before its last block")
+        self.sums.set_structures(bytes(self._tail), self._header_raw, self._bat_raw)
+        return self.sums
+
+
+__all__ = ["SUFFIX", "ABSENT", "UNKNOWN", "FLAG_FOREIGN_MERGE", "BlockSums", "BlockSumsError", "BlockProblem", "StreamSums",
+           "sidecar_name", "is_sidecar_name", "block_digest", "read_structures", "new_sums_for", "hash_blocks", "compute_sums",
+           "structure_problems", "verify_blocks", "check_read_block", "attach"]
