@@ -42,6 +42,13 @@ rename (step ``rename``):
 The state file ``.<parent name>.merge.json`` (next to the files) is written atomically (temporary
 file, fsync, rename, directory fsync) at the start, at checkpoints and before the rename step;
 :func:`resume_merge` redoes the recorded step, which is idempotent, and so reaches the same result.
+
+Block checksums (``blocksums.py``): when every delta has a sidecar, the result's is computed before
+the first write (O(changed): whole delta blocks take the delta's entry, other touched blocks are
+hashed as they will be written), saved as ``.<parent name>.merge.blocksums`` before the state that
+names it, given the result's structure digests at the footer step, and renamed over the newest
+delta's sidecar at the rename step, where the retired files' sidecars are removed; see
+``docs/vhd-engine.md``.
 """
 
 from __future__ import annotations
