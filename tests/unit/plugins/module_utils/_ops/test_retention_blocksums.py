@@ -199,3 +199,26 @@ def test_a_migration_killed_between_sidecar_and_metadata_is_completed(tmp_path, 
     assert newest.relative_path not in report['migrated']  # its sidecar was there: only the metadata entry moved
     assert len(report['migrated']) == 3
     assert_points_restorable(builder, stamps[-1:])
+
+
+def test_cleanup_keeps_the_sidecar_of_an_unfinished_merge_and_removes_a_stray_one(tmp_path):
+    builder = _history(str(tmp_path / 'repo'))
+    stamps = sorted(builder.truth)
+    # Operations 1-3 save the result's sidecar (temporary write, rename, folder fsync), 4-5 the state naming it.
+    completed = _kill_then_finish(builder, 1, 5)
+    assert completed.returncode == -signal.SIGKILL
+    [state] = retention.unfinished_merges(builder.repo, VM)
+    folder = os.path.dirname(builder.repo.storage.describe(state))
+    full_name = os.path.basename(builder.repo.get_backup(VM, stamps[-1]).disks[0].path)  # metadata of older points went first
+    hidden = [name for name in os.listdir(folder) if name.endswith('.merge.blocksums')]
+    assert len(hidden) == 1
+    stray = os.path.join(folder, '.20250101T010000Z.vhd.merge.blocksums')  # no state names it: a crash before the state was saved
+    with open(stray, 'wb') as handle:
+        handle.write(b'left by a crash')
+    removed = builder.repo.cleanup_incomplete(VM)
+    assert stray in removed['temporary_files'] and not os.path.exists(stray)
+    assert os.path.exists(os.path.join(folder, hidden[0])), 'the unfinished merge still needs it'
+    assert full_name in os.listdir(folder)
+    retention.apply_retention(builder.repo, VM, JOB, 1)
+    assert not [name for name in os.listdir(folder) if name.startswith('.')]
+    assert_points_restorable(builder, stamps[-1:])
