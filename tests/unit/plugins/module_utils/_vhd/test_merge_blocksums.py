@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile, check_chain, merge_chain, resume_merge
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import (
     UNKNOWN, BlockSums, compute_sums, sidecar_name, structure_problems, verify_blocks,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import MergeState
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.test_vhd_merge import _crash_scenario, _run_child
-from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import ChainModel, read_disk
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.test_vhd_merge import _crash_scenario, _run_child, crash_writes
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import ChainModel, build_model, read_disk
 
 MIB = 1024 * 1024
 KIB = 1024
@@ -164,3 +166,28 @@ def test_merge_with_sidecars_killed_at_every_operation_then_resumed(tmp_path):
         _assert_sidecar_exact(model.paths[3])
         assert sorted(os.listdir(directory)) == sorted(
             [os.path.basename(p) for p in model.paths[2:]] + [os.path.basename(sidecar_name(p)) for p in model.paths[2:]]), kill_after
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=crash_writes, deltas=st.lists(st.tuples(crash_writes, st.integers(0, 6000), st.booleans()), min_size=1, max_size=3),
+       fraction=st.floats(0, 1), data=st.data())
+def test_random_chains_with_sidecars_killed_at_a_random_operation(base, deltas, fraction, data):
+    """Random partial and whole blocks, growth, garbage-free fulls: after a kill and the resume, the sidecar is exact."""
+    scenario = (64 * KIB, 3 * MIB + 512 * 5, base, deltas)
+    with tempfile.TemporaryDirectory() as directory:
+        probe = _with_sidecars(build_model(os.path.join(directory, "probe"), scenario))
+        newest = data.draw(st.integers(1, len(probe.paths) - 1), label="newest merged")
+        operations = []
+        merge_chain(probe.paths[0], probe.paths[1:newest + 1], hook=lambda what, count: operations.append(what))
+        _assert_sidecar_exact(probe.paths[newest])
+        twin = _with_sidecars(build_model(os.path.join(directory, "kill"), scenario))
+        child = _run_child([twin.paths[0]] + twin.paths[1:newest + 1], kill_after=max(1, int(fraction * len(operations))))
+        child.communicate(timeout=60)
+        states = [name for name in os.listdir(twin.directory) if name.endswith(".merge.json")]
+        if states:
+            resume_merge(os.path.join(twin.directory, states[0]))
+        elif os.path.exists(twin.paths[0]):
+            merge_chain(twin.paths[0], twin.paths[1:newest + 1])
+        for point in range(newest, len(twin.paths)):
+            assert read_disk(twin.paths[point]) == twin.points[point]
+            _assert_sidecar_exact(twin.paths[point])
