@@ -222,3 +222,23 @@ def test_cleanup_keeps_the_sidecar_of_an_unfinished_merge_and_removes_a_stray_on
     retention.apply_retention(builder.repo, VM, JOB, 1)
     assert not [name for name in os.listdir(folder) if name.startswith('.')]
     assert_points_restorable(builder, stamps[-1:])
+
+
+def test_a_file_merged_by_another_tool_is_reconciled_without_being_called_damaged(tmp_path):
+    """Xen Orchestra merges in place too, but leaves the delta's sidecar: the flag and size are fixed, the entry kept."""
+    builder = _history(str(tmp_path / 'repo'), points=2)
+    stamps = sorted(builder.truth)
+    full, delta = (builder.repo.get_backup(VM, s).disks[0] for s in stamps)
+    with open(sidecar_name(delta.path), 'rb') as handle:
+        delta_sidecar = handle.read()
+    merge.merge_chain(full.path, [delta.path])
+    with open(sidecar_name(delta.path), 'wb') as handle:  # as another tool leaves it: the delta's
+        handle.write(delta_sidecar)
+    builder.repo.remove_metadata(VM, stamps[0])
+    point = builder.repo.get_backup(VM, stamps[1])
+    assert retention.reconcile_merged_points(builder.repo, [point]) == [delta.relative_path]
+    point = builder.repo.get_backup(VM, stamps[1])
+    assert point.metadata['isVhdDifferencing'] == {point.disks[0].vdi_ref: False}
+    assert _own(point)['block_checksums'] == {delta.relative_path: 'sha256'}
+    with open(sidecar_name(delta.path), 'rb') as handle:
+        assert handle.read() == delta_sidecar  # left for the integrity check to judge block by block
