@@ -242,3 +242,15 @@ def test_a_file_merged_by_another_tool_is_reconciled_without_being_called_damage
     assert _own(point)['block_checksums'] == {delta.relative_path: 'sha256'}
     with open(sidecar_name(delta.path), 'rb') as handle:
         assert handle.read() == delta_sidecar  # left for the integrity check to judge block by block
+
+
+def test_check_mode_on_a_legacy_repository_checks_and_writes_nothing(tmp_path):
+    builder = _history(str(tmp_path / 'repo'), legacy=True)
+    before = sorted((folder, sorted(files)) for folder, _dirs, files in os.walk(builder.repo.root))
+    report = retention.apply_retention(builder.repo, VM, JOB, 1, check_mode=True)
+    assert report['changed'] is True and report['migrated'] == [] and len(report['merged']) == 1
+    assert sorted((folder, sorted(files)) for folder, _dirs, files in os.walk(builder.repo.root)) == before
+    victim = builder.repo.get_backup(VM, sorted(builder.truth)[0]).disks[0].path
+    _flip(victim, os.path.getsize(victim) - 512 - 1000)
+    with pytest.raises(integrity.IntegrityError, match='sha256'):
+        retention.apply_retention(builder.repo, VM, JOB, 1, check_mode=True)
