@@ -15,10 +15,17 @@ description:
   - Older points are retired the continuous way, as Xen Orchestra does. Their metadata is removed first. Then the full and the
     deltas up to the oldest kept point are merged into one file, which takes over the identity and the file name of the newest merged
     delta. No new full is ever exported for retention.
-  - The metadata of the oldest kept point is updated. Its sha256 checksums and its C(size) are recomputed, and C(isVhdDifferencing) becomes
-    false for the new full.
-  - Every chain is checked before it is merged, both its structure and the sha256 recorded for each file. A chain that fails is refused
-    before anything changes, and the error names the bad file.
+  - The metadata of the oldest kept point is updated. The merged file's block checksums are recorded, its C(size) is recomputed, and
+    C(isVhdDifferencing) becomes false for the new full.
+  - The cost follows what changed, not the disk size. Before merging, every file of the chain is checked for its structure and for the
+    identity, footer, header and BAT recorded in its block checksum file (a few KiB per file), and every block of the deltas is read and
+    checked against its checksum. The full's data is not read. A chain that fails is refused before anything changes, and the error names
+    the file, and for a damaged block its number and virtual offset.
+  - The merge keeps the merged file's block checksum file (C(<name>.vhd.blocksums)) true, crash-safely. Entries of the blocks the deltas
+    provide are updated, the others are kept.
+  - Files written before block checksums (a sha256 per whole file in the metadata) are migrated when a merge first touches their chain.
+    Each such file is read once, its sha256 checked and its block checksums written in the same pass, so that one merge reads the chain
+    once. A file whose sha256 does not match is refused, named. See RV(vms[].migrated).
   - The merge is crash-safe. If it is killed at any instant, every point the run was keeping stays restorable. A merge that a crash left
     unfinished is detected and finished before anything else, even when nothing is left to retire.
   - Takes the repository lock of each VM while it works on it.
@@ -154,6 +161,14 @@ vms:
       type: list
       elements: str
       sample: []
+    migrated:
+      description:
+        - VHDs written before block checksums (with a whole-file sha256) that this run read once, checked and gave their block checksum
+          file, relative to the VM folder. Later merges of these files read only what changed.
+        - Empty once a repository is migrated, and always in check mode.
+      type: list
+      elements: str
+      sample: ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261123T020000Z.vhd"]
     bytes_merged:
       description: Total of RV(vms[].merged[].bytes) for this VM.
       type: int

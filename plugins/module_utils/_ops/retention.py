@@ -10,14 +10,18 @@ with seed copy and restore are in ``_repo.integrity``).
 Order of a retention run for one VM (under the VM's repository lock)::
 
   1. finish every merge a crash left behind (engine state files), then reconcile the metadata of
-     the point whose VHD it produced (sha256, isVhdDifferencing, size);
+     the point whose VHD it produced (block checksums, isVhdDifferencing, size);
   2. plan: kept = newest ``keep`` points of the job; per disk folder, the chain of the oldest kept
      point referencing it is merged into its full (full + deltas up to that point's own VHD);
-  3. check every chain to be merged (structure and sha256): refuse before changing anything;
-  4. copy into the oldest kept point's metadata the sha256 of every older file of its chains, so
-     that checksums survive the removal of the points that recorded them;
-  5. remove the metadata of the retired points (newest first, as XO), then VHDs no kept chain needs;
-  6. merge (crash-safe engine), then record the merged file's sha256, size and isVhdDifferencing false.
+  3. migrate: files of those chains written before block checksums (a whole-file sha256, no
+     sidecar) are read once, checked and given their sidecar (``_repo/migrate.py``);
+  4. check every chain to be merged in O(changed): structure and sidecar identity/structure digests
+     of every file, every block of the deltas (the full's data is not read): refuse before changing anything;
+  5. copy into the oldest kept point's metadata the checksum entries of every older file of its
+     chains, so that they survive the removal of the points that recorded them;
+  6. remove the metadata of the retired points (newest first, as XO), then VHDs no kept chain needs;
+  7. merge (crash-safe engine, which keeps the sidecar true), then record the merged file's block
+     checksums, size and isVhdDifferencing false.
 
 A kill at any instant leaves every kept point readable: steps 4 and 5 only drop what kept chains do
 not read, the engine keeps the chain valid during the merge, and step 1 of the next run completes
@@ -33,15 +37,17 @@ import time
 from dataclasses import dataclass, field
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
-    IntegrityError, chain_structure_problems, recorded_checksums, sha256_file, verify_chain,
+    IntegrityError, chain_structure_problems, check_chain_integrity, recorded_block_checksums, recorded_checksums,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.migrate import migrate_chain
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder, validate_uuid, vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
-    VhdChain, VhdError, VhdFile, check_file, merge_chain, resume_merge,
+    DISK_DIFFERENCING, VhdChain, VhdError, VhdFile, check_file, merge_chain, resume_merge,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, BlockSumsError, structure_problems
 
 
 class UnfinishedMergeError(RepositoryError):
@@ -86,6 +92,7 @@ def _own_section(metadata: dict) -> dict:
     if not isinstance(section, dict):
         section = metadata[OWN_FIELD] = {}
     section.setdefault('sha256', {})
+    section.setdefault('block_checksums', {})
     section.setdefault('virtual_sizes', {})
     return section
 
@@ -95,8 +102,10 @@ def reconcile_merged_points(repo, points: list) -> list:
 
     A disk the metadata calls differencing whose file is now dynamic and structurally sound was
     produced by our merge (the engine writes the full's footer with the delta's identity and renames
-    it over the delta): its sha256, size and flag are recorded now. Checksum entries of files that
-    no longer exist are dropped.
+    it over the delta): its block checksums (the sidecar the engine left, checked against the file's
+    identity, footer, header and BAT: a few KiB, the blocks are not read), size and flag are
+    recorded now.  A merged file without a sidecar (a delta written by another tool was merged)
+    has no checksum recorded.  Checksum entries of files that no longer exist are dropped.
     """
     fixed = []
     for point in points:
@@ -112,17 +121,36 @@ def reconcile_merged_points(repo, points: list) -> list:
                         continue
             except (VhdError, OSError):
                 continue
-            problems = check_file(disk.storage_path, storage=repo.storage)
+            what = 'backup %s of VM %s' % (point.timestamp, point.vm_uuid)
+            problems = [str(p) for p in check_file(disk.storage_path, storage=repo.storage)]
             if problems:
-                raise IntegrityError('backup %s of VM %s' % (point.timestamp, point.vm_uuid), [str(p) for p in problems])
-            section['sha256'][disk.relative_path] = sha256_file(repo.storage, disk.storage_path)
+                raise IntegrityError(what, problems)
+            section['sha256'].pop(disk.relative_path, None)
+            try:
+                sums = BlockSums.load_for(repo.storage, disk.storage_path)
+            except BlockSumsError as error:
+                raise IntegrityError(what, [str(error)]) from error
+            if sums is not None and sums.disk_type == DISK_DIFFERENCING:
+                # Our merge leaves a sidecar of the dynamic result; one still describing the delta means another
+                # tool (Xen Orchestra's merge) made this file: its entry is kept for the integrity check, which
+                # checks such a file block by block as a foreign merge, not as damage.
+                pass
+            elif sums is not None:
+                with VhdFile.open_in(repo.storage, disk.storage_path) as vhd:
+                    problems = structure_problems(vhd, sums)
+                if problems:
+                    raise IntegrityError(what, problems)
+                section['block_checksums'][disk.relative_path] = 'sha256'
+            else:
+                section['block_checksums'].pop(disk.relative_path, None)
             metadata['isVhdDifferencing'][disk.vdi_ref] = False
             fixed.append(disk.relative_path)
             changed = True
-        for relative in list(section['sha256']):
-            if not repo.is_file(posixpath.join(vm_folder(point.vm_uuid), relative)):
-                del section['sha256'][relative]
-                changed = True
+        for key in ('sha256', 'block_checksums'):
+            for relative in list(section[key]):
+                if not repo.is_file(posixpath.join(vm_folder(point.vm_uuid), relative)):
+                    del section[key][relative]
+                    changed = True
         if changed:
             metadata['size'] = _point_size(repo, point)
             repo.rewrite_metadata(point, metadata)
@@ -279,18 +307,25 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
             return dict(_retention_report(vm_uuid, None, resumed, []), changed=True, duration=round(time.monotonic() - started, 3))
         reconciled = [] if check_mode else finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
         plan = plan_retention(repo, vm_uuid, job_id, keep)
+        migrated = []
         if check_mode:
-            _verify_merges(repo, plan, recorded_checksums(plan.points))
+            _verify_merges(repo, plan)
             timings = {}
         else:
-            timings = _execute(repo, plan)
-    return dict(_retention_report(vm_uuid, plan, resumed, reconciled), **timings, duration=round(time.monotonic() - started, 3))
+            began = time.monotonic()
+            migrated = _migrate(repo, plan)
+            timings = {'migrate_seconds': round(time.monotonic() - began, 3)}
+            timings.update(_execute(repo, plan))
+    report = _retention_report(vm_uuid, plan, resumed, reconciled)
+    report['migrated'] = migrated
+    report['changed'] = report['changed'] or bool(migrated)
+    return dict(report, **timings, duration=round(time.monotonic() - started, 3))
 
 
 def _retention_report(vm_uuid: str, plan: RetentionPlan | None, resumed: list, reconciled: list) -> dict:
     """The per-VM report, from the plan (None: not planned, an unfinished merge came first)."""
     report = {'vm_uuid': vm_uuid, 'resumed_merges': resumed, 'reconciled': reconciled, 'kept_points': [], 'removed_points': [],
-              'merged': [], 'removed_files': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
+              'merged': [], 'removed_files': [], 'migrated': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
     if plan is not None:
         report.update(kept_points=[point.timestamp for point in plan.kept], removed_points=[point.timestamp for point in plan.removed],
                       merged=[merge.as_result(plan.vm_uuid) for merge in plan.merges], bytes_merged=sum(merge.bytes for merge in plan.merges),
@@ -299,18 +334,26 @@ def _retention_report(vm_uuid: str, plan: RetentionPlan | None, resumed: list, r
     return report
 
 
-def _verify_merges(repo, plan: RetentionPlan, checksums: dict) -> None:
+def _migrate(repo, plan: RetentionPlan) -> list:
+    """3. files of the chains to merge that have only a legacy whole-file sha256 get their sidecar (read once)."""
+    migrated = []
     for merge in plan.merges:
-        verify_chain(repo, plan.vm_uuid, merge.chain, checksums, merge.refusal)
+        migrated.extend(migrate_chain(repo, plan.vm_uuid, merge.chain, plan.points, merge.refusal))
+    return migrated
+
+
+def _verify_merges(repo, plan: RetentionPlan) -> None:
+    """4. every file's structure and sidecar structures, and every block of the deltas: O(changed), the full's data unread."""
+    for merge in plan.merges:
+        check_chain_integrity(repo, plan.vm_uuid, merge.chain, plan.points, merge.refusal, read_blocks=set(merge.deltas))
 
 
 def _execute(repo, plan: RetentionPlan) -> dict:
-    """Steps 3 to 6 of the module docstring; sets each merge's ``seconds`` and returns the phases' timings."""
-    checksums = recorded_checksums(plan.points)
+    """Steps 4 to 7 of the module docstring; sets each merge's ``seconds`` and returns the phases' timings."""
     began = time.monotonic()
-    _verify_merges(repo, plan, checksums)
+    _verify_merges(repo, plan)
     timings = {'verify_seconds': round(time.monotonic() - began, 3)}
-    _carry_checksums(repo, plan, checksums)
+    _carry_checksums(repo, plan)
     _retire(repo, plan)
     timings['merge_seconds'] = 0.0
     for merge in plan.merges:
@@ -326,8 +369,10 @@ def _execute(repo, plan: RetentionPlan) -> dict:
     return timings
 
 
-def _carry_checksums(repo, plan: RetentionPlan, checksums: dict) -> None:
-    """4. the oldest kept point inherits the checksums of the older files of its chains."""
+def _carry_checksums(repo, plan: RetentionPlan) -> None:
+    """5. the oldest kept point inherits the checksum entries (block checksums, legacy sha256) of the older files of its chains."""
+    legacy = recorded_checksums(plan.points)
+    with_blocks = recorded_block_checksums(plan.points)
     for point in {id(merge.point): merge.point for merge in plan.merges}.values():
         metadata = copy.deepcopy(point.metadata)
         section = _own_section(metadata)
@@ -335,8 +380,10 @@ def _carry_checksums(repo, plan: RetentionPlan, checksums: dict) -> None:
             if merge.point is point:
                 for path in merge.chain:
                     relative = relative_to_vm_folder(plan.vm_uuid, path)
-                    if relative in checksums:
-                        section['sha256'][relative] = checksums[relative]
+                    if relative in with_blocks:
+                        section['block_checksums'][relative] = 'sha256'
+                    elif relative in legacy:
+                        section['sha256'][relative] = legacy[relative]
         if metadata != point.metadata:
             repo.rewrite_metadata(point, metadata)
 

@@ -383,11 +383,12 @@ class BackupRepository:
 
 
 def _merge_state_file_names(state) -> set[str]:
-    """File names a merge state refers to: XO's ``chain`` list, or the VHD engine's ``parent`` and ``children``."""
+    """File names a merge state refers to: XO's ``chain`` list, or the VHD engine's ``parent``, ``children`` and
+    ``sums`` (the merged file's block checksums, hidden while the merge runs)."""
     names = set()
     if not isinstance(state, dict):
         return names
-    entries = [state.get('parent')]
+    entries = [state.get('parent'), state.get('sums')]
     for key in ('chain', 'children'):
         if isinstance(state.get(key), list):
             entries.extend(state[key])

@@ -42,6 +42,13 @@ rename (step ``rename``):
 The state file ``.<parent name>.merge.json`` (next to the files) is written atomically (temporary
 file, fsync, rename, directory fsync) at the start, at checkpoints and before the rename step;
 :func:`resume_merge` redoes the recorded step, which is idempotent, and so reaches the same result.
+
+Block checksums (``blocksums.py``): when every delta has a sidecar, the result's is computed before
+the first write (O(changed): whole delta blocks take the delta's entry, other touched blocks are
+hashed as they will be written), saved as ``.<parent name>.merge.blocksums`` before the state that
+names it, given the result's structure digests at the footer step, and renamed over the newest
+delta's sidecar at the rename step, where the retired files' sidecars are removed; see
+``docs/vhd-engine.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from __future__ import annotations
 import array
 import bisect
 import dataclasses
+import hashlib
 import json
 import os
 import posixpath
@@ -58,6 +66,9 @@ from collections.abc import Callable, Sequence
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import RandomAccessFile, Storage, split_local_path
 
+from .blocksums import (
+    ABSENT, DIGEST_SIZE, UNKNOWN, BlockSums, attach, check_read_block, compute_sums, read_structures, sidecar_name,
+)
 from .disk import VhdChain, VhdFile, pread_exact
 from .structures import (
     BAT_UNUSED, FOOTER_SIZE, HEADER_SIZE, MAX_BAT_ENTRIES, SECTOR, Footer, ParentLocator, VhdError,
@@ -87,11 +98,19 @@ class MergeState:
     next_block: int = 0
     merged_bytes: int = 0
     version: int = 1
+    #: Name (in the files' folder) of the result's block checksums, written before the first block
+    #: (``.<parent name>.merge.blocksums``); ``None`` when a delta has none, so the result has none.
+    sums: str | None = None
 
     @staticmethod
     def path_for(directory: str, parent_name: str) -> str:
         """State file path for a merge into ``parent_name`` (``directory``: a local folder or a folder in a storage)."""
         return posixpath.join(directory, ".%s.merge.json" % parent_name)
+
+    @staticmethod
+    def sums_name_for(parent_name: str) -> str:
+        """File name of the result's block checksums while the merge runs (hidden: never taken for a sidecar)."""
+        return ".%s.merge.blocksums" % parent_name
 
     @classmethod
     def load(cls, path, storage: Storage | None = None) -> 'MergeState':
@@ -167,6 +186,15 @@ class _Io:
         self.replace(temporary, name)
         self.fsync_dir(directory)
 
+    def save_sums(self, name: str, sums: BlockSums) -> None:
+        """Write block checksums atomically as ``name`` (fixed temporary name, fsynced, renamed, folder fsynced)."""
+        temporary = name + ".tmp"
+        self.storage.remove_if_present(temporary)
+        self.storage.create_exclusive(temporary, sums.pack())  # fsyncs the data
+        self.tick("write")
+        self.replace(temporary, name)
+        self.fsync_dir(posixpath.dirname(name))
+
 
 def merge_chain(parent_path, child_paths: Sequence, hook: Hook | None = None, progress: Progress | None = None,
                 storage: Storage | None = None) -> str:
@@ -212,7 +240,13 @@ def _merge(storage: Storage, parent_name: str, child_names: list, hook: Hook | N
                 raise VhdError(child.path, "footer", "disk_type", child.footer_offset + 60, "only differencing disks can be merged")
         state = MergeState(parent=posixpath.basename(parent_name), children=[posixpath.basename(name) for name in child_names],
                            target_id=chain.newest.unique_id.hex(), old_size=parent.size)
+        sums = _result_sums(storage, parent_name, child_names, chain)
     io = _Io(storage, hook)
+    if sums is not None:
+        # Saved before the state that names it: a crash between leaves only a hidden stray file,
+        # which the next merge overwrites (or a repository clean-up removes).
+        state.sums = MergeState.sums_name_for(state.parent)
+        io.save_sums(posixpath.join(directory, state.sums), sums)
     io.save_state(directory, state)
     return _run(storage, directory, state, io, progress)
 
@@ -236,6 +270,8 @@ def _resume(storage: Storage, state_name: str, hook: Hook | None, progress: Prog
     io = _Io(storage, hook)
     if not storage.exists(posixpath.join(directory, state.parent)) and state.step != "rename":
         io.unlink(state_name)
+        if state.sums:
+            io.unlink(posixpath.join(directory, state.sums))
         return None
     return _run(storage, directory, state, io, progress)
 
@@ -246,6 +282,7 @@ def _run(storage: Storage, directory: str, state: MergeState, io: _Io, progress:
     if state.step in ("prepare", "blocks"):
         with VhdChain.from_paths(list(reversed(child_names)), allow_missing_parent=True, storage=storage) as children, \
                 _Parent(storage, parent_name, io) as parent:
+            _attach_children_sums(storage, children, child_names)
             if state.step == "prepare":
                 _prepare(parent, children, state.old_size)
                 if children.size != state.old_size:
@@ -259,6 +296,8 @@ def _run(storage: Storage, directory: str, state: MergeState, io: _Io, progress:
     if state.step == "footer":
         with VhdFile.open_in(storage, child_names[-1]) as target, _Parent(storage, parent_name, io) as parent:
             _write_footer(parent, target.footer)
+        if state.sums:
+            _finish_sums(storage, io, parent_name, posixpath.join(directory, state.sums))
         state.step = "rename"
         io.save_state(directory, state)
     result = child_names[-1]
@@ -267,12 +306,146 @@ def _run(storage: Storage, directory: str, state: MergeState, io: _Io, progress:
         io.fsync_dir(directory)
     elif not storage.exists(result):
         raise VhdError(storage.describe(result), "merge state", "step", None, "merged file missing: refusing to delete the merged deltas")
+    # The result's checksums replace the newest delta's (each sub-step idempotent on resume); the
+    # parent's and the older deltas' go with their files.
+    if state.sums:
+        if storage.exists(posixpath.join(directory, state.sums)):
+            io.replace(posixpath.join(directory, state.sums), sidecar_name(result))
+            io.fsync_dir(directory)
+    else:
+        io.unlink(sidecar_name(result))  # describes the delta, not the merged file
+    io.unlink(sidecar_name(parent_name))
     for name in child_names[:-1]:
         io.unlink(name)
+        io.unlink(sidecar_name(name))
     io.fsync_dir(directory)
     io.unlink(MergeState.path_for(directory, state.parent))
     io.fsync_dir(directory)
     return result
+
+
+# -- block checksums of the result ---------------------------------------------------------------------------
+
+
+def _attach_children_sums(storage: Storage, children: VhdChain, child_names: list) -> list:
+    """Check every delta block the merge reads through Python against the delta's sidecar; returns the sidecars
+    (newest first, ``None`` for a delta without one).  Whole blocks copied in the kernel are not read here:
+    the caller verifies the deltas' blocks before merging (retention does, in O(changed))."""
+    sums = []
+    for member, name in zip(children.members, reversed(child_names), strict=True):
+        member_sums = BlockSums.load_for(storage, name)
+        if member_sums is not None:
+            attach(member, member_sums)
+        sums.append(member_sums)
+    return sums
+
+
+def _result_sums(storage: Storage, parent_name: str, child_names: list, chain: VhdChain) -> BlockSums | None:
+    """The block checksums the merged file will have, computed before any byte of the parent changes.
+
+    Entries are per BAT index, so blocks moved by BAT growth keep theirs.  A block one delta
+    provides whole takes that delta's entry (its stored span is the one the merge writes); any other
+    block the deltas touch is hashed as the merge will write it, from the parent's block (checked
+    against the parent's entry on the way) and the deltas' sectors.  Cost: the deltas' blocks, never
+    the parent's untouched ones.  Without a sidecar for some delta, the result gets none (``None``);
+    a parent without one (written by another tool) gives ``UNKNOWN`` for its blocks the merge keeps.
+    """
+    parent = chain.members[-1]
+    children = VhdChain(chain.members[:-1], allow_missing_parent=True)
+    member_sums = _attach_children_sums(storage, children, child_names)
+    if any(sums is None for sums in member_sums):
+        return None
+    parent_sums = BlockSums.load_for(storage, parent_name)
+    if parent_sums is not None and (parent_sums.unique_id != parent.unique_id or parent_sums.block_size != parent.block_size):
+        raise VhdError(parent.path, "block checksums", "unique_id", None,
+                       "its block checksums are of another file (unique id %s): refusing to merge" % parent_sums.unique_id.hex())
+    block_size = parent.block_size
+    spb = block_size // SECTOR
+    full = (1 << spb) - 1
+    bitmap_bytes = bitmap_size(block_size)
+    full_bitmap = b"\xff" * bitmap_bytes
+    old_blocks = (parent.size + block_size - 1) // block_size
+    entries = max(parent.header.max_table_entries, (children.size + block_size - 1) // block_size)
+    result = BlockSums(block_size=block_size, entries=entries, disk_type=parent.disk_type, unique_id=chain.newest.unique_id,
+                       parent_unique_id=parent.header.parent_unique_id)
+    bat = parent.bat
+    present = [index for index in range(min(len(bat), old_blocks)) if bat[index] != BAT_UNUSED]
+    if parent_sums is not None:
+        kept = min(parent_sums.entries, old_blocks)
+        result.digests[:kept * DIGEST_SIZE] = parent_sums.digests[:kept * DIGEST_SIZE]
+    else:
+        for index in present:
+            result.set(index, UNKNOWN)
+    # Entries past the old end are dropped by the prepare step (their bytes were never visible).
+
+    def parent_span(index: int) -> bytearray | None:
+        """The parent's stored block as the prepare step leaves it, checked against its entry; None when unknown."""
+        recorded = result.digest(index)
+        if recorded == UNKNOWN:
+            return None
+        span = bytearray(pread_exact(parent.file, bitmap_bytes + block_size, bat[index] * SECTOR, parent.path, "block[%d]" % index, "data"))
+        check_read_block(parent, parent_sums, index, span)
+        if index == old_blocks - 1 and parent.size % block_size and children.size > parent.size:
+            first = (parent.size - index * block_size) // SECTOR
+            mask = bitmap_to_mask(bytes(span[:bitmap_bytes]), spb) & ((1 << first) - 1)
+            span[:bitmap_bytes] = mask_to_bitmap(mask, bitmap_bytes)
+            span[bitmap_bytes + first * SECTOR:] = bytes(block_size - first * SECTOR)
+        return span
+
+    parent_present = set(present)
+    touched = set()
+    for index in children.allocated_blocks():
+        source = children.block_source(index)
+        if source is not None:
+            layer = source[0]
+            touched.add(index)
+            recorded = member_sums[children.members.index(layer)].digest(index)
+            if recorded not in (ABSENT, UNKNOWN) and layer.read_bitmap(index) == full_bitmap:
+                result.set(index, recorded)  # the delta's stored span is byte for byte what the merge writes
+            else:
+                raw = layer.read_block_raw(index)  # checked against the delta's entry (attached)
+                result.set(index, hashlib.sha256(full_bitmap + bytes(raw[1])).digest())
+            continue
+        data, mask = children.read_block_masked(index)
+        if not mask:
+            continue
+        touched.add(index)
+        if mask == full:
+            result.set(index, hashlib.sha256(full_bitmap + bytes(data)).digest())
+        elif index in parent_present:
+            span = parent_span(index)
+            if span is None:
+                continue  # kept UNKNOWN: part of the block is the parent's, never checked
+            merged = bitmap_to_mask(bytes(span[:bitmap_bytes]), spb) | mask
+            span[:bitmap_bytes] = mask_to_bitmap(merged, bitmap_bytes)
+            view = memoryview(data)
+            for first, count in mask_runs(mask):
+                span[bitmap_bytes + first * SECTOR:bitmap_bytes + (first + count) * SECTOR] = view[first * SECTOR:(first + count) * SECTOR]
+            result.set(index, hashlib.sha256(span).digest())
+        else:
+            result.set(index, hashlib.sha256(mask_to_bitmap(mask, bitmap_bytes) + bytes(data)).digest())
+    last = old_blocks - 1
+    if last in parent_present and last not in touched and parent.size % block_size and children.size > parent.size:
+        span = parent_span(last)  # the prepare step clears its tail past the old end
+        if span is not None:
+            result.set(last, hashlib.sha256(span).digest())
+    return result
+
+
+def _finish_sums(storage: Storage, io: _Io, parent_name: str, sums_name: str) -> None:
+    """Footer step: the result's structure digests and identity, read from the final file (a few KiB), saved atomically."""
+    with VhdFile.open_in(storage, parent_name) as merged:
+        if storage.exists(sums_name):
+            sums = BlockSums.load(storage, sums_name)
+            sums.grow(merged.header.max_table_entries)
+            sums.set_structures(*read_structures(merged))
+        else:
+            # Removed by hand while the merge ran: rebuild from the result (reads it whole, once).
+            sums = compute_sums(merged)
+        sums.unique_id = merged.unique_id
+        sums.parent_unique_id = merged.header.parent_unique_id
+        sums.disk_type = merged.disk_type
+    io.save_sums(sums_name, sums)
 
 
 class _Parent:

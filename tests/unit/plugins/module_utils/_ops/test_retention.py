@@ -54,7 +54,8 @@ def test_retention_merges_into_the_full_and_keeps_points_exact(history):
     assert not any(oldest.metadata['isVhdDifferencing'].values())
     assert oldest.metadata['size'] == sum(os.path.getsize(d.path) for d in oldest.disks)
     for folder in map(history.repo.local_path, history.repo.disk_folders(VM, JOB)):
-        assert sorted(os.listdir(folder)) == ['%s.vhd' % s for s in stamps[3:]]
+        # Each kept file keeps its block checksums (the merged one's rewritten by the merge); the retired files' went with them.
+        assert sorted(os.listdir(folder)) == sorted(['%s.vhd' % s for s in stamps[3:]] + ['%s.vhd.blocksums' % s for s in stamps[3:]])
     assert_points_restorable(history, stamps[3:])
     again = retention.apply_retention(history.repo, VM, JOB, 3)
     assert again['changed'] is False
@@ -74,7 +75,9 @@ def test_corrupted_or_truncated_file_is_refused_naming_it(history):
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(integrity.IntegrityError) as caught:
         retention.apply_retention(history.repo, VM, JOB, 2)
-    assert victim in str(caught.value) and 'sha256' in str(caught.value)
+    # The delta's blocks are all read before merging: the damaged one is named by file, block number and virtual offset.
+    assert '%s: block ' % victim in str(caught.value) and 'virtual offset' in str(caught.value)
+    assert 'does not match its recorded checksum' in str(caught.value)
     assert len(history.repo.list_backups(VM)) == 6
     with open(victim, 'r+b') as handle:
         handle.truncate(os.path.getsize(victim) - 4096)
