@@ -44,64 +44,78 @@ def xo_merge(tmp_path_factory):
     return str(build / 'merge.mjs')
 
 
-def xo_merge_oldest_point(builder: RepoBuilder, script: str) -> tuple[str, str]:
-    """What XO's retention does when the oldest point goes: merge the full into the next delta; returns (gone, merged) names."""
+def xo_merge_points(builder: RepoBuilder, script: str, merged: list) -> list:
+    """What XO's retention does when the points ``merged[:-1]`` (consecutive indices) go: merge their files into the next one's.
+
+    Returns the names merged, oldest first (the last is the name the merged file keeps).
+    """
     repo = builder.repo
-    oldest, following = repo.list_backups(VM)[:2]
-    disk = oldest.disks[0]
-    folder = os.path.dirname(disk.storage_path)
-    local = repo.local_path(folder)
-    parent, child = os.path.basename(disk.storage_path), os.path.basename(following.disks[0].storage_path)
-    merged = subprocess.run(['node', script, local, parent, child], capture_output=True, text=True, timeout=300)
-    assert merged.returncode == 0, merged.stderr
-    assert json.loads(merged.stdout.strip().splitlines()[-1])['finalVhdSize'] > 0
-    # the JSON changes XO makes: the removed point's JSON goes, the next one says its file is no longer a delta
-    os.unlink(repo.local_path(oldest.metadata_storage_path))
-    metadata = dict(following.metadata)
-    metadata['isVhdDifferencing'] = {ref: False for ref in metadata['isVhdDifferencing']}
-    metadata['size'] = os.path.getsize(repo.local_path(following.disks[0].storage_path))
-    with open(repo.local_path(following.metadata_storage_path), 'w') as handle:
+    points = repo.list_backups(VM)
+    chain = [points[number] for number in merged]
+    folder = os.path.dirname(chain[0].disks[0].storage_path)
+    names = [os.path.basename(point.disks[0].storage_path) for point in chain]
+    done = subprocess.run(['node', script, repo.local_path(folder)] + names, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])['finalVhdSize'] > 0
+    # the JSON changes XO makes: the removed points' JSONs go, the kept one says whether its file is still a delta
+    for point in chain[:-1]:
+        os.unlink(repo.local_path(point.metadata_storage_path))
+        del builder.truth[point.timestamp]
+    target = chain[-1]
+    metadata = dict(target.metadata)
+    metadata['isVhdDifferencing'] = {ref: chain[0].disks[0].differencing for ref in metadata['isVhdDifferencing']}
+    metadata['size'] = os.path.getsize(repo.local_path(target.disks[0].storage_path))
+    with open(repo.local_path(target.metadata_storage_path), 'w') as handle:
         json.dump(metadata, handle)
     repo.forget_listing(VM)
-    return parent, child
+    return names
 
 
-@pytest.fixture
-def merged_by_xo(tmp_path, xo_merge):
+SCENARIOS = {'full+delta': [0, 1], 'full+2-deltas': [0, 1, 2], 'middle-deltas': [1, 2]}
+
+
+@pytest.fixture(params=sorted(SCENARIOS))
+def merged_by_xo(request, tmp_path, xo_merge):
     builder = RepoBuilder(str(tmp_path / 'repo'), size=12 * BLOCK)
-    for number in range(3):
+    for number in range(4):
         builder.add_point(full=number == 0, changed_blocks=3)
-    gone, merged = xo_merge_oldest_point(builder, xo_merge)
-    del builder.truth[sorted(builder.truth)[0]]
-    return builder, gone, merged
+    names = xo_merge_points(builder, xo_merge, SCENARIOS[request.param])
+    return builder, names
+
+
+def merged_point(builder: RepoBuilder, names: list):
+    """The point whose file XO's merge left (at the newest merged name)."""
+    return next(point for point in builder.repo.list_backups(VM) if point.disks[0].storage_path.endswith('/' + names[-1]))
 
 
 def test_xo_merge_leaves_our_sidecars_and_the_merged_file_at_the_childs_name(merged_by_xo):
-    builder, gone, merged = merged_by_xo
-    folder = builder.repo.local_path(os.path.dirname(builder.repo.list_backups(VM)[0].disks[0].storage_path))
-    names = sorted(os.listdir(folder))
-    # XO renamed the full to the delta's name; the full's sidecar stays behind, the child's too
-    assert gone not in names and merged in names
-    assert sidecar_name(gone) in names and sidecar_name(merged) in names
-    with VhdFile.open(os.path.join(folder, merged)) as vhd:
-        sums = BlockSums.load(builder.repo.storage, sidecar_name(builder.repo.list_backups(VM)[0].disks[0].storage_path))
-        assert vhd.is_dynamic and vhd.unique_id == sums.unique_id  # the child's unique id on a file that is no longer a delta
+    builder, names = merged_by_xo
+    point = merged_point(builder, names)
+    folder = builder.repo.local_path(os.path.dirname(point.disks[0].storage_path))
+    present = sorted(os.listdir(folder))
+    # XO renamed the oldest file to the newest merged name and removed the others; every sidecar stays behind
+    assert [name for name in names if name in present] == [names[-1]]
+    assert all(sidecar_name(name) in present for name in names)
+    sums = BlockSums.load_for(builder.repo.storage, point.disks[0].storage_path)
+    with VhdFile.open(os.path.join(folder, names[-1])) as vhd:
+        assert vhd.unique_id == sums.unique_id  # the newest child's unique id ...
+        assert vhd.disk_type != sums.disk_type or vhd.header.parent_unique_id != sums.parent_unique_id  # ... on another file
 
 
 def test_verify_reports_a_foreign_merge_and_no_damage(merged_by_xo):
-    builder, gone, merged = merged_by_xo
+    builder, names = merged_by_xo
     result = describe_repository(builder.repo, verify=True)
     assert result['problems'] == [] and result['damaged_blocks'] == []
     [report] = result['foreign_merges']
-    assert report['ok'] is True and report['merged_from'] == [gone, merged] and report['file'].endswith(merged)
+    assert report['ok'] is True and report['merged_from'] == names and report['file'].endswith('/' + names[-1])
     assert report['blocks_checked'] > 0 and report['unknown_blocks'] == []
     # verify is read-only: nothing was recorded
-    point = builder.repo.list_backups(VM)[0]
+    point = merged_point(builder, names)
     assert BlockSums.load_for(builder.repo.storage, point.disks[0].storage_path).flags & FLAG_FOREIGN_MERGE == 0
 
 
 def test_readers_refuse_an_unresolved_foreign_merge_then_accept_it_once_resolved(merged_by_xo):
-    builder, gone, merged = merged_by_xo
+    builder, names = merged_by_xo
     repo = builder.repo
     points = repo.list_backups(VM)
     chain = repo.vhd_chain(points[-1], points[-1].disks[0])
@@ -111,17 +125,17 @@ def test_readers_refuse_an_unresolved_foreign_merge_then_accept_it_once_resolved
         resolved = resolve_foreign_merges(repo, VM)
     assert [merge.ok for merge in resolved] == [True]
     folder = repo.local_path(os.path.dirname(points[0].disks[0].storage_path))
-    assert sidecar_name(gone) not in os.listdir(folder), 'the stale sidecar of the file XO merged away is removed'
-    assert BlockSums.load_for(repo.storage, points[0].disks[0].storage_path).flags & FLAG_FOREIGN_MERGE
+    assert not [name for name in names[:-1] if sidecar_name(name) in os.listdir(folder)], 'the stale sidecars are removed'
+    assert BlockSums.load_for(repo.storage, merged_point(builder, names).disks[0].storage_path).flags & FLAG_FOREIGN_MERGE
     assert_points_restorable(builder, sorted(builder.truth))
     after = describe_repository(repo, verify=True)
     assert after['problems'] == [] and after['foreign_merges'] == []
 
 
 def test_a_flipped_bit_in_the_merged_file_is_damage_naming_the_block(merged_by_xo):
-    builder, gone, merged = merged_by_xo
+    builder, names = merged_by_xo
     repo = builder.repo
-    point = repo.list_backups(VM)[0]
+    point = merged_point(builder, names)
     path = repo.local_path(point.disks[0].storage_path)
     with VhdFile.open(path) as vhd:
         index = max(i for i in range(vhd.block_count) if vhd.bat[i] != 0xFFFFFFFF)
@@ -131,21 +145,23 @@ def test_a_flipped_bit_in_the_merged_file_is_damage_naming_the_block(merged_by_x
         byte = handle.read(1)
         handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0x10]))
-    result = describe_repository(repo, verify=True, )
+    result = describe_repository(repo, verify=True)
     [merge] = result['foreign_merges']
     assert merge['ok'] is False
     blocks = [(block['file'], block['block']) for block in result['damaged_blocks']]
     assert blocks == [(merge['file'], index)]
     assert result['damaged_blocks'][0]['virtual_offset'] == index * BLOCK
-    # every point reading it: the merged point itself and the newer delta unless it holds that block
-    assert point.timestamp in result['damaged_blocks'][0]['points']
+    # exactly the points whose disks no longer read as written (read without any checksum)
+    wrong = sorted(other.timestamp for other in repo.list_backups(VM)
+                   if chain_sha(repo, other, other.disks[0]) != builder.expected_disk(other.timestamp, 0))
+    assert point.timestamp in wrong and result['damaged_blocks'][0]['points'] == wrong
     with repo.lock(VM, 'backup_merge'):
         [unresolved] = resolve_foreign_merges(repo, VM)
     assert not unresolved.ok and BlockSums.load_for(repo.storage, point.disks[0].storage_path).flags & FLAG_FOREIGN_MERGE == 0
 
 
 def test_our_merge_works_after_a_resolved_xo_merge(merged_by_xo):
-    builder, gone, merged = merged_by_xo
+    builder, names = merged_by_xo
     repo = builder.repo
     with repo.lock(VM, 'backup_merge'):
         resolve_foreign_merges(repo, VM)
@@ -153,9 +169,9 @@ def test_our_merge_works_after_a_resolved_xo_merge(merged_by_xo):
     newest = points[-1]
     expected = chain_sha(repo, newest, newest.disks[0])
     chain = repo.vhd_chain(newest, newest.disks[0])
-    assert len(chain) == 2
+    assert len(chain) >= 2
     integrity.check_chain_integrity(repo, VM, chain, points, 'merge', read_blocks=True)  # what our merge checks first
-    result = merge_chain(chain[1], [chain[0]], storage=repo.storage)
+    result = merge_chain(chain[-1], list(reversed(chain[:-1])), storage=repo.storage)
     with VhdFile.open_in(repo.storage, result) as vhd:
         assert vhd.is_dynamic
     assert chain_sha(repo, newest, newest.disks[0]) == expected == builder.expected_disk(newest.timestamp, 0)
