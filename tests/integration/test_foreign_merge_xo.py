@@ -175,3 +175,48 @@ def test_our_merge_works_after_a_resolved_xo_merge(merged_by_xo):
     with VhdFile.open_in(repo.storage, result) as vhd:
         assert vhd.is_dynamic
     assert chain_sha(repo, newest, newest.disks[0]) == expected == builder.expected_disk(newest.timestamp, 0)
+
+
+def fresh_history(tmp_path) -> RepoBuilder:
+    builder = RepoBuilder(str(tmp_path / 'repo'), size=12 * BLOCK)
+    for number in range(3):
+        builder.add_point(full=number == 0, changed_blocks=3)
+    return builder
+
+
+def test_without_the_merged_parents_sidecar_the_merge_is_damage_not_accepted(tmp_path, xo_merge):
+    builder = fresh_history(tmp_path)
+    full = builder.repo.list_backups(VM)[0].disks[0].storage_path
+    builder.repo.storage.remove(sidecar_name(full))  # nothing left to check the merged file against
+    names = xo_merge_points(builder, xo_merge, [0, 1])
+    result = describe_repository(builder.repo, verify=True)
+    assert result['foreign_merges'] == []
+    merged = merged_point(builder, names).disks[0].path
+    assert any(problem.startswith(merged + ': ') for problem in result['problems']), result['problems']
+    with builder.repo.lock(VM, 'backup_merge'):
+        assert resolve_foreign_merges(builder.repo, VM) == []
+
+
+def test_a_block_of_unknown_checksum_stays_unknown_and_is_said(tmp_path, xo_merge):
+    builder = fresh_history(tmp_path)
+    delta = builder.repo.list_backups(VM)[1].disks[0].storage_path
+    sums = BlockSums.load_for(builder.repo.storage, delta)
+    with VhdFile.open_in(builder.repo.storage, delta) as vhd:
+        index = next(i for i in range(vhd.block_count) if vhd.bat[i] != 0xFFFFFFFF)
+    sums.set(index, b'\xff' * 32)  # UNKNOWN: e.g. a block whose checksum a kill left unknown
+    sums.save(builder.repo.storage, sidecar_name(delta))
+    xo_merge_points(builder, xo_merge, [0, 1])
+    [report] = describe_repository(builder.repo, verify=True)['foreign_merges']
+    assert report['ok'] is True and report['unknown_blocks'] == [index]
+    with builder.repo.lock(VM, 'backup_merge'):
+        [resolved] = resolve_foreign_merges(builder.repo, VM)
+    assert resolved.sums.digest(index) == b'\xff' * 32
+
+
+def test_an_unfinished_merge_is_not_taken_for_a_finished_foreign_one(merged_by_xo):
+    builder, names = merged_by_xo
+    point = merged_point(builder, names)
+    folder = os.path.dirname(point.disks[0].storage_path)
+    builder.repo.storage.write_bytes_atomically(folder + '/.' + names[0] + '.merge.json', b'{}')
+    result = describe_repository(builder.repo, verify=True)
+    assert result['foreign_merges'] == [] and result['problems']

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import is_merge_state_name
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import (
     ABSENT, FLAG_FOREIGN_MERGE, SUFFIX, UNKNOWN, BlockProblem, BlockSums, BlockSumsError, hash_blocks, is_sidecar_name,
@@ -72,10 +73,17 @@ class ForeignMerge:
 
 
 def _orphan_sidecars(storage, folder: str) -> dict:
-    """Sidecars in ``folder`` whose VHD is gone: unique id -> (name of the VHD it described, BlockSums)."""
+    """Sidecars in ``folder`` whose VHD is gone: unique id -> (name of the VHD it described, BlockSums).
+
+    Empty while a merge is unfinished in the folder (ours or XO's leave ``.<parent>.merge.json``, XO's
+    ``Merger.#statePath``): files in the middle of a merge are the unfinished merge's business, not a
+    finished foreign merge.
+    """
     try:
         names = set(storage.list_dir(folder))
     except OSError:
+        return {}
+    if any(is_merge_state_name(name) for name in names):
         return {}
     orphans = {}
     for name in sorted(names):
