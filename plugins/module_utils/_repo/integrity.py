@@ -11,8 +11,10 @@ damaged block is named by file, block number and virtual offset.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import os
 import posixpath
@@ -255,6 +257,21 @@ def file_readers(chains: dict, path: str) -> list:
     return sorted({timestamp for (timestamp, _vdi), chain in chains.items() if path in chain})
 
 
+def _bounded_map(pool, tasks, window: int):
+    """Run ``tasks`` (an iterator of callables) on ``pool`` with at most ``window`` in flight; yield results in order.
+
+    The tasks of a large repository are many (a few blocks each): they are made as the pool drains,
+    so memory stays bounded whatever the disk sizes.
+    """
+    pending = collections.deque()
+    for task in tasks:
+        pending.append(pool.submit(task))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int | None = None) -> VerifyReport:
     """Read and check every file of a VM's chains, hashing on every core; name each damaged block and the points reading it.
 
@@ -274,23 +291,42 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
     file_problems: dict = {}  # storage path -> [sentence]
     block_problems: list = []  # (storage path, BlockProblem)
     opened: dict = {}  # storage path -> VhdFile
-    tasks = []  # callables run in the pool
-    legacy_paths = []
 
     def add_file_problem(path, sentence):
         file_problems.setdefault(path, []).append(sentence)
 
     def hash_task(path, vhd, sums, indices):
-        def run():
-            return [(path, index, digest, sums) for index, digest in hash_blocks(vhd, indices, threads=1).items()]
+        def run():  # only the mismatches come back: a digest per block of a large disk would not fit the memory budget
+            return [BlockProblem(vhd.path, index, index * vhd.block_size, 'does not match its recorded checksum (the block is damaged)')
+                    for index, digest in hash_blocks(vhd, indices, threads=1).items() if digest != sums.digest(index)], path
         return run
 
     def merge_task(path, vhd, sums):
-        def run():
-            return foreign_merge.check_foreign_merge(repo.storage, path, vhd, sums, threads=1)
-        return run
+        return lambda: foreign_merge.check_foreign_merge(repo.storage, path, vhd, sums, threads=1)
 
-    try:
+    def legacy_task(path):
+        return lambda: ('legacy', path, sha256_file(repo.storage, path))
+
+    def block_tasks(path, vhd, sums):
+        bat = vhd.bat
+        wanted = []
+        for index in range(vhd.block_count):
+            recorded = sums.digest(index)
+            present = bat[index] != BAT_UNUSED
+            if present and recorded == ABSENT:
+                block_problems.append((path, BlockProblem(vhd.path, index, index * vhd.block_size, 'present in the file but recorded as absent')))
+            elif not present and recorded != ABSENT:
+                block_problems.append((path, BlockProblem(vhd.path, index, index * vhd.block_size, "recorded but absent from the file's BAT")))
+            elif present and recorded != UNKNOWN:
+                wanted.append(index)
+                if len(wanted) == BLOCKS_PER_TASK:
+                    yield hash_task(path, vhd, sums, wanted)
+                    wanted = []
+        if wanted:
+            yield hash_task(path, vhd, sums, wanted)
+
+    def tasks():
+        """Check each file's sidecar and structures (in this thread) and yield the reading work for the pool."""
         for path in files:
             relative = relative_of[path]
             try:
@@ -300,7 +336,7 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
                 continue
             if sums is None:
                 if relative in legacy_sums:
-                    legacy_paths.append(path)
+                    yield legacy_task(path)
                 elif relative in with_blocks:
                     add_file_problem(path, '%s: its block checksum file %s is missing (written with one: it was removed)'
                                      % (repo.describe(path), posixpath.basename(sidecar_name(path))))
@@ -314,7 +350,7 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
             opened[path] = vhd
             try:
                 if foreign_merge.looks_merged_by_another_tool(vhd, sums) and foreign_merge.merged_members(repo.storage, path, vhd, sums):
-                    tasks.append(merge_task(path, vhd, sums))
+                    yield merge_task(path, vhd, sums)
                     continue
                 found = structure_problems(vhd, sums)
             except (VhdError, OSError) as error:
@@ -323,52 +359,36 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
                 for sentence in found:
                     add_file_problem(path, sentence)
                 continue
-            bat = vhd.bat
-            wanted = []
-            for index in range(vhd.block_count):
-                recorded = sums.digest(index)
-                present = bat[index] != BAT_UNUSED
-                if present and recorded == ABSENT:
-                    block_problems.append((path, BlockProblem(vhd.path, index, index * vhd.block_size, 'present in the file but recorded as absent')))
-                elif not present and recorded != ABSENT:
-                    block_problems.append((path, BlockProblem(vhd.path, index, index * vhd.block_size, "recorded but absent from the file's BAT")))
-                elif present and recorded != UNKNOWN:
-                    wanted.append(index)
-            step = BLOCKS_PER_TASK
-            tasks.extend(hash_task(path, vhd, sums, wanted[start:start + step]) for start in range(0, len(wanted), step))
             report.verified.append(relative)
-        for path in legacy_paths:
-            tasks.append(lambda path=path: ('legacy', path, sha256_file(repo.storage, path)))  # in the same pool
+            yield from block_tasks(path, vhd, sums)
 
-        def run(task):
-            try:
-                return task()
-            except (VhdError, OSError) as error:
-                return error
+    def run(task):
+        try:
+            return task()
+        except (VhdError, OSError) as error:
+            return error
 
+    try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            results = list(pool.map(run, tasks))
-        for result in results:
-            if isinstance(result, (VhdError, OSError)):
-                report.problems.append(str(result))
-            elif isinstance(result, foreign_merge.ForeignMerge):
-                report.foreign_merges.append(result.report(relative_of[result.path]))
-                block_problems.extend((result.path, problem) for problem in result.problems if isinstance(problem, BlockProblem))
-                if result.ok:
-                    report.verified.append(relative_of[result.path])
-            elif isinstance(result, tuple) and result[0] == 'legacy':
-                _kind, path, actual = result
-                if actual != legacy_sums[relative_of[path]]:
-                    add_file_problem(path, checksum_mismatch(repo.describe(path), actual, legacy_sums[relative_of[path]]))
+            for result in _bounded_map(pool, (functools.partial(run, task) for task in tasks()), 4 * threads):
+                if isinstance(result, (VhdError, OSError)):
+                    report.problems.append(str(result))
+                elif isinstance(result, foreign_merge.ForeignMerge):
+                    report.foreign_merges.append(result.report(relative_of[result.path]))
+                    block_problems.extend((result.path, problem) for problem in result.problems if isinstance(problem, BlockProblem))
+                    if result.ok:
+                        report.verified.append(relative_of[result.path])
+                elif result[0] == 'legacy':
+                    _kind, path, actual = result
+                    expected = legacy_sums[relative_of[path]]
+                    if actual != expected:
+                        add_file_problem(path, checksum_mismatch(repo.describe(path), actual, expected))
+                    else:
+                        report.legacy.append(relative_of[path])
+                        report.verified.append(relative_of[path])
                 else:
-                    report.legacy.append(relative_of[path])
-                    report.verified.append(relative_of[path])
-            else:
-                for path, index, digest, sums in result:
-                    if digest != sums.digest(index):
-                        vhd = opened[path]
-                        block_problems.append((path, BlockProblem(vhd.path, index, index * vhd.block_size,
-                                                                  'does not match its recorded checksum (the block is damaged)')))
+                    found, path = result
+                    block_problems.extend((path, problem) for problem in found)
         bats = {path: vhd.bat for path, vhd in opened.items()}
         for path, problem in sorted(block_problems, key=lambda item: (item[0], item[1].index)):
             readers = block_readers(chains, bats, path, problem.index)
