@@ -268,6 +268,22 @@ foreign_merges:
       type: list
       elements: str
       sample: []
+unverified_files:
+  description:
+    - With O(verify=true), the files read and checked structurally but with no checksum to compare (no block checksums,
+      no SHA-256 recorded, for example written by Xen Orchestra).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm_uuid:
+      description: uuid of the backed-up VM.
+      type: str
+      sample: 5b7a5c41-7f3c-4a8b-9c1d-2e6f8a9b0c1d
+    file:
+      description: The file, relative to the VM folder.
+      type: str
+      sample: vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/20261125T020000Z.vhd
 verified:
   description: Whether O(verify) was requested.
   returned: always

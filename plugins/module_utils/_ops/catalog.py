@@ -88,7 +88,7 @@ def describe_repository(repository: BackupRepository, vm: str | None = None, job
     job_id = job_id_for(job) if job else None
     vm_uuids = repository.list_vms()
     result = {'repository': repository.root, 'vms': [], 'jobs': {}, 'problems': [], 'files_verified': 0, 'verified': verify,
-              'damaged_blocks': [], 'foreign_merges': []}
+              'damaged_blocks': [], 'foreign_merges': [], 'unverified_files': []}
     for vm_uuid in vm_uuids:
         problems: list[str] = []
         try:
@@ -112,6 +112,7 @@ def describe_repository(repository: BackupRepository, vm: str | None = None, job
             merges = [dict(merge, vm_uuid=vm_uuid) for merge in report.foreign_merges]
             result['damaged_blocks'].extend(damaged)
             result['foreign_merges'].extend(merges)
+            result['unverified_files'].extend({'vm_uuid': vm_uuid, 'file': relative} for relative in sorted(report.unverified))
         for point in described:
             result['jobs'].setdefault(point['job_id'], point['job'])
         result['vms'].append({'uuid': vm_uuid, 'name_label': name, 'backups': described, 'problems': sorted(set(problems)),

@@ -65,6 +65,7 @@ def test_verification_of_an_intact_repository_hashes_every_file_once(history):
     result = describe_repository(history.repo, verify=True)
     assert result['verified'] is True and result['problems'] == []
     assert result['files_verified'] == 2 * POINTS
+    assert result['damaged_blocks'] == [] and result['foreign_merges'] == [] and result['unverified_files'] == []
 
 
 def present_blocks(path: str) -> list:
