@@ -57,13 +57,14 @@ def xo_merge_points(builder: RepoBuilder, script: str, merged: list) -> list:
     done = subprocess.run(['node', script, repo.local_path(folder)] + names, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])['finalVhdSize'] > 0
-    # the JSON changes XO makes: the removed points' JSONs go, the kept one says whether its file is still a delta
+    # the JSON changes XO makes: the removed points' JSONs go; the kept one gets its size and every VDI marked
+    # not differencing, whatever the merged file is (backup-archive VmIncrementalBackupArchive.updateMetadata)
     for point in chain[:-1]:
         os.unlink(repo.local_path(point.metadata_storage_path))
         del builder.truth[point.timestamp]
     target = chain[-1]
     metadata = dict(target.metadata)
-    metadata['isVhdDifferencing'] = {ref: chain[0].disks[0].differencing for ref in metadata['isVhdDifferencing']}
+    metadata['isVhdDifferencing'] = {ref: False for ref in metadata['vdis']}
     metadata['size'] = os.path.getsize(repo.local_path(target.disks[0].storage_path))
     with open(repo.local_path(target.metadata_storage_path), 'w') as handle:
         json.dump(metadata, handle)

@@ -14,7 +14,9 @@ What Xen Orchestra does (``packages/vhd-lib/merge.js``, class ``Merger``; the sa
 - the parent's footer takes the newest child's size, geometry, timestamp and *unique id*
   (``Merger.#updateHeaders``); its disk type and dynamic header (parent unique id) stay the parent's;
 - the parent is renamed to the newest child's name and the other children are deleted
-  (``Merger.#step_cleanVhds``). The next JSON gets ``size`` and ``isVhdDifferencing`` updated.
+  (``Merger.#step_cleanVhds``). The kept point's JSON gets its ``size`` and every VDI marked not
+  differencing, even when the merged file still is a delta (``VmIncrementalBackupArchive.updateMetadata``);
+  the rest of the JSON, our own section included, is written back as it was read.
 - our ``.vhd.blocksums`` files survive its cleaning: only names ending in ``.vhd`` are disks
   (``backup-archive/src/disks/index.mjs`` ``isDisk``), and orphaned data files are only looked for in
   the data folders of VHD directories, never in the VDI folder itself
