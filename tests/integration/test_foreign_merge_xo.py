@@ -221,3 +221,26 @@ def test_an_unfinished_merge_is_not_taken_for_a_finished_foreign_one(merged_by_x
     builder.repo.storage.write_bytes_atomically(folder + '/.' + names[0] + '.merge.json', b'{}')
     result = describe_repository(builder.repo, verify=True)
     assert result['foreign_merges'] == [] and result['problems']
+
+
+def test_recording_stopped_between_its_steps_leaves_every_point_verified(tmp_path, xo_merge, monkeypatch):
+    """Killed after the new sidecar and before the stale ones go: the merge is recorded; the next run removes the leftovers."""
+    builder = fresh_history(tmp_path)
+    names = xo_merge_points(builder, xo_merge, [0, 1])
+    repo = builder.repo
+
+    def killed(path):
+        raise OSError('killed before removing %s' % path)
+    with monkeypatch.context() as patch:
+        patch.setattr(repo.storage, 'remove', killed)
+        with repo.lock(VM, 'backup_merge'), pytest.raises(OSError, match='killed'):
+            resolve_foreign_merges(repo, VM)
+    folder = repo.local_path(os.path.dirname(merged_point(builder, names).disks[0].storage_path))
+    assert sidecar_name(names[0]) in os.listdir(folder)  # the stale sidecar is still there
+    result = describe_repository(repo, verify=True)
+    assert result['problems'] == [] and result['foreign_merges'] == [] and result['damaged_blocks'] == []
+    assert_points_restorable(builder, sorted(builder.truth))
+    with repo.lock(VM, 'backup_merge'):
+        assert resolve_foreign_merges(repo, VM) == []  # nothing left to record ...
+    assert sidecar_name(names[0]) not in os.listdir(folder)  # ... and the leftover is gone
+    assert_points_restorable(builder, sorted(builder.truth))

@@ -197,8 +197,11 @@ def record_foreign_merge(repo, merge: ForeignMerge) -> None:
             repo.storage.remove(sidecar_name(stale))
 
 
-def find_foreign_merges(repo, paths, threads: int | None = None) -> list[ForeignMerge]:
-    """Every file among ``paths`` (storage paths of VHDs) that another tool merged, checked block by block."""
+def find_foreign_merges(repo, paths, threads: int | None = None, detect_only: bool = False) -> list:
+    """Every file among ``paths`` (storage paths of VHDs) that another tool merged, checked block by block.
+
+    With ``detect_only``, the paths of those files, found without reading their blocks.
+    """
     found = []
     for path in paths:
         try:
@@ -209,6 +212,10 @@ def find_foreign_merges(repo, paths, threads: int | None = None) -> list[Foreign
             continue
         try:
             with VhdFile.open_in(repo.storage, path) as vhd:
+                if detect_only:
+                    if looks_merged_by_another_tool(vhd, sums) and merged_members(repo.storage, path, vhd, sums):
+                        found.append(path)
+                    continue
                 merge = check_foreign_merge(repo.storage, path, vhd, sums, threads)
         except (VhdError, OSError):
             continue  # the structural checks name it
@@ -217,11 +224,33 @@ def find_foreign_merges(repo, paths, threads: int | None = None) -> list[Foreign
     return found
 
 
+def remove_stale_sidecars(repo, folder: str) -> list:
+    """Remove the sidecars of VHDs gone from ``folder`` (left by a recording stopped half-way); returns their names.
+
+    Only when nothing may still need them: no merge unfinished in the folder, and no file in it that
+    another tool merged and that was not recorded (its check reads them).
+    """
+    names = repo.storage.list_dir(folder)
+    if any(is_merge_state_name(name) for name in names):
+        return []
+    paths = [posixpath.join(folder, name) for name in names if name.endswith('.vhd')]
+    if find_foreign_merges(repo, paths, detect_only=True):
+        return []
+    removed = []
+    for name in sorted(names):
+        if is_sidecar_name(name) and name[:-len(SUFFIX)] not in names:
+            repo.storage.remove(posixpath.join(folder, name))
+            removed.append(name)
+    return removed
+
+
 def resolve_foreign_merges(repo, vm_uuid: str, points: list | None = None) -> list[ForeignMerge]:
     """Find, check and record every merge another tool made in a VM's backups; returns them all (call under the VM's lock).
 
     Merges that check out get their new sidecar; those that do not are returned with their problems
-    and left as they are (they stay damage for every reader).  ``points`` defaults to all of the VM's.
+    and left as they are (they stay damage for every reader).  Then the sidecars of files gone from
+    the VM's disk folders are removed where nothing needs them any more.  ``points`` defaults to
+    all of the VM's.
     """
     points = repo.list_backups(vm_uuid) if points is None else points
     paths = sorted({disk.storage_path for point in points for disk in point.disks})
@@ -229,4 +258,6 @@ def resolve_foreign_merges(repo, vm_uuid: str, points: list | None = None) -> li
     for merge in merges:
         if merge.ok:
             record_foreign_merge(repo, merge)
+    for folder in sorted({posixpath.dirname(path) for path in paths}):
+        remove_stale_sidecars(repo, folder)
     return merges
