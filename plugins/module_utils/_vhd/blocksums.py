@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import os
 import struct
-import threading
 from collections.abc import Iterable
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
@@ -224,39 +223,6 @@ class BlockProblem:
         return "%s: block %d (virtual offset %d): %s" % (self.path, self.index, self.virtual_offset, self.problem)
 
 
-_THREAD_BUFFERS = threading.local()
-
-
-def _span_reader(vhd: VhdFile, span: int):
-    """A function reading block spans of ``vhd``: into a buffer reused per thread when the file is local.
-
-    (A fresh 2 MiB ``bytes`` per block costs an mmap, page faults and a munmap each time: as much as
-    hashing it.)  The buffer is only valid until the thread's next read: callers hash it and drop it.
-    """
-    fileno = getattr(vhd.file, 'fileno', None)
-    if fileno is None:
-        return lambda index, offset: pread_exact(vhd.file, span, offset, vhd.path, "block[%d]" % index, "data")
-    fd = fileno()
-
-    def read(index, offset):
-        buffer = getattr(_THREAD_BUFFERS, 'buffer', None)
-        if buffer is None or len(buffer) != span:
-            buffer = _THREAD_BUFFERS.buffer = bytearray(span)
-        if os.preadv(fd, [buffer], offset) != span:  # short: at the end of the file (or a signal): the careful path names it
-            return pread_exact(vhd.file, span, offset, vhd.path, "block[%d]" % index, "data")
-        return buffer
-    return read
-
-
-def _will_need(vhd: VhdFile, offsets: list, span: int) -> None:
-    """Ask the kernel to start reading a task's blocks now, so that the disk reads while the thread hashes."""
-    fileno = getattr(vhd.file, 'fileno', None)
-    if fileno is None or not hasattr(os, 'posix_fadvise'):
-        return
-    for offset in offsets:
-        os.posix_fadvise(fileno(), offset, span, os.POSIX_FADV_WILLNEED)
-
-
 def hash_blocks(vhd: VhdFile, indices: Iterable[int], threads: int | None = None) -> dict:
     """sha256 of the stored span (bitmap + data) of each present block in ``indices``: index to digest.
 
@@ -266,11 +232,10 @@ def hash_blocks(vhd: VhdFile, indices: Iterable[int], threads: int | None = None
     bat = vhd.bat
     indices = [index for index in indices if bat[index] != BAT_UNUSED]
     tasks = [indices[start:start + BLOCKS_PER_TASK] for start in range(0, len(indices), BLOCKS_PER_TASK)]
-    read = _span_reader(vhd, span)
 
     def run(task):
-        _will_need(vhd, [bat[index] * SECTOR for index in task[1:]], span)
-        return [(index, block_digest(read(index, bat[index] * SECTOR))) for index in task]
+        return [(index, block_digest(pread_exact(vhd.file, span, bat[index] * SECTOR, vhd.path, "block[%d]" % index, "data")))
+                for index in task]
 
     threads = threads or min(os.cpu_count() or 1, MAX_HASH_THREADS)
     if threads <= 1 or len(tasks) <= 1:
