@@ -12,8 +12,8 @@ without root and leaves other work's cache alone; ``--drop-caches`` empties the 
 
 - (a) the disk's sequential read rate of the same files: the faster of ``dd bs=8M`` and Python
   ``readinto`` of 8 MiB, each measured before and after ours (the faster of all is the limit);
-- (b) the hash rate of every core: sha256 of block-sized spans of an in-memory buffer on as many
-  threads as the verification uses;
+- (b) the hash rate of every core: sha256 of block-sized spans of an in-memory buffer on one thread
+  per core (``min(cores, MAX_HASH_THREADS)``);
 - (c) ``describe_repository(verify=True)`` (what ``backup_info verify`` runs) in a child process,
   whose peak RSS is read from its rusage.
 

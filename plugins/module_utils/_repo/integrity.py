@@ -31,6 +31,10 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import for
 
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_HASH_THREADS = 8
+#: Threads reading and hashing per core when a whole repository is verified: while some wait for the
+#: disk, the others hash (a thread reads a few blocks, then hashes them: one per core would leave the
+#: cores idle during every read and the disk idle during every hash).
+VERIFY_THREADS_PER_CORE = 2
 
 
 class IntegrityError(RepositoryError):
@@ -282,7 +286,7 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
     ``foreign_merges``, not as damage (verify is read-only: ``resolve_foreign_merges`` records it).
     Legacy files: their whole-file sha256.  Files with neither: unverified.
     """
-    threads = threads or min(os.cpu_count() or 1, MAX_HASH_THREADS)
+    threads = threads or VERIFY_THREADS_PER_CORE * min(os.cpu_count() or 1, MAX_HASH_THREADS)
     files = sorted({path for chain in chains.values() for path in chain})
     with_blocks = recorded_block_checksums(points)
     legacy_sums = recorded_checksums(points)
