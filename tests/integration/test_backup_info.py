@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
 from lifecycle import MIB, backup, guest_write
 from oracles import backup_points
 
@@ -33,8 +34,23 @@ def test_lists_points_with_chains_and_verifies_clean(app):
     assert verified['problems'] == [] and verified['files_verified'] == 4
 
 
+def block_at(path: str, file_offset: int):
+    """(block number, whether the file holds it) of the block whose stored span holds ``file_offset`` (None if none does)."""
+    with VhdFile.open(path) as vhd:
+        for index in range(vhd.block_count):
+            start = vhd.bat[index] * 512
+            if vhd.bat[index] != 0xFFFFFFFF and start <= file_offset < start + vhd.bitmap_size + vhd.block_size:
+                return index
+    return None
+
+
+def holds_block(path: str, index: int) -> bool:
+    with VhdFile.open(path) as vhd:
+        return vhd.bat[index] != 0xFFFFFFFF
+
+
 def test_flipped_byte_and_truncation_are_named(app):
-    full, _delta = two_points(app)
+    full, delta = two_points(app)
     vm_dir = os.path.join(app['repo'], 'xo-vm-backups', full['vm']['uuid'])
     damaged = os.path.join(vm_dir, full['disks'][0]['path'])
     with open(damaged, 'r+b') as vhd:
@@ -44,8 +60,16 @@ def test_flipped_byte_and_truncation_are_named(app):
         vhd.write(bytes([byte[0] ^ 0xFF]))
     truncated = os.path.join(vm_dir, full['disks'][1]['path'])
     os.truncate(truncated, os.path.getsize(truncated) - 1000)
+    index = block_at(damaged, 4 * MIB)
+    assert index is not None, 'the flipped byte lies in a data block'
+    newer = os.path.join(vm_dir, next(disk['path'] for disk in delta['disks'] if disk['vdi_uuid'] == full['disks'][0]['vdi_uuid']))
+    readers = [full['timestamp']] + ([] if holds_block(newer, index) else [delta['timestamp']])
     result = app['ansible'].run_task('backup_info', {'repository': app['repo'], 'verify': True}, expect_failure=True)
-    assert any(damaged in problem and 'sha256' in problem for problem in result['problems'])
+    assert result['error_code'] == 'integrity_check_failed'
+    assert [block for block in result['damaged_blocks'] if block['file'] == full['disks'][0]['path']] == [{
+        'vm_uuid': full['vm']['uuid'], 'file': full['disks'][0]['path'], 'block': index, 'virtual_offset': index * 2 * MIB,
+        'problem': 'does not match its recorded checksum (the block is damaged)', 'points': readers}]
+    assert any(problem.startswith('%s: block %d (virtual offset %d)' % (damaged, index, index * 2 * MIB)) for problem in result['problems'])
     assert any(truncated in problem for problem in result['problems'])
     report = app['ansible'].run_task('backup_info', {'repository': app['repo'], 'verify': True, 'fail_on_problems': False})
     assert len(report['problems']) >= 2

@@ -260,6 +260,9 @@ def test_checkpoint_points_are_adopted_listed_verified_and_seeded(tmp_path):
 
         described = describe_repository(open_repository(repository), verify=True)
         assert described['problems'] == [] and described['files_verified'] == 2, described  # the disk and the image
+        # both checked block by block (the image too): nothing only structurally
+        assert described['unverified_files'] == [] and described['damaged_blocks'] == []
+        assert {disk['checksums'] for point in described['vms'][0]['backups'] for disk in point['disks']} == {'blocks'}
         web_uuid = sim.store.raw('VM', _vm_by_uuid_name(sim, 'web01'))['uuid']
         seed_copy(repository, far, vms=[web_uuid])
         result = restore(xapi, open_repository(far), web_uuid, name_label='from the far copy')

@@ -302,6 +302,10 @@ def test_a_point_xo_wrote_is_listed_verified_and_restored_byte_for_byte(tmp_path
     repository = open_repository(str(tmp_path / 'xo'))
     listed = describe_repository(repository, verify=True)
     assert listed['problems'] == [] and listed['files_verified'] == 4
+    # read and checked structurally, but with nothing recorded to compare: listed as unverified
+    assert sorted(entry['file'] for entry in listed['unverified_files']) == sorted(
+        'vdis/%s/%s/%s.vhd' % (xo_fixture.JOB_ID, disk['live'], date) for disk in xo_fixture.DISKS for date in fixture.points)
+    assert listed['damaged_blocks'] == [] and listed['foreign_merges'] == []
     [vm] = listed['vms']
     assert vm['uuid'] == xo_fixture.VM_UUID and [point['timestamp'] for point in vm['backups']] == fixture.points
     assert {point['written_by'] for point in vm['backups']} == {'another tool (no checksums recorded)'}

@@ -1,0 +1,3 @@
+'use strict'
+// @vates/diff is unavailable here: vhd-lib requires it only in vhdStreamValidator.js, which mergeVhdChain never loads.
+throw new Error('@vates/diff is not installed in the xo_merge harness (only vhd-lib merging is supported)')
