@@ -91,18 +91,23 @@ class AtomicFile:
             self.abort()
 
     def commit(self) -> None:
-        if self._sums_source is not None and self._sums_source.size != self.size:
-            self.abort()
-            raise RepositoryError('%s: %d bytes written but %d to %s, whose block checksums it shares: not the same bytes'
-                                  % (self.shown, self.size, self._sums_source.size, self._sums_source.shown))
-        if self._sums is not None:
-            self.block_sums = self._sums.finish()
-            self._sidecar_written = True
-            self.block_sums.save(self.storage, self.sidecar_path)
+        """Publish the file (a VHD after its block checksums); on any failure nothing of it is left."""
         try:
+            if self._sums_source is not None and self._sums_source.size != self.size:
+                raise RepositoryError('%s: %d bytes written but %d to %s, whose block checksums it shares: not the same bytes'
+                                      % (self.shown, self.size, self._sums_source.size, self._sums_source.shown))
+            if self._sums is not None:
+                self.block_sums = self._sums.finish()
+                self._sidecar_written = True
+                self.block_sums.save(self.storage, self.sidecar_path)
             self._writer.commit()
         except FileExistsError:
+            self.abort()
             raise RepositoryError('%s appeared while it was being written: refusing to overwrite it' % self.shown) from None
+        except BaseException:
+            # A stream that ended early, a full file system while the sidecar or the file is made durable.
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if self._writer is not None:

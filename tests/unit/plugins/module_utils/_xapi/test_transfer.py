@@ -14,8 +14,8 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import split_local_path
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import compute_sums
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, compute_sums
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import pattern, write_vhd
 
@@ -232,3 +232,18 @@ def test_only_vhd_files_share_block_checksums(tmp_path):
     vhd = AtomicFile(*split_local_path(str(tmp_path / 'y.vhd')), vhd=True)
     with pytest.raises(ValueError, match='only VHD files share block checksums'):
         vhd.share_block_sums(plain)
+
+
+@pytest.mark.parametrize('fails', ['sidecar', 'stream'])
+def test_a_vhd_whose_commit_fails_leaves_nothing(tmp_path, monkeypatch, fails):
+    data = vhd_bytes(tmp_path)
+    if fails == 'sidecar':
+        def no_space(*_args, **_kwargs):
+            raise OSError(28, 'No space left on device')
+        monkeypatch.setattr(BlockSums, 'save', no_space)
+    else:
+        data = data[:-1024]  # the stream ended before its end footer: no checksums, no file
+    with pytest.raises((OSError, VhdError)):
+        with AtomicFile(*split_local_path(str(tmp_path / 'a.vhd')), vhd=True) as target:
+            target.write(data)
+    assert sorted(os.listdir(tmp_path)) == ['source.vhd']
