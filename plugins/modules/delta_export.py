@@ -18,8 +18,14 @@ description:
     reference snapshot; otherwise it is a B(full), and RV(reason) says why. A disk added since the reference
     snapshot is exported in full on its own.
   - Each disk is read once from the pool and written to every repository. Its VHD identity is rewritten in passing
-    (footer uuid = snapshot VDI uuid, parent uuid = the reference snapshot's VDI uuid, parent name relative to the file)
-    and its SHA-256 is computed as it is written and stored in the metadata.
+    (footer uuid = snapshot VDI uuid, parent uuid = the reference snapshot's VDI uuid, parent name relative to the file).
+  - As the bytes pass, a SHA-256 of every 2 MiB block and of the footer, header and BAT is computed, once for all
+    repositories, and written next to each VHD as C(<name>.vhd.blocksums), made durable just before the VHD itself;
+    the metadata lists it under C(xapi_delta_backup.block_checksums). Merges, restores, seed copies and C(verify)
+    check each block they read against it.
+  - Receiving, rewriting, checksumming and writing run as a pipeline on threads of their own, the stream landing in a
+    bounded ring of buffers (16 MiB) with no copy by Python; the written file is handed to the disk every 32 MiB, so
+    the final C(fsync) waits for little. Memory stays bounded whatever the disk size.
   - Files appear atomically and the metadata JSON is written last, so an interrupted export leaves no visible backup;
     its leftovers are removed by the next run. The snapshot is marked exported (it becomes the job's reference snapshot)
     only once every disk has landed in every repository.

@@ -17,6 +17,9 @@ from faults import failed, ok, run_play
 from lifecycle import MIB, assert_point_matches_truth, backup, ground_truth, guest_write
 from oracles import backup_points
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.structures import BAT_UNUSED
+
 JOB = {'vm': 'app01', 'job': 'nightly'}
 
 
@@ -124,6 +127,14 @@ def three_points(app):
     return exports
 
 
+def block_holding(path: str, offset: int) -> int:
+    """The number of the block whose stored span (bitmap and data) holds the file offset ``offset``."""
+    with VhdFile(path) as vhd:
+        span = vhd.bitmap_size + vhd.block_size
+        return next(index for index in range(vhd.block_count)
+                    if vhd.bat[index] != BAT_UNUSED and vhd.bat[index] * 512 <= offset < vhd.bat[index] * 512 + span)
+
+
 def refusals(app, repo, far):
     """Every module that reads the repository, each expected to refuse: results in order."""
     return run_play(app['ansible'], [
@@ -143,14 +154,17 @@ def test_flipped_byte_and_truncated_vhd_are_named_and_nothing_changes(app, tmp_p
     far = tmp_path / 'far'
     far.mkdir()
     counts = pool_counts(app['sim'])
-    # a flipped byte in the middle of the full (inside a data block: only the checksum can tell)
-    flip_byte(full_root, os.path.getsize(full_root) // 2)
+    # a flipped byte in the middle of the full (inside a data block: only the block's checksum can tell)
+    flipped = os.path.getsize(full_root) // 2
+    block = block_holding(full_root, flipped)
+    flip_byte(full_root, flipped)
     before = tree(repo)
     results = refusals(app, repo, str(far))
     for result in results:
         msg = failed(result)
         assert full_root in msg, msg
-    assert 'sha256' in results[0]['msg'] and 'differs from the' in results[0]['msg']
+    # verify names the damaged block by number and virtual offset (block checksums, not one sha256 per file)
+    assert 'block %d (virtual offset %d)' % (block, block * 2 * MIB) in results[0]['msg'], results[0]['msg']
     assert tree(repo) == before and pool_counts(app['sim']) == counts
     assert not any(name.endswith('.json') for _f, _d, names in os.walk(far) for name in names)
     flip_byte(full_root, os.path.getsize(full_root) // 2)
@@ -262,7 +276,7 @@ def test_vm_names_with_path_characters_land_only_under_uuid_paths(ansible, pool,
         if len(parts) > 1:
             assert parts[1] in uuids or parts[1].rsplit('.', 1)[0] in uuids, path
         for part in parts[2:]:
-            assert part == 'vdis' or len(part) == 36 or part.endswith(('Z.json', 'Z.vhd')), path
+            assert part == 'vdis' or len(part) == 36 or part.endswith(('Z.json', 'Z.vhd', 'Z.vhd.blocksums')), path
     assert not os.path.exists('/tmp/evil') and not os.path.exists(tmp_path / 'etc')
     for result in (results[1], results[3]):
         truth = {disk['snapshot_vdi_uuid']: pool.control.vdi_sha256(disk['snapshot_vdi_uuid']) for disk in result['disks']}

@@ -11,6 +11,27 @@ import stat
 from lifecycle import MIB, assert_point_matches_truth, backup, ground_truth, guest_write
 from oracles import backup_points, visible_files
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import compute_sums
+
+
+def assert_sidecars_are_the_files_checksums(repository, export) -> dict:
+    """Each VHD the export wrote has its block checksum file, equal to the checksums of the file as written
+    (read back from disk, hashed by ``compute_sums``), and the point's metadata lists it; returns path -> sidecar bytes."""
+    vm_dir = os.path.join(repository, 'xo-vm-backups', export['vm']['uuid'])
+    point = next(point for point in backup_points(repository, export['vm']['uuid']) if point['_path'].endswith(export['timestamp'] + '.json'))
+    assert 'sha256' not in point['xapi_delta_backup']  # the old whole-file map is gone: the sidecars replace it
+    assert point['xapi_delta_backup']['block_checksums'] == {disk['path']: 'sha256' for disk in export['disks']}
+    sidecars = {}
+    for disk in export['disks']:
+        assert disk['block_checksums'] == disk['path'] + '.blocksums'
+        with VhdFile(os.path.join(vm_dir, disk['path'])) as vhd:
+            expected = compute_sums(vhd).pack()
+        with open(os.path.join(vm_dir, disk['block_checksums']), 'rb') as handle:
+            sidecars[disk['path']] = handle.read()
+        assert sidecars[disk['path']] == expected, disk['path']
+    return sidecars
+
 
 def test_full_then_deltas_read_back_exactly(app):
     _snap, full = backup(app)
@@ -35,8 +56,8 @@ def test_full_then_deltas_read_back_exactly(app):
     assert [point['_path'].rsplit('/', 1)[1] for point in points] == [export['timestamp'] + '.json' for export in exports]
     latest = points[-1]
     assert all(latest['isVhdDifferencing'].values())
-    for relative, digest in latest['xapi_delta_backup']['sha256'].items():
-        assert relative in latest['vhds'].values() and len(digest) == 64
+    for export in exports:
+        assert_sidecars_are_the_files_checksums(app['repo'], export)
     assert 'NOBAK' not in json.dumps(latest['vhds']) and not any('[NOBAK]' in vdi['name_label'] for vdi in latest['vdis'].values())
 
 
@@ -84,6 +105,9 @@ def test_new_repository_gets_a_full_for_every_repository(app, tmp_path):
     assert delta['mode'] == 'delta'
     assert_point_matches_truth(app, app['repo'], delta)
     assert_point_matches_truth(app, str(second), delta)
+    # The checksums are computed once for both repositories: each sidecar still equals its own file's.
+    for export in (both, delta):
+        assert assert_sidecars_are_the_files_checksums(app['repo'], export) == assert_sidecars_are_the_files_checksums(str(second), export)
 
 
 def test_full_interval_forces_a_full(app):
@@ -104,10 +128,13 @@ def test_cut_stream_leaves_no_partial_backup_and_next_run_is_a_delta(app):
     app['sim'].control.cut_export(1 * MIB + 4096)
     _snap, failed = backup(app, expect_failure=True)
     assert 'export' in failed['msg']
+    # Neither the VHD nor its sidecar (nor a temporary file of either) is left, and the full keeps its own.
     assert visible_files(app['repo']) == before
+    assert sum(name.endswith('.vhd.blocksums') for name in before) == sum(name.endswith('.vhd') for name in before) == 2
     _snap, delta = backup(app)
     assert delta['mode'] == 'delta', delta['reason']
     assert_point_matches_truth(app, app['repo'], delta)
+    assert_sidecars_are_the_files_checksums(app['repo'], delta)
     assert_point_matches_truth(app, app['repo'], full, full_truth)
 
 

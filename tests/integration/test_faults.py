@@ -145,6 +145,22 @@ def new_vhds(repo, known):
     return [path for path in real_files(repo) if path.endswith('.vhd') and path not in known]
 
 
+def sidecar_problems(repo: str) -> list[str]:
+    """Block checksum files without their VHD, and VHDs a point's block_checksums lists without their sidecar."""
+    from oracles import backup_points  # pylint: disable=import-outside-toplevel
+    files = set(real_files(repo))
+    problems = ['%s: no VHD' % path for path in sorted(files) if path.endswith('.vhd.blocksums') and path[:-len('.blocksums')] not in files]
+    for vm in os.listdir(os.path.join(repo, 'xo-vm-backups')):
+        if vm.endswith('.lock') or not os.path.isdir(os.path.join(repo, 'xo-vm-backups', vm)):
+            continue
+        for point in backup_points(repo, vm):
+            for relative in point['xapi_delta_backup'].get('block_checksums', {}):
+                path = os.path.join('xo-vm-backups', vm, relative)
+                if path + '.blocksums' not in files:
+                    problems.append('%s (in %s): no block checksum file' % (path, os.path.basename(point['_path'])))
+    return problems
+
+
 # -- snapshot ------------------------------------------------------------------------------------------
 
 
@@ -197,6 +213,7 @@ def test_export_stream_faults(app, small_fs, cell):
     results = run_play(app['ansible'], [('vm_snapshot', JOB, False), ('delta_export', export_args(repo), True)])
     assert 'injected device error' in failed(results[1]) and results[1]['xapi_error']['code'] == 'VDI_IO_ERROR', results[1]['msg']
     settle(app, points, names, files=files)
+    assert sidecar_problems(repo) == []
     cell('export stream', 'XAPI error')
     # stream cut at seeded random offsets: in the VHD header, early in a block, late in a block
     writes(app, rng)
@@ -208,6 +225,7 @@ def test_export_stream_faults(app, small_fs, cell):
     for result, offset in zip(results[1:], offsets, strict=True):
         assert 'export' in failed(result), (offset, result.get('msg'))
     settle(app, points, names, files=files)
+    assert sidecar_problems(repo) == []
     cell('export stream', 'stream cut', count=len(offsets))
     # kill -9 at a random moment of the export (each disk's stream starts 0.5 s late)
     for _attempt in range(2):
@@ -219,6 +237,8 @@ def test_export_stream_faults(app, small_fs, cell):
         app['sim'].control.delay(0, 'export_raw_vdi')
         expire_orphan_sessions(app['sim'], 1)
         settle(app, points, names)
+        # A kill between a sidecar and its VHD leaves the sidecar alone: the next run removed it.
+        assert sidecar_problems(repo) == []
         cell('export stream', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
         assert_kill_landed(killed, 'export stream')
     # full repository file system while the VHDs are written
@@ -230,6 +250,7 @@ def test_export_stream_faults(app, small_fs, cell):
     small_fs.unfill()
     assert 'No space left on device' in msg, msg
     settle(app, points, names, files=files)
+    assert sidecar_problems(repo) == []
     cell('export stream', 'full repo fs')
 
 
@@ -248,6 +269,7 @@ def test_metadata_write_faults(app, small_fs, cell):
     results = run_play(app['ansible'], [('vm_snapshot', JOB, False), ('delta_export', export_args(repo), True)])
     assert 'INTERNAL_ERROR' in failed(results[1]) or 'injected' in results[1]['msg'], results[1]['msg']
     settle(app, points, names, files=files)
+    assert sidecar_problems(repo) == []
     cell('metadata write', 'XAPI error')
     # kill -9 between the VHDs and the JSON
     for _attempt in range(2):
@@ -261,6 +283,7 @@ def test_metadata_write_faults(app, small_fs, cell):
         app['sim'].control.delay(0, 'VIF.get_record')
         expire_orphan_sessions(app['sim'], 1)
         settle(app, points, names)
+        assert sidecar_problems(repo) == []
         cell('metadata write', 'kill -9', 'ok' if killed['killed'] else 'finished before kill')
         assert_kill_landed(killed, 'metadata write')
     # the file system fills up after the VHDs, before the JSON
@@ -281,6 +304,7 @@ def test_metadata_write_faults(app, small_fs, cell):
     msg = failed(outcome['result'])
     assert 'No space left on device' in msg, msg
     settle(app, points, names)
+    assert sidecar_problems(repo) == []
     cell('metadata write', 'full repo fs')
 
 

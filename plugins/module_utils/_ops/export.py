@@ -58,7 +58,7 @@ ERROR_PAGE_LIMIT = 64 * 1024
 
 
 class PrefixedStream:
-    """``read(n)`` over bytes already taken from a stream, then the stream itself."""
+    """``read(n)`` and ``readinto(b)`` over bytes already taken from a stream, then the stream itself."""
 
     def __init__(self, prefix: bytes, stream):
         self._prefix = prefix
@@ -72,6 +72,15 @@ class PrefixedStream:
             data, self._prefix = self._prefix[:size], self._prefix[size:]
             return data
         return self._stream.read(size)
+
+    def readinto(self, buffer) -> int:
+        """Fill some of ``buffer``: the disk's bytes land in the caller's buffer with no copy of ours."""
+        if self._prefix:
+            count = min(len(buffer), len(self._prefix))
+            buffer[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        return self._stream.readinto(buffer)
 
 
 def _read_up_to(stream, size: int) -> bytes:
@@ -404,10 +413,14 @@ def _export_disk(xapi, plan: ExportPlan, disk_plan: DiskPlan, repositories: list
         stream = files.enter_context(contextlib.closing(xapi.open_export(disk.vdi_ref, 'vhd', base_ref, timeout=timeout)))
         label = 'export of %s (%s)' % (disk.name_label, disk.vdi_uuid)
         head = read_vhd_start(stream, label)
-        # Files are written, and hashed, on threads of their own while this one receives and rewrites.
-        # Leaving the block waits for every chunk, so the files commit only once all is written.
+        # Files are written, and checksummed, on threads of their own while this one receives (into the
+        # ring's buffers) and rewrites. Every repository gets the same bytes, so the block checksums are
+        # computed once, by the first writer, and shared. Leaving the block waits for every chunk, so the
+        # files commit only once all is written.
         # The ids are ours (XAPI's are random per export and name host files): footer = snapshot VDI uuid.
-        with WriteBehind(*[writer.write_data for writer in writers], *[writer.update_hash for writer in writers]) as sink:
+        for writer in writers[1:]:
+            writer.share_block_sums(writers[0])
+        with WriteBehind(*[writer.write_data for writer in writers], writers[0].update_hash) as sink:
             result = rewrite_identity(PrefixedStream(head, stream), sink, unique_id=disk.vdi_uuid, parent=parent, name=label)
         # Reading to EOF is what verifies the XAPI task; make sure it happened before committing.
         if stream.read(1):

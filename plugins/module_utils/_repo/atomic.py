@@ -37,6 +37,7 @@ class AtomicFile:
         self.block_sums: BlockSums | None = None
         self._sidecar_written = False
         self._writer: AtomicWriter | None = None
+        self._sums_source: AtomicFile | None = None
 
     @property
     def sha256(self) -> str:
@@ -67,7 +68,21 @@ class AtomicFile:
         self.size += len(data)
 
     def update_hash(self, data) -> None:
+        if self._sums_source is not None:
+            raise ValueError('%s takes the block checksums of %s: only that file is hashed' % (self.shown, self._sums_source.shown))
         (self._hash or self._sums).update(data)
+
+    def share_block_sums(self, source: 'AtomicFile') -> None:
+        """This VHD receives exactly the bytes ``source`` receives (one export written to several
+        repositories): its block checksums are ``source``'s, computed once from those bytes.
+
+        Feed ``update_hash`` of ``source`` only. At commit, a size that differs from ``source``'s
+        means the two did not get the same bytes, and the file is refused.
+        """
+        if self._sums is None or source._sums is None:
+            raise ValueError('only VHD files share block checksums (%s, %s)' % (self.shown, source.shown))
+        self._sums_source = source
+        self._sums = source._sums
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -76,14 +91,23 @@ class AtomicFile:
             self.abort()
 
     def commit(self) -> None:
-        if self._sums is not None:
-            self.block_sums = self._sums.finish()
-            self._sidecar_written = True
-            self.block_sums.save(self.storage, self.sidecar_path)
+        """Publish the file (a VHD after its block checksums); on any failure nothing of it is left."""
         try:
+            if self._sums_source is not None and self._sums_source.size != self.size:
+                raise RepositoryError('%s: %d bytes written but %d to %s, whose block checksums it shares: not the same bytes'
+                                      % (self.shown, self.size, self._sums_source.size, self._sums_source.shown))
+            if self._sums is not None:
+                self.block_sums = self._sums.finish()
+                self._sidecar_written = True
+                self.block_sums.save(self.storage, self.sidecar_path)
             self._writer.commit()
         except FileExistsError:
+            self.abort()
             raise RepositoryError('%s appeared while it was being written: refusing to overwrite it' % self.shown) from None
+        except BaseException:
+            # A stream that ended early, a full file system while the sidecar or the file is made durable.
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if self._writer is not None:

@@ -30,7 +30,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage, Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage.local import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import sidecar_name
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import SUFFIX as SIDECAR_SUFFIX, is_sidecar_name, sidecar_name
 
 
 # -- backup points -----------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class BackupRepository:
     # cleaning up after interrupted runs
 
     def cleanup_incomplete(self, vm_uuid: str, dry_run: bool = False) -> dict:
-        """Remove leftovers of interrupted runs: our temporary files and VHDs no complete JSON needs.
+        """Remove leftovers of interrupted runs: our temporary files, VHDs no complete JSON needs, block checksums without their VHD.
 
         Kept: every VHD a valid JSON references and the older files of its chain, and anything an
         unfinished merge (``.<name>.merge.json``) names, plus those state files themselves. Call it
@@ -341,6 +341,11 @@ class BackupRepository:
                     if name in protected or name.endswith(MERGE_STATE_SUFFIX) or not self.is_file(path):
                         continue
                     if name.startswith('.'):
+                        temporary.append(path)
+                    elif (folder != folder_of_vm and is_sidecar_name(name) and name[:-len(SIDECAR_SUFFIX)] not in protected
+                          and not self.is_file(path[:-len(SIDECAR_SUFFIX)])):
+                        # The block checksums of a VHD never published: AtomicFile makes them durable
+                        # just before the VHD, so a run killed in between leaves them alone.
                         temporary.append(path)
                     elif folder != folder_of_vm and VHD_NAME_PATTERN.match(name) and path not in needed:
                         unreferenced.append(path)

@@ -80,7 +80,9 @@ def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink
     ``parent`` :class:`~.writer.ParentLink` (unique id, timestamp, relative name) and loses its
     parent locators.  Checksums are recomputed.  ``on_write(chunk)`` receives every byte written,
     in order, so the file can be hashed as it is written.  Both ``dst.write`` and ``on_write`` may get
-    a memoryview of a reused buffer: consume it during the call, never keep it.  The stream is validated on the way
+    a memoryview of a reused buffer: consume it during the call, never keep it.  A ``dst`` that also
+    has ``acquire``/``submit``/``release`` (``transfer.WriteBehind``) gets the disk's blocks received
+    straight into its own buffers, with no copy in between.  The stream is validated on the way
     (cookies, checksums, BAT inside the stream, end footer equal to the head copy); any problem
     raises :class:`VhdError` and ``dst`` then holds a partial copy the caller must discard.
     """
@@ -145,9 +147,27 @@ def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink
                            "block at %d overlaps the header or BAT" % (entry * SECTOR))
         data_end = max(data_end, entry * SECTOR + span)
 
-    # Pass the rest through, holding back the last 512 bytes: they are the end footer. One buffer is
-    # reused for the whole disk (a new 1 MiB object per chunk costs more than the copy itself), so
-    # ``dst.write`` and ``on_write`` get views that are only valid during the call.
+    # Pass the rest through, holding back the last 512 bytes: they are the end footer.
+    if hasattr(dst, "acquire") and hasattr(dst, "submit"):
+        held, count = _pass_through_in_place(source, dst, on_write)
+        written += count
+    else:
+        held = _pass_through(source, emit)
+    if source.position < data_end + FOOTER_SIZE:
+        raise VhdError(name, "BAT", "entries", header.table_offset,
+                       "stream of %d bytes ends before its last block (needs %d)" % (source.position, data_end + FOOTER_SIZE))
+    if held != head:
+        raise VhdError(name, "footer", "cookie", source.position - FOOTER_SIZE, "end footer differs from the copy at offset 0")
+    emit(footer_bytes)
+    return RewriteResult(length=written, footer=new_footer, header=new_header, blocks=blocks)
+
+
+def _pass_through(source: _Source, emit: Callable) -> bytes:
+    """Emit the rest of ``source`` but its last 512 bytes, which are returned.
+
+    One buffer is reused for the whole disk (a new 1 MiB object per chunk costs more than the copy
+    itself), so ``emit`` gets views that are only valid during the call.
+    """
     buffer = bytearray(CHUNK_SIZE + FOOTER_SIZE)
     view = memoryview(buffer)
     held = 0
@@ -162,14 +182,44 @@ def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink
             held = FOOTER_SIZE
         else:
             held = filled
-    held = bytes(view[:held])
-    if source.position < data_end + FOOTER_SIZE:
-        raise VhdError(name, "BAT", "entries", header.table_offset,
-                       "stream of %d bytes ends before its last block (needs %d)" % (source.position, data_end + FOOTER_SIZE))
-    if held != head:
-        raise VhdError(name, "footer", "cookie", source.position - FOOTER_SIZE, "end footer differs from the copy at offset 0")
-    emit(footer_bytes)
-    return RewriteResult(length=written, footer=new_footer, header=new_header, blocks=blocks)
+    return bytes(view[:held])
+
+
+def _pass_through_in_place(source: _Source, dst, on_write: Callable | None) -> tuple[bytes, int]:
+    """As :func:`_pass_through`, receiving straight into the buffers of a ring (``transfer.WriteBehind``).
+
+    ``dst.acquire()`` gives a buffer, filled from the source in place, then ``dst.submit(buffer,
+    length)`` queues it: no byte is copied by Python but the 512 held back at each buffer's end,
+    which start the next buffer. Returns the last 512 bytes and the count of bytes submitted.
+    """
+    held = b""
+    submitted = 0
+    while True:
+        buffer = dst.acquire()
+        try:
+            view = memoryview(buffer)
+            size = len(view)
+            if size <= 2 * FOOTER_SIZE:
+                raise ValueError("ring buffers of %d bytes are too small to hold back a footer" % size)
+            view[:len(held)] = held
+            filled = len(held)
+            while filled < size:
+                count = source.readinto(view[filled:])
+                if not count:
+                    break
+                filled += count
+            keep = min(filled, FOOTER_SIZE)
+            held = bytes(view[filled - keep:filled])
+            length = filled - keep
+            if length and on_write is not None:
+                on_write(view[:length])
+        except BaseException:
+            dst.release(buffer)
+            raise
+        dst.submit(buffer, length)  # no longer ours: it may be reused once consumed
+        submitted += length
+        if filled < size:
+            return held, submitted
 
 
 def _copy(source: _Source, emit: Callable, count: int, structure: str, field: str) -> None:

@@ -8,6 +8,10 @@
 before: one per consumer, so writing a file and hashing it run side by side. An export then costs
 about its slowest stage instead of the sum of all (file writes, sha256 and socket reads all release
 the GIL, and a control node has at least two cores).
+
+The ring's buffers can also be filled in place (``acquire``, then ``submit``): the export receives
+from the socket straight into them, so each byte is copied by the kernel into the ring, then read by
+the file write and by the hash, and never copied by Python.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import queue
 import threading
 
-WRITE_BEHIND_BUFFERS = 4
-WRITE_BEHIND_BUFFER_SIZE = 1 << 20
+#: Buffers in flight and their size (about one VHD block each): 16 MiB of ring, enough for the socket to never wait on a consumer
+#: that is briefly slower (a file write starting writeback, a hash thread waiting for the GIL).
+WRITE_BEHIND_BUFFERS = 8
+WRITE_BEHIND_BUFFER_SIZE = 2 << 20
 
 
 class WriteBehind:
@@ -49,17 +55,38 @@ class WriteBehind:
             thread.start()
 
     def write(self, data) -> int:
-        self._raise_error()
+        """Copy ``data`` into the ring and queue it; the caller may reuse ``data`` at once."""
         view = memoryview(data).cast('B')
         for start in range(0, len(view), self.buffer_size):
             piece = view[start:start + self.buffer_size]
-            buffer = self._free.get()
+            buffer = self.acquire()
             buffer[:len(piece)] = piece
-            with self._users_lock:
-                self._users[id(buffer)] = len(self._queues)
-            for pending in self._queues:
-                pending.put((buffer, len(piece)))
+            self.submit(buffer, len(piece))
         return len(view)
+
+    def acquire(self) -> bytearray:
+        """A free buffer of ``buffer_size`` bytes to fill in place (waits while every buffer is in flight).
+
+        Hand it back with :meth:`submit` (its first bytes are consumed) or :meth:`release` (unused).
+        """
+        self._raise_error()
+        buffer = self._free.get()
+        self._raise_error()  # a consumer may have failed while this thread waited
+        return buffer
+
+    def submit(self, buffer: bytearray, length: int) -> None:
+        """Queue the first ``length`` bytes of an acquired ``buffer`` for every consumer; it is no longer the caller's."""
+        if not length:
+            self.release(buffer)
+            return
+        with self._users_lock:
+            self._users[id(buffer)] = len(self._queues)
+        for pending in self._queues:
+            pending.put((buffer, length))
+
+    def release(self, buffer: bytearray) -> None:
+        """Give back an acquired buffer without queueing anything."""
+        self._free.put(buffer)
 
     def _drain(self, consumer, pending) -> None:
         while True:

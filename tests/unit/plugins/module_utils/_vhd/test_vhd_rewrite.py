@@ -14,6 +14,8 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import (
     DISK_DIFFERENCING, DISK_DYNAMIC, ParentLink, VhdChain, VhdError, VhdFile, check_chain, rewrite_identity,
 )
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import StreamSums, compute_sums
+from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import (
     TrickleReader, libvhdi_read, pattern, xapi_stream_bytes,
 )
@@ -83,3 +85,46 @@ def test_delta_needs_a_parent_link(tmp_path):
     stream = xapi_stream_bytes(3 * MIB, {}, DISK_DIFFERENCING, parent_id=bytes(16))
     with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError, match="differencing stream needs a parent link"):
         rewrite_identity(TrickleReader(stream), out, uuid.uuid4())
+
+
+class ReadintoTrickle(TrickleReader):
+    """A short-reading source with ``readinto``, as an HTTP response: the rewriter receives in place."""
+
+    def readinto(self, view):
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+
+@pytest.mark.parametrize("buffer_size", [1536, 4096, 65536 + 7, 2 * MIB])
+@pytest.mark.parametrize("source_class", [TrickleReader, ReadintoTrickle])
+def test_receiving_into_the_ring_writes_what_a_plain_copy_writes(tmp_path, buffer_size, source_class):
+    # The in-place path (WriteBehind.acquire/submit) holds the end footer back across buffers; each
+    # buffer size puts the buffers' edges elsewhere in the blocks and in the footer.
+    stream = xapi_stream_bytes(9 * MIB, {0: pattern(1, 2 * MIB), 2: pattern(2, 2 * MIB), 4: pattern(3, MIB) + bytes(MIB)}, DISK_DYNAMIC)
+    unique_id = uuid.uuid4()
+    plain = tmp_path / "plain.vhd"
+    with open(plain, "wb") as out:
+        expected = rewrite_identity(TrickleReader(stream), out, unique_id)
+    ring = tmp_path / "ring.vhd"
+    sums = StreamSums("ring")
+    seen = hashlib.sha256()
+    with open(ring, "wb") as out:
+        with WriteBehind(out.write, sums.update, buffers=3, buffer_size=buffer_size) as sink:
+            result = rewrite_identity(source_class(stream), sink, unique_id, on_write=seen.update)
+    assert ring.read_bytes() == plain.read_bytes()
+    assert result == expected and result.length == len(stream)
+    assert seen.hexdigest() == hashlib.sha256(plain.read_bytes()).hexdigest()
+    with VhdFile(str(ring)) as vhd:
+        assert sums.finish().pack() == compute_sums(vhd).pack()
+
+
+@pytest.mark.parametrize("cut", [600, 2 * MIB, 512])
+def test_a_cut_stream_fails_on_the_in_place_path_too(tmp_path, cut):
+    stream = xapi_stream_bytes(5 * MIB, {1: pattern(4, 2 * MIB)}, DISK_DYNAMIC)[:-cut]
+    sums = StreamSums("cut")
+    with open(tmp_path / "x.vhd", "wb") as out, pytest.raises(VhdError, match="ends before its last block|end footer differs"):
+        with WriteBehind(out.write, sums.update, buffers=2, buffer_size=65536) as sink:
+            rewrite_identity(ReadintoTrickle(stream), sink, uuid.uuid4())
+    with pytest.raises(VhdError, match="ended before its last block"):
+        sums.finish()

@@ -12,8 +12,12 @@ import threading
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import split_local_path
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, compute_sums
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.transfer import WriteBehind
+from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._vhd.vhd_testlib import pattern, write_vhd
 
 
 class Recorder:
@@ -157,3 +161,89 @@ def test_abort_never_raises_even_after_a_consumer_failed():
     assert not any(thread.is_alive() for thread in sink._threads)  # pylint: disable=protected-access
     # the other consumer may have seen the chunk before the failure, never after
     assert failing.received == b'' and bytes(other.received) in (b'', b'a' * 1024)
+
+
+def test_buffers_filled_in_place_arrive_in_order_and_released_ones_come_back():
+    target = Recorder()
+    with WriteBehind(target.write, buffers=1, buffer_size=4096) as sink:
+        buffer = sink.acquire()
+        assert len(buffer) == 4096
+        sink.release(buffer)  # unused: back in the ring, so the next acquire does not wait
+        for number in range(5):
+            buffer = sink.acquire()
+            buffer[:1000] = bytes([number]) * 1000
+            sink.submit(buffer, 1000)
+        sink.submit(sink.acquire(), 0)  # nothing to consume: the buffer just returns
+        sink.write(b'end')
+    assert bytes(target.received) == b''.join(bytes([number]) * 1000 for number in range(5)) + b'end'
+
+
+def test_a_consumer_failure_is_raised_by_acquire():
+    sink = WriteBehind(Recorder(fail_after=0).write, buffers=2, buffer_size=1024)
+    buffer = sink.acquire()
+    sink.submit(buffer, 10)
+    with pytest.raises(OSError, match='No space left'):
+        for _number in range(100):
+            sink.submit(sink.acquire(), 10)
+    sink.abort()
+
+
+def vhd_bytes(tmp_path) -> bytes:
+    size = 5 * 1024 * 1024
+    model = bytearray(size)
+    model[:3 * 1024 * 1024] = pattern(1, 3 * 1024 * 1024)
+    path = write_vhd(str(tmp_path / 'source.vhd'), size, set(range(6144)), 2 * 1024 * 1024, model=model)
+    with open(path, 'rb') as handle:
+        return handle.read()
+
+
+def test_several_repositories_share_the_block_checksums_computed_once(tmp_path):
+    data = vhd_bytes(tmp_path)
+    first = AtomicFile(*split_local_path(str(tmp_path / 'a.vhd')), vhd=True)
+    second = AtomicFile(*split_local_path(str(tmp_path / 'b.vhd')), vhd=True)
+    with first, second:
+        second.share_block_sums(first)
+        with pytest.raises(ValueError, match='takes the block checksums of'):
+            second.update_hash(b'x')  # fed twice, the shared checksums would be wrong
+        with WriteBehind(first.write_data, second.write_data, first.update_hash, buffer_size=65536) as sink:
+            for start in range(0, len(data), 100003):
+                sink.write(data[start:start + 100003])
+    with VhdFile(str(tmp_path / 'source.vhd')) as source:
+        expected = compute_sums(source).pack()
+    for name in ('a.vhd', 'b.vhd'):
+        assert (tmp_path / name).read_bytes() == data
+        assert (tmp_path / (name + '.blocksums')).read_bytes() == expected
+
+
+def test_a_repository_that_got_other_bytes_than_the_one_it_shares_checksums_with_is_refused(tmp_path):
+    data = vhd_bytes(tmp_path)
+    first = AtomicFile(*split_local_path(str(tmp_path / 'a.vhd')), vhd=True)
+    second = AtomicFile(*split_local_path(str(tmp_path / 'b.vhd')), vhd=True)
+    with pytest.raises(RepositoryError, match='not the same bytes'):
+        with second, first:
+            second.share_block_sums(first)
+            first.write(data)
+            second.write_data(data[:-512])
+    assert sorted(os.listdir(tmp_path)) == ['a.vhd', 'a.vhd.blocksums', 'source.vhd']
+
+
+def test_only_vhd_files_share_block_checksums(tmp_path):
+    plain = AtomicFile(*split_local_path(str(tmp_path / 'x.json')))
+    vhd = AtomicFile(*split_local_path(str(tmp_path / 'y.vhd')), vhd=True)
+    with pytest.raises(ValueError, match='only VHD files share block checksums'):
+        vhd.share_block_sums(plain)
+
+
+@pytest.mark.parametrize('fails', ['sidecar', 'stream'])
+def test_a_vhd_whose_commit_fails_leaves_nothing(tmp_path, monkeypatch, fails):
+    data = vhd_bytes(tmp_path)
+    if fails == 'sidecar':
+        def no_space(*_args, **_kwargs):
+            raise OSError(28, 'No space left on device')
+        monkeypatch.setattr(BlockSums, 'save', no_space)
+    else:
+        data = data[:-1024]  # the stream ended before its end footer: no checksums, no file
+    with pytest.raises((OSError, VhdError)):
+        with AtomicFile(*split_local_path(str(tmp_path / 'a.vhd')), vhd=True) as target:
+            target.write(data)
+    assert sorted(os.listdir(tmp_path)) == ['source.vhd']
