@@ -80,12 +80,16 @@ class AtomicFile:
 
     def commit(self) -> None:
         if self._sums is not None:
-            self.block_sums = self._sums.finish()
-            if self.review_sums is not None:
-                self.block_sums = self.review_sums(self.block_sums)
-            if self.block_sums is not None:
-                self._sidecar_written = True
-                self.block_sums.save(self.storage, self.sidecar_path)
+            try:
+                self.block_sums = self._sums.finish()
+                if self.review_sums is not None:
+                    self.block_sums = self.review_sums(self.block_sums)
+                if self.block_sums is not None:
+                    self._sidecar_written = True
+                    self.block_sums.save(self.storage, self.sidecar_path)
+            except BaseException:
+                self.abort()  # a stream cut short or refused leaves no temporary file behind
+                raise
         try:
             self._writer.commit()
         except FileExistsError:
