@@ -14,14 +14,23 @@ description:
   - Copies the backups of one VM, several, or all of them from O(source) to O(destination). Use it for the initial seed.
     First export a full to a repository near the pool. Then copy it to the far repository with this module, and point the job at
     the far repository. The next run of M(xapi.delta_backup.delta_export) there sends only a delta.
-  - The VHD files are copied first, each under a temporary name that is renamed once complete. Each copy is then read back and its
-    sha256 compared with the source file's, and with the checksum recorded in the metadata when there is one.
+  - The VHD files are copied first, each under a temporary name that is renamed once complete, with its block checksum file
+    (C(<name>.vhd.blocksums), one sha256 per data block). Each block is hashed once as it passes, and must match the source's
+    recorded checksum before the file is published. A damaged block stops the copy, and the error names the file, the block number
+    and its virtual offset. Each copy is then read back and checked block by block on every core, which catches a destination
+    storage that changes data.
+  - A file written before block checksums existed is checked against the sha256 recorded in its metadata as it is copied, and its
+    copy is read back and hashed whole. A file with neither (written by Xen Orchestra) is read back and compared with what was
+    written. RV(vms[].checksums) lists the files under each kind of check.
     The metadata files are copied last, oldest first, byte for byte. A backup shows at the destination only once every file of its chain
     is there and verified. An interrupted copy never leaves a point that a backup run would misread.
-  - Files already at the destination with the same content are skipped, so a rerun finishes an interrupted copy.
+  - Files already at the destination with the same content are skipped, so a rerun finishes an interrupted copy. When both files
+    have block checksum files, these are compared (and the destination's checked against its file's identity, footer, header
+    and BAT) without reading the data. Otherwise both files are hashed whole.
     A destination file with the same name but different content is never overwritten; the copy stops and names it.
-  - The source chains are checked before they are copied, both their structure and their recorded checksums. A damaged source
-    file is refused, and the error names it.
+  - The source chains are checked before they are copied. The check covers their structure, and each block checksum file against
+    its file. A missing block checksum file of a file whose metadata says it was written with one counts as damage. A damaged
+    source file is refused, and the error names it.
   - Takes the repository lock of each VM in both repositories while it copies it.
   - Does not talk to the pool. The connection options are accepted so that C(module_defaults) for the C(xapi) group apply, and they are ignored.
 author:
@@ -136,6 +145,15 @@ vms:
       description: Temporary files that an interrupted copy had left at the destination and that were removed.
       type: int
       sample: 0
+    checksums:
+      description:
+        - The VHD files of the VM (copied or skipped), relative to the VM folder, by how they were checked.
+        - C(block_checksums) lists files checked block by block against their block checksum files.
+        - C(sha256) lists files written before block checksums existed, checked against the sha256 in their metadata.
+        - C(unverified) lists files with neither, for example written by Xen Orchestra. They are only checked to read back as written.
+      type: dict
+      sample: {"block_checksums": ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd"],
+               "sha256": [], "unverified": []}
 copied_files:
   description: Number of VHD files copied.
   returned: always

@@ -32,9 +32,14 @@ description:
     or network that no option maps). With O(strict=true), any of them fails the restore before anything is created.
   - The collection's C(docs/restore.md) describes what is restored, what is not, and how to map SRs and networks.
   - With O(disk), restores only that disk, to a new VDI that is not attached to any VM.
-  - Every chain is checked first, both its structure and the sha256 recorded for each file. A damaged chain is refused before anything
-    is created, and the error names the bad file. If a later step fails (for example an import cut midway), everything the run
-    created is destroyed again and the error says why.
+  - Every chain is checked first, before anything is created. The check covers its structure and each file's block checksum file
+    (identity, footer, header and BAT; a few KiB whatever the disk size). A damaged chain is refused, and the error names the bad
+    file. A file written before block checksums existed is hashed whole against the sha256 in its metadata.
+  - Every block read while the chain streams is checked against its recorded checksum, on threads reading ahead of the upload.
+    A damaged block aborts the upload before the import completes, so the host fails the import. The error names the file, the
+    block number and its virtual offset.
+  - If a later step fails (for example an import cut midway, or a damaged block), everything the run created is destroyed again
+    and the error says why.
   - Until it finishes, a restore marks its VM and VDIs with its host and process id (other_config key
     C(xapi_delta_backup:restore_in_progress)), and the VM's start stays blocked. A restore killed midway (kill -9, lost control node)
     cannot clean up after itself, so each run first destroys the VMs and VDIs of restores from this host whose process is gone
@@ -417,10 +422,16 @@ vifs:
             "matched_by": "vlan", "source_network_uuid": "0d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a", "source_network_name_label": "vlan20-prod",
             "mac": "6e:3b:0a:91:5c:27"}]
 checksums:
-  description: VHD files whose sha256 matched the metadata (C(verified)), and files that had no recorded checksum (C(unverified)).
+  description:
+    - C(verified) lists the VHD files that are checked. A file with block checksums has its structures checked before the restore
+      and each block it provides checked as it streams. A file written before block checksums existed has its whole-file sha256
+      checked before the restore.
+    - C(legacy) lists the files of C(verified) that were checked by their whole-file sha256.
+    - C(unverified) lists files with no recorded checksum (for example written by Xen Orchestra), checked for structure only.
   returned: always
   type: dict
-  sample: {"verified": ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd"], "unverified": []}
+  sample: {"verified": ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd"],
+           "unverified": [], "legacy": []}
 finished_merges:
   description: State files of merges a crash had left unfinished, which were finished before the restore (never in check mode).
   returned: always

@@ -254,20 +254,27 @@ def test_damaged_files_are_refused_by_name_and_nothing_is_created(app, tmp_path)
     job_dir = os.path.join(vm_dir, 'vdis', os.listdir(os.path.join(vm_dir, 'vdis'))[0])
     folder = os.path.join(job_dir, app.live['app01-root'])
     full = os.path.join(folder, stamps[0] + '.vhd')
+    # A data block the newest point reads from the full: restore and seed copy find it as they read it, and name it.
     flip_byte(full, os.path.getsize(full) // 2)
     counts = pool_objects(app.sim)
     refused = restore(app, expect_failure=True)
-    assert full in refused['msg'] and 'sha256' in refused['msg']
+    assert full in refused['msg'] and 'does not match its recorded checksum' in refused['msg']
+    assert pool_objects(app.sim) == counts
+    far = tmp_path / 'far'
+    far.mkdir()
+    refused = app.ansible.run_task('seed_copy', {'source': app.repository, 'destination': str(far)}, expect_failure=True)
+    assert full in refused['msg'] and 'does not match its recorded checksum' in refused['msg']
+    assert not [name for name, _size in repo_files(str(far)) if name.endswith('.json')]
+    flip_byte(full, os.path.getsize(full) // 2)  # repaired
+    # A damaged footer: every reader refuses the file before reading a block (a merge too, which reads only changed blocks).
+    flip_byte(full, os.path.getsize(full) - 100)
+    refused = restore(app, expect_failure=True)
+    assert full in refused['msg']
     assert pool_objects(app.sim) == counts
     refused = merge(app, 1, expect_failure=True)
     assert full in refused['msg']
     assert len([name for name in os.listdir(vm_dir) if name.endswith('.json')]) == 2
-    far = tmp_path / 'far'
-    far.mkdir()
-    refused = app.ansible.run_task('seed_copy', {'source': app.repository, 'destination': str(far)}, expect_failure=True)
-    assert full in refused['msg']
-    assert not [name for name, _size in repo_files(str(far)) if name.endswith('.json')]
-    flip_byte(full, os.path.getsize(full) // 2)  # repaired
+    flip_byte(full, os.path.getsize(full) - 100)  # repaired
     delta = os.path.join(folder, stamps[1] + '.vhd')
     with open(delta, 'r+b') as handle:
         handle.truncate(os.path.getsize(delta) - 1024)

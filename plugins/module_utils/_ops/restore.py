@@ -4,8 +4,13 @@
 
 """Restore a VM (or one disk) as it was at a backup point.
 
-Every disk chain of the point is checked first (structure and recorded sha256): nothing is created
-on the pool before all of them pass. Then, as Xen Orchestra does, the VM is created from the
+Every disk chain of the point is checked first: structure, and each file's block checksums
+(identity, footer, header and BAT: a few KiB whatever the disk size; a file written before block
+checksums is hashed whole against its recorded sha256). Nothing is created on the pool before all
+of them pass. While a chain streams, every block read is checked against its recorded checksum on
+read-ahead threads (``VhdStream.read_ahead``); a damaged block aborts the upload short of its
+length, so the host fails the import, and the restore removes what it created, naming the file,
+block and virtual offset. Then, as Xen Orchestra does, the VM is created from the
 backed-up record with its start blocked (its CD drives come back empty), each disk gets a new VDI of the point's virtual size and
 its chain is streamed as ONE dynamic VHD to ``/import_raw_vdi`` (exact Content-Length, one block in
 memory at a time), VBDs and VIFs are recreated, and the start is unblocked. Whatever was created is
@@ -24,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import recorded_checksums, verify_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import check_chain_integrity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
     TIMESTAMP_PATTERN, RepositoryError, parse_timestamp, validate_uuid,
 )
@@ -42,6 +47,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.suspend imp
     suspended_create_fields,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain, VhdError, stream_disk
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import attach
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.constructor import CONSTRUCTOR_FIELDS
 # The VM record (VM.create, what is set after it, name and tags) has its own module; its names stay importable from here.
@@ -338,6 +344,7 @@ class DiskRestore:
     sr_ref: str | None = None  # the SR of the new VDI, once placed (None: the plan's sr_ref)
     sr_record: dict | None = None
     placed_by: str | None = None  # the placement rule that chose it (placement.BY_*)
+    block_sums: dict = dataclasses.field(default_factory=dict)  # storage path -> BlockSums: each block read is checked
 
     def as_result(self) -> dict:
         entry = {'source_vdi_uuid': self.disk.vdi_uuid, 'vdi_uuid': self.vdi_uuid, 'name_label': self.name_label,
@@ -355,9 +362,10 @@ class CheckedBackup:
 
     point: BackupPoint
     disks: list[DiskRestore]
-    verified: list[str]  # VHDs (relative to the VM folder) whose recorded sha256 matched
-    unverified: list[str]  # VHDs without a recorded sha256 (e.g. written by Xen Orchestra)
+    verified: list[str]  # VHDs (relative to the VM folder) checked: block checksums (each block as it streams) or a legacy sha256
+    unverified: list[str]  # VHDs without block checksums or a recorded sha256 (e.g. written by Xen Orchestra)
     finished_merges: list[str]
+    legacy: list[str] = dataclasses.field(default_factory=list)  # of ``verified``: hashed whole up front (written before block checksums)
 
 
 @dataclass
@@ -398,7 +406,10 @@ class RestorePlan:
 
 
 def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk: str | None, finish_merges: bool = False) -> CheckedBackup:
-    """Choose the point and disks and check every chain (structure and sha256) before anything is created.
+    """Choose the point and disks and check every chain before anything is created.
+
+    Structure, and each file's block checksum file against the file (identity and structures, not
+    the blocks: those are checked as they stream); a legacy whole-file sha256 is checked here.
 
     A merge a crash left unfinished is finished first with ``finish_merges`` (the caller holds the
     VM's lock), else refused with a message saying how to finish it.
@@ -410,17 +421,18 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
     if not points:
         raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
     point = select_point(points, point_selector)
-    checksums = recorded_checksums(repo.list_backups(vm_uuid))
-    disks, verified, unverified = [], [], []
+    every_point = repo.list_backups(vm_uuid)
+    disks, verified, unverified, legacy = [], [], [], []
     for item in select_disks(point, disk):
         what = 'refusing to restore disk %s of backup %s' % (item.vdi_uuid, point.timestamp)
         try:
             chain = repo.vhd_chain(point, item)
         except RepositoryError as error:
             raise RestoreError('%s: %s' % (what, error)) from error
-        checked = verify_chain(repo, vm_uuid, chain, checksums, what)
-        verified.extend(checked['verified'])
-        unverified.extend(checked['unverified'])
+        checked = check_chain_integrity(repo, vm_uuid, chain, every_point, what)
+        verified.extend(checked.verified)
+        unverified.extend(checked.unverified)
+        legacy.extend(checked.legacy)
         with VhdChain.from_paths(chain, storage=repo.storage) as opened:
             length = stream_disk(opened).length
             chain_size = opened.size
@@ -430,8 +442,9 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
         vbd = _vbd_of(point, item.vdi_ref)
         disks.append(DiskRestore(disk=item, chain=chain, storage=repo.storage, length=length, virtual_size=max(size, chain_size), record=record, vbd=vbd,
                                  name_label=record.get('name_label') or 'restored disk %s' % item.vdi_uuid,
-                                 userdevice=str(vbd.get('userdevice', '')) if vbd else ''))
-    return CheckedBackup(point=point, disks=disks, verified=sorted(set(verified)), unverified=sorted(set(unverified)), finished_merges=finished)
+                                 userdevice=str(vbd.get('userdevice', '')) if vbd else '', block_sums=checked.sums))
+    return CheckedBackup(point=point, disks=disks, verified=sorted(set(verified)), unverified=sorted(set(unverified)), finished_merges=finished,
+                         legacy=sorted(set(legacy)))
 
 
 def plan_restore(backup: CheckedBackup, sr_ref: str, sr_record: dict, networks: dict, disk_only: bool, name_label: str | None = None,
@@ -510,7 +523,7 @@ def restore_result(plan: RestorePlan, removed_leftovers: dict) -> dict:
                                            'affinity_kept': plan.affinity != NULL_REF},
         'disks': [item.as_result() for item in plan.disks],
         'vifs': [vif.as_result() for vif in plan.vifs],
-        'checksums': {'verified': plan.backup.verified, 'unverified': plan.backup.unverified},
+        'checksums': {'verified': plan.backup.verified, 'unverified': plan.backup.unverified, 'legacy': plan.backup.legacy},
         'finished_merges': plan.backup.finished_merges,
         'removed_leftovers': removed_leftovers,
         'cd_drives': plan.cd_drives,
@@ -654,8 +667,12 @@ def _restore_disk(xapi, plan: RestorePlan, item: DiskRestore, created: _Created,
     item.vdi_uuid = xapi.call('VDI.get_uuid', vdi_ref)
     began = time.monotonic()
     with VhdChain.from_paths(item.chain, storage=item.storage) as chain:
+        for layer in chain.layers():
+            sums = item.block_sums.get(layer.name)
+            if sums is not None:
+                attach(layer, sums)  # each block read is checked: a damaged one stops the upload, naming it
         stream = stream_disk(chain)
-        xapi.import_stream(vdi_ref, stream, stream.length, timeout=timeout)
+        xapi.import_stream(vdi_ref, stream.read_ahead(), stream.length, timeout=timeout)
     item.seconds = round(time.monotonic() - began, 3)
     return vdi_ref
 

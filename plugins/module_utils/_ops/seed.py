@@ -8,13 +8,20 @@ A first full goes to a repository near the pool, the repository travels (or is c
 link) to the far site, the job is retargeted there, and its next export is a delta because the
 copied chain ends with the job's reference snapshot.
 
-For each VM, under both repositories' locks: the source chains are checked (structure, and sha256
-while being read); every VHD is copied through an atomic file (temporary name, fsync, rename),
-then read back at the destination and its sha256 compared; only then are the JSON files copied,
-oldest first and byte for byte. A backup at the destination is thus visible only once every file
-of its chain is there and verified, so an interrupted copy never leaves a point a backup run
-would misread. Files already at the destination with the same sha256 are skipped, so a rerun
-finishes an interrupted copy and a second run changes nothing. A destination file of the same
+For each VM, under both repositories' locks: the source chains are checked (structure, and each
+file's block checksum file against the file: identity, footer, header and BAT); every VHD is
+copied through an atomic file (temporary name, fsync, rename) with its block checksum file. The
+destination writer hashes each block as it passes; those checksums must equal the source's before
+the file is published (every block read is thus checked, one hash per block), and the written file
+is read back and checked block by block against them on every core (a destination storage that
+changes data is caught; the copy costs a read of the file there anyway). A file written before
+block checksums is checked against its recorded sha256 as it is copied and read back whole; a file
+with neither (written by Xen Orchestra) is read back against what was written. Only then are the
+JSON files copied, oldest first and byte for byte. A backup at the destination is thus visible only
+once every file of its chain is there and verified, so an interrupted copy never leaves a point a
+backup run would misread. Files already at the destination with the same content (the same block
+checksum file, whose digests match the file's structures; else the same sha256) are skipped, so a
+rerun finishes an interrupted copy and a second run changes nothing. A destination file of the same
 name but different content is never overwritten: the copy stops and names it.
 """
 
@@ -27,7 +34,7 @@ import time
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import write_file_atomically
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
-    IntegrityError, chain_structure_problems, checksum_mismatch, recorded_checksums, sha256_file,
+    IntegrityError, chain_structure_problems, checksum_mismatch, recorded_block_checksums, recorded_checksums, sha256_file,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
     VHD_RELATIVE_PATTERN, RepositoryError, metadata_file, relative_to_vm_folder, vm_folder,
@@ -36,8 +43,14 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store impo
     open_or_initialize, open_repository, resolve_backup_vm, same_local_folder,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import refuse_unfinished_merges
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import (
+    UNKNOWN, BlockSums, BlockSumsError, BlockProblem, sidecar_name, structure_problems, verify_blocks,
+)
 
 COPY_CHUNK = 4 * 1024 * 1024
+#: How each copied file is checked (the per-VM report's ``checksums`` lists the files under these keys).
+BLOCKS, LEGACY, UNVERIFIED = 'block_checksums', 'sha256', 'unverified'
 MIB = 1024 * 1024
 
 
@@ -63,20 +76,56 @@ def _remove_our_temporaries(repo, vm_uuid: str) -> list:
     return found
 
 
+def _source_file(source, vm_uuid: str, path: str, with_blocks: set, checksums: dict) -> tuple[str, object, list]:
+    """How one source file is checked: ``(kind, block sums or expected sha256 or None, problems)``.
+
+    Block checksums: the file's identity and structures against them (a few KiB); its blocks are
+    checked as they are copied. A file the metadata says was written with them but has none is damage.
+    """
+    relative = relative_to_vm_folder(vm_uuid, path)
+    try:
+        sums = BlockSums.load_for(source.storage, path)
+    except BlockSumsError as error:
+        return BLOCKS, None, [str(error)]
+    if sums is None:
+        if relative in checksums:
+            return LEGACY, checksums[relative], []
+        if relative in with_blocks:
+            return BLOCKS, None, ['%s: its block checksum file %s is missing (written with one: it was removed)'
+                                  % (source.describe(path), posixpath.basename(sidecar_name(path)))]
+        return UNVERIFIED, None, []
+    try:
+        with VhdFile.open_in(source.storage, path) as vhd:
+            return BLOCKS, sums, structure_problems(vhd, sums)
+    except (VhdError, OSError) as error:
+        return BLOCKS, sums, [str(error)]
+
+
 def plan_vm_copy(source, vm_uuid: str, job_id: str | None) -> dict:
-    """Points and VHD files (oldest first) to copy, the checksums recorded for them; structure checked."""
+    """Points and VHD files (oldest first) to copy and how each is checked (``kinds``: relative -> (kind, reference)).
+
+    Structure and block checksum files are checked here; every problem of a chain is named at once.
+    """
     points = source.list_backups(vm_uuid, job_id)
-    checksums = recorded_checksums(source.list_backups(vm_uuid))
-    files = {}
+    every_point = source.list_backups(vm_uuid)
+    checksums = recorded_checksums(every_point)
+    with_blocks = recorded_block_checksums(every_point)
+    files, kinds = {}, {}
     for point in points:
         for disk in point.disks:
             chain = source.vhd_chain(point, disk)
             problems = chain_structure_problems(source, chain)
+            for path in chain:
+                relative = relative_to_vm_folder(vm_uuid, path)
+                if relative not in kinds:
+                    kind, reference, found = _source_file(source, vm_uuid, path, with_blocks, checksums)
+                    kinds[relative] = (kind, reference)
+                    if not problems:
+                        problems.extend(found)
+                files[relative] = path
             if problems:
                 raise IntegrityError('refusing to copy disk %s of backup %s' % (disk.vdi_uuid, point.timestamp), problems)
-            for path in chain:
-                files[relative_to_vm_folder(vm_uuid, path)] = path
-    return {'points': points, 'files': sorted(files.items()), 'checksums': checksums}
+    return {'points': points, 'files': sorted(files.items()), 'checksums': checksums, 'kinds': kinds}
 
 
 def _destination_state(destination, vm_uuid: str, relative: str):
@@ -86,10 +135,41 @@ def _destination_state(destination, vm_uuid: str, relative: str):
     return path if destination.is_file(path) else None
 
 
-def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str, expected: str | None) -> tuple[int, str]:
-    """Copy one VHD atomically; verify the source against ``expected`` and the destination against what was read."""
+def _compare_with_source(shown: str, source_sums: BlockSums, read: BlockSums) -> BlockSums:
+    """The checksums of the blocks just read (``read``) against the source's; returns the source's, to be copied as they are.
+
+    Blocks the source records as unknown (a merge by another tool) are taken as read.
+    """
+    problems = []
+    if (read.unique_id, read.footer_digest, read.header_digest, read.bat_digest) != (
+            source_sums.unique_id, source_sums.footer_digest, source_sums.header_digest, source_sums.bat_digest):
+        problems.append('%s: its identity or structures changed while it was copied' % shown)
+    elif read.digests != source_sums.digests:
+        for index in range(source_sums.entries):
+            recorded = source_sums.digest(index)
+            if recorded != UNKNOWN and recorded != read.digest(index):
+                problems.append(str(BlockProblem(shown, index, index * source_sums.block_size,
+                                                 'does not match its recorded checksum (the block is damaged)')))
+    if problems:
+        raise IntegrityError('refusing to copy %s' % shown, problems)
+    return source_sums
+
+
+def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str, kind: str, reference) -> int:
+    """Copy one VHD atomically (with its block checksum file, if it has one); verify the source as it is read, then the destination."""
     job_id, vdi_uuid, timestamp = VHD_RELATIVE_PATTERN.match(relative).groups()[:3]
+    shown = source.describe(source_path)
     writer = destination.open_vhd_writer(vm_uuid, job_id, vdi_uuid, timestamp)
+    read = {}
+
+    def review(computed: BlockSums):
+        read['sums'] = computed
+        if kind == BLOCKS:
+            return _compare_with_source(shown, reference, computed)
+        return None  # the source has no block checksum file: neither has the copy (it stays the same file)
+
+    writer.review_sums = review
+    digest = hashlib.sha256() if kind != BLOCKS else None
     writer.__enter__()
     try:
         with source.storage.open_file(source_path) as reader:
@@ -99,26 +179,54 @@ def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str
                 if not chunk:
                     break
                 writer.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
                 offset += len(chunk)
-        if expected is not None and writer.sha256 != expected:
-            raise IntegrityError('refusing to copy %s' % source.describe(source_path),
-                                 [checksum_mismatch(source.describe(source_path), writer.sha256, expected)])
+        if kind == LEGACY and digest.hexdigest() != reference:
+            raise IntegrityError('refusing to copy %s' % shown, [checksum_mismatch(shown, digest.hexdigest(), reference)])
+        writer.commit()
     except BaseException:
         writer.abort()
         raise
-    writer.commit()
-    actual = sha256_file(destination.storage, writer.path)
-    if actual != writer.sha256:
+    if kind == BLOCKS:
+        try:
+            with VhdFile.open_in(destination.storage, writer.path) as copied:
+                problems = structure_problems(copied, read['sums']) or [str(problem) for problem in verify_blocks(copied, read['sums'])]
+        except (VhdError, OSError) as error:
+            problems = [str(error)]
+    else:
+        actual = sha256_file(destination.storage, writer.path)
+        problems = [] if actual == digest.hexdigest() else [
+            '%s: sha256 %s after writing, %s was written' % (writer.shown, actual, digest.hexdigest())]
+    if problems:
         destination.remove_files([writer.path])
-        raise IntegrityError('copy verification failed', ['%s: sha256 %s after writing, %s was written (the destination storage '
-                                                          'changed the data; the file was removed)' % (writer.shown, actual, writer.sha256)])
-    return writer.size, actual
+        raise IntegrityError('copy verification failed (the destination storage changed the data; the file was removed)', problems)
+    return writer.size
+
+
+def _same_file(source, destination, source_path: str, existing: str, kind: str, reference) -> bool:
+    """Whether the destination's file is the source's: the same block checksum file, matching the file's structures, when
+    both have one (a few KiB read); else the same sha256 (both files read)."""
+    try:
+        theirs = BlockSums.load_for(destination.storage, existing)
+    except BlockSumsError:
+        return False
+    if kind == BLOCKS and theirs is not None:
+        if theirs.pack() != reference.pack():
+            return False
+        try:
+            with VhdFile.open_in(destination.storage, existing) as vhd:
+                return not structure_problems(vhd, theirs)
+        except (VhdError, OSError):
+            return False
+    expected = reference if kind == LEGACY else sha256_file(source.storage, source_path)
+    return sha256_file(destination.storage, existing) == expected
 
 
 def copy_vm(source, destination, vm_uuid: str, job_id: str | None, check_mode: bool = False) -> dict:
     """Copy one VM's backups (of one job, or all); return what was (or would be) copied and skipped."""
     report = {'vm_uuid': vm_uuid, 'copied_files': [], 'skipped_files': [], 'copied_points': [], 'skipped_points': [],
-              'bytes_copied': 0, 'removed_temporary_files': 0}
+              'bytes_copied': 0, 'removed_temporary_files': 0, 'checksums': {BLOCKS: [], LEGACY: [], UNVERIFIED: []}}
     with contextlib.ExitStack() as locks:
         if not check_mode:
             locks.enter_context(source.lock(vm_uuid, 'seed_copy'))
@@ -132,22 +240,21 @@ def copy_vm(source, destination, vm_uuid: str, job_id: str | None, check_mode: b
         if not plan['points']:
             raise RepositoryError('repository %s holds no backup of VM %s%s' % (source.root, vm_uuid, ' by this job' if job_id else ''))
         for relative, source_path in plan['files']:
-            expected = plan['checksums'].get(relative)
+            kind, reference = plan['kinds'][relative]
+            report['checksums'][kind].append(relative)
             existing = _destination_state(destination, vm_uuid, relative)
             if existing is not None:
-                reference = expected if expected is not None else sha256_file(source.storage, source_path)
-                if sha256_file(destination.storage, existing) != reference:
-                    raise SeedConflictError('%s already exists at the destination with different content (sha256 differs from %s): it '
-                                            'belongs to another backup history; move it away or copy to another repository'
-                                            % (destination.describe(existing), source.describe(source_path)))
+                if not _same_file(source, destination, source_path, existing, kind, reference):
+                    raise SeedConflictError('%s already exists at the destination with different content (its block checksums or sha256 '
+                                            'differ from those of %s): it belongs to another backup history; move it away or copy to '
+                                            'another repository' % (destination.describe(existing), source.describe(source_path)))
                 report['skipped_files'].append(relative)
                 continue
             report['copied_files'].append(relative)
             if check_mode:
                 report['bytes_copied'] += source.storage.size(source_path)
                 continue
-            size, _digest = _copy_vhd(source, destination, vm_uuid, relative, source_path, expected)
-            report['bytes_copied'] += size
+            report['bytes_copied'] += _copy_vhd(source, destination, vm_uuid, relative, source_path, kind, reference)
         # Metadata last, oldest first, byte for byte: a point appears only once its whole chain is there.
         for point in plan['points']:
             raw = source.storage.read_bytes(point.metadata_storage_path)

@@ -35,6 +35,9 @@ class AtomicFile:
         self._hash = None if vhd else hashlib.sha256()
         self._sums = StreamSums(self.shown) if vhd else None
         self.block_sums: BlockSums | None = None
+        #: With ``vhd``: called at commit with the computed block checksums; returns those to save (``None``: no sidecar)
+        #: or raises to refuse the file (a copy compares them with its source's).
+        self.review_sums = None
         self._sidecar_written = False
         self._writer: AtomicWriter | None = None
         self._sums_source: AtomicFile | None = None
@@ -98,8 +101,11 @@ class AtomicFile:
                                       % (self.shown, self.size, self._sums_source.size, self._sums_source.shown))
             if self._sums is not None:
                 self.block_sums = self._sums.finish()
-                self._sidecar_written = True
-                self.block_sums.save(self.storage, self.sidecar_path)
+                if self.review_sums is not None:
+                    self.block_sums = self.review_sums(self.block_sums)
+                if self.block_sums is not None:
+                    self._sidecar_written = True
+                    self.block_sums.save(self.storage, self.sidecar_path)
             self._writer.commit()
         except FileExistsError:
             self.abort()

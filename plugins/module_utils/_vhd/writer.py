@@ -12,6 +12,8 @@ creator is ``tap`` 1.1 so that qemu uses the current size and blktap expects no 
 from __future__ import annotations
 
 import array
+import collections
+import concurrent.futures
 import dataclasses
 import os
 import posixpath
@@ -27,6 +29,10 @@ from .structures import (
 )
 
 TABLE_OFFSET = FOOTER_SIZE + HEADER_SIZE
+#: Blocks read (and checked) ahead of the consumer by :meth:`VhdStream.read_ahead`: bounds memory to a few blocks.
+READ_AHEAD_BLOCKS = 4
+#: Threads reading ahead: pread and sha256 release the GIL, so two overlap each other and the consumer's sends.
+READ_AHEAD_THREADS = 2
 
 #: ``read_block(index) -> (bitmap or None for all sectors, data or None for zeros)``, what a stream asks for each block.
 BlockReader = Callable[[int], tuple]
@@ -122,12 +128,49 @@ class VhdStream:
         return table
 
     def __iter__(self) -> Iterator:
+        return self._produce(map(self._read_block, self.block_indices))
+
+    def read_ahead(self, blocks: int = READ_AHEAD_BLOCKS, threads: int = READ_AHEAD_THREADS) -> Iterator:
+        """The same chunks as iterating, with the blocks read by ``threads`` threads up to ``blocks`` ahead.
+
+        An upload then costs about its slowest stage (reading and checking a block, or sending it)
+        instead of their sum: the reads, the checksum checks ``read_block`` may do (``blocksums.attach``)
+        and the socket sends all release the GIL.  Memory stays bounded (``blocks`` blocks in flight).
+        A block whose read fails raises at its place in the stream: every chunk before it was
+        produced, nothing after it is.  ``read_block`` must be safe to call from several threads
+        (positional reads of already opened files are).
+        """
+        if threads <= 1 or blocks <= 1:
+            return iter(self)
+        return self._produce(self._blocks_read_ahead(blocks, threads))
+
+    def _blocks_read_ahead(self, blocks: int, threads: int) -> Iterator:
+        indices = iter(self.block_indices)
+        pending = collections.deque()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vhd-read-ahead") as pool:
+            try:
+                for index in indices:
+                    pending.append(pool.submit(self._read_block, index))
+                    if len(pending) >= blocks:
+                        break
+                while pending:
+                    result = pending.popleft().result()
+                    index = next(indices, None)
+                    if index is not None:
+                        pending.append(pool.submit(self._read_block, index))
+                    yield result
+            finally:
+                # A consumer that stops (a failed send, a damaged block) leaves no read running behind it.
+                for future in pending:
+                    future.cancel()
+
+    def _produce(self, blocks: Iterator) -> Iterator:
+        """Header, then each ``(bitmap, data)`` of ``blocks`` (one per listed block, in order) as chunks, then the footer."""
         footer = self.footer.pack()
         yield footer + self.header.pack() + bat_pack(self.block_table(), self.header.bat_bytes)
         full = b"\xff" * self.bitmap_size
         zeros = None
-        for index in self.block_indices:
-            bitmap, data = self._read_block(index)
+        for bitmap, data in blocks:
             yield full if bitmap is None else bytes(bitmap).ljust(self.bitmap_size, b"\x00")[:self.bitmap_size]
             if data is None:
                 if zeros is None:
@@ -206,4 +249,4 @@ def write_stream(stream: Iterable, path, on_write: Callable | None = None, stora
     return written
 
 
-__all__ = ["ParentLink", "VhdStream", "make_footer", "stream_disk", "stream_file", "write_stream", "TABLE_OFFSET"]
+__all__ = ["READ_AHEAD_BLOCKS", "READ_AHEAD_THREADS", "ParentLink", "VhdStream", "make_footer", "stream_disk", "stream_file", "write_stream", "TABLE_OFFSET"]

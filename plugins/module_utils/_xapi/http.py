@@ -11,12 +11,14 @@ provides the session. ``transfer.WriteBehind`` consumes what an export yields.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
 import select
 import socket
 import ssl
+import struct
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -255,7 +257,13 @@ class RawVdiTransfers(XapiTasks):
         path = self._transfer_path('import_raw_vdi', {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt})
         finished = False
         try:
-            self._send_import(path, _chunks_of(source), length, label, task_ref)
+            try:
+                self._send_import(path, _chunks_of(source), length, label, task_ref)
+            except _SourceFailed as failed:
+                # The upload was aborted short of its length, so the host fails the import; once its task
+                # has ended the caller may destroy the VDI. The source's own error says what was wrong.
+                self.cancel_task(task_ref)
+                raise failed.error from None
             result = self.wait_for_task(task_ref, timeout=timeout, what=label, destroy=False)
             finished = True
             return result
@@ -289,6 +297,9 @@ class RawVdiTransfers(XapiTasks):
                 if response.status != 200:
                     raise self._failed_transfer(label, task_ref, response.status, response.reason)
                 return
+            except _SourceFailed:
+                _abort_connection(connection)
+                raise
             except ssl.SSLCertVerificationError as exc:
                 if attempt:
                     raise self._member_transport_error(exc, endpoint, label) from exc
@@ -326,8 +337,16 @@ class RawVdiTransfers(XapiTasks):
             return _read_response(connection, first)
 
     def _send_body(self, connection, chunks, length: int, label: str) -> int:
+        """Send the body; a failure of the source (not of the connection) raises :class:`_SourceFailed`."""
         sent = 0
-        for chunk in chunks:
+        chunks = iter(chunks)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except Exception as error:  # pylint: disable=broad-except
+                raise _SourceFailed(error) from error
             if sent + len(chunk) > length:
                 raise TransferTooLongError('%s failed: the source holds more than the announced %d bytes' % (label, length))
             connection.send(chunk)
@@ -348,6 +367,23 @@ class RawVdiTransfers(XapiTasks):
         if not isinstance(error, TransferError):
             return error  # the task's XAPI error, or its destruction, says more than the broken connection
         return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
+
+
+class _SourceFailed(Exception):
+    """The body's source raised ``error`` (e.g. a damaged block) while an upload was under way."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _abort_connection(connection) -> None:
+    """Reset the connection (no orderly end, no TLS close_notify): the host sees an upload cut short and fails its import."""
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    connection.close()
 
 
 def _read_response(connection, first: bytes = b'') -> http.client.HTTPResponse:
@@ -408,8 +444,12 @@ def _chunks_of(source):
             yield chunk
         return
     for chunk in source:
+        # Sent before the next chunk is asked for, so a bytes-like chunk needs no copy.
         if chunk:
-            yield bytes(chunk)
+            if isinstance(chunk, memoryview):
+                yield chunk if chunk.itemsize == 1 else chunk.cast('B')
+            else:
+                yield chunk if isinstance(chunk, (bytes, bytearray)) else bytes(chunk)
 
 
 class ExportStream(io.RawIOBase):

@@ -113,7 +113,7 @@ def test_the_result_shows_the_plan_then_what_was_created():
     assert all('duration' not in disk for disk in planned['disks']) and all('mac' not in vif for vif in planned['vifs'])
     assert planned['vifs'][1] == {'device': '1', 'network_uuid': 'u-v20', 'network_name_label': 'vlan20', 'vlan': 20, 'matched_by': 'vlan',
                                   'source_network_uuid': 'gone', 'source_network_name_label': 'old dmz'}
-    assert planned['checksums'] == {'verified': ['a.vhd'], 'unverified': ['b.vhd']} and planned['bytes_transferred'] == 0
+    assert planned['checksums'] == {'verified': ['a.vhd'], 'unverified': ['b.vhd'], 'legacy': []} and planned['bytes_transferred'] == 0
     assert planned['removed_leftovers'] is leftovers and planned['cd_drives'] == plan.cd_drives
     # as _carry_out records what it created
     plan.vm_uuid, plan.started = 'u-new-vm', True

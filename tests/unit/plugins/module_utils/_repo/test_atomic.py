@@ -14,6 +14,8 @@ import pytest
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.atomic import AtomicFile, write_file_atomically
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile, VhdStream
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, compute_sums
 
 EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 
@@ -162,3 +164,46 @@ def test_messages_name_the_file_as_the_storage_shows_it(storage, backup_dir):
     writer = AtomicFile(storage, 'xo-vm-backups/shown')
     assert writer.shown == os.path.join(backup_dir, 'shown') == storage.describe('xo-vm-backups/shown')
     assert writer.path == 'xo-vm-backups/shown'
+
+
+# -- VHDs: block checksums computed as the bytes pass, reviewed before the file is published -----------------
+
+
+def small_vhd(seed: int) -> bytes:
+    data = bytes([seed]) * 4096
+    return b''.join(VhdStream(4 * 1024 * 1024, [0, 1], lambda index: (None, data)))
+
+
+def test_a_vhd_is_published_with_the_block_checksums_of_its_bytes(storage, backup_dir):
+    with AtomicFile(storage, 'xo-vm-backups/a.vhd', vhd=True) as writer:
+        writer.write(small_vhd(3))
+    saved = BlockSums.load(storage, 'xo-vm-backups/a.vhd.blocksums')
+    assert saved.pack() == writer.block_sums.pack()
+    with VhdFile.open(os.path.join(backup_dir, 'a.vhd')) as vhd:
+        assert saved.pack() == compute_sums(vhd).pack()
+
+
+def test_review_sums_chooses_what_is_saved(storage, backup_dir):
+    seen = []
+
+    def none_saved(computed):
+        seen.append(computed)
+        return None
+
+    with AtomicFile(storage, 'xo-vm-backups/b.vhd', vhd=True) as writer:
+        writer.review_sums = none_saved
+        writer.write(small_vhd(4))
+    assert len(seen) == 1 and seen[0].entries == 2
+    assert sorted(os.listdir(backup_dir)) == ['b.vhd']  # no block checksum file: the review said so
+
+
+def test_a_refusing_review_publishes_nothing(storage, backup_dir):
+    def refuse(computed):
+        raise RepositoryError('not the checksums of the source')
+
+    writer = AtomicFile(storage, 'xo-vm-backups/c.vhd', vhd=True)
+    writer.review_sums = refuse
+    with pytest.raises(RepositoryError, match='not the checksums of the source'):
+        with writer:
+            writer.write(small_vhd(5))
+    assert os.listdir(backup_dir) == []

@@ -2,7 +2,8 @@
 # Copyright: (c) 2026, xapi.delta_backup contributors
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""integrity.py: sha256 of stored files, which recorded checksum counts, and chain verification on real VHDs."""
+"""integrity.py: block checksum files checked against their VHDs (check_chain_integrity), and the whole-file
+sha256 of repositories written before them (legacy), on real VHDs."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import re
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import (
-    HASH_CHUNK, IntegrityError, checksum_mismatch, checksum_problems, recorded_checksums, sha256_file, sha256_files, verify_chain,
+    HASH_CHUNK, IntegrityError, check_chain_integrity, checksum_mismatch, checksum_problems, recorded_checksums, sha256_file, sha256_files,
+    verify_chain,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, vhd_file, vhd_relative_path
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupPoint, open_repository
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import DISK_DIFFERENCING, ParentLink, VhdFile, VhdStream
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._repo.repo_testlib import (
     DELTA, FULL, JOB, T1, T2, T3, VDI_A, VM, add_backup,
 )
@@ -124,22 +127,35 @@ def test_recorded_checksums_skips_what_is_not_a_digest():
     assert recorded_checksums([]) == {}
 
 
+def add_legacy_backup(repo, timestamp: str, disks: dict) -> dict:
+    """One run as collections wrote it before block checksums: a sha256 per VHD in the metadata, no block checksum file."""
+    metadata = add_backup(repo, timestamp, disks, write_json=False)
+    sha = {}
+    for relative in metadata['vhds'].values():
+        path = os.path.join(repo.vm_dir(VM), relative)
+        os.remove(path + '.blocksums')
+        sha[relative] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+    metadata['xapi_delta_backup'] = {'collection_version': '1.0.0', 'sha256': sha, 'virtual_sizes': {}}
+    repo.write_metadata(VM, timestamp, metadata)
+    return metadata
+
+
 def test_recorded_checksums_of_real_points(repo):
-    written_1 = add_backup(repo, T1, {VDI_A: FULL})
-    written_2 = add_backup(repo, T2, {VDI_A: DELTA})
+    written_1 = add_legacy_backup(repo, T1, {VDI_A: FULL})
+    written_2 = add_legacy_backup(repo, T2, {VDI_A: DELTA})
     checksums = recorded_checksums(repo.list_backups(VM))
     assert checksums == {REL_1: written_1['xapi_delta_backup']['sha256'][REL_1], REL_2: written_2['xapi_delta_backup']['sha256'][REL_2]}
     assert checksums[REL_1] == hashlib.sha256(open(repo.vhd_path(VM, JOB, VDI_A, T1), 'rb').read()).hexdigest()
 
 
-# -- chain verification ------------------------------------------------------------------------------
+# -- chain verification of legacy files (whole-file sha256) -----------------------------------------------
 
 
 @pytest.fixture
 def chain_repo(repo):
-    add_backup(repo, T1, {VDI_A: FULL})
-    add_backup(repo, T2, {VDI_A: DELTA})
-    add_backup(repo, T3, {VDI_A: DELTA})
+    add_legacy_backup(repo, T1, {VDI_A: FULL})
+    add_legacy_backup(repo, T2, {VDI_A: DELTA})
+    add_legacy_backup(repo, T3, {VDI_A: DELTA})
     return repo
 
 
@@ -216,3 +232,127 @@ def test_checksum_problems_sorts_files_into_three_lists(chain_repo):
 def test_checksum_problems_refuses_a_path_outside_the_vm_folder(chain_repo):
     with pytest.raises(RepositoryError, match='is not in the folder of VM %s' % VM):
         checksum_problems(chain_repo, VM, ['xo-vm-backups/other/x.vhd'], {})
+
+
+def test_check_chain_integrity_hashes_legacy_files_whole(chain_repo):
+    chain = chain_of(chain_repo, T3)
+    checked = check_chain_integrity(chain_repo, VM, chain, chain_repo.list_backups(VM), 'T3')
+    assert checked.verified == checked.legacy == [REL_3, REL_2, REL_1] and checked.unverified == [] and checked.sums == {}
+    damaged = chain_repo.vhd_path(VM, JOB, VDI_A, T2)
+    flip_byte(damaged, open(damaged, 'rb').read().rindex(bytes([20260102 % 251 + 1]) * 4096) + 100)
+    with pytest.raises(IntegrityError, match=re.escape(damaged) + ': sha256 .* differs'):
+        check_chain_integrity(chain_repo, VM, chain, chain_repo.list_backups(VM), 'T3')
+
+
+# -- block checksums: check_chain_integrity ------------------------------------------------------------
+
+
+@pytest.fixture
+def sums_repo(repo):
+    add_backup(repo, T1, {VDI_A: FULL})
+    add_backup(repo, T2, {VDI_A: DELTA})
+    add_backup(repo, T3, {VDI_A: DELTA})
+    return repo
+
+
+def check(repo, read_blocks=()):
+    return check_chain_integrity(repo, VM, chain_of(repo, T3), repo.list_backups(VM), 'disk A', read_blocks=read_blocks)
+
+
+def data_offset_of_block_0(path: str) -> int:
+    with VhdFile.open(path) as vhd:
+        return vhd.block_offset(0) + vhd.bitmap_size
+
+
+def rewrite_structure(path: str, change) -> None:
+    """Change the parsed footer and header of a file with ``change(footer, header)`` and write both back, well formed."""
+    with VhdFile.open(path) as vhd:
+        footer, header, footer_offset, header_offset = vhd.footer, vhd.header, vhd.footer_offset, vhd.footer.data_offset
+    change(footer, header)
+    with open(path, 'r+b') as handle:
+        handle.seek(footer_offset)
+        handle.write(footer.pack())
+        handle.seek(header_offset)
+        handle.write(header.pack())
+
+
+def test_a_sound_chain_is_verified_by_its_block_checksum_files(sums_repo):
+    chain = chain_of(sums_repo, T3)
+    for read_blocks in ((), True, [chain[1]]):
+        checked = check(sums_repo, read_blocks)
+        assert checked.verified == [REL_3, REL_2, REL_1] and checked.unverified == [] and checked.legacy == []
+        assert sorted(checked.sums) == sorted(chain) and all(sums.unique_id == VhdFile.open_in(sums_repo.storage, path).unique_id
+                                                             for path, sums in checked.sums.items())
+
+
+def test_a_missing_block_checksum_file_of_a_recorded_file_is_damage(sums_repo):
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T2)
+    os.remove(victim + '.blocksums')
+    with pytest.raises(IntegrityError, match=re.escape('%s: its block checksum file %s.blocksums is missing' % (victim, T2 + '.vhd'))) as caught:
+        check(sums_repo)
+    assert caught.value.files == [victim]
+
+
+def test_a_file_nothing_recorded_and_without_block_checksums_is_unverified(sums_repo):
+    # as a file Xen Orchestra wrote: no block checksum file, and no metadata of ours listing it
+    os.remove(sums_repo.vhd_path(VM, JOB, VDI_A, T2) + '.blocksums')
+    checked = check_chain_integrity(sums_repo, VM, chain_of(sums_repo, T3), [], 'disk A')
+    assert checked.unverified == [REL_2] and checked.verified == [REL_3, REL_1]
+    assert sorted(checked.sums) == sorted([vhd_file(VM, JOB, VDI_A, T3), vhd_file(VM, JOB, VDI_A, T1)])
+
+
+def test_a_damaged_block_checksum_file_header_is_named(sums_repo):
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T1)
+    flip_byte(victim + '.blocksums', 60)
+    with pytest.raises(IntegrityError, match=re.escape(victim + '.blocksums') + r': block checksums\.header .*header checksum mismatch'):
+        check(sums_repo)
+
+
+def test_a_replaced_file_is_told_apart_from_its_block_checksums(sums_repo):
+    # The newest file rewritten by another writer: a sound VHD, same parent, other unique id.
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T3)
+    with VhdFile.open(victim) as vhd:
+        parent = ParentLink(vhd.header.parent_unique_id, vhd.header.parent_timestamp, vhd.header.parent_name)
+        size, old_id = vhd.size, vhd.unique_id
+    other = b''.join(VhdStream(size, [0], lambda index: (None, b'\x07' * 4096), disk_type=DISK_DIFFERENCING, parent=parent))
+    with open(victim, 'wb') as handle:
+        handle.write(other)
+    with pytest.raises(IntegrityError, match=re.escape('the block checksums are of %s (the file was replaced)' % old_id.hex())) as caught:
+        check(sums_repo)
+    assert caught.value.files == [victim]
+
+
+@pytest.mark.parametrize('structure, change', [
+    ('footer', lambda footer, header: setattr(footer, 'timestamp', footer.timestamp + 1)),
+    ('dynamic header', lambda footer, header: setattr(header, 'parent_timestamp', header.parent_timestamp + 1)),
+])
+def test_a_changed_footer_or_header_is_named(sums_repo, structure, change):
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T3)
+    rewrite_structure(victim, change)
+    with pytest.raises(IntegrityError, match=re.escape('%s: its %s differs from the one recorded' % (victim, structure))):
+        check(sums_repo)
+
+
+def test_a_changed_bat_is_named(sums_repo):
+    # Block 0 dropped from the BAT: the file is still a sound VHD (reading zeros there), its BAT is not the one recorded.
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T2)
+    with VhdFile.open(victim) as vhd:
+        where = vhd.header.table_offset
+    with open(victim, 'r+b') as handle:
+        handle.seek(where)
+        handle.write(b'\xff\xff\xff\xff')
+    with pytest.raises(IntegrityError) as caught:
+        check(sums_repo)
+    assert caught.value.problems == ['%s: its BAT differs from the one recorded with its block checksums (changed or damaged)' % victim]
+
+
+def test_a_damaged_block_is_found_only_where_blocks_are_read(sums_repo):
+    victim = sums_repo.vhd_path(VM, JOB, VDI_A, T2)
+    flip_byte(victim, data_offset_of_block_0(victim) + 123)
+    chain = chain_of(sums_repo, T3)
+    # structures only: the cheap check before a restore streams (which then checks each block it reads)
+    assert check(sums_repo).verified == [REL_3, REL_2, REL_1]
+    assert check(sums_repo, [chain[0], chain[2]]).verified == [REL_3, REL_2, REL_1]
+    for read_blocks in (True, [chain[1]]):
+        with pytest.raises(IntegrityError, match=re.escape(victim + ': block 0 (virtual offset 0): does not match its recorded checksum')):
+            check(sums_repo, read_blocks)

@@ -96,7 +96,11 @@ def test_listing_vms_and_points(repo):
     assert [p.timestamp for p in points] == [T1, T2]
     disks = points[1].disks
     assert [d.vdi_uuid for d in disks] == [VDI_A, VDI_B]
-    assert disks[0].sha256 and disks[0].virtual_size == 10 * 1024 ** 3 and disks[0].job_id == JOB
+    assert disks[0].virtual_size == 10 * 1024 ** 3 and disks[0].job_id == JOB
+    # written with block checksums: no whole-file sha256, the metadata lists the file under block_checksums and its checksum file is there
+    assert disks[0].sha256 is None
+    assert points[1].metadata['xapi_delta_backup']['block_checksums'] == {disk.path.split(repo.vm_dir(VM) + '/')[1]: 'sha256' for disk in disks}
+    assert all(os.path.isfile(disk.path + '.blocksums') for disk in disks)
     assert repo.get_backup(VM, T2).metadata['mode'] == 'delta'
     assert repo.list_backups('ffffffff-0000-4000-8000-00000000000a') == []
 
@@ -263,7 +267,8 @@ def test_cleanup_leaves_an_unfinished_merge_alone(repo):
     report = repo.cleanup_incomplete(VM)
     assert report == {'temporary_files': [], 'unreferenced_vhds': []}
     assert os.path.exists(state)
-    assert sorted(os.listdir(vdi_dir)) == sorted(['.%s.vhd.merge.json' % T1, T1 + '.vhd', T2 + '.vhd', T3 + '.vhd'])
+    assert sorted(os.listdir(vdi_dir)) == sorted(['.%s.vhd.merge.json' % T1] + [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T3 + '.vhd')
+                                                                            for suffix in ('', '.blocksums')])
 
 
 def test_cleanup_protects_merge_named_files_outside_any_chain(repo):
@@ -289,7 +294,9 @@ def test_cleanup_never_touches_anything_when_a_json_is_bad(repo):
 
 def test_cleanup_keeps_older_files_when_a_referenced_chain_is_unreadable(repo):
     add_backup(repo, T1, {VDI_A: FULL})
-    add_backup(repo, T2, {VDI_A: b'garbage, not a VHD'})
+    add_backup(repo, T2, {VDI_A: DELTA})
+    with open(repo.vhd_path(VM, JOB, VDI_A, T2), 'wb') as target:
+        target.write(b'garbage, not a VHD')  # damaged after it was written (a VHD is written with its block checksums)
     os.unlink(repo.metadata_path(VM, T1))
     assert repo.cleanup_incomplete(VM)['unreferenced_vhds'] == []
 
@@ -307,7 +314,9 @@ def test_cleanup_understands_the_vhd_engine_merge_state(repo):
     report = repo.cleanup_incomplete(VM)
     assert report['unreferenced_vhds'] == [os.path.join(vdi_dir, T3 + '.vhd')]
     assert report['temporary_files'] == [state + '.tmp']
-    assert sorted(os.listdir(vdi_dir)) == sorted([os.path.basename(state), T1 + '.vhd', T2 + '.vhd', T4 + '.vhd'])
+    # the removed file's block checksums went with it
+    assert sorted(os.listdir(vdi_dir)) == sorted([os.path.basename(state)] + [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T4 + '.vhd')
+                                                                          for suffix in ('', '.blocksums')])
 
 
 def test_cleanup_protects_the_folder_when_a_merge_state_is_unreadable(repo):
