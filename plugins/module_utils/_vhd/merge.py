@@ -109,7 +109,12 @@ class MergeState:
 
     @staticmethod
     def sums_name_for(parent_name: str) -> str:
-        """File name of the result's block checksums while the merge runs (hidden: never taken for a sidecar)."""
+        """File name of the result's block checksums while the merge runs (hidden: never taken for a sidecar).
+
+        Xen Orchestra lists a VDI folder for disks and ``.<name>.merge.json`` states only
+        (xen-orchestra ``@xen-orchestra/backup-archive/src/RemoteDiskLineage.mts``, ``init``: ``isDisk``
+        and ``MERGE_STATE_FILE_RE``), so its clean-up neither opens nor removes this file.
+        """
         return ".%s.merge.blocksums" % parent_name
 
     @classmethod
