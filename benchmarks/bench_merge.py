@@ -13,6 +13,9 @@ merge check, plan, O(changed) integrity check of the chain, metadata, merge, sid
 updates) runs in a child process.  The baseline, in the same run, is ``cp`` + fsync of the delta
 file (best of ``--repeat``).
 
+Each size runs ``--repeat`` rounds of continuous merging: round n writes a new delta over the full
+that round n-1 left and merges it; the best merge and the best baseline are compared.
+
 * merge total / cp+fsync of the delta, for each size                    (goal <= 3)
 * largest merge total / smallest merge total                            (goal <= 1.5)
 * peak RSS of the merging process                                       (goal <= 100 MiB)
@@ -53,10 +56,7 @@ def _build(directory, data_gib, delta_mib):
     """A repository with a full holding ``data_gib`` of data and a delta of ``delta_mib``, sidecars and metadata included."""
     # pylint: disable=import-error,import-outside-toplevel
     from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
     from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
-    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import compute_sums, sidecar_name
 
     started = time.perf_counter()
     repo = open_repository(directory, create=True)
@@ -67,19 +67,8 @@ def _build(directory, data_gib, delta_mib):
     # blocks over the full's blocks and half over blocks it lacks; here none is lacking, so it is asked
     # for twice the delta: all of the delta's blocks lie over the full's.
     built = bench_vhd._build(argparse.Namespace(size_gib=data_gib, base_gib=data_gib, changed_gib=2 * delta_mib / 1024), folder)
-    size = int(data_gib * GIB)
     for number, path in enumerate((built['full'], built['delta'])):
-        with VhdFile(path) as vhd:
-            compute_sums(vhd).save(repo.storage, os.path.relpath(sidecar_name(path), directory))
-        ref = 'OpaqueRef:bench-vdi-%d' % number
-        relative = os.path.relpath(path, repo.vm_dir(VM))
-        vdi = {'uuid': str(uuid.uuid4()), 'name_label': 'bench disk', 'name_description': '', 'virtual_size': str(size),
-               '$snapshot_of$uuid': LIVE}
-        vbd = {'VDI': ref, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk'}
-        metadata = build_metadata(job, SCHEDULE, 1767225600000 + number * 86400000, VM_RECORD, {'uuid': str(uuid.uuid4())},
-                                  {'OpaqueRef:bench-vbd-%d' % number: vbd}, {}, {ref: vdi}, {ref: relative}, {ref: number == 1},
-                                  size=os.path.getsize(path), block_checksums={relative: 'sha256'}, virtual_sizes={ref: size})
-        repo.write_metadata(VM, os.path.basename(path)[:-4], metadata)
+        _record(repo, job, path, number, data_gib)
     # Written back before the merge is timed: otherwise the merge's first fsync of the full would also
     # write the build's dirty pages (cost of the build, not of the merge).  The pages stay cached.
     for path in (built['full'], built['delta']):
@@ -87,6 +76,54 @@ def _build(directory, data_gib, delta_mib):
         os.fsync(fd)
         os.close(fd)
     return dict(built, seconds=time.perf_counter() - started)
+
+
+def _record(repo, job, path, number, data_gib):
+    """Sidecar and metadata of backup number ``number`` (0: the full) whose VHD is ``path``."""
+    # pylint: disable=import-error,import-outside-toplevel
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import build_metadata
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import compute_sums, sidecar_name
+
+    size = int(data_gib * GIB)
+    with VhdFile(path) as vhd:
+        compute_sums(vhd).save(repo.storage, os.path.relpath(sidecar_name(path), repo.root))
+    ref = 'OpaqueRef:bench-vdi-%d' % number
+    relative = os.path.relpath(path, repo.vm_dir(VM))
+    vdi = {'uuid': str(uuid.uuid4()), 'name_label': 'bench disk', 'name_description': '', 'virtual_size': str(size),
+           '$snapshot_of$uuid': LIVE}
+    vbd = {'VDI': ref, 'userdevice': '0', 'bootable': True, 'mode': 'RW', 'type': 'Disk'}
+    metadata = build_metadata(job, SCHEDULE, 1767225600000 + number * 86400000, VM_RECORD, {'uuid': str(uuid.uuid4())},
+                              {'OpaqueRef:bench-vbd-%d' % number: vbd}, {}, {ref: vdi}, {ref: relative}, {ref: number > 0},
+                              size=os.path.getsize(path), block_checksums={relative: 'sha256'}, virtual_sizes={ref: size})
+    repo.write_metadata(VM, os.path.basename(path)[:-4], metadata)
+
+
+def _next_delta(directory, number, data_gib, delta_mib):
+    """Backup ``number`` (2, 3, ...): a new delta of ``delta_mib`` of whole blocks over the full's, child of the newest file."""
+    # pylint: disable=import-error,import-outside-toplevel
+    import random
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import job_id_for
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import DISK_DIFFERENCING, ParentLink, VhdStream, write_stream
+
+    repo = open_repository(directory)
+    job = job_id_for(JOB_NAME)
+    folder = repo.vdi_dir(VM, job, LIVE)
+    newest = os.path.join(folder, sorted(name for name in os.listdir(folder) if name.endswith('.vhd'))[-1])
+    path = os.path.join(folder, '202601%02dT000000Z.vhd' % (number + 1))
+    blocks = int(data_gib * GIB) // bench_vhd.BLOCK
+    changed = sorted(random.Random(number).sample(range(blocks), int(delta_mib * MIB) // bench_vhd.BLOCK))
+    payload = bytearray(os.urandom(bench_vhd.BLOCK))
+
+    def read_block(index):
+        payload[:8] = index.to_bytes(8, 'big')
+        return None, bytes(payload)
+
+    write_stream(VhdStream(int(data_gib * GIB), changed, read_block, disk_type=DISK_DIFFERENCING,
+                           parent=ParentLink.for_parent_file(newest, path)), path)
+    _record(repo, job, path, number, data_gib)
+    return {'delta': path}
 
 
 def _retention(directory):
@@ -135,6 +172,8 @@ def main():
             action, params = args.child[0], args.child[1:]
             if action == 'build':
                 result = _build(params[0], float(params[1]), float(params[2]))
+            elif action == 'delta':
+                result = _next_delta(params[0], int(params[1]), float(params[2]), float(params[3]))
             else:
                 result = _retention(params[0])
             result['maxrss_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -154,14 +193,24 @@ def _measure(args):
             print('building: a full holding %g GiB of data, a %g MiB delta, sidecars ...' % (data_gib, args.delta_mib), flush=True)
             built = _child('build', directory, data_gib, args.delta_mib)
             cached = _cached_share(built['full'])
-            cp_seconds = min(bench_vhd.cp_fsync_seconds(built['delta'], directory) for _round in range(args.repeat))
-            merge = _child('retention', directory)
-            rows.append(dict(data_gib=data_gib, cp=cp_seconds, cached=cached, build=built['seconds'], delta=os.path.getsize(built['delta']),
-                             **merge))
+            # Rounds of continuous merging: each merges a fresh delta into the full the previous round left
+            # (the same full, 64 MiB of it rewritten), interleaved with the baseline; the best of each is kept
+            # (the machine is shared: best-of filters noise), the median is printed too.
+            cps, merges = [], []
+            for number in range(args.repeat):
+                if number:
+                    built['delta'] = _child('delta', directory, number + 1, data_gib, args.delta_mib)['delta']
+                cps.append(bench_vhd.cp_fsync_seconds(built['delta'], directory))
+                merges.append(_child('retention', directory))
+            merge = min(merges, key=lambda m: m['seconds'])
+            median = sorted(m['seconds'] for m in merges)[len(merges) // 2]
+            rows.append(dict(merge, data_gib=data_gib, cp=min(cps), cached=cached, build=built['seconds'], median=median,
+                             maxrss_kib=max(m['maxrss_kib'] for m in merges)))
             row = rows[-1]
-            print('  built in %.1f s; full %s in page cache; cp + fsync %.3f s; backup_merge %.3f s (check %.3f s, merge %.3f s); '
-                  'peak RSS %.1f MiB' % (row['build'], 'n/a' if cached is None else '%.0f%%' % (100 * cached), cp_seconds, row['seconds'],
-                                         row['verify_seconds'], row['merge_seconds'], row['maxrss_kib'] / 1024), flush=True)
+            print('  built in %.1f s; full %s in page cache; best of %d: cp + fsync %.3f s; backup_merge %.3f s (check %.3f s, '
+                  'merge %.3f s; median %.3f s); peak RSS %.1f MiB' % (
+                      row['build'], 'n/a' if cached is None else '%.0f%%' % (100 * cached), args.repeat, row['cp'], row['seconds'],
+                      row['verify_seconds'], row['merge_seconds'], median, row['maxrss_kib'] / 1024), flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(directory, ignore_errors=True)

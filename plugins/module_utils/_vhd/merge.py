@@ -109,7 +109,12 @@ class MergeState:
 
     @staticmethod
     def sums_name_for(parent_name: str) -> str:
-        """File name of the result's block checksums while the merge runs (hidden: never taken for a sidecar)."""
+        """File name of the result's block checksums while the merge runs (hidden: never taken for a sidecar).
+
+        Xen Orchestra lists a VDI folder for disks and ``.<name>.merge.json`` states only
+        (xen-orchestra ``@xen-orchestra/backup-archive/src/RemoteDiskLineage.mts``, ``init``: ``isDisk``
+        and ``MERGE_STATE_FILE_RE``), so its clean-up neither opens nor removes this file.
+        """
         return ".%s.merge.blocksums" % parent_name
 
     @classmethod
@@ -187,13 +192,17 @@ class _Io:
         self.fsync_dir(directory)
 
     def save_sums(self, name: str, sums: BlockSums) -> None:
-        """Write block checksums atomically as ``name`` (fixed temporary name, fsynced, renamed, folder fsynced)."""
+        """Write block checksums atomically as ``name`` (fixed temporary name, fsynced, renamed).
+
+        The folder is not fsynced here: the state save that always follows fsyncs the same folder.
+        Should a crash make the state durable and not this rename, the footer step finds no file
+        and rebuilds the checksums from the result (slow, but right).
+        """
         temporary = name + ".tmp"
         self.storage.remove_if_present(temporary)
         self.storage.create_exclusive(temporary, sums.pack())  # fsyncs the data
         self.tick("write")
         self.replace(temporary, name)
-        self.fsync_dir(posixpath.dirname(name))
 
 
 def merge_chain(parent_path, child_paths: Sequence, hook: Hook | None = None, progress: Progress | None = None,
@@ -303,17 +312,16 @@ def _run(storage: Storage, directory: str, state: MergeState, io: _Io, progress:
     result = child_names[-1]
     if storage.exists(parent_name):
         io.replace(parent_name, result)
-        io.fsync_dir(directory)
     elif not storage.exists(result):
         raise VhdError(storage.describe(result), "merge state", "step", None, "merged file missing: refusing to delete the merged deltas")
-    # The result's checksums replace the newest delta's (each sub-step idempotent on resume); the
-    # parent's and the older deltas' go with their files.
+    # The result's checksums replace the newest delta's.  One folder fsync covers both renames: if
+    # only one of them survives a crash, the resumed rename step does the other.
     if state.sums:
         if storage.exists(posixpath.join(directory, state.sums)):
             io.replace(posixpath.join(directory, state.sums), sidecar_name(result))
-            io.fsync_dir(directory)
     else:
         io.unlink(sidecar_name(result))  # describes the delta, not the merged file
+    io.fsync_dir(directory)  # before any delta is unlinked
     io.unlink(sidecar_name(parent_name))
     for name in child_names[:-1]:
         io.unlink(name)
