@@ -11,12 +11,13 @@ in the same run, with the page cache emptied of the repository's files before ea
 without root and leaves other work's cache alone; ``--drop-caches`` empties the whole cache instead):
 
 - (a) the disk's sequential read rate of the same files: the faster of ``dd bs=8M`` and Python
-  ``readinto`` of 8 MiB, each measured before and after ours (the faster of all is the limit);
+  ``readinto`` of 8 MiB (the faster of all is the limit);
 - (b) the hash rate of every core: sha256 of block-sized spans of an in-memory buffer on one thread
   per core (``min(cores, MAX_HASH_THREADS)``);
 - (c) ``describe_repository(verify=True)`` (what ``backup_info verify`` runs) in a child process,
   whose peak RSS is read from its rusage.
 
+Each is measured ``--rounds`` times, interleaved, and the best of each kept (the machine may be shared).
 It prints MB/s of each, the ratio (c) / min(a, b) (goal >= 0.8) and the peak RSS (goal <= 100 MiB).
 """
 
@@ -135,6 +136,7 @@ def main() -> int:
     parser.add_argument('--full-gib', type=float, default=2.0)
     parser.add_argument('--deltas', type=int, default=3)
     parser.add_argument('--delta-mib', type=int, default=128)
+    parser.add_argument('--rounds', type=int, default=3, help='measurements of each, interleaved; the best of each is kept')
     parser.add_argument('--drop-caches', action='store_true', help='empty the whole page cache (root) instead of only these files')
     parser.add_argument('--workdir', help='where to write the repository (default: a temporary folder, removed)')
     args = parser.parse_args()
@@ -148,42 +150,41 @@ def main() -> int:
         print('repository: %d files, %.0f MiB (written in %.1f s)' % (len(files), total / MIB, time.perf_counter() - began))
         threads = min(os.cpu_count() or 1, MAX_HASH_THREADS)
 
-        reads = []
+        reads, verifies, hashes = [], [], []
         how = evict(files, args.drop_caches)
-        reads.append(('python readinto 8 MiB', read_python(files)))
-        evict(files, args.drop_caches)
-        dd = read_dd(files)
-        if dd is not None:
-            reads.append(('dd bs=8M', dd))
-
-        evict(files, args.drop_caches)
-        child = subprocess.run([sys.executable, '-c', CHILD, root, COLLECTIONS], capture_output=True, text=True, check=True)
-        verified = json.loads(child.stdout.strip().splitlines()[-1])
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux; dd's is far smaller
-
-        evict(files, args.drop_caches)
-        reads.append(('python readinto 8 MiB (after)', read_python(files)))
-        evict(files, args.drop_caches)
-        dd = read_dd(files)
-        if dd is not None:
-            reads.append(('dd bs=8M (after)', dd))
-
+        rss = 0.0
+        for _round in range(args.rounds):  # interleaved, best of each: the machine is shared, its load comes and goes
+            evict(files, args.drop_caches)
+            reads.append(('python readinto 8 MiB', read_python(files)))
+            evict(files, args.drop_caches)
+            dd = read_dd(files)
+            if dd is not None:
+                reads.append(('dd bs=8M', dd))
+            evict(files, args.drop_caches)
+            child = subprocess.run([sys.executable, '-c', CHILD, root, COLLECTIONS], capture_output=True, text=True, check=True)
+            verifies.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # KiB on Linux; dd's is far smaller
+            hashes.append(hash_rate(min(total, 2 * GIB), threads))
+        verified = min(verifies, key=lambda item: item['seconds'])
         best_name, best_seconds = min(reads, key=lambda item: item[1])
         read_rate = total / best_seconds
-        hashed = hash_rate(min(total, 2 * GIB), threads)
+        hashed = max(hashes)
         verify_rate = total / verified['seconds']
         limit = min(read_rate, hashed)
         print('page cache emptied by: %s' % how)
         for name, seconds in reads:
             print('  read %-32s %8.1f MB/s' % (name, total / seconds / 1e6))
+        print('  verify rounds: %s MB/s; hash rounds: %s MB/s' % (', '.join('%.0f' % (total / item['seconds'] / 1e6) for item in verifies),
+                                                                ', '.join('%.0f' % (rate / 1e6) for rate in hashes)))
         print('(a) sequential read (fastest: %s): %8.1f MB/s' % (best_name, read_rate / 1e6))
         print('(b) sha256 on %d thread(s):          %8.1f MB/s' % (threads, hashed / 1e6))
         print('(c) backup_info verify:              %8.1f MB/s (%.2f s, %d files, %d problems)'
               % (verify_rate / 1e6, verified['seconds'], verified['files'], len(verified['problems'])))
         print('limit = %s; ratio (c) / limit = %.2f (goal >= 0.8)' % ('read' if read_rate <= hashed else 'hash', verify_rate / limit))
         print('peak RSS of the verification: %.1f MiB (goal <= 100)' % rss)
-        if verified['problems']:
-            print('problems: %s' % verified['problems'][:5])
+        problems = [problem for item in verifies for problem in item['problems']]
+        if problems:
+            print('problems: %s' % problems[:5])
             return 1
         return 0
     finally:

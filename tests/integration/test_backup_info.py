@@ -90,3 +90,20 @@ def test_hand_edited_metadata_is_a_clear_error(app):
 def test_not_a_repository(app, tmp_path):
     result = app['ansible'].run_task('backup_info', {'repository': str(tmp_path)}, expect_failure=True)
     assert 'is not a backup repository' in result['msg']
+
+
+def test_verify_playbook_publishes_the_damaged_block_with_its_points(app):
+    full, delta = two_points(app)
+    stats, _output = app['ansible'].play_collection('verify', {'verify_repositories': [app['repo']]})
+    assert stats['xapi_delta_backup_verify']['problems'] == [] and stats['xapi_delta_backup_verify']['damaged_blocks'] == []
+    damaged = os.path.join(app['repo'], 'xo-vm-backups', full['vm']['uuid'], full['disks'][0]['path'])
+    index = block_at(damaged, 4 * MIB)
+    with open(damaged, 'r+b') as vhd:
+        vhd.seek(4 * MIB)
+        byte = vhd.read(1)
+        vhd.seek(4 * MIB)
+        vhd.write(bytes([byte[0] ^ 0x01]))
+    stats, output = app['ansible'].play_collection('verify', {'verify_repositories': [app['repo']]}, expect_rc=2)
+    [block] = stats['xapi_delta_backup_verify']['damaged_blocks']
+    assert (block['file'], block['block']) == (full['disks'][0]['path'], index) and full['timestamp'] in block['points']
+    assert '1 problem(s) found' in output and 'block %d (virtual offset %d)' % (index, index * 2 * MIB) in output

@@ -133,13 +133,17 @@ def test_readers_refuse_an_unresolved_foreign_merge_then_accept_it_once_resolved
     assert after['problems'] == [] and after['foreign_merges'] == []
 
 
-def test_a_flipped_bit_in_the_merged_file_is_damage_naming_the_block(merged_by_xo):
+@pytest.mark.parametrize('source', ['child', 'parent'])
+def test_a_flipped_bit_in_the_merged_file_is_damage_naming_the_block(merged_by_xo, source):
     builder, names = merged_by_xo
     repo = builder.repo
     point = merged_point(builder, names)
     path = repo.local_path(point.disks[0].storage_path)
+    written_by_the_merge = merged_from_children(builder, names)  # before resolving replaces and removes those sidecars
     with VhdFile.open(path) as vhd:
-        index = max(i for i in range(vhd.block_count) if vhd.bat[i] != 0xFFFFFFFF)
+        present = [i for i in range(vhd.block_count) if vhd.bat[i] != 0xFFFFFFFF]
+        # the last block a merged child held, or the last the old parent alone held
+        index = max(i for i in present if (i in written_by_the_merge) == (source == 'child'))
         offset = vhd.bat[index] * 512 + vhd.bitmap_size + 1234
     with open(path, 'r+b') as handle:
         handle.seek(offset)
@@ -157,8 +161,30 @@ def test_a_flipped_bit_in_the_merged_file_is_damage_naming_the_block(merged_by_x
                    if chain_sha(repo, other, other.disks[0]) != builder.expected_disk(other.timestamp, 0))
     assert point.timestamp in wrong and result['damaged_blocks'][0]['points'] == wrong
     with repo.lock(VM, 'backup_merge'):
-        [unresolved] = resolve_foreign_merges(repo, VM)
-    assert not unresolved.ok and BlockSums.load_for(repo.storage, point.disks[0].storage_path).flags & FLAG_FOREIGN_MERGE == 0
+        [resolved] = resolve_foreign_merges(repo, VM)
+    recorded = BlockSums.load_for(repo.storage, point.disks[0].storage_path)
+    if source == 'child':
+        # a block the merge wrote is read when resolving: not recorded
+        assert not resolved.ok and recorded.flags & FLAG_FOREIGN_MERGE == 0
+    else:
+        # the old parent's own block is not read when resolving (what changed only): recorded with the digest it had,
+        # so the damage stays damage, named, for verify and for every reader
+        assert resolved.ok and recorded.flags & FLAG_FOREIGN_MERGE
+        again = describe_repository(repo, verify=True)
+        assert [(block['file'], block['block'], block['points']) for block in again['damaged_blocks']] == [(merge['file'], index, wrong)]
+    chain = repo.vhd_chain(point, point.disks[0])
+    with pytest.raises(integrity.IntegrityError, match=r'block %d \(virtual offset %d\)|merged by another tool' % (index, index * BLOCK)):
+        integrity.check_chain_integrity(repo, VM, chain, repo.list_backups(VM), 'restore', read_blocks=True)
+
+
+def merged_from_children(builder: RepoBuilder, names: list) -> set:
+    """Blocks of the merged file that a merged child held (from the children's own sidecars, still in the folder)."""
+    folder = os.path.dirname(merged_point(builder, names).disks[0].storage_path)
+    held = set()
+    for name in names[1:]:
+        sums = BlockSums.load(builder.repo.storage, sidecar_name(folder + '/' + name))
+        held.update(index for index in range(sums.entries) if sums.digest(index) != bytes(32))
+    return held
 
 
 def test_our_merge_works_after_a_resolved_xo_merge(merged_by_xo):

@@ -105,8 +105,8 @@ def _orphan_sidecars(storage, folder: str) -> dict:
 def looks_merged_by_another_tool(vhd: VhdFile, sums: BlockSums) -> bool:
     """Cheap test: the file at this name is no longer the one its sidecar describes, in the way a foreign merge leaves it.
 
-    Same unique id (XO gives the merged file the child's), not flagged as already checked, and the
-    disk type or parent link changed, or its structures differ from the recorded ones.
+    Same unique id (XO gives the merged file the child's), and the disk type or parent link changed,
+    or its structures differ from the recorded ones (a recorded foreign merge matches its new sidecar).
     """
     if sums.unique_id != vhd.unique_id:
         return False
@@ -134,26 +134,38 @@ def merged_members(storage, path: str, vhd: VhdFile, sums: BlockSums):
     return members if len(members) > 1 else None
 
 
-def predicted_sums(vhd: VhdFile, members: list) -> tuple[BlockSums, list]:
-    """The sidecar the merged file must match: per block, the newest member's digest that is not absent."""
-    entries = max([vhd.header.max_table_entries] + [member.entries for _name, member in members])
+def predicted_sums(vhd: VhdFile, members: list) -> tuple[BlockSums, list, set]:
+    """The sidecar the merged file must match: per block, the newest member's digest that is not absent.
+
+    Returns it, the blocks left UNKNOWN, and the blocks that came from a child (the others are the
+    rewritten parent's own, left in place).
+    """
     predicted = BlockSums(block_size=vhd.block_size, entries=vhd.header.max_table_entries, disk_type=vhd.disk_type,
                           unique_id=vhd.unique_id, parent_unique_id=vhd.header.parent_unique_id, flags=FLAG_FOREIGN_MERGE)
     predicted.set_structures(*read_structures(vhd))
-    unknown = []
-    for index in range(min(entries, predicted.entries)):
-        for _name, member in reversed(members):
+    unknown, from_children = [], set()
+    newest_first = list(reversed(members))
+    for index in range(predicted.entries):
+        for rank, (_name, member) in enumerate(newest_first):
             digest = member.digest(index)
             if digest != ABSENT:
                 predicted.set(index, digest)
                 if digest == UNKNOWN:
                     unknown.append(index)
+                if rank < len(newest_first) - 1:
+                    from_children.add(index)
                 break
-    return predicted, unknown
+    return predicted, unknown, from_children
 
 
-def check_foreign_merge(storage, path: str, vhd: VhdFile, sums: BlockSums, threads: int | None = None) -> ForeignMerge | None:
-    """Check a file merged by another tool block by block; None when it is not one (or its members' sidecars are gone)."""
+def check_foreign_merge(storage, path: str, vhd: VhdFile, sums: BlockSums, threads: int | None = None,
+                        all_blocks: bool = True) -> ForeignMerge | None:
+    """Check a file merged by another tool block by block; None when it is not one (or its members' sidecars are gone).
+
+    ``all_blocks=False`` reads only the blocks the merge wrote (those a child held): what changed,
+    not the disk size (a merge or restore resolving it under its lock); the parent's own blocks keep
+    their recorded digests and are checked whenever they are read, as any block.
+    """
     if not looks_merged_by_another_tool(vhd, sums):
         return None
     members = merged_members(storage, path, vhd, sums)
@@ -161,7 +173,7 @@ def check_foreign_merge(storage, path: str, vhd: VhdFile, sums: BlockSums, threa
         return None
     if any(member.block_size != vhd.block_size for _name, member in members):
         return None
-    predicted, unknown = predicted_sums(vhd, members)
+    predicted, unknown, from_children = predicted_sums(vhd, members)
     problems: list = []
     bat = vhd.bat
     # a block beyond every member's table must be absent too
@@ -173,7 +185,7 @@ def check_foreign_merge(storage, path: str, vhd: VhdFile, sums: BlockSums, threa
             problems.append(BlockProblem(vhd.path, index, index * vhd.block_size, 'present after the merge but in none of the merged files'))
         elif not present and expected != ABSENT:
             problems.append(BlockProblem(vhd.path, index, index * vhd.block_size, 'absent after the merge but held by a merged file'))
-        elif present and expected != UNKNOWN:
+        elif present and expected != UNKNOWN and (all_blocks or index in from_children):
             wanted.append(index)
     for index, digest in sorted(hash_blocks(vhd, wanted, threads).items()):
         if digest != predicted.digest(index):
@@ -197,10 +209,11 @@ def record_foreign_merge(repo, merge: ForeignMerge) -> None:
             repo.storage.remove(sidecar_name(stale))
 
 
-def find_foreign_merges(repo, paths, threads: int | None = None, detect_only: bool = False) -> list:
+def find_foreign_merges(repo, paths, threads: int | None = None, detect_only: bool = False, all_blocks: bool = True) -> list:
     """Every file among ``paths`` (storage paths of VHDs) that another tool merged, checked block by block.
 
-    With ``detect_only``, the paths of those files, found without reading their blocks.
+    With ``detect_only``, the paths of those files, found without reading their blocks; with
+    ``all_blocks=False`` only the blocks the merge wrote are read (see :func:`check_foreign_merge`).
     """
     found = []
     for path in paths:
@@ -216,7 +229,7 @@ def find_foreign_merges(repo, paths, threads: int | None = None, detect_only: bo
                     if looks_merged_by_another_tool(vhd, sums) and merged_members(repo.storage, path, vhd, sums):
                         found.append(path)
                     continue
-                merge = check_foreign_merge(repo.storage, path, vhd, sums, threads)
+                merge = check_foreign_merge(repo.storage, path, vhd, sums, threads, all_blocks=all_blocks)
         except (VhdError, OSError):
             continue  # the structural checks name it
         if merge is not None:
@@ -244,17 +257,18 @@ def remove_stale_sidecars(repo, folder: str) -> list:
     return removed
 
 
-def resolve_foreign_merges(repo, vm_uuid: str, points: list | None = None) -> list[ForeignMerge]:
+def resolve_foreign_merges(repo, vm_uuid: str, points: list | None = None, all_blocks: bool = False) -> list[ForeignMerge]:
     """Find, check and record every merge another tool made in a VM's backups; returns them all (call under the VM's lock).
 
     Merges that check out get their new sidecar; those that do not are returned with their problems
     and left as they are (they stay damage for every reader).  Then the sidecars of files gone from
     the VM's disk folders are removed where nothing needs them any more.  ``points`` defaults to
-    all of the VM's.
+    all of the VM's.  Reads only the blocks the merges wrote unless ``all_blocks`` (the cost of what
+    changed, not of the disk: ``backup_info verify`` reads everything anyway).
     """
     points = repo.list_backups(vm_uuid) if points is None else points
     paths = sorted({disk.storage_path for point in points for disk in point.disks})
-    merges = find_foreign_merges(repo, paths)
+    merges = find_foreign_merges(repo, paths, all_blocks=all_blocks)
     for merge in merges:
         if merge.ok:
             record_foreign_merge(repo, merge)
