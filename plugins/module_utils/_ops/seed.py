@@ -11,8 +11,9 @@ copied chain ends with the job's reference snapshot.
 For each VM, under both repositories' locks: the source chains are checked (structure, and each
 file's block checksum file against the file: identity, footer, header and BAT); every VHD is
 copied through an atomic file (temporary name, fsync, rename) with its block checksum file. The
-destination writer hashes each block as it passes; those checksums must equal the source's before
-the file is published (every block read is thus checked, one hash per block), and the written file
+destination writer hashes each block as it passes, and each checksum must equal the source's as soon
+as its block has passed (every block read is thus checked, one hash per block; a damaged block stops
+the copy there, and nothing of the file is published), and the written file
 is read back and checked block by block against them on every core (a destination storage that
 changes data is caught; the copy costs a read of the file there anyway). A file written before
 block checksums is checked against its recorded sha256 as it is copied and read back whole; a file
@@ -169,6 +170,15 @@ def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str
         return None  # the source has no block checksum file: neither has the copy (it stays the same file)
 
     writer.review_sums = review
+    if kind == BLOCKS:
+        def check_block(index: int, digest: bytes) -> None:
+            # Each block as soon as it has passed: a damaged one stops the copy there, not at the end of the file.
+            recorded = reference.digest(index)
+            if recorded != UNKNOWN and recorded != digest:
+                raise IntegrityError('refusing to copy %s' % shown, [str(BlockProblem(
+                    shown, index, index * reference.block_size, 'does not match its recorded checksum (the block is damaged)'))])
+
+        writer.stream_sums.on_block = check_block
     digest = hashlib.sha256() if kind != BLOCKS else None
     writer.__enter__()
     try:

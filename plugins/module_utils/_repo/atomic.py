@@ -49,6 +49,11 @@ class AtomicFile:
         return self._hash.hexdigest()
 
     @property
+    def stream_sums(self) -> StreamSums | None:
+        """With ``vhd``: the block checksums being computed as the bytes pass (``on_block`` sees each one)."""
+        return self._sums
+
+    @property
     def sidecar_path(self) -> str:
         return sidecar_name(self.path)
 

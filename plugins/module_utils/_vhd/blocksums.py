@@ -345,6 +345,9 @@ class StreamSums:
         self._tail = bytearray()  # the last FOOTER_SIZE bytes seen (the end footer, once finished)
         self.sums: BlockSums | None = None
         self._span_size = 0
+        #: Called as ``on_block(index, digest)`` as soon as a block's checksum is known (a copy checks it against its
+        #: source's there, so a damaged block stops the copy where it is read); what it raises, ``update`` raises.
+        self.on_block = None
 
     def update(self, chunk) -> None:
         view = memoryview(chunk).cast("B")
@@ -408,10 +411,13 @@ class StreamSums:
             self._hash.update(view[lo:hi])
             if span_end > end:
                 return
-            self.sums.set(index, self._hash.digest())
+            digest = self._hash.digest()
+            self.sums.set(index, digest)
             self._hash = None
             self._done_to = span_end
             self._next += 1
+            if self.on_block is not None:
+                self.on_block(index, digest)
 
     __call__ = update
 

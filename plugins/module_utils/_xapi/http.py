@@ -257,13 +257,15 @@ class RawVdiTransfers(XapiTasks):
         path = self._transfer_path('import_raw_vdi', {'session_id': self.session_ref, 'task_id': task_ref, 'vdi': vdi_ref, 'format': fmt})
         finished = False
         try:
+            source_failure = []
             try:
-                self._send_import(path, _chunks_of(source), length, label, task_ref)
-            except _SourceFailed as failed:
-                # The upload was aborted short of its length, so the host fails the import; once its task
-                # has ended the caller may destroy the VDI. The source's own error says what was wrong.
-                self.cancel_task(task_ref)
-                raise failed.error from None
+                self._send_import(path, _chunks_of(source), length, label, task_ref, source_failure)
+            except Exception as exc:
+                if source_failure and exc is source_failure[0]:
+                    # The upload was aborted short of its length, so the host fails the import; once its task
+                    # has ended the caller may destroy the VDI. The source's own error says what was wrong.
+                    self.cancel_task(task_ref)
+                raise
             result = self.wait_for_task(task_ref, timeout=timeout, what=label, destroy=False)
             finished = True
             return result
@@ -273,8 +275,12 @@ class RawVdiTransfers(XapiTasks):
             elif self.logged_in:
                 self.destroy_task(task_ref)
 
-    def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str) -> None:
-        """Send headers, look for an early answer (XAPI answers 200 or 302 before reading the body), then the body."""
+    def _send_import(self, path: str, chunks, length: int, label: str, task_ref: str, source_failure: list) -> None:
+        """Send headers, look for an early answer (XAPI answers 200 or 302 before reading the body), then the body.
+
+        A failure of the source (not of the connection) is put in ``source_failure`` and raised as it is,
+        once the connection is reset.
+        """
         endpoint = self.endpoint
         for attempt in range(2):
             connection = self._http_connection(endpoint)
@@ -290,22 +296,24 @@ class RawVdiTransfers(XapiTasks):
                     continue
                 if response is not None and response.status != 200:
                     raise self._failed_transfer(label, task_ref, response.status, response.reason)
-                self._send_body(connection, chunks, length, label)
+                self._send_body(connection, chunks, length, label, source_failure)
                 if response is None:
                     response = _read_response(connection)
                 response.read()
                 if response.status != 200:
                     raise self._failed_transfer(label, task_ref, response.status, response.reason)
                 return
-            except _SourceFailed:
-                _abort_connection(connection)
+            except Exception as exc:
+                if source_failure and exc is source_failure[0]:
+                    _abort_connection(connection)
+                    raise
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    if attempt:
+                        raise self._member_transport_error(exc, endpoint, label) from exc
+                    raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
+                if isinstance(exc, TRANSPORT_ERRORS):
+                    raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
                 raise
-            except ssl.SSLCertVerificationError as exc:
-                if attempt:
-                    raise self._member_transport_error(exc, endpoint, label) from exc
-                raise describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout') from exc
-            except TRANSPORT_ERRORS as exc:
-                raise self._import_broken(exc, connection, label, task_ref, endpoint) from exc
             finally:
                 connection.close()
         raise TransferError('%s failed: redirected more than once' % label)
@@ -336,8 +344,8 @@ class RawVdiTransfers(XapiTasks):
                 return None  # closed: sending the body fails and _import_broken says why
             return _read_response(connection, first)
 
-    def _send_body(self, connection, chunks, length: int, label: str) -> int:
-        """Send the body; a failure of the source (not of the connection) raises :class:`_SourceFailed`."""
+    def _send_body(self, connection, chunks, length: int, label: str, source_failure: list) -> int:
+        """Send the body; a failure of the source (a damaged block, an unreadable file) goes to ``source_failure``."""
         sent = 0
         chunks = iter(chunks)
         while True:
@@ -345,8 +353,9 @@ class RawVdiTransfers(XapiTasks):
                 chunk = next(chunks)
             except StopIteration:
                 break
-            except Exception as error:  # pylint: disable=broad-except
-                raise _SourceFailed(error) from error
+            except Exception as error:
+                source_failure.append(error)
+                raise
             if sent + len(chunk) > length:
                 raise TransferTooLongError('%s failed: the source holds more than the announced %d bytes' % (label, length))
             connection.send(chunk)
@@ -367,14 +376,6 @@ class RawVdiTransfers(XapiTasks):
         if not isinstance(error, TransferError):
             return error  # the task's XAPI error, or its destruction, says more than the broken connection
         return describe_transport_error(exc, endpoint, self.transfer_read_timeout, 'transfer_read_timeout')
-
-
-class _SourceFailed(Exception):
-    """The body's source raised ``error`` (e.g. a damaged block) while an upload was under way."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
 
 
 def _abort_connection(connection) -> None:

@@ -216,3 +216,30 @@ def test_refuses_a_missing_destination_in_check_mode_too(source, tmp_path, check
     with pytest.raises(seed.RepositoryError, match='%s is not a backup repository: it does not exist' % missing):
         seed.seed_copy(source.repo.root, str(missing), check_mode=check_mode)
     assert not missing.exists()
+
+
+def test_a_damaged_block_stops_the_copy_where_it_is_read(tmp_path, monkeypatch):
+    big = RepoBuilder(str(tmp_path / 'big'), disks=1)
+    big.add_point(full=True, changed_blocks=16)
+    victim = big.repo.list_backups(VM)[0].disks[0].path
+    index, offset = first_block(victim)
+    with open(victim, 'r+b') as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x80]))
+    written = []
+    real = LocalAtomicWriter.write
+
+    def counting(self, data):
+        written.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(LocalAtomicWriter, 'write', counting)
+    far = tmp_path / 'far'
+    far.mkdir()
+    with pytest.raises(IntegrityError, match=r'block %d \(virtual offset %d\): does not match' % (index, index * BLOCK)):
+        seed.seed_copy(big.repo.root, str(far))
+    # the first block is in the first chunk copied: the copy stopped there, long before the end of the file
+    assert 0 < sum(written) <= seed.COPY_CHUNK < os.path.getsize(victim) // 4
+    assert not [name for name in tree(str(far)) if name.endswith('.vhd') or name.endswith('.blocksums')]
