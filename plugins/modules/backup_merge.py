@@ -169,6 +169,39 @@ vms:
       type: list
       elements: str
       sample: ["vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261123T020000Z.vhd"]
+    foreign_merges:
+      description:
+        - Merges another tool (Xen Orchestra's retention on a shared repository) made of this job's chains, found before planning.
+        - Each is checked block by block for the blocks it wrote (each must equal the newest merged child's block, recorded in
+          that child's block checksums); one that checks out gets its block checksum file (not in check mode) and is no damage,
+          one that does not stays damage (RV(vms[].foreign_merges[].ok) false) and the chain reading it is refused.
+      type: list
+      elements: dict
+      contains:
+        file:
+          description: The merged file, relative to the VM folder.
+          type: str
+        merged_from:
+          description: Names of the files merged into it, the rewritten parent first.
+          type: list
+          elements: str
+        blocks_checked:
+          description: Blocks read and compared.
+          type: int
+        unknown_blocks:
+          description: Blocks whose content could not be predicted from whole-block checksums (left unknown).
+          type: list
+          elements: int
+        ok:
+          description: Whether every block checked matched.
+          type: bool
+        problems:
+          description: What did not match, each naming file and block.
+          type: list
+          elements: str
+      sample: [{"file": "vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b/20261124T020000Z.vhd",
+                "merged_from": ["20261123T020000Z.vhd", "20261124T020000Z.vhd"], "blocks_checked": 12, "unknown_blocks": [],
+                "ok": true, "problems": []}]
     bytes_merged:
       description: Total of RV(vms[].merged[].bytes) for this VM.
       type: int

@@ -20,13 +20,14 @@ import subprocess
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import apply_retention
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.foreign_merge import resolve_foreign_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import FLAG_FOREIGN_MERGE, BlockSums, sidecar_name
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.merge import merge_chain
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import (
-    BLOCK, VM, RepoBuilder, assert_points_restorable, chain_sha,
+    BLOCK, JOB, VM, RepoBuilder, assert_points_restorable, chain_sha,
 )
 
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'xo_merge')
@@ -202,6 +203,30 @@ def test_our_merge_works_after_a_resolved_xo_merge(merged_by_xo):
     with VhdFile.open_in(repo.storage, result) as vhd:
         assert vhd.is_dynamic
     assert chain_sha(repo, newest, newest.disks[0]) == expected == builder.expected_disk(newest.timestamp, 0)
+
+
+def test_backup_merge_records_the_xo_merge_then_merges_on(merged_by_xo):
+    """What backup_merge runs: the XO merge is found, checked and recorded under the lock, then retention merges as usual."""
+    builder, names = merged_by_xo
+    repo = builder.repo
+    before = [point.timestamp for point in repo.list_backups(VM)]
+    report = apply_retention(repo, VM, JOB, keep=1)
+    [foreign] = report['foreign_merges']
+    assert foreign['ok'] and foreign['merged_from'] == names and foreign['file'].endswith('/' + names[-1])
+    assert foreign['blocks_checked'] > 0 and foreign['problems'] == []
+    assert report['kept_points'] == before[-1:] and report['removed_points'] == before[:-1]
+    assert_points_restorable(builder, before[-1:])
+    assert apply_retention(repo, VM, JOB, keep=1)['foreign_merges'] == []  # recorded once
+
+
+def test_backup_merge_check_mode_reports_the_xo_merge_and_writes_nothing(merged_by_xo):
+    builder, names = merged_by_xo
+    repo = builder.repo
+    folder = os.path.dirname(repo.local_path(repo.list_backups(VM)[0].disks[0].storage_path))
+    listing = sorted(os.listdir(folder))
+    report = apply_retention(repo, VM, JOB, keep=1, check_mode=True)
+    assert [merge['merged_from'] for merge in report['foreign_merges']] == [names]
+    assert sorted(os.listdir(folder)) == listing
 
 
 def fresh_history(tmp_path) -> RepoBuilder:

@@ -40,6 +40,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity 
     IntegrityError, chain_structure_problems, check_chain_integrity, recorded_block_checksums, recorded_checksums,
 )
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.migrate import migrate_chain
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.foreign_merge import find_foreign_merges, resolve_foreign_merges
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError, relative_to_vm_folder, validate_uuid, vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import BackupDisk, BackupPoint
@@ -306,10 +307,18 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
             # The plan depends on the merge being finished; report only that.
             return dict(_retention_report(vm_uuid, None, resumed, []), changed=True, duration=round(time.monotonic() - started, 3))
         reconciled = [] if check_mode else finish_interrupted_merges(repo, vm_uuid, job_id)['reconciled']
+        # A merge Xen Orchestra made of our chains (its retention on a shared repository) is checked
+        # against what we recorded, block by block for the blocks it wrote, and recorded before the
+        # chains are checked: a sound one is no damage, an unsound one stays damage and is refused.
+        points = repo.list_backups(vm_uuid, job_id)
+        if check_mode:
+            foreign = find_foreign_merges(repo, sorted({disk.storage_path for point in points for disk in point.disks}), all_blocks=False)
+        else:
+            foreign = resolve_foreign_merges(repo, vm_uuid, points)
         plan = plan_retention(repo, vm_uuid, job_id, keep)
         migrated = []
         if check_mode:
-            _verify_merges(repo, plan)
+            _verify_merges(repo, plan, {merge.path: merge.sums for merge in foreign if merge.ok})
             timings = {}
         else:
             began = time.monotonic()
@@ -318,14 +327,15 @@ def apply_retention(repo, vm_uuid: str, job_id: str, keep: int, check_mode: bool
             timings.update(_execute(repo, plan))
     report = _retention_report(vm_uuid, plan, resumed, reconciled)
     report['migrated'] = migrated
-    report['changed'] = report['changed'] or bool(migrated)
+    report['foreign_merges'] = [merge.report(relative_to_vm_folder(vm_uuid, merge.path)) for merge in foreign]
+    report['changed'] = report['changed'] or bool(migrated) or any(merge.ok for merge in foreign)
     return dict(report, **timings, duration=round(time.monotonic() - started, 3))
 
 
 def _retention_report(vm_uuid: str, plan: RetentionPlan | None, resumed: list, reconciled: list) -> dict:
     """The per-VM report, from the plan (None: not planned, an unfinished merge came first)."""
     report = {'vm_uuid': vm_uuid, 'resumed_merges': resumed, 'reconciled': reconciled, 'kept_points': [], 'removed_points': [],
-              'merged': [], 'removed_files': [], 'migrated': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
+              'merged': [], 'removed_files': [], 'migrated': [], 'foreign_merges': [], 'bytes_merged': 0, 'changed': bool(resumed or reconciled)}
     if plan is not None:
         report.update(kept_points=[point.timestamp for point in plan.kept], removed_points=[point.timestamp for point in plan.removed],
                       merged=[merge.as_result(plan.vm_uuid) for merge in plan.merges], bytes_merged=sum(merge.bytes for merge in plan.merges),
@@ -342,10 +352,14 @@ def _migrate(repo, plan: RetentionPlan) -> list:
     return migrated
 
 
-def _verify_merges(repo, plan: RetentionPlan) -> None:
-    """4. every file's structure and sidecar structures, and every block of the deltas: O(changed), the full's data unread."""
+def _verify_merges(repo, plan: RetentionPlan, checked_sums: dict | None = None) -> None:
+    """4. every file's structure and sidecar structures, and every block of the deltas: O(changed), the full's data unread.
+
+    ``checked_sums``: the block checksums of sound foreign merges found in check mode (not recorded).
+    """
     for merge in plan.merges:
-        check_chain_integrity(repo, plan.vm_uuid, merge.chain, plan.points, merge.refusal, read_blocks=set(merge.deltas))
+        check_chain_integrity(repo, plan.vm_uuid, merge.chain, plan.points, merge.refusal, read_blocks=set(merge.deltas),
+                              checked_sums=checked_sums)
 
 
 def _execute(repo, plan: RetentionPlan) -> dict:

@@ -162,7 +162,7 @@ class ChainIntegrity:
     sums: dict  # storage path -> BlockSums, for readers to check each block they read (``blocksums.attach``)
 
 
-def check_chain_integrity(repo, vm_uuid: str, chain: list, points: list, what: str, read_blocks=()) -> ChainIntegrity:
+def check_chain_integrity(repo, vm_uuid: str, chain: list, points: list, what: str, read_blocks=(), checked_sums: dict | None = None) -> ChainIntegrity:
     """Check a newest-first chain of storage paths before it is read or merged.
 
     Every file: structure and links; its block checksum file, when it has one: identity, footer,
@@ -170,8 +170,11 @@ def check_chain_integrity(repo, vm_uuid: str, chain: list, points: list, what: s
     ``read_blocks`` (storage paths, or ``True`` for every file) are all read and checked.  A file
     with only a legacy whole-file sha256 is hashed whole.  A file the metadata says was written with
     block checksums but has none is damage.  Raises :class:`IntegrityError` naming every problem.
+    ``checked_sums`` (storage path to BlockSums) stands in for files checked but not recorded yet: a
+    foreign merge found sound in check mode, which writes nothing.
     """
     problems = chain_structure_problems(repo, chain)
+    checked_sums = checked_sums or {}
     with_blocks = recorded_block_checksums(points)
     legacy_sums = recorded_checksums(points)
     result = ChainIntegrity(verified=[], unverified=[], legacy=[], sums={})
@@ -179,7 +182,7 @@ def check_chain_integrity(repo, vm_uuid: str, chain: list, points: list, what: s
     for path in chain:
         relative = relative_to_vm_folder(vm_uuid, path)
         try:
-            sums = BlockSums.load_for(repo.storage, path)
+            sums = checked_sums[path] if path in checked_sums else BlockSums.load_for(repo.storage, path)
         except BlockSumsError as error:
             problems.append(str(error))
             continue
