@@ -20,6 +20,7 @@ import subprocess
 import pytest
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.catalog import describe_repository
+from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.restore import prepare_restore
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.retention import apply_retention
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.foreign_merge import resolve_foreign_merges
@@ -227,6 +228,35 @@ def test_backup_merge_check_mode_reports_the_xo_merge_and_writes_nothing(merged_
     report = apply_retention(repo, VM, JOB, keep=1, check_mode=True)
     assert [merge['merged_from'] for merge in report['foreign_merges']] == [names]
     assert sorted(os.listdir(folder)) == listing
+
+
+def test_a_restore_records_a_sound_xo_merge_and_refuses_an_unsound_one_naming_the_block(merged_by_xo):
+    """vm_restore holds the VM's lock: it records the XO merge as backup_merge would, and reads every point."""
+    builder, names = merged_by_xo
+    repo = builder.repo
+    merged = os.path.join(os.path.dirname(repo.list_backups(VM)[0].disks[0].storage_path), names[-1])
+    sums = BlockSums.load_for(repo.storage, merged)  # still the newest merged child's: what the XO merge wrote is checked against it
+    written = next(index for index in range(sums.entries) if sums.digest(index) != bytes(32))
+    with VhdFile.open_in(repo.storage, merged) as vhd:
+        offset = vhd.bat[written] * 512 + vhd.bitmap_size + 4096
+    damaged = repo.local_path(merged)
+    with open(damaged, 'r+b') as handle:
+        handle.seek(offset)
+        original = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([original[0] ^ 1]))
+    with repo.lock(VM, 'vm_restore'), pytest.raises(integrity.IntegrityError, match=r'merged by another tool, and .*block %d \(virtual offset %d\)'
+                                                      % (written, written * BLOCK)):
+        prepare_restore(repo, VM, None, 'latest', None, finish_merges=True)
+    with open(damaged, 'r+b') as handle:
+        handle.seek(offset)
+        handle.write(original)
+    for number in range(len(repo.list_backups(VM))):
+        with repo.lock(VM, 'vm_restore'):
+            checked = prepare_restore(repo, VM, None, number, None, finish_merges=True)
+        assert checked.point.timestamp in builder.truth
+    assert BlockSums.load_for(repo.storage, merged).flags & FLAG_FOREIGN_MERGE
+    assert_points_restorable(builder, sorted(builder.truth))
 
 
 def fresh_history(tmp_path) -> RepoBuilder:

@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._xapi.session import NULL_REF, XapiError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import check_chain_integrity
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.foreign_merge import resolve_foreign_merges
+from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity import IntegrityError, check_chain_integrity
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import (
     TIMESTAMP_PATTERN, RepositoryError, parse_timestamp, validate_uuid,
 )
@@ -417,6 +418,9 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
     validate_uuid(vm_uuid, 'VM uuid')
     finished = finish_interrupted_merges(repo, vm_uuid)['resumed'] if finish_merges else []
     refuse_unfinished_merges(repo, vm_uuid)
+    # A merge Xen Orchestra made of our chains is checked (the blocks it wrote) and recorded under the
+    # lock, as backup_merge does; one that does not check out is damage, named below.
+    unsound = {merge.path: merge for merge in resolve_foreign_merges(repo, vm_uuid) if not merge.ok} if finish_merges else {}
     points = repo.list_backups(vm_uuid, job_id)
     if not points:
         raise RestoreError('repository %s holds no backup of VM %s%s' % (repo.root, vm_uuid, ' by this job' if job_id else ''))
@@ -429,6 +433,9 @@ def prepare_restore(repo, vm_uuid: str, job_id: str | None, point_selector, disk
             chain = repo.vhd_chain(point, item)
         except RepositoryError as error:
             raise RestoreError('%s: %s' % (what, error)) from error
+        if any(path in unsound for path in chain):
+            raise IntegrityError(what, ['%s: merged by another tool, and %s' % (merge.shown, problem)
+                                        for path in chain if path in unsound for merge in [unsound[path]] for problem in merge.problems])
         checked = check_chain_integrity(repo, vm_uuid, chain, every_point, what)
         verified.extend(checked.verified)
         unverified.extend(checked.unverified)
