@@ -388,14 +388,14 @@ class StreamSums:
         bat_end = header.table_offset + header.max_table_entries * 4
         if len(head) < bat_end:
             return False
-        bat_raw = bytes(memoryview(head)[header.table_offset:bat_end])
+        bat_raw = memoryview(head)[header.table_offset:bat_end]  # parsed and hashed where it lies, not copied
         self._bat = bat_parse(bat_raw, header.max_table_entries)
         self.sums = BlockSums(block_size=header.block_size, entries=header.max_table_entries, disk_type=footer.disk_type,
                               unique_id=footer.unique_id, parent_unique_id=header.parent_unique_id)
         # Header and BAT are hashed now (the BAT need not be kept: 4 MiB for a 2 TiB disk); the end
         # footer, which the header copy at offset 0 only announces, at finish.
         self.sums.header_digest, self.sums.bat_digest = hashlib.sha256(header_raw).digest(), hashlib.sha256(bat_raw).digest()
-        del bat_raw
+        bat_raw.release()
         self._span_size = bitmap_size(header.block_size) + header.block_size
         self._order = present_in_file_order(self._bat)
         return True
