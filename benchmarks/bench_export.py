@@ -16,7 +16,8 @@ by each plain client, once before and once after ours, so that all meet the same
 The fastest single download of the three is the limit of this machine for that export (HTTP
 client, copy to disk, durable), and is named. ``export_vm`` (what the delta_export module runs) runs
 in a child process: identity rewrite, block checksums as the bytes pass, atomic files, sidecars,
-metadata; it reports its own peak RSS.
+metadata; it reports its own peak RSS. It runs twice as well (the second time into hard-linked
+copies of the repositories as they were, so with the same plan), and its best run counts.
 
 It prints MB/s of ours and of the limit, the ratio (goal >= 0.9) and the peak RSS (goal <= 100 MiB
 whatever the disk size), then the machine's load and its sha256 rate on one core (ours hashes
@@ -30,6 +31,7 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,12 +68,13 @@ with XapiConnection(url, 'root', 'secret', ca_path=ca or None, validate_certs=bo
         taken = manage_job_snapshots(xapi, 'bench', Job(job), take=True)
         print(json.dumps({'snapshot': taken['snapshot']}))
         sys.exit(0)
-    started = time.perf_counter()
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     result = export_vm(xapi, json.loads(repositories), 'bench', Job(job), snapshot_uuid=snapshot_uuid)
-    elapsed = time.perf_counter() - started
+    elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({'mode': result['mode'], 'bytes': result['bytes_transferred'], 'seconds': elapsed,
                   'stream_seconds': sum(disk['duration'] for disk in result['disks']),
                   'base': (result['base_snapshot'] or {}).get('disks'), 'paths': [disk['path'] for disk in result['disks']],
+                  'cpu': after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
                   'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
@@ -92,9 +95,12 @@ def pool_config(size_gib: float) -> str:
 
 def run_child(sim, root: str, repositories: list[str], step: str = 'export', snapshot_uuid: str = '') -> dict:
     env = dict(os.environ, PYTHONPATH=root)
+    sim_cpu = process_cpu(sim.pid)
     completed = subprocess.run([sys.executable, '-c', CHILD, step, sim.url, sim.ca_path or '', json.dumps(repositories), JOB, snapshot_uuid],
                                env=env, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result['sim_cpu'] = process_cpu(sim.pid) - sim_cpu  # includes the child's login and planning calls
+    return result
 
 
 def export_url(sim, session_ref: str, vdi_uuid: str, base_uuid: str | None) -> str:
@@ -162,13 +168,29 @@ PLAIN_CLIENTS = {
 }
 
 
-def plain_downloads(sim, url: str, target: str, times: dict) -> int:
-    """Each plain client once; ``times[client]`` collects seconds. Returns the export's size."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far, from /proc."""
+    with open('/proc/%d/stat' % pid, encoding='ascii') as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its finished children (curl)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def plain_downloads(sim, url: str, target: str, times: dict, cpu: dict | None = None) -> int:
+    """Each plain client once; ``times[client]`` collects seconds, ``cpu[client]`` (client CPU, simulator CPU).
+    Returns the export's size."""
     sizes = set()
     for client, download in PLAIN_CLIENTS.items():
-        started = time.perf_counter()
+        started, client_cpu, sim_cpu = time.perf_counter(), own_cpu(), process_cpu(sim.pid)
         sizes.add(download(sim, url, target))
         times.setdefault(client, []).append(time.perf_counter() - started)
+        if cpu is not None:
+            cpu.setdefault(client, []).append((own_cpu() - client_cpu, process_cpu(sim.pid) - sim_cpu))
         os.unlink(target)
     if len(sizes) != 1:
         raise RuntimeError('the plain clients got different sizes: %s' % sorted(sizes))
@@ -218,19 +240,36 @@ def measure(args, workdir: str) -> list[dict]:
                 url = export_url(sim, session._session, snapshot_vdi, previous_snapshot_vdi)
                 target = os.path.join(workdir, 'plain.vhd')
                 times: dict = {}
-                size = plain_downloads(sim, url, target, times)
+                cpu: dict = {}
+                # Ours runs twice too, each after a round of plain downloads: into the repositories, then
+                # into hard-linked copies of them as they were before (the same plan: a full, or a delta
+                # on the same base). Each side keeps its best run.
+                copies = [repository + '-again' for repository in repositories]
+                for repository, copy in zip(repositories, copies, strict=True):
+                    subprocess.run(['cp', '-al', repository, copy], check=True)
+                size = plain_downloads(sim, url, target, times, cpu)
                 ours = run_child(sim, root, repositories, 'export', snapshot['uuid'])
-                base_vdi = ours['base'][0]['vdi_uuid'] if ours['base'] else None
-                assert base_vdi == previous_snapshot_vdi, (base_vdi, previous_snapshot_vdi)
-                assert plain_downloads(sim, url, target, times) == size == ours['bytes'], (size, ours['bytes'])
+                assert plain_downloads(sim, url, target, times, cpu) == size == ours['bytes'], (size, ours['bytes'])
+                again = run_child(sim, root, copies, 'export', snapshot['uuid'])
+                for copy in copies:
+                    shutil.rmtree(copy)
+                for run in (ours, again):
+                    base_vdi = run['base'][0]['vdi_uuid'] if run['base'] else None
+                    assert base_vdi == previous_snapshot_vdi and run['bytes'] == size, (base_vdi, previous_snapshot_vdi, run['bytes'])
                 check_sidecars(repositories, ours['paths'])
                 best = {client: min(seconds) for client, seconds in times.items()}
                 limit_client = min(best, key=best.get)
-                rows.append({'round': round_name, 'mode': ours['mode'], 'bytes': size, 'ours': size / ours['seconds'] / 1e6,
-                             'ours_stream': size / ours['stream_seconds'] / 1e6,
+                rows.append({'round': round_name, 'mode': ours['mode'], 'bytes': size,
+                             'ours': size / min(ours['seconds'], again['seconds']) / 1e6,
+                             'ours_stream': size / min(ours['stream_seconds'], again['stream_seconds']) / 1e6,
+                             'ours_runs': [size / run['seconds'] / 1e6 for run in (ours, again)],
                              'limit': size / best[limit_client] / 1e6, 'limit_client': limit_client,
                              'clients': {client: size / seconds / 1e6 for client, seconds in best.items()},
-                             'peak_rss_mib': ours['peak_rss_mib']})
+                             'peak_rss_mib': max(ours['peak_rss_mib'], again['peak_rss_mib']),
+                             # CPU seconds per GB written: the client's, then the simulator's (same cores)
+                             'cpu_per_gb': dict({client: tuple(sum(run[part] for run in runs) / len(runs) / (size / 1e9) for part in (0, 1))
+                                                 for client, runs in cpu.items()},
+                                                ours=tuple(min(run[part] for run in (ours, again)) / (size / 1e9) for part in ('cpu', 'sim_cpu')))})
                 previous_snapshot_vdi = snapshot_vdi
         finally:
             session.xenapi.session.logout()
@@ -268,7 +307,14 @@ def main() -> int:
     for row in rows:
         print('  %s, the disk stream alone (open to commit, without planning and metadata): %.0f MB/s, ratio %.2f'
               % (row['round'], row['ours_stream'], row['ours_stream'] / row['limit']))
-        print('  %s, plain clients (best of 2, MB/s): %s' % (row['round'], ', '.join('%s %.0f' % item for item in row['clients'].items())))
+        write_then_fsync = max(rate for client, rate in row['clients'].items() if client != 'python+writeback')
+        print('  %s, against the clients that write then fsync (curl, python: %.0f MB/s): ratio %.2f'
+              % (row['round'], write_then_fsync, row['ours'] / write_then_fsync))
+        print('  %s, plain clients (best of 2, MB/s): %s; ours (2 runs, MB/s): %s'
+              % (row['round'], ', '.join('%s %.0f' % item for item in row['clients'].items()), ', '.join('%.0f' % rate for rate in row['ours_runs'])))
+    for row in rows:
+        print('  %s, CPU seconds per GB (client + simulator, on the same %d cores): %s' % (
+            row['round'], os.cpu_count() or 1, ', '.join('%s %.2f + %.2f' % (client, mine, sim) for client, (mine, sim) in row['cpu_per_gb'].items())))
     print('goals: ratio >= %.1f, peak RSS <= %d MiB' % (GOAL_RATIO, GOAL_RSS_MIB))
     # Context: ours also checksums every byte (the plain clients do not), and the simulator serving
     # the export runs on the same cores.

@@ -24,7 +24,7 @@ description:
     the metadata lists it under C(xapi_delta_backup.block_checksums). Merges, restores, seed copies and C(verify)
     check each block they read against it.
   - Receiving, rewriting, checksumming and writing run as a pipeline on threads of their own, the stream landing in a
-    bounded ring of buffers (16 MiB) with no copy by Python; the written file is handed to the disk every 32 MiB, so
+    bounded ring of buffers (12 MiB) with no copy by Python; the written file is handed to the disk every 32 MiB, so
     the final C(fsync) waits for little. Memory stays bounded whatever the disk size.
   - Files appear atomically and the metadata JSON is written last, so an interrupted export leaves no visible backup;
     its leftovers are removed by the next run. The snapshot is marked exported (it becomes the job's reference snapshot)

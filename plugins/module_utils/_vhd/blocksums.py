@@ -160,7 +160,7 @@ class BlockSums:
                                  % (len(raw), size, entries))
         return cls(block_size=block_size, entries=entries, disk_type=disk_type, unique_id=unique_id, parent_unique_id=parent_unique_id,
                    footer_digest=footer_digest, header_digest=header_digest, bat_digest=bat_digest, flags=flags,
-                   digests=bytearray(raw[HEADER_BYTES:]))
+                   digests=bytearray(memoryview(raw)[HEADER_BYTES:]))  # one copy of the entries, not two
 
     @classmethod
     def load(cls, storage: Storage, name: str) -> 'BlockSums':
@@ -180,8 +180,19 @@ class BlockSums:
         return cls.load(storage, name)
 
     def save(self, storage: Storage, name: str) -> None:
-        """Write atomically as ``name`` (the sidecar's own path), replacing any previous one."""
-        storage.write_bytes_atomically(name, self.pack(), overwrite=True)
+        """Write atomically as ``name`` (the sidecar's own path), replacing any previous one.
+
+        The entries are written from where they lie, not packed into a new object first: for a 2 TiB
+        disk they are 32 MiB, and a copy or two of them would push a module past its memory budget.
+        """
+        writer = storage.atomic_writer(name, overwrite=True)
+        try:
+            writer.write(self.pack_header())
+            writer.write(memoryview(self.digests))
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     # -- the structures ------------------------------------------------------------------------------------
 
@@ -361,7 +372,7 @@ class StreamSums:
             self._head.extend(view)
             if not self._parse_head():
                 return
-            view = memoryview(bytes(self._head))
+            view = memoryview(self._head)  # the blocks that came with the structures, hashed from there
             start = 0
             self._head = bytearray()
         self._hash_spans(view, start)
@@ -380,14 +391,16 @@ class StreamSums:
         bat_end = header.table_offset + header.max_table_entries * 4
         if len(head) < bat_end:
             return False
-        bat_raw = bytes(head[header.table_offset:bat_end])
-        bat = bat_parse(bat_raw, header.max_table_entries)
+        bat_raw = memoryview(head)[header.table_offset:bat_end]  # parsed and hashed where it lies, not copied
+        self._bat = bat_parse(bat_raw, header.max_table_entries)
         self.sums = BlockSums(block_size=header.block_size, entries=header.max_table_entries, disk_type=footer.disk_type,
                               unique_id=footer.unique_id, parent_unique_id=header.parent_unique_id)
-        self._header_raw, self._bat_raw = header_raw, bat_raw
+        # Header and BAT are hashed now (the BAT need not be kept: 4 MiB for a 2 TiB disk); the end
+        # footer, which the header copy at offset 0 only announces, at finish.
+        self.sums.header_digest, self.sums.bat_digest = hashlib.sha256(header_raw).digest(), hashlib.sha256(bat_raw).digest()
+        bat_raw.release()
         self._span_size = bitmap_size(header.block_size) + header.block_size
-        self._bat = bat
-        self._order = present_in_file_order(bat)
+        self._order = present_in_file_order(self._bat)
         return True
 
     def _hash_spans(self, view: memoryview, start: int) -> None:
@@ -425,7 +438,7 @@ class StreamSums:
         """The sidecar, once every byte was given; raises :class:`VhdError` if the stream ended early."""
         if self.sums is None or self._next < len(self._order) or len(self._tail) < FOOTER_SIZE:
             raise VhdError(self.name, "block checksums", "length", self.position, "the VHD stream ended before its last block")
-        self.sums.set_structures(bytes(self._tail), self._header_raw, self._bat_raw)
+        self.sums.footer_digest = hashlib.sha256(bytes(self._tail)).digest()
         return self.sums
 
 

@@ -132,12 +132,12 @@ def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink
                        "BAT at %d overlaps the header (streams must be in file order)" % header.table_offset)
     _copy(source, emit, header.table_offset - source.position, "header", "table_offset")
     bat_raw = source.read_exact(block_count * 4, "BAT", "entries")
-    emit(bat_raw)
     bat_end = header.table_offset + header.bat_bytes
-    _copy(source, emit, bat_end - source.position, "BAT", "entries")
     span = bitmap_size(header.block_size) + header.block_size
     data_end = bat_end
     blocks = 0
+    # The BAT is checked (and its parsed copy dropped) before it is passed on, and not kept after:
+    # for a 2 TiB disk it is 4 MiB, and the checksum thread is about to parse its own copy.
     for index, entry in enumerate(bat_parse(bat_raw, block_count)):
         if entry == BAT_UNUSED:
             continue
@@ -146,6 +146,9 @@ def rewrite_identity(src: BinaryIO, dst: BinaryIO, unique_id, parent: ParentLink
             raise VhdError(name, "BAT", "entry[%d]" % index, header.table_offset + 4 * index,
                            "block at %d overlaps the header or BAT" % (entry * SECTOR))
         data_end = max(data_end, entry * SECTOR + span)
+    emit(bat_raw)
+    del bat_raw
+    _copy(source, emit, bat_end - source.position, "BAT", "entries")
 
     # Pass the rest through, holding back the last 512 bytes: they are the end footer.
     if hasattr(dst, "acquire") and hasattr(dst, "submit"):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import queue
 import threading
 
-#: Buffers in flight and their size (about one VHD block each): 16 MiB of ring, enough for the socket to never wait on a consumer
+#: Buffers in flight and their size (about one VHD block each): 12 MiB of ring, enough for the socket to never wait on a consumer
 #: that is briefly slower (a file write starting writeback, a hash thread waiting for the GIL).
-WRITE_BEHIND_BUFFERS = 8
+WRITE_BEHIND_BUFFERS = 6
 WRITE_BEHIND_BUFFER_SIZE = 2 << 20
 
 

@@ -247,3 +247,24 @@ def test_a_vhd_whose_commit_fails_leaves_nothing(tmp_path, monkeypatch, fails):
         with AtomicFile(*split_local_path(str(tmp_path / 'a.vhd')), vhd=True) as target:
             target.write(data)
     assert sorted(os.listdir(tmp_path)) == ['source.vhd']
+
+
+def test_a_big_file_is_handed_to_the_disk_as_it_is_written(tmp_path, monkeypatch):
+    # The atomic writer starts writeback of each 32 MiB window (and drops the one before from the page
+    # cache) so that the final fsync finds little left: the disk works while the stream is received.
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import local  # pylint: disable=import-outside-toplevel
+    calls = []
+    real = os.posix_fadvise
+
+    def recorded(fd, offset, length, advice):
+        calls.append((offset, length, advice))
+        return real(fd, offset, length, advice)
+    monkeypatch.setattr(local.os, 'posix_fadvise', recorded)
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    with AtomicFile(*split_local_path(str(tmp_path / 'big.bin'))) as target:
+        for _number in range(100):
+            target.write(piece)
+    window = local.WRITEBACK_WINDOW
+    assert [(offset, offset + length) for offset, length, _advice in calls] == [(0, window), (0, 2 * window), (window, 3 * window)]
+    assert all(advice == os.POSIX_FADV_DONTNEED for _offset, _length, advice in calls)
+    assert (tmp_path / 'big.bin').read_bytes() == piece * 100
