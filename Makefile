@@ -49,7 +49,7 @@ $(VENV)/.installed: requirements/dev.lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q 'pip==24.2' 2>&1 | $(PIP_QUIET)
 	$(BIN)/pip install -q -r requirements/dev.lock.txt 2>&1 | $(PIP_QUIET)
-	$(BIN)/python -c "import ansible, XenAPI, pyvhdi, hypothesis, jmespath, yaml, xdist, coverage"
+	$(BIN)/python -c "import ansible, XenAPI, blake3, pyvhdi, hypothesis, jmespath, yaml, xdist, coverage"
 	$(BIN)/ruff --version >/dev/null
 	touch $@
 

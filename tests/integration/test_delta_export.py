@@ -11,6 +11,7 @@ import stat
 from lifecycle import MIB, assert_point_matches_truth, backup, ground_truth, guest_write
 from oracles import backup_points, visible_files
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdFile
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import compute_sums
 
@@ -21,7 +22,7 @@ def assert_sidecars_are_the_files_checksums(repository, export) -> dict:
     vm_dir = os.path.join(repository, 'xo-vm-backups', export['vm']['uuid'])
     point = next(point for point in backup_points(repository, export['vm']['uuid']) if point['_path'].endswith(export['timestamp'] + '.json'))
     assert 'sha256' not in point['xapi_delta_backup']  # the old whole-file map is gone: the sidecars replace it
-    assert point['xapi_delta_backup']['block_checksums'] == {disk['path']: 'sha256' for disk in export['disks']}
+    assert point['xapi_delta_backup']['block_checksums'] == {disk['path']: HASH_NAME for disk in export['disks']}
     sidecars = {}
     for disk in export['disks']:
         assert disk['block_checksums'] == disk['path'] + '.blocksums'

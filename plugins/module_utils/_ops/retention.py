@@ -141,7 +141,7 @@ def reconcile_merged_points(repo, points: list) -> list:
                     problems = structure_problems(vhd, sums)
                 if problems:
                     raise IntegrityError(what, problems)
-                section['block_checksums'][disk.relative_path] = 'sha256'
+                section['block_checksums'][disk.relative_path] = sums.hash_name
             else:
                 section['block_checksums'].pop(disk.relative_path, None)
             metadata['isVhdDifferencing'][disk.vdi_ref] = False
@@ -395,7 +395,7 @@ def _carry_checksums(repo, plan: RetentionPlan) -> None:
                 for path in merge.chain:
                     relative = relative_to_vm_folder(plan.vm_uuid, path)
                     if relative in with_blocks:
-                        section['block_checksums'][relative] = 'sha256'
+                        section['block_checksums'][relative] = with_blocks[relative]
                     elif relative in legacy:
                         section['sha256'][relative] = legacy[relative]
         if metadata != point.metadata:

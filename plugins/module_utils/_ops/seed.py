@@ -160,7 +160,8 @@ def _copy_vhd(source, destination, vm_uuid: str, relative: str, source_path: str
     """Copy one VHD atomically (with its block checksum file, if it has one); verify the source as it is read, then the destination."""
     job_id, vdi_uuid, timestamp = VHD_RELATIVE_PATTERN.match(relative).groups()[:3]
     shown = source.describe(source_path)
-    writer = destination.open_vhd_writer(vm_uuid, job_id, vdi_uuid, timestamp)
+    # the copy is hashed as its source was, so each block compares with the source's checksum
+    writer = destination.open_vhd_writer(vm_uuid, job_id, vdi_uuid, timestamp, **({'hash_name': reference.hash_name} if kind == BLOCKS else {}))
     read = {}
 
     def review(computed: BlockSums):

@@ -14,7 +14,7 @@ import hashlib
 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import AtomicWriter, Storage
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, StreamSums, sidecar_name
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME, BlockSums, StreamSums, sidecar_name
 
 
 class AtomicFile:
@@ -26,14 +26,14 @@ class AtomicFile:
     written as ``<path>.blocksums`` just before the file itself is published (``block_sums``).
     """
 
-    def __init__(self, storage: Storage, path: str, overwrite: bool = False, vhd: bool = False):
+    def __init__(self, storage: Storage, path: str, overwrite: bool = False, vhd: bool = False, hash_name: str = HASH_NAME):
         self.storage = storage
         self.path = path
         self.shown = storage.describe(path)
         self.overwrite = overwrite
         self.size = 0
         self._hash = None if vhd else hashlib.sha256()
-        self._sums = StreamSums(self.shown) if vhd else None
+        self._sums = StreamSums(self.shown, hash_name) if vhd else None
         self.block_sums: BlockSums | None = None
         #: With ``vhd``: called at commit with the computed block checksums; returns those to save (``None``: no sidecar)
         #: or raises to refuse the file (a copy compares them with its source's).

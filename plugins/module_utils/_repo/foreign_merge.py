@@ -112,7 +112,7 @@ def looks_merged_by_another_tool(vhd: VhdFile, sums: BlockSums) -> bool:
         return False
     if sums.disk_type != vhd.disk_type or sums.parent_unique_id != vhd.header.parent_unique_id:
         return True
-    footer, header, bat = structure_digests(*read_structures(vhd))
+    footer, header, bat = structure_digests(*read_structures(vhd), hash_name=sums.hash_name)
     return (footer, header, bat) != (sums.footer_digest, sums.header_digest, sums.bat_digest)
 
 
@@ -141,7 +141,8 @@ def predicted_sums(vhd: VhdFile, members: list) -> tuple[BlockSums, list, set]:
     rewritten parent's own, left in place).
     """
     predicted = BlockSums(block_size=vhd.block_size, entries=vhd.header.max_table_entries, disk_type=vhd.disk_type,
-                          unique_id=vhd.unique_id, parent_unique_id=vhd.header.parent_unique_id, flags=FLAG_FOREIGN_MERGE)
+                          unique_id=vhd.unique_id, parent_unique_id=vhd.header.parent_unique_id, flags=FLAG_FOREIGN_MERGE,
+                          hash_name=members[-1][1].hash_name)
     predicted.set_structures(*read_structures(vhd))
     unknown, from_children = [], set()
     newest_first = list(reversed(members))
@@ -187,7 +188,7 @@ def check_foreign_merge(storage, path: str, vhd: VhdFile, sums: BlockSums, threa
             problems.append(BlockProblem(vhd.path, index, index * vhd.block_size, 'absent after the merge but held by a merged file'))
         elif present and expected != UNKNOWN and (all_blocks or index in from_children):
             wanted.append(index)
-    for index, digest in sorted(hash_blocks(vhd, wanted, threads).items()):
+    for index, digest in sorted(hash_blocks(vhd, wanted, threads, predicted.hash_name).items()):
         if digest != predicted.digest(index):
             problems.append(BlockProblem(vhd.path, index, index * vhd.block_size,
                                          'does not match the block of the file it was merged from (damaged, or not a whole-block merge)'))

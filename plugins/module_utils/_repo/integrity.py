@@ -143,12 +143,12 @@ def verify_chain(repo, vm_uuid: str, chain: list, checksums: dict, what: str) ->
 # -- block checksums ---------------------------------------------------------------------------------------------
 
 
-def recorded_block_checksums(points: list) -> set:
-    """Relative VHD paths the points' metadata says were written with a block checksum file."""
-    recorded = set()
+def recorded_block_checksums(points: list) -> dict:
+    """Relative VHD paths the points' metadata says were written with a block checksum file, to the hash it names."""
+    recorded = {}
     for point in points:
         section = point.metadata.get(OWN_FIELD) or {}
-        recorded.update(relative for relative in (section.get('block_checksums') or {}))
+        recorded.update((section.get('block_checksums') or {}).items())
     return recorded
 
 
@@ -305,7 +305,7 @@ def verify_vm_files(repo, vm_uuid: str, points: list, chains: dict, threads: int
     def hash_task(path, vhd, sums, indices):
         def run():  # only the mismatches come back: a digest per block of a large disk would not fit the memory budget
             return [BlockProblem(vhd.path, index, index * vhd.block_size, 'does not match its recorded checksum (the block is damaged)')
-                    for index, digest in hash_blocks(vhd, indices, threads=1).items() if digest != sums.digest(index)], path
+                    for index, digest in hash_blocks(vhd, indices, threads=1, hash_name=sums.hash_name).items() if digest != sums.digest(index)], path
         return run
 
     def merge_task(path, vhd, sums):

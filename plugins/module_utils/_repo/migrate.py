@@ -24,7 +24,7 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.integrity 
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import relative_to_vm_folder
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import OWN_FIELD
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import BlockSums, StreamSums, sidecar_name
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME, BlockSums, StreamSums, sidecar_name
 
 #: Bytes read per chunk; at most ``PIPELINE_DEPTH`` chunks are in flight (bounded memory).
 CHUNK = 8 * 1024 * 1024
@@ -98,7 +98,7 @@ def _move_entry(repo, points: list, relative: str) -> None:
         metadata = copy.deepcopy(point.metadata)
         section = metadata[OWN_FIELD]
         del section['sha256'][relative]
-        section.setdefault('block_checksums', {})[relative] = 'sha256'
+        section.setdefault('block_checksums', {})[relative] = HASH_NAME
         repo.rewrite_metadata(point, metadata)
 
 

@@ -30,7 +30,9 @@ from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata i
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage import LocalStorage, Storage
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage.local import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE
 from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdError, VhdFile
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import SUFFIX as SIDECAR_SUFFIX, is_sidecar_name, sidecar_name
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import (
+    HASH_NAME, SUFFIX as SIDECAR_SUFFIX, is_sidecar_name, sidecar_name,
+)
 
 
 # -- backup points -----------------------------------------------------------------------------
@@ -163,11 +165,11 @@ class BackupRepository:
 
     # writing
 
-    def open_vhd_writer(self, vm_uuid: str, job_id: str, vdi_uuid: str, timestamp: str) -> AtomicFile:
+    def open_vhd_writer(self, vm_uuid: str, job_id: str, vdi_uuid: str, timestamp: str, hash_name: str = HASH_NAME) -> AtomicFile:
         """An AtomicFile for one disk of a run, written with its block checksums; it becomes visible to listings only via the JSON."""
         path = vhd_file(vm_uuid, job_id, vdi_uuid, timestamp)
         self.make_dirs(posixpath.dirname(path))
-        return AtomicFile(self.storage, path, vhd=True)
+        return AtomicFile(self.storage, path, vhd=True, hash_name=hash_name)
 
     def write_metadata(self, vm_uuid: str, timestamp: str, metadata: dict) -> str:
         """Write ``<timestamp>.json`` last, after checking every VHD it names is in place; return its storage path."""

@@ -56,7 +56,6 @@ from __future__ import annotations
 import array
 import bisect
 import dataclasses
-import hashlib
 import json
 import os
 import posixpath
@@ -361,12 +360,18 @@ def _result_sums(storage: Storage, parent_name: str, child_names: list, chain: V
     parent = chain.members[-1]
     children = VhdChain(chain.members[:-1], allow_missing_parent=True)
     member_sums = _attach_children_sums(storage, children, child_names)
-    if any(sums is None for sums in member_sums):
+    # One hash per checksum file: deltas hashed differently (written by control nodes with and without
+    # the blake3 package) give no result sidecar, as a delta without one does; a parent hashed
+    # differently gives UNKNOWN for its kept blocks, as a parent without one does.
+    if any(sums is None for sums in member_sums) or len({sums.hash_name for sums in member_sums}) > 1:
         return None
+    hash_name = member_sums[0].hash_name
     parent_sums = BlockSums.load_for(storage, parent_name)
     if parent_sums is not None and (parent_sums.unique_id != parent.unique_id or parent_sums.block_size != parent.block_size):
         raise VhdError(parent.path, "block checksums", "unique_id", None,
                        "its block checksums are of another file (unique id %s): refusing to merge" % parent_sums.unique_id.hex())
+    if parent_sums is not None and parent_sums.hash_name != hash_name:
+        parent_sums = None
     block_size = parent.block_size
     spb = block_size // SECTOR
     full = (1 << spb) - 1
@@ -375,7 +380,7 @@ def _result_sums(storage: Storage, parent_name: str, child_names: list, chain: V
     old_blocks = (parent.size + block_size - 1) // block_size
     entries = max(parent.header.max_table_entries, (children.size + block_size - 1) // block_size)
     result = BlockSums(block_size=block_size, entries=entries, disk_type=parent.disk_type, unique_id=chain.newest.unique_id,
-                       parent_unique_id=parent.header.parent_unique_id)
+                       parent_unique_id=parent.header.parent_unique_id, hash_name=hash_name)
     bat = parent.bat
     present = [index for index in range(min(len(bat), old_blocks)) if bat[index] != BAT_UNUSED]
     if parent_sums is not None:
@@ -412,14 +417,14 @@ def _result_sums(storage: Storage, parent_name: str, child_names: list, chain: V
                 result.set(index, recorded)  # the delta's stored span is byte for byte what the merge writes
             else:
                 raw = layer.read_block_raw(index)  # checked against the delta's entry (attached)
-                result.set(index, hashlib.sha256(full_bitmap + bytes(raw[1])).digest())
+                result.set(index, result.block_digest(full_bitmap + bytes(raw[1])))
             continue
         data, mask = children.read_block_masked(index)
         if not mask:
             continue
         touched.add(index)
         if mask == full:
-            result.set(index, hashlib.sha256(full_bitmap + bytes(data)).digest())
+            result.set(index, result.block_digest(full_bitmap + bytes(data)))
         elif index in parent_present:
             span = parent_span(index)
             if span is None:
@@ -429,14 +434,14 @@ def _result_sums(storage: Storage, parent_name: str, child_names: list, chain: V
             view = memoryview(data)
             for first, count in mask_runs(mask):
                 span[bitmap_bytes + first * SECTOR:bitmap_bytes + (first + count) * SECTOR] = view[first * SECTOR:(first + count) * SECTOR]
-            result.set(index, hashlib.sha256(span).digest())
+            result.set(index, result.block_digest(span))
         else:
-            result.set(index, hashlib.sha256(mask_to_bitmap(mask, bitmap_bytes) + bytes(data)).digest())
+            result.set(index, result.block_digest(mask_to_bitmap(mask, bitmap_bytes) + bytes(data)))
     last = old_blocks - 1
     if last in parent_present and last not in touched and parent.size % block_size and children.size > parent.size:
         span = parent_span(last)  # the prepare step clears its tail past the old end
         if span is not None:
-            result.set(last, hashlib.sha256(span).digest())
+            result.set(last, result.block_digest(span))
     return result
 
 

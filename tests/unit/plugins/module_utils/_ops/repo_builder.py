@@ -84,7 +84,7 @@ class RepoBuilder:
                 sha[relative] = hashlib.sha256(self.repo.storage.read_bytes(target.path)).hexdigest()
                 self.repo.storage.remove(target.sidecar_path)
             else:
-                sums[relative] = 'sha256'
+                sums[relative] = target.block_sums.hash_name
             sizes[ref] = self.size
             vdis[ref] = {'uuid': snap, 'name_label': 'disk %d' % disk, 'name_description': '', '$snapshot_of$uuid': live,
                          'virtual_size': str(self.size), 'type': 'user'}

@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.export import export_vm
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.job import Job
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops.snapshot import manage_job_snapshots
@@ -88,7 +89,7 @@ def test_full_and_delta_to_two_repositories_get_the_checksums_of_their_files(poo
     metadata_dir = os.path.join(str(first), 'xo-vm-backups', delta['vm']['uuid'])
     with open(os.path.join(metadata_dir, delta['timestamp'] + '.json'), encoding='utf-8') as handle:
         section = json.load(handle)['xapi_delta_backup']
-    assert section['block_checksums'] == {disk['path']: 'sha256' for disk in delta['disks']}
+    assert section['block_checksums'] == {disk['path']: HASH_NAME for disk in delta['disks']}
     assert 'sha256' not in section
 
 

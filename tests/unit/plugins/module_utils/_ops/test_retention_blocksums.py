@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME
 from ansible_collections.xapi.delta_backup.plugins.module_utils._ops import retention
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo import integrity, migrate
 from ansible_collections.xapi.delta_backup.plugins.module_utils._storage.local import LocalFile
@@ -142,7 +143,7 @@ def test_retention_killed_at_every_merge_operation_then_finished(tmp_path, monke
         assert_points_restorable(builder, stamps[-1:])
         point = builder.repo.get_backup(VM, stamps[-1])
         relative = point.disks[0].relative_path
-        assert _own(point)['block_checksums'] == {relative: 'sha256'} and not _own(point).get('sha256'), kill_after
+        assert _own(point)['block_checksums'] == {relative: HASH_NAME} and not _own(point).get(HASH_NAME), kill_after
         folder = os.path.dirname(point.disks[0].path)
         assert sorted(os.listdir(folder)) == sorted([os.path.basename(relative), os.path.basename(sidecar_name(relative))]), kill_after
 
@@ -239,7 +240,7 @@ def test_a_file_merged_by_another_tool_is_reconciled_without_being_called_damage
     assert retention.reconcile_merged_points(builder.repo, [point]) == [delta.relative_path]
     point = builder.repo.get_backup(VM, stamps[1])
     assert point.metadata['isVhdDifferencing'] == {point.disks[0].vdi_ref: False}
-    assert _own(point)['block_checksums'] == {delta.relative_path: 'sha256'}
+    assert _own(point)['block_checksums'] == {delta.relative_path: HASH_NAME}
     with open(sidecar_name(delta.path), 'rb') as handle:
         assert handle.read() == delta_sidecar  # left for the integrity check to judge block by block
 

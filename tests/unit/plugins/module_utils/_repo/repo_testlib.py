@@ -50,7 +50,7 @@ def add_backup(repo: BackupRepository, timestamp: str, disks: dict, vm: str = VM
         relative = vhd_relative_path(JOB, vdi_uuid, timestamp)
         vhds[ref] = relative
         differencing[ref] = kind == DELTA
-        sha[relative] = 'sha256'
+        sha[relative] = target.block_sums.hash_name
         sizes[ref] = 10 * 1024 ** 3
     metadata = build_metadata(JOB, SCHEDULE, 1767229200000, {'uuid': vm}, {'uuid': 'snap'}, {}, {}, {}, vhds, differencing,
                               size=sizes_written, block_checksums=sha, virtual_sizes=sizes)

@@ -16,6 +16,7 @@ import stat
 
 import pytest
 
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.layout import RepositoryError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.metadata import MetadataError
 from ansible_collections.xapi.delta_backup.plugins.module_utils._repo.store import open_repository
@@ -99,7 +100,7 @@ def test_listing_vms_and_points(repo):
     assert disks[0].virtual_size == 10 * 1024 ** 3 and disks[0].job_id == JOB
     # written with block checksums: no whole-file sha256, the metadata lists the file under block_checksums and its checksum file is there
     assert disks[0].sha256 is None
-    assert points[1].metadata['xapi_delta_backup']['block_checksums'] == {disk.path.split(repo.vm_dir(VM) + '/')[1]: 'sha256' for disk in disks}
+    assert points[1].metadata['xapi_delta_backup']['block_checksums'] == {disk.path.split(repo.vm_dir(VM) + '/')[1]: HASH_NAME for disk in disks}
     assert all(os.path.isfile(disk.path + '.blocksums') for disk in disks)
     assert repo.get_backup(VM, T2).metadata['mode'] == 'delta'
     assert repo.list_backups('ffffffff-0000-4000-8000-00000000000a') == []
