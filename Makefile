@@ -31,12 +31,14 @@ help:
 	@echo "make demo   - set up everything and run a whole backup lifecycle on the bundled simulator"
 	@echo "make clean  - remove the virtualenv and the build tree"
 
-# System tools the tests use as independent VHD readers, and rsync for the collection layout.
+# System tools the tests use as independent VHD readers, rsync for the collection layout, and Node.js with npm
+# to run Xen Orchestra's own VHD merge (tests/xo_merge) on our chains.
 sysdeps:
 	@missing=""; \
 	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing (install them as root)"; exit 1; fi; \
 	  echo "installing system packages:$$missing"; \

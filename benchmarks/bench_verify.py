@@ -12,7 +12,8 @@ without root and leaves other work's cache alone; ``--drop-caches`` empties the 
 
 - (a) the disk's sequential read rate of the same files: the faster of ``dd bs=8M`` and Python
   ``readinto`` of 8 MiB (the faster of all is the limit);
-- (b) the hash rate of every core: sha256 of block-sized spans of an in-memory buffer on one thread
+- (b) the hash rate of every core: the checksum files' hash (BLAKE3, or SHA-256 without the blake3
+  package) of block-sized spans of an in-memory buffer on one thread
   per core (``min(cores, MAX_HASH_THREADS)``);
 - (c) ``describe_repository(verify=True)`` (what ``backup_info verify`` runs) in a child process,
   whose peak RSS is read from its rusage.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import resource
@@ -40,7 +40,7 @@ REPO = os.path.dirname(HERE)
 COLLECTIONS = os.path.dirname(os.path.dirname(os.path.dirname(REPO)))  # .../ansible_collections/xapi/delta_backup -> its root
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import MAX_HASH_THREADS  # noqa: E402
+from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd.blocksums import HASH_NAME, MAX_HASH_THREADS, block_digest  # noqa: E402
 from ansible_collections.xapi.delta_backup.tests.unit.plugins.module_utils._ops.repo_builder import BLOCK, RepoBuilder  # noqa: E402
 
 MIB = 1024 ** 2
@@ -115,14 +115,14 @@ def read_dd(files: list) -> float | None:
 
 
 def hash_rate(total: int, threads: int) -> float:
-    """Bytes per second of sha256 over block-sized spans of memory, on ``threads`` threads."""
+    """Bytes per second of the checksum files' hash (HASH_NAME) over block-sized spans of memory, on ``threads`` threads."""
     span = BLOCK + 512
     data = os.urandom(span)
     count = max(threads, total // span)
 
     def run(number):
         for _index in range(number):
-            hashlib.sha256(data).digest()
+            block_digest(data)
 
     shares = [count // threads + (1 if worker < count % threads else 0) for worker in range(threads)]
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def main() -> int:
         print('  verify rounds: %s MB/s; hash rounds: %s MB/s' % (', '.join('%.0f' % (total / item['seconds'] / 1e6) for item in verifies),
                                                                 ', '.join('%.0f' % (rate / 1e6) for rate in hashes)))
         print('(a) sequential read (fastest: %s): %8.1f MB/s' % (best_name, read_rate / 1e6))
-        print('(b) sha256 on %d thread(s):          %8.1f MB/s' % (threads, hashed / 1e6))
+        print('(b) %-6s on %d thread(s):          %8.1f MB/s' % (HASH_NAME, threads, hashed / 1e6))
         print('(c) backup_info verify:              %8.1f MB/s (%.2f s, %d files, %d problems)'
               % (verify_rate / 1e6, verified['seconds'], verified['files'], len(verified['problems'])))
         print('limit = %s; ratio (c) / limit = %.2f (goal >= 0.8)' % ('read' if read_rate <= hashed else 'hash', verify_rate / limit))

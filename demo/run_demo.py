@@ -258,7 +258,7 @@ class Demo:
         self.check(self.control.info()['counts']['VM'] == vms_before, 'the temporary VMs and their disks are gone')
         self.lines.append('health   %s: restored, running, destroyed' % ', '.join(BACKED_UP))
 
-        self.step('Verify both repositories: every VHD re-hashed against its recorded sha256, every chain checked')
+        self.step('Verify both repositories: every block of every VHD checked against its block checksum, every chain checked')
         verify = self.playbook('verify', {'verify_repositories': [self.near, self.far]}, 'verify')['xapi_delta_backup_verify']
         self.check(not verify['problems'], '%d VHD file(s) verified, no problem' % verify['files_verified'])
         self.lines.append('verify   near and far: %d VHD file(s) re-hashed and checked, no problem' % verify['files_verified'])
