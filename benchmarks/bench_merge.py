@@ -217,9 +217,9 @@ def _measure(args):
     print()
     print('%10s %12s %12s %10s %10s %9s' % ('data GiB', 'cp+fsync s', 'merge s', 'ratio', 'RSS MiB', 'cached'))
     for row in rows:
-        print('%10g %12.3f %12.3f %10.2f %10.1f %9s' % (row['data_gib'], row['cp'], row['seconds'], row['seconds'] / row['cp'],
-                                                       row['maxrss_kib'] / 1024,
-                                                       'n/a' if row['cached'] is None else '%.0f%%' % (100 * row['cached'])))
+        cached = 'n/a' if row['cached'] is None else '%.0f%%' % (100 * row['cached'])
+        ratio = row['seconds'] / row['cp']
+        print('%10g %12.3f %12.3f %10.2f %10.1f %9s' % (row['data_gib'], row['cp'], row['seconds'], ratio, row['maxrss_kib'] / 1024, cached))
     print()
     worst = max(row['seconds'] / row['cp'] for row in rows)
     spread = max(row['seconds'] for row in rows) / min(row['seconds'] for row in rows)

@@ -132,7 +132,7 @@ def hash_rate(total: int, threads: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--full-gib', type=float, default=2.0)
     parser.add_argument('--deltas', type=int, default=3)
     parser.add_argument('--delta-mib', type=int, default=128)
@@ -174,8 +174,8 @@ def main() -> int:
         print('page cache emptied by: %s' % how)
         for name, seconds in reads:
             print('  read %-32s %8.1f MB/s' % (name, total / seconds / 1e6))
-        print('  verify rounds: %s MB/s; hash rounds: %s MB/s' % (', '.join('%.0f' % (total / item['seconds'] / 1e6) for item in verifies),
-                                                                ', '.join('%.0f' % (rate / 1e6) for rate in hashes)))
+        verify_rounds = ', '.join('%.0f' % (total / item['seconds'] / 1e6) for item in verifies)
+        print('  verify rounds: %s MB/s; hash rounds: %s MB/s' % (verify_rounds, ', '.join('%.0f' % (rate / 1e6) for rate in hashes)))
         print('(a) sequential read (fastest: %s): %8.1f MB/s' % (best_name, read_rate / 1e6))
         print('(b) %-6s on %d thread(s):          %8.1f MB/s' % (HASH_NAME, threads, hashed / 1e6))
         print('(c) backup_info verify:              %8.1f MB/s (%.2f s, %d files, %d problems)'

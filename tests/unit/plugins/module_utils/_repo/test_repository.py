@@ -268,8 +268,8 @@ def test_cleanup_leaves_an_unfinished_merge_alone(repo):
     report = repo.cleanup_incomplete(VM)
     assert report == {'temporary_files': [], 'unreferenced_vhds': []}
     assert os.path.exists(state)
-    assert sorted(os.listdir(vdi_dir)) == sorted(['.%s.vhd.merge.json' % T1] + [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T3 + '.vhd')
-                                                                            for suffix in ('', '.blocksums')])
+    files = [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T3 + '.vhd') for suffix in ('', '.blocksums')]
+    assert sorted(os.listdir(vdi_dir)) == sorted(['.%s.vhd.merge.json' % T1] + files)
 
 
 def test_cleanup_protects_merge_named_files_outside_any_chain(repo):
@@ -316,8 +316,8 @@ def test_cleanup_understands_the_vhd_engine_merge_state(repo):
     assert report['unreferenced_vhds'] == [os.path.join(vdi_dir, T3 + '.vhd')]
     assert report['temporary_files'] == [state + '.tmp']
     # the removed file's block checksums went with it
-    assert sorted(os.listdir(vdi_dir)) == sorted([os.path.basename(state)] + [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T4 + '.vhd')
-                                                                          for suffix in ('', '.blocksums')])
+    files = [name + suffix for name in (T1 + '.vhd', T2 + '.vhd', T4 + '.vhd') for suffix in ('', '.blocksums')]
+    assert sorted(os.listdir(vdi_dir)) == sorted([os.path.basename(state)] + files)
 
 
 def test_cleanup_protects_the_folder_when_a_merge_state_is_unreadable(repo):

@@ -61,5 +61,3 @@ def test_a_sound_stream_still_imports_whole(tmp_path):
         data = bytes(range(256)) * (4 * MIB // 256)
         xapi.import_stream(vdi, (data[start:start + MIB] for start in range(0, len(data), MIB)), len(data), fmt='raw')
         assert sim.control.read_vdi(xapi.call('VDI.get_uuid', vdi), 0, len(data)) == data
-
-
