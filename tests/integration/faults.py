@@ -243,14 +243,15 @@ class Points:
     def names(self) -> list[str]:
         return [os.path.basename(point['_path']) for point in backup_points(self.repo, self.vm_uuid)]
 
-    def assert_intact(self, repo: str | None = None) -> int:
-        """Every recorded point still listed in the repository reads (libvhdi, through its chain) as its snapshot did."""
+    def assert_intact(self, repo: str | None = None, engine: bool = False) -> int:
+        """Every recorded point still listed in the repository reads (libvhdi, or with ``engine`` our VHD engine, through its chain)
+        as its snapshot did."""
         repo = repo or self.repo
         present = {os.path.basename(point['_path']) for point in backup_points(repo, self.vm_uuid)}
         checked = 0
         for export, truth in self.entries:
             if export['timestamp'] + '.json' in present:
-                assert_point_matches_truth(self.app, repo, export, truth)
+                assert_point_matches_truth(self.app, repo, export, truth, engine=engine)
                 checked += 1
         return checked
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from oracles import chain_of, chain_sha256
+from oracles import chain_of, chain_sha256, engine_chain_sha256
 
 MIB = 1024 * 1024
 POOL = """
@@ -65,11 +65,12 @@ def ground_truth(app, export):
     return {disk['snapshot_vdi_uuid']: app['sim'].control.vdi_sha256(disk['snapshot_vdi_uuid']) for disk in export['disks']}
 
 
-def assert_point_matches_truth(app, repository, export, truth=None):
-    """Every disk of the backup, read by libvhdi through its chain, equals the snapshot VDI's content."""
+def assert_point_matches_truth(app, repository, export, truth=None, engine: bool = False):
+    """Every disk of the backup, read by libvhdi (with ``engine``, by our VHD engine) through its chain, equals the snapshot VDI's content."""
     truth = truth or ground_truth(app, export)
     vm_dir = os.path.join(repository, 'xo-vm-backups', export['vm']['uuid'])
     for disk in export['disks']:
-        digest, size = chain_sha256(chain_of(os.path.join(vm_dir, disk['path'])))
+        chain = chain_of(os.path.join(vm_dir, disk['path']))
+        digest, size = engine_chain_sha256(chain) if engine else chain_sha256(chain)
         assert size == disk['virtual_size']
         assert digest == truth[disk['snapshot_vdi_uuid']], disk['name_label']

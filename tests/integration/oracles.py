@@ -36,6 +36,23 @@ def chain_sha256(chain_paths: list[str], length: int | None = None) -> tuple[str
             handle.close()
 
 
+def engine_chain_sha256(chain_paths: list[str]) -> tuple[str, int]:
+    """SHA-256 and size of the disk a chain (newest first) represents, as the collection's VHD engine reads it.
+
+    Only for the one state libvhdi refuses by design: a merge killed between its footer step (the
+    parent takes the merged delta's id) and its rename (docs/vhd-engine.md); the engine accepts a
+    parent that absorbed a newer member, and the next run finishes the merge.
+    """
+    from ansible_collections.xapi.delta_backup.plugins.module_utils._vhd import VhdChain  # pylint: disable=import-outside-toplevel
+    digest = hashlib.sha256()
+    with VhdChain.from_paths(chain_paths) as chain:
+        for index in range(chain.block_count):
+            data = chain.read_block(index)
+            length = min(chain.block_size, chain.size - index * chain.block_size)
+            digest.update(bytes(data)[:length] if data is not None else bytes(length))
+        return digest.hexdigest(), chain.size
+
+
 def chain_of(vhd_path: str) -> list[str]:
     """The chain ending at ``vhd_path`` by the repository's rule: older files of its folder down to the full."""
     folder = os.path.dirname(vhd_path)

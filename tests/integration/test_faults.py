@@ -375,7 +375,15 @@ def test_merge_faults(app, small_fs, cell):
                            env={KILL_ENV: str(kill_after)})
         was_killed = killed_by_sigkill(results[0])
         assert set(names[-2:]) <= set(points.names()), 'a kept point disappeared'
-        points.assert_intact()
+        try:
+            points.assert_intact()
+        except OSError as error:
+            # Killed between the engine's footer step and its rename (docs/vhd-engine.md, step 5): the parent already
+            # carries the merged delta's id, a link libvhdi refuses. Only a killed, unfinished merge may leave that,
+            # our reader accepts it, and the recovery below finishes the merge and checks every point with libvhdi again.
+            assert 'mismatch in identifier' in str(error) and was_killed, error
+            assert [name for _folder, _dirs, files in os.walk(repo) for name in files if name.endswith('.merge.json')], error
+            points.assert_intact(engine=True)
         writes(app, rng)
         settle(app, points, points.names(), recovery=[merge_step(repo)])
         cell('merge', 'kill -9', 'ok' if was_killed else 'finished before kill')
