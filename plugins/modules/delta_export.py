@@ -19,7 +19,7 @@ description:
     snapshot is exported in full on its own.
   - Each disk is read once from the pool and written to every repository. Its VHD identity is rewritten in passing
     (footer uuid = snapshot VDI uuid, parent uuid = the reference snapshot's VDI uuid, parent name relative to the file).
-  - As the bytes pass, a SHA-256 of every 2 MiB block and of the footer, header and BAT is computed, once for all
+  - As the bytes pass, a digest (BLAKE3, or SHA-256 without the blake3 package) of every 2 MiB block and of the footer, header and BAT is computed, once for all
     repositories, and written next to each VHD as C(<name>.vhd.blocksums), made durable just before the VHD itself;
     the metadata lists it under C(xapi_delta_backup.block_checksums). Merges, restores, seed copies and C(verify)
     check each block they read against it.
@@ -224,7 +224,8 @@ disks:
     block_checksums:
       description:
         - Path, relative to the VM's folder, of the VHD's block checksum file (not in check mode).
-        - It holds a SHA-256 of every block and of the footer, header and BAT, computed as the bytes were written.
+        - It holds a digest (BLAKE3, or SHA-256 without the blake3 package) of every block and of the footer, header and BAT,
+          computed as the bytes were written.
           Every reader (merge, restore, seed copy, verify) checks each block it reads against it.
       type: str
       sample: vdis/8d9f0e1a-2b3c-5d4e-8f6a-7b8c9d0e1f2a/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/20261126T020000Z.vhd.blocksums

@@ -15,7 +15,7 @@ description:
     First export a full to a repository near the pool. Then copy it to the far repository with this module, and point the job at
     the far repository. The next run of M(xapi.delta_backup.delta_export) there sends only a delta.
   - The VHD files are copied first, each under a temporary name that is renamed once complete, with its block checksum file
-    (C(<name>.vhd.blocksums), one sha256 per data block). Each block is hashed once as it passes, and must match the source's
+    (C(<name>.vhd.blocksums), one digest per data block). Each block is hashed once as it passes, and must match the source's
     recorded checksum before the file is published. A damaged block stops the copy, and the error names the file, the block number
     and its virtual offset. Each copy is then read back and checked block by block on every core, which catches a destination
     storage that changes data.
